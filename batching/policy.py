@@ -1,0 +1,58 @@
+"""The dispatch decision: given the queue and the clock, dispatch now or wait how long.
+
+A pure function over numbers, tested with tables of cases; the batcher's loop
+only applies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Static batching knobs of one model (Triton's names, in rows and seconds)."""
+
+    max_batch_size: int = 1  # rows; 1 with batching off
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_s < 0:
+            raise ValueError(f"max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}")
+        bad = [p for p in self.preferred_batch_sizes if not 1 <= p <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Dispatch up to ``rows`` rows now (rows > 0), or wait ``wait_s`` seconds for more."""
+
+    rows: int = 0
+    wait_s: float = 0.0
+
+
+def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float) -> Decision:
+    """Decide for the rows that can share a batch with the oldest request.
+
+    - a full batch (``max_batch_size`` rows) goes at once;
+    - before the delay, reaching exactly a preferred size dispatches it at once;
+    - once the oldest request has waited ``max_queue_delay_s``, whatever is queued goes
+      (as Triton does when no preferred size can be formed);
+    - otherwise wait for the rest of the oldest request's delay.
+    """
+    if queued_rows <= 0:
+        return Decision()
+    cap = policy.max_batch_size
+    if queued_rows >= cap:
+        return Decision(rows=cap)
+    reached = [p for p in policy.preferred_batch_sizes if p <= queued_rows]
+    if reached and max(reached) == queued_rows:
+        return Decision(rows=queued_rows)
+    remaining = policy.max_queue_delay_s - oldest_wait_s
+    if remaining <= 0:
+        return Decision(rows=queued_rows)
+    return Decision(wait_s=remaining)

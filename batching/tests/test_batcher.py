@@ -1,0 +1,195 @@
+import asyncio
+import time
+
+import pytest
+
+from batching.batcher import BatcherConfig, DynamicBatcher
+from batching.policy import BatchPolicy
+from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull
+
+
+class Recorder:
+    """A fake kernel: records each batch and answers item * 10; can be told to fail or block."""
+
+    def __init__(self, fail_with: BaseException | None = None, gate: asyncio.Event | None = None):
+        self.batches: list[list[int]] = []
+        self.fail_with = fail_with
+        self.gate = gate
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(0)
+            if self.fail_with is not None:
+                raise self.fail_with
+            return [i * 10 for i in items]
+        finally:
+            self.running -= 1
+
+
+def make(recorder, max_batch_size=8, delay_s=0.0, queue=1024, concurrent=1, preferred=()):
+    policy = BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_s=delay_s, preferred_batch_sizes=preferred)
+    return DynamicBatcher(recorder, BatcherConfig(policy, max_queue_size=queue, max_concurrent_batches=concurrent))
+
+
+async def test_concurrent_items_are_batched_and_each_gets_its_own_result():
+    rec = Recorder()
+    b = make(rec, max_batch_size=8, delay_s=0.05)
+    await b.start()
+    futures = [b.submit(i) for i in range(8)]
+    assert await asyncio.gather(*futures) == [i * 10 for i in range(8)]
+    assert rec.batches == [list(range(8))]  # full batch dispatched without waiting the delay
+    await b.stop()
+
+
+async def test_delay_is_honoured_then_partial_batch_goes():
+    rec = Recorder()
+    b = make(rec, max_batch_size=8, delay_s=0.05)
+    await b.start()
+    t0 = time.monotonic()
+    futures = [b.submit(i) for i in range(3)]
+    await asyncio.gather(*futures)
+    waited = time.monotonic() - t0
+    assert rec.batches == [[0, 1, 2]]
+    assert 0.045 <= waited < 1.0
+    await b.stop()
+
+
+async def test_preferred_size_dispatches_before_the_delay():
+    rec = Recorder()
+    b = make(rec, max_batch_size=8, delay_s=5.0, preferred=(4,))
+    await b.start()
+    t0 = time.monotonic()
+    await asyncio.gather(*[b.submit(i) for i in range(4)])
+    assert time.monotonic() - t0 < 1.0
+    assert rec.batches == [[0, 1, 2, 3]]
+    await b.stop()
+
+
+async def test_rows_count_against_max_batch_size_not_requests():
+    rec = Recorder()
+    b = make(rec, max_batch_size=8, delay_s=0.02)
+    await b.start()
+    futures = [b.submit(i, rows=3) for i in range(4)]  # 12 rows: 3+3 fit, third would overflow 8
+    await asyncio.gather(*futures)
+    assert rec.batches[0] == [0, 1]
+    assert sum(len(x) for x in rec.batches) == 4
+    await b.stop()
+
+
+async def test_items_with_different_keys_are_never_merged():
+    rec = Recorder()
+    b = make(rec, max_batch_size=8, delay_s=0.02)
+    await b.start()
+    futures = [b.submit(i, key=("a" if i % 2 else "b")) for i in range(6)]
+    await asyncio.gather(*futures)
+    for batch in rec.batches:
+        assert len({i % 2 for i in batch}) == 1
+    await b.stop()
+
+
+async def test_full_queue_rejects_at_once_without_blocking():
+    gate = asyncio.Event()
+    rec = Recorder(gate=gate)
+    b = make(rec, max_batch_size=1, queue=2)
+    await b.start()
+    first = b.submit(0)
+    await asyncio.sleep(0.01)  # first is now running and blocked on the gate
+    queued = [b.submit(1), b.submit(2)]
+    with pytest.raises(QueueFull, match="queue is full"):
+        b.submit(3)
+    gate.set()
+    assert await asyncio.gather(first, *queued) == [0, 10, 20]
+    await b.stop()
+
+
+async def test_concurrent_batches_are_capped():
+    gate = asyncio.Event()
+    rec = Recorder(gate=gate)
+    b = make(rec, max_batch_size=1, concurrent=2)
+    await b.start()
+    futures = [b.submit(i) for i in range(6)]
+    await asyncio.sleep(0.02)
+    assert rec.running == 2
+    gate.set()
+    await asyncio.gather(*futures)
+    assert rec.max_running == 2
+    await b.stop()
+
+
+async def test_kernel_error_fails_every_item_of_the_batch_and_batcher_keeps_running():
+    rec = Recorder(fail_with=RuntimeError("boom"))
+    b = make(rec, max_batch_size=4, delay_s=0.01)
+    await b.start()
+    futures = [b.submit(i) for i in range(4)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, BackendError) for r in results)
+    rec.fail_with = InvalidInput("bad rows")
+    with pytest.raises(InvalidInput, match="bad rows"):
+        await b.submit(9)
+    rec.fail_with = None
+    assert await b.submit(5) == 50
+    await b.stop()
+
+
+async def test_expired_items_are_never_executed():
+    gate = asyncio.Event()
+    rec = Recorder(gate=gate)
+    b = make(rec, max_batch_size=1)
+    await b.start()
+    blocker = b.submit(0)
+    await asyncio.sleep(0.01)
+    doomed = b.submit(1, deadline=time.monotonic() + 0.01)
+    await asyncio.sleep(0.03)
+    gate.set()
+    with pytest.raises(DeadlineExceeded, match="not executed"):
+        await doomed
+    await blocker
+    assert [1] not in rec.batches
+    await b.stop()
+
+
+async def test_cancelled_items_are_dropped_before_execution():
+    gate = asyncio.Event()
+    rec = Recorder(gate=gate)
+    b = make(rec, max_batch_size=1)
+    await b.start()
+    blocker = b.submit(0)
+    await asyncio.sleep(0.01)
+    gone = b.submit(1)
+    gone.cancel()
+    kept = b.submit(2)
+    gate.set()
+    assert await kept == 20
+    await blocker
+    assert [1] not in rec.batches
+    await b.stop()
+
+
+async def test_stop_drains_queued_work_and_then_refuses():
+    rec = Recorder()
+    b = make(rec, max_batch_size=2, delay_s=0.5)
+    await b.start()
+    futures = [b.submit(i) for i in range(3)]
+    await b.stop()
+    assert [f.result() for f in futures] == [0, 10, 20]
+    with pytest.raises(ModelNotReady):
+        b.submit(4)
+
+
+async def test_stop_timeout_fails_leftovers_instead_of_leaving_them_pending():
+    gate = asyncio.Event()  # never set: the batch hangs
+    rec = Recorder(gate=gate)
+    b = make(rec, max_batch_size=1)
+    await b.start()
+    futures = [b.submit(i) for i in range(3)]
+    await asyncio.sleep(0.01)
+    await b.stop(timeout_s=0.05)
+    await asyncio.sleep(0)
+    assert all(f.done() for f in futures)

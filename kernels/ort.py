@@ -1,0 +1,251 @@
+"""The onnxruntime kernel: one model version's session(s) and the threads that run them.
+
+Contract:
+- ``OrtKernel(...)`` does no I/O; ``load()`` creates the session and is slow and
+  GIL-heavy, so callers run it off the event loop.
+- ``run_batch(requests)`` concatenates the requests' inputs along the batch
+  dimension, runs the session once, and splits the outputs back. It is
+  synchronous, thread-safe, and meant to run in ``executor``, a pool with one
+  thread per model instance (onnxruntime's ``run()`` releases the GIL).
+- onnxruntime exceptions are translated here into ``BackendError`` /
+  ``InvalidInput`` (for shape/type errors the runtime detects).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from kernels.providers import ProviderChoice, choose_providers
+from ops.errors import BackendError, ConfigError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(string)": np.dtype(object),
+}
+
+
+@dataclass(frozen=True)
+class TensorSignature:
+    """A tensor the model file declares: name, numpy dtype, shape (None = dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """How to build sessions; derived from the model config by the composition root."""
+
+    providers: tuple[str, ...] = ()  # short names; empty: TensorRT, CUDA, CPU as available
+    allow_gpu: bool = True
+    device_id: int = 0
+    instances: int = 1  # concurrent runs (threads in the executor)
+    intra_op_threads: int = 0  # 0: cores // instances
+    graph_optimization_level: int | None = None  # onnxruntime GraphOptimizationLevel value; None: ENABLE_ALL
+    extra_session_config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Per-request outputs of one run, and where the time went (nanoseconds)."""
+
+    outputs: list[dict[str, np.ndarray]]
+    input_ns: int
+    infer_ns: int
+    output_ns: int
+
+
+def _signature(args: Sequence[object]) -> tuple[TensorSignature, ...]:
+    out = []
+    for a in args:
+        dtype = _ORT_TYPES.get(a.type)  # type: ignore[attr-defined]
+        if dtype is None:
+            raise ConfigError(f"tensor {a.name!r} has type {a.type}, which fleetserve cannot serve")  # type: ignore[attr-defined]
+        shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in a.shape)  # type: ignore[attr-defined]
+        out.append(TensorSignature(a.name, dtype, shape))  # type: ignore[attr-defined]
+    return tuple(out)
+
+
+_ONNX_ELEM_TYPES: dict[int, np.dtype] = {
+    9: np.dtype(np.bool_), 2: np.dtype(np.uint8), 4: np.dtype(np.uint16), 12: np.dtype(np.uint32),
+    13: np.dtype(np.uint64), 3: np.dtype(np.int8), 5: np.dtype(np.int16), 6: np.dtype(np.int32),
+    7: np.dtype(np.int64), 10: np.dtype(np.float16), 1: np.dtype(np.float32), 11: np.dtype(np.float64),
+    8: np.dtype(object),
+}
+
+
+def read_signature(model_path: Path) -> tuple[tuple[TensorSignature, ...], tuple[TensorSignature, ...]]:
+    """The inputs and outputs an ONNX file declares, read without creating a session.
+
+    Used to complete the model config before the session is built (the session's
+    options depend on the config). Raises ConfigError for a file that is not ONNX.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise ConfigError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+
+    def convert(values: Sequence[object]) -> tuple[TensorSignature, ...]:
+        out = []
+        for v in values:
+            tensor = v.type.tensor_type  # type: ignore[attr-defined]
+            dtype = _ONNX_ELEM_TYPES.get(tensor.elem_type)
+            if dtype is None:
+                raise ConfigError(f"{model_path}: tensor {v.name!r} has ONNX element type {tensor.elem_type}, "  # type: ignore[attr-defined]
+                                  "which fleetserve cannot serve")
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tensor.shape.dim)
+            out.append(TensorSignature(v.name, dtype, shape))  # type: ignore[attr-defined]
+        return tuple(out)
+
+    if not graph.input and not graph.output:
+        raise ConfigError(f"{model_path} is not a readable ONNX model: it declares no inputs or outputs")
+    return convert([i for i in graph.input if i.name not in initializers]), convert(graph.output)
+
+
+def _bytes_to_str(name: str, data: np.ndarray) -> np.ndarray:
+    """onnxruntime string tensors take str; BYTES arrive as bytes and must be UTF-8."""
+    flat = data.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    try:
+        for i, item in enumerate(flat):
+            out[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"input '{name}': element {i} is not UTF-8 text, which ONNX string tensors require") from exc
+    return out.reshape(data.shape)
+
+
+def _str_to_bytes(data: np.ndarray) -> np.ndarray:
+    flat = data.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for i, item in enumerate(flat):
+        out[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return out.reshape(data.shape)
+
+
+class OrtKernel:
+    """One ONNX model file served by onnxruntime. See the module docstring."""
+
+    def __init__(self, model_path: Path, options: KernelOptions) -> None:
+        self.model_path = model_path
+        self.options = options
+        self.executor = ThreadPoolExecutor(max_workers=max(1, options.instances), thread_name_prefix="ort")
+        self._session: object | None = None
+        self.provider_choice: ProviderChoice | None = None
+        self.inputs: tuple[TensorSignature, ...] = ()
+        self.outputs: tuple[TensorSignature, ...] = ()
+        self._output_names: list[str] = []
+        self._string_inputs: frozenset[str] = frozenset()
+        self._string_outputs: frozenset[str] = frozenset()
+
+    def load(self) -> None:
+        """Create the session. Raises ConfigError when the file is missing or not a usable model."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        instances = max(1, self.options.instances)
+        threads = self.options.intra_op_threads or max(1, (os.cpu_count() or 1) // instances)
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = self.options.graph_optimization_level
+        opts.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else ort.GraphOptimizationLevel(level)
+        )
+        # Spinning worker threads would steal the cores the event loop needs to
+        # decode the next requests; the server's batches keep them busy instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in self.options.extra_session_config.items():
+            opts.add_session_config_entry(key, value)
+        choice = choose_providers(self.options.providers, ort.get_available_providers(), allow_gpu=self.options.allow_gpu)
+        if choice.skipped:
+            log.warning(
+                "%s: execution providers %s are not available in this onnxruntime build; using %s",
+                self.model_path, ", ".join(choice.skipped), ", ".join(choice.providers),
+            )
+        provider_options = [
+            {"device_id": str(self.options.device_id)} if p != "CPUExecutionProvider" else {} for p in choice.providers
+        ]
+        try:
+            session = ort.InferenceSession(
+                str(self.model_path), sess_options=opts, providers=list(choice.providers), provider_options=provider_options
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            raise ConfigError(f"cannot load {self.model_path}: {exc}") from exc
+        self.provider_choice = ProviderChoice(tuple(session.get_providers()), choice.skipped)
+        self.inputs = _signature(session.get_inputs())
+        self.outputs = _signature(session.get_outputs())
+        self._output_names = [o.name for o in self.outputs]
+        self._string_inputs = frozenset(i.name for i in self.inputs if i.dtype == object)
+        self._string_outputs = frozenset(o.name for o in self.outputs if o.dtype == object)
+        self._session = session
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session once on already-merged inputs; all outputs by name."""
+        if self._session is None:
+            raise BackendError(f"{self.model_path} is not loaded")
+        feeds = dict(inputs)
+        for name in self._string_inputs & feeds.keys():
+            feeds[name] = _bytes_to_str(name, feeds[name])
+        try:
+            results = self._session.run(self._output_names, feeds)  # type: ignore[attr-defined]
+        except Exception as exc:
+            text = str(exc)
+            if "INVALID_ARGUMENT" in text or "Invalid rank" in text or "Got invalid dimensions" in text:
+                raise InvalidInput(f"the model rejected the input: {text}") from exc
+            raise BackendError(f"onnxruntime failed to run {self.model_path.name}: {text}") from exc
+        out = dict(zip(self._output_names, results))
+        for name in self._string_outputs:
+            out[name] = _str_to_bytes(out[name])
+        return out
+
+    def run_batch(self, requests: Sequence[Mapping[str, np.ndarray]]) -> BatchResult:
+        """Merge requests along dimension 0, run once, split the outputs back per request."""
+        t0 = time.perf_counter_ns()
+        if len(requests) == 1:
+            merged = requests[0]
+            rows = None
+        else:
+            rows = [len(next(iter(r.values()))) for r in requests]
+            merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+        t1 = time.perf_counter_ns()
+        outputs = self.run(merged)
+        t2 = time.perf_counter_ns()
+        if rows is None:
+            per_request = [outputs]
+        else:
+            offsets = np.cumsum(rows)[:-1]
+            split = {name: np.split(value, offsets) for name, value in outputs.items()}
+            per_request = [{name: parts[i] for name, parts in split.items()} for i in range(len(rows))]
+        t3 = time.perf_counter_ns()
+        return BatchResult(per_request, t1 - t0, t2 - t1, t3 - t2)
+
+    def close(self) -> None:
+        """Release the session and threads; runs already submitted finish first."""
+        self.executor.shutdown(wait=True)
+        self._session = None

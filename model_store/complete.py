@@ -1,0 +1,265 @@
+"""Complete a model configuration from the ONNX model's signature, and check it.
+
+``build_config`` is a pure function: the parsed config.pbtxt (or none), the
+signature the kernel reports for the model file, and the file name for
+messages go in; a validated ``ModelConfig`` comes out, or a ``ConfigError``
+naming the file and the field and saying what was expected. Completion follows
+Triton's auto-complete for ONNX models:
+
+- inputs or outputs not listed come from the model, and so do a listed
+  tensor's data_type and dims when left out; where config and model both give
+  a dim, a fixed size wins over -1. Listed outputs may be a subset; listed
+  inputs must be all of them.
+- a model whose every input and output has a variable first dimension batches
+  (``DEFAULT_MAX_BATCH_SIZE``, dynamic batching on with fleetserve's defaults)
+  unless the config states ``max_batch_size`` or lists dims that include the
+  batch dimension.
+
+The serving options (versions, batching, instances, accelerators) are read
+by model_store/options.py. Imports model_store.config, .datatypes, .options,
+the generated config messages, numpy and ops.errors only; must not import server, batching,
+kernels, onnxruntime or grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from model_store import options
+from model_store.config import (
+    BACKEND,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MODEL_FILENAME,
+    PLATFORM,
+    ModelConfig,
+    TensorSpec,
+)
+from model_store.datatypes import BY_CONFIG_NAME, Datatype, from_numpy
+from model_store.options import Where
+from model_store.protos import model_config_pb2 as pb
+from ops.errors import ConfigError
+
+
+class SignatureTensor(Protocol):
+    """One input or output as the runtime reports it for the model file."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dtype(self) -> np.dtype:  # object dtype for ONNX string tensors
+        ...
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:  # None (or a symbolic name) for a variable dim
+        ...
+
+
+@dataclass(frozen=True)
+class ModelTensor:
+    """A plain ``SignatureTensor``, for callers and tests that build a signature."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A signature tensor normalised: protocol datatype, -1 for variable dims."""
+
+    name: str
+    kind: str  # "input" | "output"
+    datatype: Datatype
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def dims(self, max_batch_size: int) -> tuple[int, ...]:
+        return self.shape[1:] if max_batch_size > 0 else self.shape
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.datatype.config_name} {list(self.shape)})"
+
+
+def build_config(
+    model_name: str,
+    message: pb.ModelConfig | None,
+    inputs: Sequence[SignatureTensor],
+    outputs: Sequence[SignatureTensor],
+    source: str,
+    *,
+    stated: Collection[str] = (),
+) -> ModelConfig:
+    """The complete, checked configuration of model ``model_name``.
+
+    ``message`` is the parsed config.pbtxt or None; ``stated`` holds the
+    top-level field names the file writes (``pbtxt.stated_fields``), so that an
+    explicit ``max_batch_size: 0`` turns batching off; without it a zero
+    ``max_batch_size`` counts as absent. Raises ``ConfigError`` naming
+    ``source`` and the field. Pure: reads no files.
+    """
+    msg = message if message is not None else pb.ModelConfig()
+    where = Where(model_name, source)
+    _check_identity(msg, model_name, where)
+    model_in = tuple(_normalise(t, "input", where) for t in inputs)
+    model_out = tuple(_normalise(t, "output", where) for t in outputs)
+    max_batch_size, completed = _max_batch_size(msg, model_in, model_out, "max_batch_size" in stated, where)
+    instances = options.instances(msg, where)
+    graph = msg.optimization.graph if msg.optimization.HasField("graph") else None
+    return ModelConfig(
+        name=model_name,
+        max_batch_size=max_batch_size,
+        inputs=_tensors(msg.input, model_in, max_batch_size, where, every=True),
+        outputs=_tensors(msg.output, model_out, max_batch_size, where, every=False),
+        dynamic_batching=options.dynamic_batching(msg, max_batch_size, completed, where),
+        instance_count=instances.count,
+        instance_kind=instances.kind,
+        gpus=instances.gpus,
+        version_policy=options.version_policy(msg, where),
+        execution_accelerators=options.accelerators(msg, where),
+        graph_optimization_level=graph.level if graph is not None else None,
+        default_model_filename=model_filename(msg, source),
+        parameters={key: msg.parameters[key].string_value for key in sorted(msg.parameters)},
+        response_cache=msg.response_cache.enable,
+    )
+
+
+def model_filename(message: pb.ModelConfig | None, source: str) -> str:
+    """The model file's name inside each version folder; a bare file name only."""
+    name = message.default_model_filename if message is not None else ""
+    if not name:
+        return DEFAULT_MODEL_FILENAME
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(
+            f'{source}: default_model_filename: "{name}" must be a file name inside the version folder, '
+            "without path separators",
+            source=source,
+            field="default_model_filename",
+        )
+    return name
+
+
+def _check_identity(msg: pb.ModelConfig, model_name: str, where: Where) -> None:
+    if msg.name and msg.name != model_name:
+        raise where.error(
+            "name", f'is "{msg.name}", but the model folder is "{model_name}"; make them equal or leave name out'
+        )
+    served = f'fleetserve serves only ONNX models (platform "{PLATFORM}", backend "{BACKEND}")'
+    if msg.platform and msg.platform != PLATFORM:
+        raise where.error("platform", f'is "{msg.platform}"; {served}')
+    if msg.backend and msg.backend != BACKEND:
+        raise where.error("backend", f'is "{msg.backend}"; {served}')
+
+
+def _normalise(tensor: SignatureTensor, kind: str, where: Where) -> _Tensor:
+    dtype = np.dtype(tensor.dtype)
+    try:
+        datatype = from_numpy(dtype)
+    except ValueError:
+        raise where.error(f'model {kind} "{tensor.name}"', f"has type {dtype}, which fleetserve cannot serve") from None
+    shape = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in tensor.shape)
+    return _Tensor(tensor.name, kind, datatype, dtype, shape)
+
+
+def _max_batch_size(
+    msg: pb.ModelConfig, model_in: tuple[_Tensor, ...], model_out: tuple[_Tensor, ...], stated: bool, where: Where
+) -> tuple[int, bool]:
+    """(max_batch_size, whether completion chose it)."""
+    size = msg.max_batch_size
+    if size < 0:
+        raise where.error("max_batch_size", f"must be 0 (no batching) or a positive batch size, not {size}")
+    fixed = [t for t in model_in + model_out if not t.shape or t.shape[0] != -1]
+    if size > 0:
+        if fixed:
+            raise where.error(
+                "max_batch_size",
+                f"is {size}, which needs a variable first (batch) dimension in every input and output, "
+                f"but the model's {fixed[0].kind} {fixed[0].describe()} has none; set max_batch_size: 0",
+            )
+        return size, False
+    if stated or fixed or not model_in:
+        return 0, False
+    # Not stated: the model batches unless listed dims include the batch dimension (Triton does the same).
+    shapes = {t.name: len(t.shape) for t in model_in + model_out}
+    listed = [e for e in (*msg.input, *msg.output) if e.dims and e.name in shapes]
+    if any(len(e.dims) == shapes[e.name] for e in listed):
+        return 0, False
+    return DEFAULT_MAX_BATCH_SIZE, True
+
+
+def _tensors(
+    listed: Sequence[pb.ModelInput | pb.ModelOutput],
+    model: tuple[_Tensor, ...],
+    max_batch_size: int,
+    where: Where,
+    *,
+    every: bool,
+) -> tuple[TensorSpec, ...]:
+    """The served tensors: the model's when none are listed, else the listed ones checked."""
+    if not listed:
+        return tuple(TensorSpec(t.name, t.datatype, t.dims(max_batch_size)) for t in model)
+    kind = "input" if every else "output"
+    by_name = {t.name: t for t in model}
+    specs: list[TensorSpec] = []
+    for index, entry in enumerate(listed):
+        field = f'{kind} "{entry.name}"' if entry.name else f"{kind}[{index}]"
+        if not entry.name:
+            raise where.error(field, "has no name")
+        if any(spec.name == entry.name for spec in specs):
+            raise where.error(field, "is listed twice")
+        tensor = by_name.get(entry.name)
+        if tensor is None:
+            known = ", ".join(t.describe() for t in model) or "none"
+            raise where.error(field, f"the model has no {kind} of that name; its {kind}s are: {known}")
+        if entry.HasField("reshape"):
+            raise where.error(f"{field}.reshape", "is not supported by fleetserve; give dims as the model's shape")
+        datatype = _datatype(entry.data_type, tensor, field, where)
+        dims = _dims(tuple(entry.dims), tensor, max_batch_size, field, where)
+        optional = isinstance(entry, pb.ModelInput) and entry.optional
+        specs.append(TensorSpec(entry.name, datatype, dims, optional=optional))
+    if every:
+        named = {spec.name for spec in specs}
+        missing = [t.describe() for t in model if t.name not in named]
+        if missing:
+            listing = ", ".join(missing)
+            raise where.error(kind, f"the model's {kind}s {listing} are not listed; list every {kind} or none")
+    return tuple(specs)
+
+
+def _datatype(value: int, tensor: _Tensor, field: str, where: Where) -> Datatype:
+    if value == 0:  # TYPE_INVALID: not stated, take the model's
+        return tensor.datatype
+    try:
+        stated = BY_CONFIG_NAME[pb.DataType.Name(value)]
+    except (ValueError, KeyError):
+        raise where.error(f"{field}.data_type", f"{value} is not a known data type") from None
+    # BF16 travels as uint16 words, so a bf16 tensor may be reported as uint16.
+    if stated != tensor.datatype and stated.numpy != tensor.dtype:
+        raise where.error(
+            f"{field}.data_type",
+            f"is {stated.config_name}, but the model's {tensor.kind} is {tensor.datatype.config_name}",
+        )
+    return stated
+
+
+def _dims(stated: tuple[int, ...], tensor: _Tensor, max_batch_size: int, field: str, where: Where) -> tuple[int, ...]:
+    """The stated dims merged with the model's: a fixed size on either side wins over -1."""
+    model = tensor.dims(max_batch_size)
+    if not stated:
+        return model
+    note = (
+        f"max_batch_size {max_batch_size}: dims leave out the batch dimension"
+        if max_batch_size > 0
+        else "max_batch_size 0: dims are the whole shape"
+    )
+    expected = f"the model's {tensor.kind} has shape {list(tensor.shape)}, so dims should be {list(model)} ({note})"
+    if len(stated) != len(model) or any(d < -1 for d in stated):
+        raise where.error(f"{field}.dims", f"are {list(stated)}, but {expected}")
+    for mine, theirs in zip(stated, model):
+        if mine != -1 and theirs != -1 and mine != theirs:
+            raise where.error(f"{field}.dims", f"are {list(stated)}, but {expected}")
+    return tuple(theirs if mine == -1 else mine for mine, theirs in zip(stated, model))

@@ -1,0 +1,266 @@
+"""What is loaded in memory, with its state: the registry (the store is on disk).
+
+Contract:
+- ``get(name, version)`` is the hot-path lookup: two dict reads, no awaits.
+  It raises ModelNotFound for a name or version the repository does not have
+  and ModelNotReady for one that is loading, unloading or failed.
+- ``load(name)`` (re)reads the model from the repository, loads the versions
+  its policy selects that are new or changed, then swaps them in atomically;
+  versions no longer selected are removed from lookup first and closed after
+  (closing drains their queued requests). A failed version load leaves any
+  previous copy of that version serving and records the reason.
+- Loads and unloads of one model are serialised by a per-model lock.
+- Loop-bound: call from the event loop.
+
+Generic over the servable type: ``load_version(source, version)`` builds one,
+``servable.close()`` releases it. Must not import server, batching or grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generic, Protocol, TypeVar
+
+from model_store.repository import ModelRepository, ModelSource
+from ops.errors import ModelNotFound, ModelNotReady, ServingError
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Closable)
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    state: ModelState
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str  # "" for a model with no version loaded
+    state: ModelState
+    reason: str
+
+
+class _Model(Generic[S]):
+    def __init__(self) -> None:
+        self.servables: dict[int, S] = {}  # READY versions only
+        self.latest: S | None = None
+        self.status: dict[int, VersionStatus] = {}
+        self.fingerprints: dict[int, object] = {}
+        self.reason = ""  # a model-level failure (bad config), when no version could even be tried
+        self.lock = asyncio.Lock()
+
+    def publish(self) -> None:
+        self.latest = self.servables[max(self.servables)] if self.servables else None
+
+
+class ModelRegistry(Generic[S]):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        load_version: Callable[[ModelSource, int], Awaitable[S]],
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.repository = repository
+        self._load_version = load_version
+        self._on_change = on_change
+        self._models: dict[str, _Model[S]] = {}
+
+    # ---- hot path -------------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> S:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"unknown model '{name}': it is not loaded on this server")
+        if not version:
+            if model.latest is None:
+                raise ModelNotReady(f"model '{name}' is not ready: {self._why(model, None)}")
+            return model.latest
+        try:
+            number = int(version)
+        except ValueError:
+            raise ModelNotFound(f"model '{name}' has no version '{version}': versions are integers") from None
+        servable = model.servables.get(number)
+        if servable is None:
+            if number not in model.status:
+                raise ModelNotFound(f"model '{name}' has no version {number}; versions: {self._version_list(model)}")
+            raise ModelNotReady(f"model '{name}' version {number} is not ready: {self._why(model, number)}")
+        return servable
+
+    def ready_servables(self, name: str) -> dict[int, S]:
+        model = self._models.get(name)
+        return dict(model.servables) if model else {}
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    # ---- control --------------------------------------------------------------------------
+    async def load(self, name: str) -> None:
+        """Load or reload ``name`` from the repository. Raises ServingError when nothing serves."""
+        self.repository.validate_name(name)
+        model = self._models.setdefault(name, _Model())
+        async with model.lock:
+            try:
+                source = self.repository.read(name)
+            except ServingError as exc:
+                model.reason = exc.message
+                log.error("model '%s' cannot load: %s", name, exc.message)
+                if isinstance(exc, ModelNotFound) and not model.servables:
+                    self._models.pop(name, None)
+                self._on_change()
+                raise
+            model.reason = ""
+            await self._apply(model, source)
+            self._on_change()
+            if not model.servables:
+                raise ModelNotReady(f"model '{name}' did not load: {self._why(model, None)}")
+
+    async def _apply(self, model: _Model[S], source: ModelSource) -> None:
+        policy = source.version_policy()
+        wanted = set(policy.select(sorted(set(source.versions) | set(source.missing))))
+        for version in sorted(wanted):
+            if version in source.missing:
+                model.status[version] = VersionStatus(ModelState.UNAVAILABLE, source.missing[version])
+                continue
+            fingerprint = source.version_fingerprint(version)
+            if version in model.servables and model.fingerprints.get(version) == fingerprint:
+                continue
+            model.status.setdefault(version, VersionStatus(ModelState.LOADING))
+            if version not in model.servables:
+                model.status[version] = VersionStatus(ModelState.LOADING)
+            try:
+                servable = await self._load_version(source, version)
+            except ServingError as exc:
+                log.error("model '%s' version %d failed to load: %s", source.name, version, exc.message)
+                if version not in model.servables:
+                    model.status[version] = VersionStatus(ModelState.UNAVAILABLE, exc.message)
+                continue
+            except Exception as exc:  # a bug or an unexpected library error: still keep serving others
+                log.exception("model '%s' version %d failed to load", source.name, version)
+                if version not in model.servables:
+                    model.status[version] = VersionStatus(ModelState.UNAVAILABLE, f"load failed: {exc!r}")
+                continue
+            old = model.servables.get(version)
+            model.servables[version] = servable
+            model.fingerprints[version] = fingerprint
+            model.status[version] = VersionStatus(ModelState.READY)
+            model.publish()
+            if old is not None:
+                await old.close()
+        for version in sorted(set(model.servables) - wanted):
+            await self._retire(model, version)
+        for version in list(model.status):
+            if version not in wanted and version not in model.servables:
+                del model.status[version]
+
+    async def _retire(self, model: _Model[S], version: int) -> None:
+        servable = model.servables.pop(version)
+        model.fingerprints.pop(version, None)
+        model.status[version] = VersionStatus(ModelState.UNLOADING)
+        model.publish()
+        self._on_change()
+        try:
+            await servable.close()
+        finally:
+            model.status.pop(version, None)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of ``name``; queued requests finish first."""
+        self.repository.validate_name(name)
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"unknown model '{name}': it is not loaded on this server")
+        async with model.lock:
+            for version in sorted(model.servables):
+                await self._retire(model, version)
+            model.status.clear()
+            self._models.pop(name, None)
+        self._on_change()
+
+    async def load_all(self) -> None:
+        """Load every model in the repository; failures are recorded, not raised."""
+        for name in self.repository.model_names():
+            try:
+                await self.load(name)
+            except ServingError:
+                pass
+
+    async def poll(self) -> None:
+        """Apply repository changes: new or changed models load, removed ones unload."""
+        present = set(self.repository.model_names())
+        for name in sorted(present):
+            model = self._models.get(name)
+            if model is not None and not model.reason and not self._changed(name, model):
+                continue
+            try:
+                await self.load(name)
+            except ServingError:
+                pass
+        for name in sorted(set(self._models) - present):
+            await self.unload(name)
+
+    def _changed(self, name: str, model: _Model[S]) -> bool:
+        try:
+            source = self.repository.read(name)
+        except ServingError:
+            return True
+        wanted = set(source.version_policy().select(sorted(set(source.versions) | set(source.missing))))
+        if wanted != set(model.status):
+            return True
+        return any(model.fingerprints.get(v) != source.version_fingerprint(v) for v in wanted if v in source.versions)
+
+    async def close(self) -> None:
+        for name in list(self._models):
+            await self.unload(name)
+
+    # ---- reporting ------------------------------------------------------------------------
+    def index(self) -> list[IndexEntry]:
+        """Every model in the repository with each version's state (RepositoryIndex)."""
+        entries: list[IndexEntry] = []
+        for name in sorted(set(self.repository.model_names()) | set(self._models)):
+            model = self._models.get(name)
+            if model is None:
+                entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, "not loaded"))
+                continue
+            if model.reason and not model.status:
+                entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, model.reason))
+            for version, status in sorted(model.status.items()):
+                entries.append(IndexEntry(name, str(version), status.state, status.reason))
+        return entries
+
+    def _version_list(self, model: _Model[S]) -> str:
+        return ", ".join(str(v) for v in sorted(model.status)) or "none"
+
+    def _why(self, model: _Model[S], version: int | None) -> str:
+        if version is not None:
+            status = model.status.get(version)
+            return f"{status.state.value}{': ' + status.reason if status and status.reason else ''}" if status else "unknown"
+        if model.reason:
+            return model.reason
+        reasons = [f"version {v} {s.state.value}{': ' + s.reason if s.reason else ''}" for v, s in sorted(model.status.items())]
+        return "; ".join(reasons) or "no version loaded"

@@ -1,0 +1,366 @@
+"""build_config: completion from the model's signature (read by onnxruntime) and every cross-check."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from model_store.complete import ModelTensor, build_config
+from model_store.config import DEFAULT_MAX_BATCH_SIZE, DynamicBatching, InstanceKind, ModelConfig, VersionPolicy
+from model_store.pbtxt import parse_config_text, stated_fields
+from model_store.testing import write_dense_model, write_identity_model, write_two_io_model
+from ops.errors import ConfigError
+
+SOURCE = "repo/m/config.pbtxt"
+Signature = tuple[list[ModelTensor], list[ModelTensor]]  # as the ort_signature fixture returns it
+
+
+def write_partly_batching_model(folder: Path) -> Path:
+    """INPUT0 [batch, 4] -> OUTPUT0 [1, 4], the column sums: the output has no batch dimension."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["INPUT0", "AXES"], ["OUTPUT0"], keepdims=1)],
+        "column_sums",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([0], dtype=np.int64), "AXES")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+WRITERS: dict[str, Callable[[Path], Path]] = {
+    "dense": functools.partial(write_dense_model, in_features=16, out_features=8),  # [batch, 16] -> [batch, 8]
+    "fixed": functools.partial(write_dense_model, in_features=16, out_features=8, batch_dim=None),  # [1, 16]
+    "two_io": functools.partial(write_two_io_model, features=4),  # 2 x [batch, 4] -> 2 x [batch, 4]
+    "strings": functools.partial(write_identity_model, datatype="BYTES", dims=(3,)),  # [batch, 3] strings
+    "sequence": functools.partial(write_identity_model, datatype="FP32", dims=(-1, 4), batch=False),  # [d0, 4]
+    "partly": write_partly_batching_model,
+}
+
+
+@pytest.fixture(scope="module")
+def signatures(
+    tmp_path_factory: pytest.TempPathFactory, ort_signature: Callable[[Path], Signature]
+) -> dict[str, Signature]:
+    root = tmp_path_factory.mktemp("models")
+    return {name: ort_signature(write(root / name)) for name, write in WRITERS.items()}
+
+
+def build(signatures: dict[str, Signature], model: str, text: str | None) -> ModelConfig:
+    """What the loader does: parse the text (if any), then complete it against the model."""
+    message = parse_config_text(text, SOURCE) if text is not None else None
+    stated = stated_fields(text) if text is not None else frozenset()
+    inputs, outputs = signatures[model]
+    return build_config("m", message, inputs, outputs, SOURCE, stated=stated)
+
+
+def io(specs: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(s.name, s.datatype.name, s.dims) for s in specs]
+
+
+FP32 = "FP32"
+
+COMPLETIONS = [
+    pytest.param(
+        "dense",
+        None,
+        {
+            "max_batch_size": DEFAULT_MAX_BATCH_SIZE,
+            "inputs": [("INPUT0", FP32, (16,))],
+            "outputs": [("OUTPUT0", FP32, (8,))],
+            "dynamic_batching": DynamicBatching(),
+            "instance_count": 1,
+            "instance_kind": InstanceKind.AUTO,
+            "version_policy": VersionPolicy(),
+            "default_model_filename": "model.onnx",
+            "execution_accelerators": (),
+        },
+        id="no-config-batching-model",
+    ),
+    pytest.param(
+        "dense",
+        "max_batch_size: 0",
+        {"max_batch_size": 0, "inputs": [("INPUT0", FP32, (-1, 16))], "dynamic_batching": None},
+        id="explicit-zero-turns-batching-off",
+    ),
+    pytest.param(
+        "dense",
+        "max_batch_size: 8",
+        {"max_batch_size": 8, "inputs": [("INPUT0", FP32, (16,))], "dynamic_batching": None},
+        id="stated-size-without-dynamic-batching",
+    ),
+    pytest.param(
+        "fixed", None, {"max_batch_size": 0, "inputs": [("INPUT0", FP32, (1, 16))], "dynamic_batching": None},
+        id="fixed-first-dim-does-not-batch",
+    ),
+    pytest.param(
+        "partly", None, {"max_batch_size": 0, "outputs": [("OUTPUT0", FP32, (1, 4))]}, id="one-fixed-output-no-batch"
+    ),
+    pytest.param(
+        "strings", None, {"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "inputs": [("INPUT0", "BYTES", (3,))]},
+        id="string-tensors-are-bytes",
+    ),
+    pytest.param(
+        "sequence", "max_batch_size: 0", {"max_batch_size": 0, "inputs": [("INPUT0", FP32, (-1, 4))]},
+        id="variable-non-batch-dims-are-minus-one",
+    ),
+    pytest.param(
+        "sequence",
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]',
+        {"max_batch_size": 0, "inputs": [("INPUT0", FP32, (-1, 4))], "outputs": [("OUTPUT0", FP32, (-1, 4))]},
+        id="listed-dims-with-the-first-dim-mean-no-batching",
+    ),
+    pytest.param(
+        "dense",
+        'input [ { name: "INPUT0" dims: [ -1 ] } ]',
+        {"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "inputs": [("INPUT0", FP32, (16,))]},
+        id="missing-type-completed-and-fixed-size-wins-over-minus-one",
+    ),
+    pytest.param(
+        "two_io",
+        'max_batch_size: 4\noutput [ { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 4 ] } ]',
+        {"inputs": [("INPUT0", FP32, (4,)), ("INPUT1", FP32, (4,))], "outputs": [("OUTPUT1", FP32, (4,))]},
+        id="a-subset-of-outputs-may-be-listed",
+    ),
+    pytest.param(
+        "dense",
+        'name: "m"\nplatform: "onnxruntime_onnx"\nbackend: "onnxruntime"',
+        {"name": "m", "max_batch_size": DEFAULT_MAX_BATCH_SIZE},
+        id="matching-name-platform-backend",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "text", "expected"), COMPLETIONS)
+def test_completion(signatures: dict[str, Signature], model: str, text: str | None, expected: dict[str, Any]) -> None:
+    config = build(signatures, model, text)
+
+    for field, value in expected.items():
+        actual = getattr(config, field)
+        assert (io(actual) if field in ("inputs", "outputs") else actual) == value, field
+    assert config.to_proto().name == "m"  # what the ModelConfig RPC returns builds from it
+
+
+def test_without_stated_fields_a_zero_max_batch_size_counts_as_absent(signatures: dict[str, Signature]) -> None:
+    inputs, outputs = signatures["dense"]
+    message = parse_config_text("max_batch_size: 0", SOURCE)
+
+    assert build_config("m", message, inputs, outputs, SOURCE).max_batch_size == DEFAULT_MAX_BATCH_SIZE
+
+
+def test_serving_options_are_read_from_a_full_config(signatures: dict[str, Signature]) -> None:
+    config = build(
+        signatures,
+        "dense",
+        """
+        max_batch_size: 16
+        version_policy { latest { num_versions: 2 } }
+        dynamic_batching {
+          preferred_batch_size: [ 8, 4, 8 ]
+          max_queue_delay_microseconds: 250
+          preserve_ordering: true
+          default_queue_policy { max_queue_size: 100 }
+        }
+        instance_group [
+          { count: 2 kind: KIND_GPU gpus: [ 1, 0 ] },
+          { count: 0 kind: KIND_GPU }
+        ]
+        optimization {
+          graph { level: -1 }
+          execution_accelerators {
+            gpu_execution_accelerator: [ { name: "TensorRT" }, { name: "cuda" } ]
+            cpu_execution_accelerator: [ { name: "cpu" } ]
+          }
+        }
+        default_model_filename: "dense.onnx"
+        parameters [
+          { key: "b" value { string_value: "2" } },
+          { key: "a" value { string_value: "1" } }
+        ]
+        response_cache { enable: true }
+        """,
+    )
+
+    assert config.version_policy == VersionPolicy(kind="latest", num_versions=2)
+    assert config.dynamic_batching == DynamicBatching(
+        max_queue_delay_us=250, preferred_batch_size=(4, 8), preserve_ordering=True, max_queue_size=100
+    )
+    assert (config.instance_count, config.instance_kind, config.gpus) == (5, InstanceKind.GPU, (0, 1))
+    assert config.execution_accelerators == ("tensorrt", "cuda", "cpu")
+    assert config.graph_optimization_level == -1
+    assert config.default_model_filename == "dense.onnx"
+    assert dict(config.parameters) == {"a": "1", "b": "2"}
+    assert config.response_cache is True
+    proto = config.to_proto()
+    assert [a.name for a in proto.optimization.execution_accelerators.gpu_execution_accelerator] == ["tensorrt", "cuda"]
+    assert [a.name for a in proto.optimization.execution_accelerators.cpu_execution_accelerator] == ["cpu"]
+
+
+def test_signature_may_be_built_by_hand_with_symbolic_dims() -> None:
+    inputs = [ModelTensor("x", np.dtype(np.int64), (None, 3))]
+    outputs = [ModelTensor("y", np.dtype(np.float32), (None,))]
+
+    config = build_config("m", None, inputs, outputs, SOURCE)
+
+    assert io(config.inputs) == [("x", "INT64", (3,))]
+    assert io(config.outputs) == [("y", FP32, ())]
+
+
+ERRORS = [
+    pytest.param("dense", 'name: "other"', ["name:", '"other"', 'model folder is "m"'], id="name-differs-from-folder"),
+    pytest.param(
+        "dense", 'platform: "tensorflow_savedmodel"', ["platform:", "only ONNX models", "onnxruntime_onnx"],
+        id="other-platform",
+    ),
+    pytest.param("dense", 'backend: "pytorch"', ["backend:", "only ONNX models"], id="other-backend"),
+    pytest.param("dense", "max_batch_size: -2", ["max_batch_size:", "0 (no batching) or a positive"], id="negative"),
+    pytest.param(
+        "fixed", "max_batch_size: 8",
+        ["max_batch_size:", "variable first (batch) dimension", "INPUT0 (TYPE_FP32 [1, 16])", "max_batch_size: 0"],
+        id="batching-a-model-with-a-fixed-first-dim",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "input" data_type: TYPE_FP32 dims: [ 16 ] } ]',
+        ['input "input":', "no input of that name", "INPUT0 (TYPE_FP32 [-1, 16])"],
+        id="unknown-input",
+    ),
+    pytest.param(
+        "dense", 'output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 8 ] } ]',
+        ['output "OUT":', "its outputs are: OUTPUT0"],
+        id="unknown-output",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" data_type: TYPE_INT32 dims: [ 16 ] } ]',
+        ['input "INPUT0".data_type:', "is TYPE_INT32", "model's input is TYPE_FP32"],
+        id="data-type-differs",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 15 ] } ]',
+        ['input "INPUT0".dims:', "are [15]", "should be [16]", "leave out the batch dimension"],
+        id="dim-differs",
+    ),
+    pytest.param(
+        "dense", 'max_batch_size: 4 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1, 16 ] } ]',
+        ['input "INPUT0".dims:', "shape [-1, 16]", "should be [16]"],
+        id="batch-dim-listed-while-batching",
+    ),
+    pytest.param(
+        "dense", 'max_batch_size: 0 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] } ]',
+        ["should be [-1, 16]", "max_batch_size 0: dims are the whole shape"],
+        id="batch-dim-left-out-without-batching",
+    ),
+    pytest.param(
+        "two_io", 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]',
+        ["input:", "INPUT1 (TYPE_FP32 [-1, 4]) are not listed", "list every input or none"],
+        id="model-input-not-listed",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" }, { name: "INPUT0" } ]', ['input "INPUT0":', "listed twice"], id="twice"
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" dims: [ 16 ] reshape { shape: [ 16 ] } } ]',
+        ['input "INPUT0".reshape:', "not supported"],
+        id="reshape",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" data_type: 99 } ]', ["data_type:", "99 is not a known data type"],
+        id="unknown-type-number",
+    ),
+    pytest.param(
+        "dense", "max_batch_size: 8 dynamic_batching { preferred_batch_size: [ 4, 16 ] }",
+        ["dynamic_batching.preferred_batch_size:", "16 is outside 1..max_batch_size (8)"],
+        id="preferred-size-too-big",
+    ),
+    pytest.param(
+        "dense", "max_batch_size: 0 dynamic_batching { }", ["dynamic_batching:", "max_batch_size is 0"],
+        id="dynamic-batching-without-batching",
+    ),
+    pytest.param(
+        "fixed", "dynamic_batching { }", ["dynamic_batching:", "needs a batching model"],
+        id="dynamic-batching-on-a-model-that-cannot-batch",
+    ),
+    pytest.param(
+        "dense", "dynamic_batching { priority_levels: 2 }", ["dynamic_batching.priority_levels:", "not supported"],
+        id="priorities",
+    ),
+    pytest.param(
+        "dense", "dynamic_batching { default_queue_policy { default_timeout_microseconds: 5 } }",
+        ["dynamic_batching.default_queue_policy.default_timeout_microseconds:", "remove it"],
+        id="queue-timeouts",
+    ),
+    pytest.param("dense", "instance_group [ { count: -1 } ]", ["instance_group[0].count:", "0 or more"], id="count"),
+    pytest.param(
+        "dense", "instance_group [ { kind: KIND_MODEL } ]", ["instance_group[0].kind:", "KIND_MODEL is not supported"],
+        id="kind-model",
+    ),
+    pytest.param(
+        "dense", "instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]",
+        ["instance_group[0].gpus:", "KIND_CPU group"],
+        id="gpus-for-cpu",
+    ),
+    pytest.param(
+        "dense", "instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU } ]",
+        ["instance_group:", "mixes kinds KIND_CPU, KIND_GPU"],
+        id="mixed-kinds",
+    ),
+    pytest.param(
+        "dense", 'optimization { execution_accelerators { cpu_execution_accelerator: [ { name: "openvino" } ] } }',
+        ["cpu_execution_accelerator[0].name:", '"openvino" is not known', "use one of: cpu"],
+        id="unknown-cpu-accelerator",
+    ),
+    pytest.param(
+        "dense", 'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "rocm" } ] } }',
+        ["gpu_execution_accelerator[0].name:", "use one of: tensorrt, cuda"],
+        id="unknown-gpu-accelerator",
+    ),
+    pytest.param(
+        "dense",
+        'optimization { execution_accelerators { gpu_execution_accelerator: [ '
+        '{ name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }',
+        ["gpu_execution_accelerator[0].parameters:", "not supported"],
+        id="accelerator-parameters",
+    ),
+    pytest.param(
+        "dense", "version_policy { latest { } }", ["version_policy.latest.num_versions:", "at least 1"],
+        id="latest-zero",
+    ),
+    pytest.param(
+        "dense", "version_policy { specific { } }", ["version_policy.specific.versions:", "list version numbers"],
+        id="specific-empty",
+    ),
+    pytest.param(
+        "dense", 'default_model_filename: "../other/model.onnx"',
+        ["default_model_filename:", "without path separators"],
+        id="model-filename-with-path",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "text", "expected"), ERRORS)
+def test_errors_name_the_file_and_field_and_say_what_was_expected(
+    signatures: dict[str, Signature], model: str, text: str, expected: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(signatures, model, text)
+
+    message = str(caught.value)
+    assert message.startswith(f"{SOURCE}: ")
+    for part in expected:
+        assert part in message
+
+
+def test_a_model_type_without_a_protocol_datatype_is_an_error() -> None:
+    inputs = [ModelTensor("z", np.dtype(np.complex64), (None,))]
+
+    with pytest.raises(ConfigError, match=r'model input "z": has type complex64, which fleetserve cannot serve'):
+        build_config("m", None, inputs, [], SOURCE)

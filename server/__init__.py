@@ -1,0 +1,4 @@
+"""Transports (gRPC), wire codecs, status mapping, the dataplane, app wiring and lifecycle.
+
+Nothing imports ``server``.
+"""

@@ -1,0 +1,126 @@
+"""Open Inference Protocol tensors on the wire <-> numpy arrays.
+
+Raw contents are little-endian, row-major; numeric raw inputs become read-only
+numpy views over the request's bytes (no copy). BYTES elements travel as a
+4-byte little-endian length followed by the bytes. Shared by the gRPC codec
+and, later, the REST codec's binary extension. Errors are ``InvalidInput``
+naming the tensor, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Sequence
+
+import numpy as np
+
+from model_store.datatypes import BY_NAME, NAMES, Datatype
+from ops.errors import InvalidInput
+
+_LEN = struct.Struct("<I")
+
+
+def datatype_of(tensor_name: str, name: str) -> Datatype:
+    dt = BY_NAME.get(name)
+    if dt is None:
+        raise InvalidInput(f"input '{tensor_name}': unknown datatype '{name}'; expected one of {', '.join(NAMES)}")
+    return dt
+
+
+def checked_shape(tensor_name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    dims = tuple(shape)
+    if any(d < 0 for d in dims):
+        raise InvalidInput(f"input '{tensor_name}': shape {list(dims)} has a negative dimension")
+    return dims
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def from_raw(tensor_name: str, raw: bytes, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode one tensor's raw contents; numeric data is a zero-copy view over ``raw``."""
+    count = element_count(shape)
+    if dt.itemsize == 0:
+        return _bytes_from_raw(tensor_name, raw, shape, count)
+    expected = count * dt.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"input '{tensor_name}': raw contents hold {len(raw)} bytes, but shape {list(shape)} of "
+            f"{dt.name} needs {expected} bytes ({count} elements x {dt.itemsize} bytes)"
+        )
+    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)
+
+
+def _bytes_from_raw(tensor_name: str, raw: bytes, shape: tuple[int, ...], count: int) -> np.ndarray:
+    items: list[bytes] = []
+    offset, end = 0, len(raw)
+    view = memoryview(raw)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInput(f"input '{tensor_name}': BYTES raw contents end inside a 4-byte length prefix")
+        (length,) = _LEN.unpack_from(raw, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInput(
+                f"input '{tensor_name}': BYTES element {len(items)} claims {length} bytes but only {end - offset} remain"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise InvalidInput(f"input '{tensor_name}': shape {list(shape)} needs {count} BYTES elements, got {len(items)}")
+    arr = np.empty(count, dtype=object)
+    arr[:] = items
+    return arr.reshape(shape)
+
+
+def to_raw(data: np.ndarray, dt: Datatype) -> bytes:
+    """Encode one output tensor as raw contents."""
+    if dt.itemsize == 0:
+        parts: list[bytes] = []
+        for item in data.reshape(-1):
+            b = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(_LEN.pack(len(b)))
+            parts.append(b)
+        return b"".join(parts)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data.tobytes()
+
+
+# Typed contents: which InferTensorContents field carries each datatype.
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def from_contents(tensor_name: str, values: Any, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode typed contents (a repeated field of the datatype's contents field)."""
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{tensor_name}': shape {list(shape)} needs {count} elements, "
+            f"but {CONTENTS_FIELD[dt.name]} holds {len(values)}"
+        )
+    if dt.itemsize == 0:
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    try:
+        return np.array(values, dtype=dt.numpy).reshape(shape)
+    except OverflowError as exc:
+        raise InvalidInput(f"input '{tensor_name}': a value does not fit in {dt.name}: {exc}") from exc

@@ -1,0 +1,228 @@
+"""The transport-neutral core: every RPC and REST endpoint converts and delegates here.
+
+Works on fleetserve's own types (server/types.py, model_store, ops.statistics);
+never imports grpc, an HTTP framework or protobuf modules. Raises only
+``ServingError`` subclasses for anything a caller did wrong or that is not
+available; the transports map their codes.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from model_store.config import ModelConfig, TensorSpec
+from model_store.registry import IndexEntry, ModelRegistry
+from ops.errors import InvalidInput, Unsupported
+from ops.statistics import ModelStats
+from server.servable import Servable
+from server.types import InferRequest, InferResponse, OutputTensor
+
+SERVER_NAME = "fleetserve"
+EXTENSIONS = (
+    "model_configuration",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "statistics",
+    "binary_tensor_data",
+)
+
+
+class ControlMode(enum.Enum):
+    NONE = "none"  # load everything at start-up; the repository is not watched
+    POLL = "poll"  # re-scan the repository at an interval
+    EXPLICIT = "explicit"  # only RepositoryModelLoad/Unload change what is served
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[tuple[str, str, tuple[int, ...]]]  # name, datatype, shape (-1 variable)
+    outputs: list[tuple[str, str, tuple[int, ...]]]
+
+
+def _dims_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class DataPlane:
+    """See the module docstring. Loop-bound."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry[Servable],
+        *,
+        version: str,
+        control_mode: ControlMode,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self.registry = registry
+        self.version = version
+        self.control_mode = control_mode
+        self._is_ready = is_ready
+
+    # ---- health and metadata ----------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._is_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.registry.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        servable = self.registry.get(name, version)
+        config = servable.config
+        mbs = config.max_batch_size
+        return ModelMetadata(
+            name=name,
+            versions=[str(v) for v in sorted(self.registry.ready_servables(name))],
+            platform="onnxruntime_onnx",
+            inputs=[(s.name, s.datatype.name, s.shape_with_batch(mbs)) for s in config.inputs],
+            outputs=[(s.name, s.datatype.name, s.shape_with_batch(mbs)) for s in config.outputs],
+        )
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.registry.get(name, version).config
+
+    def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, ModelStats]]:
+        if name:
+            if version:
+                servables = {int(version): self.registry.get(name, version)}
+            else:
+                servables = self.registry.ready_servables(name)
+                if not servables:
+                    self.registry.get(name)  # raises NOT_FOUND or UNAVAILABLE with the reason
+            return [(name, str(v), s.stats) for v, s in sorted(servables.items())]
+        out = []
+        for model in self.registry.names():
+            for v, s in sorted(self.registry.ready_servables(model).items()):
+                out.append((model, str(v), s.stats))
+        return out
+
+    # ---- repository control -------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        entries = self.registry.index()
+        if ready_only:
+            entries = [e for e in entries if e.state.value == "READY"]
+        return entries
+
+    async def load_model(self, name: str) -> None:
+        self._check_explicit("load")
+        await self.registry.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        self._check_explicit("unload")
+        await self.registry.unload(name)
+
+    def _check_explicit(self, verb: str) -> None:
+        if self.control_mode is not ControlMode.EXPLICIT:
+            raise Unsupported(
+                f"explicit model {verb} is not allowed: the server runs with --model-control-mode "
+                f"{self.control_mode.value}; start it with --model-control-mode explicit"
+            )
+
+    # ---- inference ----------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        servable = self.registry.get(request.model_name, request.model_version)
+        config = servable.config
+        stats = servable.stats
+        start = time.perf_counter_ns()
+        try:
+            feeds, rows, key = _validate(config, request)
+            outputs = await servable.submit(feeds, rows, key, request.deadline)
+        except BaseException:
+            stats.fail.add(time.perf_counter_ns() - start)
+            raise
+        stats.success.add(time.perf_counter_ns() - start)
+        wanted = request.requested_outputs
+        specs = config.outputs if wanted is None else tuple(_output_spec(config, name) for name in wanted)
+        return InferResponse(
+            model_name=request.model_name,
+            model_version=servable.version_str,
+            id=request.id,
+            outputs=[_output(spec, outputs[spec.name]) for spec in specs],
+        )
+
+
+def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:
+    return OutputTensor(spec.name, spec.datatype.name, data.shape, data)
+
+
+def _output_spec(config: ModelConfig, name: str) -> TensorSpec:
+    for spec in config.outputs:
+        if spec.name == name:
+            return spec
+    raise InvalidInput(
+        f"model '{config.name}' has no output '{name}'; outputs: {', '.join(s.name for s in config.outputs)}"
+    )
+
+
+def _validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple]:
+    """Check the request against the model; return the feeds, the batch rows and the merge key."""
+    if request.requested_outputs is not None:
+        for name in request.requested_outputs:
+            _output_spec(config, name)
+    mbs = config.max_batch_size
+    feeds: dict[str, np.ndarray] = {}
+    rows = -1
+    for tensor in request.inputs:
+        spec = config.input(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model '{config.name}' has no input '{tensor.name}'; "
+                f"inputs: {', '.join(s.name for s in config.inputs)}"
+            )
+        if tensor.name in feeds:
+            raise InvalidInput(f"input '{tensor.name}' is given more than once")
+        if tensor.datatype != spec.datatype.name:
+            raise InvalidInput(
+                f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's {spec.datatype.name}"
+            )
+        shape = tensor.shape
+        expected = spec.dims
+        if mbs > 0:
+            if len(shape) != len(expected) + 1 or not _dims_match(shape[1:], expected):
+                raise InvalidInput(
+                    f"input '{tensor.name}': shape {_dims_text(shape)} does not match the model's "
+                    f"{_dims_text((-1,) + expected)} (first dimension is the batch, -1 is any size)"
+                )
+            batch = shape[0]
+            if batch < 1 or batch > mbs:
+                raise InvalidInput(
+                    f"input '{tensor.name}': batch size {batch} is outside 1..{mbs} (the model's max_batch_size)"
+                )
+            if rows == -1:
+                rows = batch
+            elif batch != rows:
+                raise InvalidInput(
+                    f"input '{tensor.name}': batch size {batch} differs from the other inputs' {rows}"
+                )
+        elif len(shape) != len(expected) or not _dims_match(shape, expected):
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {_dims_text(shape)} does not match the model's "
+                f"{_dims_text(expected)} (-1 is any size)"
+            )
+        feeds[tensor.name] = tensor.data
+    if len(feeds) != len(config.inputs):
+        missing = [s.name for s in config.inputs if s.name not in feeds and not s.optional]
+        if missing:
+            raise InvalidInput(
+                f"model '{config.name}' expects {len(config.inputs)} inputs; missing: {', '.join(missing)}"
+            )
+    key = tuple(feeds[s.name].shape[1:] if s.name in feeds else None for s in config.inputs) if mbs > 0 else ()
+    return feeds, max(rows, 1), key
+
+
+def _dims_match(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    for got, want in zip(shape, expected):
+        if want != -1 and got != want:
+            return False
+    return True

@@ -1,0 +1,181 @@
+"""The GRPCInferenceService methods: decode, delegate to the DataPlane, encode.
+
+No logic lives here beyond conversion; errors are mapped by server/grpc_errors.py
+when the handlers are built (``method_handlers``). ModelStreamInfer answers each
+request in the stream as it completes; a failed request becomes a response with
+``error_message`` and the stream goes on, as Triton does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+import grpc
+
+
+from ops.statistics import Duration, ModelStats
+from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
+from server.grpc_codec import decode_infer_request, encode_infer_response
+from server.grpc_errors import status_of, wrap_stream, wrap_unary
+from server.protos import grpc_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+_STREAM_WINDOW = 1024  # requests of one stream in flight at once; reading pauses beyond it
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatistics:
+    msg = pb.ModelStatistics(
+        name=name,
+        version=version,
+        last_inference=stats.last_inference_ms,
+        inference_count=stats.inference_count,
+        execution_count=stats.execution_count,
+    )
+    s = msg.inference_stats
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        getattr(s, field).CopyFrom(_duration(getattr(stats, field)))
+    for size, b in sorted(stats.batches.items()):
+        msg.batch_stats.add(
+            batch_size=size,
+            compute_input=_duration(b.compute_input),
+            compute_infer=_duration(b.compute_infer),
+            compute_output=_duration(b.compute_output),
+        )
+    return msg
+
+
+class InferenceServicer:
+    """One instance per server; every method converts and delegates to ``dataplane``."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dp.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dp.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.dp.version, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        meta = self.dp.model_metadata(request.name, request.version)
+        msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        for name, datatype, shape in meta.inputs:
+            msg.inputs.add(name=name, datatype=datatype, shape=shape)
+        for name, datatype, shape in meta.outputs:
+            msg.outputs.add(name=name, datatype=datatype, shape=shape)
+        return msg
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        config = self.dp.model_config(request.name, request.version)
+        response = pb.ModelConfigResponse()
+        response.config.CopyFrom(config.to_proto())
+        return response
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        rows = self.dp.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_stats_message(n, v, s) for n, v, s in rows])
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        msg = pb.RepositoryIndexResponse()
+        for e in self.dp.repository_index(ready_only=request.ready):
+            msg.models.add(name=e.name, version=e.version, state=e.state.value, reason=e.reason)
+        return msg
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
+        await self.dp.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dp.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        infer = decode_infer_request(request, context.time_remaining())
+        return encode_infer_response(await self.dp.infer(infer))
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of one stream run concurrently (so they batch); responses go out as they finish."""
+        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(_STREAM_WINDOW)
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                infer = decode_infer_request(request, context.time_remaining())
+                response = pb.ModelStreamInferResponse(infer_response=encode_infer_response(await self.dp.infer(infer)))
+            except Exception as exc:
+                _, message = status_of(exc)
+                response = pb.ModelStreamInferResponse(error_message=message)
+                response.infer_response.id = request.id
+                response.infer_response.model_name = request.model_name
+            finally:
+                window.release()
+            done.put_nowait(response)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.get_running_loop().create_task(one(request))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.wait(set(pending))
+            finally:
+                done.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                response = await done.get()
+                if response is None:
+                    break
+                yield response
+        finally:
+            reader.cancel()
+            for task in list(pending):
+                task.cancel()
+
+
+def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Handlers for every method of the service, each wrapped by the error mapping."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        fn = getattr(servicer, method.name)
+        request_cls = _message_class(method.input_type.name)
+        response_cls = _message_class(method.output_type.name)
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                wrap_stream(fn), request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                wrap_unary(fn), request_deserializer=request_cls.FromString,
+                response_serializer=response_cls.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+def _message_class(name: str) -> Any:
+    return getattr(pb, name)
+
+
+

@@ -1,0 +1,38 @@
+"""``fleetserve models``: what a repository holds and whether each version loads."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from pathlib import Path
+
+from model_store.registry import ModelRegistry
+from model_store.repository import ModelRepository
+from server.servable import Servable, ServingDefaults, load_servable
+
+
+async def _index(root: Path) -> list[tuple[str, str, str, str, str]]:
+    registry: ModelRegistry[Servable] = ModelRegistry(
+        ModelRepository(root), partial(load_servable, defaults=ServingDefaults(warmup=False))
+    )
+    await registry.load_all()
+    rows = []
+    for e in registry.index():
+        io = ""
+        if e.state.value == "READY":
+            config = registry.get(e.name, e.version).config
+            io = " ".join(f"{s.name}:{s.datatype.name}{list(s.shape_with_batch(config.max_batch_size))}"
+                          for s in config.inputs)
+        rows.append((e.name, e.version or "-", e.state.value, io, e.reason))
+    await registry.close()
+    return rows
+
+
+def print_models(root: Path) -> int:
+    """Print one line per model version; exit status 1 when any is UNAVAILABLE."""
+    rows = asyncio.run(_index(root))
+    header = ("MODEL", "VERSION", "STATE", "INPUTS", "REASON")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for r in [header, *rows]:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + ("  " + r[4] if r[4] else ""))
+    return 1 if any(r[2] != "READY" for r in rows) else 0

@@ -1,0 +1,143 @@
+"""One loaded model version: its config, kernel, batcher and statistics.
+
+Built by ``load_servable`` off the hot path; ``infer`` is the per-request path
+(validated inputs in, outputs out). Closing drains the batcher before the
+kernel is released, so a version swap never fails requests already admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+
+from batching.batcher import BatcherConfig, DynamicBatcher
+from batching.policy import BatchPolicy
+from kernels.ort import KernelOptions, OrtKernel, read_signature
+from model_store.config import InstanceKind, ModelConfig
+from model_store.repository import ModelSource
+from ops.errors import ConfigError
+from ops.statistics import ModelStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingDefaults:
+    """Server-wide defaults a model config does not set."""
+
+    max_queue_size: int = 1024
+    warmup: bool = True
+
+
+class _Work:
+    """One request inside the batcher."""
+
+    __slots__ = ("inputs", "enqueued_ns")
+
+    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+        self.inputs = inputs
+        self.enqueued_ns = time.perf_counter_ns()
+
+
+class Servable:
+    """See the module docstring. Loop-bound except ``kernel`` runs in its executor."""
+
+    def __init__(self, config: ModelConfig, version: int, kernel: OrtKernel, defaults: ServingDefaults) -> None:
+        self.config = config
+        self.version = version
+        self.version_str = str(version)
+        self.kernel = kernel
+        self.stats = ModelStats()
+        batching = config.max_batch_size > 0 and config.dynamic_batching is not None
+        db = config.dynamic_batching
+        policy = BatchPolicy(
+            max_batch_size=max(1, config.max_batch_size) if batching else 1,
+            max_queue_delay_s=(db.max_queue_delay_us / 1e6) if (batching and db) else 0.0,
+            preferred_batch_sizes=tuple(db.preferred_batch_size) if (batching and db) else (),
+        )
+        queue_size = (db.max_queue_size if db and db.max_queue_size else 0) or defaults.max_queue_size
+        self.batcher: DynamicBatcher[_Work, dict[str, np.ndarray]] = DynamicBatcher(
+            self._run_batch,
+            BatcherConfig(policy=policy, max_queue_size=queue_size, max_concurrent_batches=config.instance_count),
+            name=f"model '{config.name}' version {version}",
+        )
+        # Without dynamic batching a batching model still runs each request's own rows.
+        self.rows_per_item = batching
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    def submit(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None) -> asyncio.Future:
+        return self.batcher.submit(_Work(inputs), rows if self.rows_per_item else 1, key, deadline)
+
+    async def _run_batch(self, items: list[_Work]) -> list[dict[str, np.ndarray]]:
+        start = time.perf_counter_ns()
+        stats = self.stats
+        for item in items:
+            stats.queue.add(start - item.enqueued_ns)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.kernel.executor, self.kernel.run_batch, [i.inputs for i in items])
+        rows = sum(len(next(iter(out.values()))) for out in result.outputs) if self.config.max_batch_size > 0 else 1
+        stats.record_batch(rows, len(items), result.input_ns, result.infer_ns, result.output_ns)
+        return result.outputs
+
+    async def close(self, drain_timeout_s: float | None = None) -> None:
+        """Finish queued and running requests, then release the kernel."""
+        await self.batcher.stop(drain_timeout_s)
+        await asyncio.get_running_loop().run_in_executor(None, self.kernel.close)
+
+
+def kernel_options(config: ModelConfig) -> KernelOptions:
+    return KernelOptions(
+        providers=config.execution_accelerators,
+        allow_gpu=config.instance_kind is not InstanceKind.CPU,
+        device_id=config.gpus[0] if config.gpus else 0,
+        instances=config.instance_count,
+        intra_op_threads=int(config.parameters.get("intra_op_thread_count", "0") or 0),
+        graph_optimization_level=config.graph_optimization_level,
+    )
+
+
+def _warm_up(kernel: OrtKernel, config: ModelConfig) -> None:
+    """Run one zero-filled request so the first caller does not pay for lazy initialisation."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in config.inputs:
+        dims = tuple(1 if d < 0 else d for d in spec.dims)
+        shape = ((1,) + dims) if config.max_batch_size > 0 else dims
+        if spec.datatype.name == "BYTES":
+            feeds[spec.name] = np.full(shape, b"", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
+    try:
+        kernel.run(feeds)
+    except Exception as exc:  # a model may reject zeros or unit dims; warm-up is best effort
+        log.info("%s: warm-up run skipped: %s", config.name, exc)
+
+
+def _load_sync(source: ModelSource, version: int, model_path: Path, defaults: ServingDefaults) -> tuple[ModelConfig, OrtKernel]:
+    inputs, outputs = read_signature(model_path)
+    config = source.build_config(inputs, outputs)
+    kernel = OrtKernel(model_path, kernel_options(config))
+    kernel.load()
+    if defaults.warmup:
+        _warm_up(kernel, config)
+    return config, kernel
+
+
+async def load_servable(source: ModelSource, version: int, defaults: ServingDefaults) -> Servable:
+    """Load one version in a worker thread (session creation is slow and holds the GIL)."""
+    model_path = source.versions.get(version)
+    if model_path is None or not os.path.isfile(model_path):
+        raise ConfigError(f"model '{source.name}' version {version}: no model file at {model_path}")
+    loop = asyncio.get_running_loop()
+    config, kernel = await loop.run_in_executor(None, _load_sync, source, version, model_path, defaults)
+    servable = Servable(config, version, kernel, defaults)
+    await servable.start()
+    choice = kernel.provider_choice
+    log.info("model '%s' version %d ready on %s", source.name, version, ", ".join(choice.providers) if choice else "?")
+    return servable

@@ -1,0 +1,103 @@
+"""Run a real fleetserve server in a subprocess, for tests and benchmarks.
+
+The server runs in its own process, as in production; its port is chosen by the
+OS (``--grpc-port 0``) and read back from its log. Its log is kept in
+``ServerProcess.log`` so a failing test can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+_LISTENING = re.compile(r"gRPC listening on [^:]+:(\d+)")
+
+
+class ServerProcess:
+    """A ``fleetserve serve`` subprocess on 127.0.0.1. Use as a context manager."""
+
+    def __init__(self, repository: Path, *extra_args: str, ready_timeout_s: float = 60.0) -> None:
+        self.repository = repository
+        self.args: Sequence[str] = extra_args
+        self.ready_timeout_s = ready_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+        self.grpc_port = 0
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def start(self) -> "ServerProcess":
+        cmd = [
+            sys.executable, "-m", "server", "serve",
+            "--model-repository", str(self.repository),
+            "--host", "127.0.0.1", "--grpc-port", "0",
+            *self.args,
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(self.ready_timeout_s) or not self.grpc_port:
+            self.stop()
+            raise RuntimeError(f"fleetserve did not become ready; its log:\n{self.log}")
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                self.grpc_port = int(match.group(1))
+            if "fleetserve ready" in line:
+                self._ready.set()
+        self._ready.set()
+
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        """Signal the server and wait for it to exit; returns its exit status."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,91 @@
+"""Fixtures: a model repository built in a temp dir and a real fleetserve server on it."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+from onnx import TensorProto, helper
+
+from model_store.testing import (
+    IDENTITY_DATATYPES,
+    ModelSpec,
+    write_add_constant_model,
+    write_dense_model,
+    write_identity_model,
+    write_model_repository,
+    write_two_io_model,
+)
+from server.testing import ServerProcess
+
+SIMPLE_CONFIG = """
+name: "simple"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "INPUT0", data_type: TYPE_FP32, dims: [ 4 ] },
+  { name: "INPUT1", data_type: TYPE_FP32, dims: [ 4 ] }
+]
+output [
+  { name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 4 ] },
+  { name: "OUTPUT1", data_type: TYPE_FP32, dims: [ 4 ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 500 }
+instance_group [ { count: 1, kind: KIND_CPU } ]
+"""
+
+# A queue delay long enough that 64 concurrent callers reliably share batches.
+BATCHING_CONFIG = """
+max_batch_size: 64
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+"""
+
+
+def write_reshape_model(path: Path) -> None:
+    """INPUT0 FP32 [batch, n] reshaped to [-1, 3]: fails at run time unless batch*n % 3 == 0."""
+    import onnx
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["INPUT0", "shape"], ["OUTPUT0"])],
+        "reshape",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["rows", 3])],
+        [shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"))
+
+
+def _corrupt(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.onnx").write_bytes(b"this is not an onnx model \x00\x01\x02" * 10)
+
+
+def build_repository(root: Path) -> Path:
+    models = {
+        "dense": ModelSpec(write_dense_model),
+        "simple": ModelSpec(partial(write_two_io_model, features=4), config=SIMPLE_CONFIG),
+        "add_one": ModelSpec(write_add_constant_model, versions=(1, 2)),
+        "batching": ModelSpec(partial(write_add_constant_model, features=4), config=BATCHING_CONFIG),
+        "nobatch": ModelSpec(partial(write_dense_model, batch_dim=None), config="max_batch_size: 0"),
+        "fragile": ModelSpec(write_reshape_model, config="max_batch_size: 0"),
+        "corrupt": ModelSpec(_corrupt),
+        "badconfig": ModelSpec(write_dense_model, config="max_batch_sise: 4"),
+    }
+    for datatype in IDENTITY_DATATYPES:
+        models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))
+    return write_model_repository(root, models)
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path):
+    with ServerProcess(repository) as proc:
+        yield proc

@@ -1,0 +1,122 @@
+"""Every error case over gRPC: exact status code, a message a person understands, server keeps serving."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(server.grpc_address)
+    yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def request(model="dense", inputs=None, version="", outputs=()):
+    msg = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    for name, datatype, shape, raw in inputs if inputs is not None else [("INPUT0", "FP32", [1, 16], bytes(64))]:
+        msg.inputs.add(name=name, datatype=datatype, shape=shape)
+        msg.raw_input_contents.append(raw)
+    for name in outputs:
+        msg.outputs.add(name=name)
+    return msg
+
+
+def fails(stub, msg, code, *fragments):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(msg)
+    assert err.value.code() == code, err.value.details()
+    for fragment in fragments:
+        assert fragment in err.value.details(), err.value.details()
+    return err.value.details()
+
+
+F32 = np.float32().itemsize
+
+
+@pytest.mark.parametrize("msg, code, fragments", [
+    (request(model="nope"), grpc.StatusCode.NOT_FOUND, ["unknown model 'nope'"]),
+    (request(version="7"), grpc.StatusCode.NOT_FOUND, ["no version 7"]),
+    (request(version="abc"), grpc.StatusCode.NOT_FOUND, ["versions are integers"]),
+    (request(model="../dense"), grpc.StatusCode.NOT_FOUND, []),
+    (request(model="corrupt"), grpc.StatusCode.UNAVAILABLE, ["corrupt", "not ready"]),
+    (request(model="badconfig"), grpc.StatusCode.UNAVAILABLE, ["max_batch_sise"]),
+    (request(inputs=[("WRONG", "FP32", [1, 16], bytes(64))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["no input 'WRONG'", "INPUT0"]),
+    (request(inputs=[]), grpc.StatusCode.INVALID_ARGUMENT, ["missing: INPUT0"]),
+    (request(inputs=[("INPUT0", "FP32", [1, 16], bytes(64)), ("INPUT0", "FP32", [1, 16], bytes(64))]),
+     grpc.StatusCode.INVALID_ARGUMENT, ["more than once"]),
+    (request(inputs=[("INPUT0", "INT32", [1, 16], bytes(64))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["INPUT0", "INT32", "FP32"]),
+    (request(inputs=[("INPUT0", "FP33", [1, 16], bytes(64))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["unknown datatype 'FP33'"]),
+    (request(inputs=[("INPUT0", "FP32", [1, 15], bytes(60))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["INPUT0", "[1, 15]", "[-1, 16]"]),
+    (request(inputs=[("INPUT0", "FP32", [16], bytes(64))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["INPUT0", "[16]", "[-1, 16]"]),
+    (request(inputs=[("INPUT0", "FP32", [1, 16], bytes(63))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["INPUT0", "63 bytes", "64 bytes"]),
+    (request(inputs=[("INPUT0", "FP32", [1000, 16], bytes(1000 * 16 * F32))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["batch size 1000", "max_batch_size"]),
+    (request(inputs=[("INPUT0", "FP32", [0, 16], b"")]), grpc.StatusCode.INVALID_ARGUMENT, ["batch size 0"]),
+    (request(outputs=["NOPE"]), grpc.StatusCode.INVALID_ARGUMENT, ["no output 'NOPE'", "OUTPUT0"]),
+    (request(model="nobatch", inputs=[("INPUT0", "FP32", [2, 16], bytes(128))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["[2, 16]", "[1, 16]"]),
+])
+def test_error_codes_and_messages(stub, msg, code, fragments):
+    fails(stub, msg, code, *fragments)
+
+
+def test_raw_and_input_counts_must_agree(stub):
+    msg = request()
+    msg.raw_input_contents.append(b"")
+    fails(stub, msg, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents")
+
+
+def test_backend_failure_is_internal_and_server_keeps_serving(stub):
+    bad = request(model="fragile", inputs=[("INPUT0", "FP32", [1, 4], bytes(16))])
+    details = fails(stub, bad, grpc.StatusCode.INTERNAL, "Reshape")
+    assert "fragile" in details or "model.onnx" in details
+    good = request(model="fragile", inputs=[("INPUT0", "FP32", [1, 6], bytes(24))])
+    assert list(stub.ModelInfer(good).outputs[0].shape) == [2, 3]
+    assert stub.ModelInfer(request()).outputs[0].name == "OUTPUT0"
+
+
+def test_repository_index_reports_failures_with_reasons(stub):
+    index = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest())
+    by_name = {(m.name, m.version): m for m in index.models}
+    assert by_name[("dense", "1")].state == "READY"
+    corrupt = [m for m in index.models if m.name == "corrupt"]
+    assert corrupt and corrupt[0].state == "UNAVAILABLE" and "model.onnx" in corrupt[0].reason
+    bad = [m for m in index.models if m.name == "badconfig"]
+    assert bad and bad[0].state == "UNAVAILABLE"
+    assert "config.pbtxt" in bad[0].reason and "max_batch_sise" in bad[0].reason
+    ready = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True))
+    assert all(m.state == "READY" for m in ready.models)
+
+
+def test_repository_control_refused_outside_explicit_mode(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="dense"))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "explicit" in err.value.details()
+
+
+def test_unknown_model_metadata_and_config(stub):
+    for call, req in [(stub.ModelMetadata, service_pb2.ModelMetadataRequest(name="nope")),
+                      (stub.ModelConfig, service_pb2.ModelConfigRequest(name="nope")),
+                      (stub.ModelStatistics, service_pb2.ModelStatisticsRequest(name="nope"))]:
+        with pytest.raises(grpc.RpcError) as err:
+            call(req)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unimplemented_protocol_rpcs_answer_unimplemented(server):
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryStatus")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"")
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,251 @@
+"""tritonclient.grpc against a real fleetserve: health, metadata, config, inference, streams, statistics."""
+
+from __future__ import annotations
+
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from model_store.datatypes import BY_NAME
+from model_store.testing import IDENTITY_DATATYPES, reference_outputs
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = tc.InferenceServerClient(server.grpc_address)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(server.grpc_address)
+    yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def infer(client, model, arrays, outputs=None, version="", request_id=""):
+    inputs = []
+    for name, arr in arrays.items():
+        dt = "BYTES" if arr.dtype == object else tc.np_to_triton_dtype(arr.dtype)
+        inp = tc.InferInput(name, list(arr.shape), dt)
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    requested = [tc.InferRequestedOutput(o) for o in outputs] if outputs else None
+    return client.infer(model, inputs, outputs=requested, model_version=version, request_id=request_id)
+
+
+def test_health_and_server_metadata(client, server):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("dense")
+    assert not client.is_model_ready("corrupt")
+    meta = client.get_server_metadata()
+    assert meta.name == "fleetserve"
+    assert {"model_configuration", "model_repository", "statistics"} <= set(meta.extensions)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_model_metadata_and_config(client):
+    meta = client.get_model_metadata("simple")
+    assert meta.name == "simple" and meta.versions == ["1"] and meta.platform == "onnxruntime_onnx"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+        ("INPUT0", "FP32", [-1, 4]), ("INPUT1", "FP32", [-1, 4])]
+    config = client.get_model_config("simple").config
+    assert config.max_batch_size == 8
+    assert [i.name for i in config.input] == ["INPUT0", "INPUT1"]
+    assert list(config.input[0].dims) == [4]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    # a model without config.pbtxt is completed from its ONNX signature
+    dense = client.get_model_config("dense").config
+    assert dense.max_batch_size > 0 and list(dense.input[0].dims) == [16] and dense.output[0].name == "OUTPUT0"
+    nobatch = client.get_model_config("nobatch").config
+    assert nobatch.max_batch_size == 0 and list(nobatch.input[0].dims) == [1, 16]
+
+
+@pytest.mark.parametrize("model, arrays", [
+    ("dense", {"INPUT0": np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32)}),
+    ("simple", {"INPUT0": np.arange(8, dtype=np.float32).reshape(2, 4),
+                "INPUT1": np.ones((2, 4), dtype=np.float32)}),
+    ("add_one", {"INPUT0": np.random.default_rng(2).standard_normal((5, 16), dtype=np.float32)}),
+    ("nobatch", {"INPUT0": np.random.default_rng(3).standard_normal((1, 16), dtype=np.float32)}),
+])
+def test_infer_matches_in_process_onnxruntime(client, repository, model, arrays):
+    result = infer(client, model, arrays)
+    version = "2" if model == "add_one" else "1"
+    expected = reference_outputs(repository / model / version / "model.onnx", arrays)
+    for name, value in expected.items():
+        np.testing.assert_allclose(result.as_numpy(name), value, rtol=1e-6, atol=1e-6)
+    assert result.get_response().model_version == version
+
+
+def test_versions_default_latest_and_explicit(client):
+    x = np.zeros((1, 16), dtype=np.float32)
+    assert infer(client, "add_one", {"INPUT0": x}).get_response().model_version == "2"
+    # the default version policy serves only the latest; version 1 is not served
+    with pytest.raises(tc.InferenceServerException) as err:
+        infer(client, "add_one", {"INPUT0": x}, version="1")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+
+
+@pytest.mark.parametrize("datatype", IDENTITY_DATATYPES)
+def test_every_datatype_round_trips_raw(client, datatype):
+    rng = np.random.default_rng(4)
+    if datatype == "BYTES":
+        arr = np.array([[b"a", b"", "\u00e9t\u00e9".encode()], [b"x" * 100, b"\x00z", b"q"]], dtype=object)
+    elif datatype == "BOOL":
+        arr = rng.integers(0, 2, (2, 3)).astype(bool)
+    else:
+        dtype = BY_NAME[datatype].numpy
+        arr = (rng.standard_normal((2, 3)) * 100).astype(dtype) if dtype.kind == "f" else \
+            rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, (2, 3), dtype=dtype, endpoint=True)
+    result = infer(client, f"identity_{datatype.lower()}", {"INPUT0": arr})
+    out = result.as_numpy("OUTPUT0")
+    assert out.shape == arr.shape
+    if datatype == "BYTES":
+        assert out.tolist() == arr.tolist()
+    else:
+        assert out.dtype == arr.dtype
+        np.testing.assert_array_equal(out, arr)
+    response = result.get_response()
+    assert response.outputs[0].datatype == datatype
+    assert len(response.raw_output_contents) == 1  # raw output by default
+
+
+TYPED = {
+    "BOOL": ("bool_contents", [True, False, True]),
+    "INT8": ("int_contents", [-128, 0, 127]),
+    "INT16": ("int_contents", [-32768, 5, 32767]),
+    "INT32": ("int_contents", [-(2**31), 7, 2**31 - 1]),
+    "INT64": ("int64_contents", [-(2**63), 9, 2**63 - 1]),
+    "UINT8": ("uint_contents", [0, 1, 255]),
+    "UINT16": ("uint_contents", [0, 1, 65535]),
+    "UINT32": ("uint_contents", [0, 1, 2**32 - 1]),
+    "UINT64": ("uint64_contents", [0, 1, 2**64 - 1]),
+    "FP32": ("fp32_contents", [1.5, -2.25, 0.0]),
+    "FP64": ("fp64_contents", [1.5e300, -2.25, 0.0]),
+    "BYTES": ("bytes_contents", [b"one", b"", b"three"]),
+}
+
+
+@pytest.mark.parametrize("datatype", sorted(TYPED))
+def test_every_datatype_round_trips_typed_contents(stub, datatype):
+    field, values = TYPED[datatype]
+    request = service_pb2.ModelInferRequest(model_name=f"identity_{datatype.lower()}", id="typed-1")
+    tensor = request.inputs.add(name="INPUT0", datatype=datatype, shape=[1, 3])
+    getattr(tensor.contents, field).extend(values)
+    response = stub.ModelInfer(request)
+    assert response.id == "typed-1"
+    out = response.outputs[0]
+    assert out.datatype == datatype and list(out.shape) == [1, 3]
+    if datatype == "BYTES":
+        raw, items = response.raw_output_contents[0], []
+        while raw:
+            n = int.from_bytes(raw[:4], "little")
+            items.append(raw[4:4 + n])
+            raw = raw[4 + n:]
+        assert items == values
+    else:
+        decoded = np.frombuffer(response.raw_output_contents[0], dtype=BY_NAME[datatype].numpy)
+        assert decoded.tolist() == values
+
+
+def test_fp16_has_no_typed_contents_and_says_so(stub):
+    request = service_pb2.ModelInferRequest(model_name="identity_fp16")
+    request.inputs.add(name="INPUT0", datatype="FP16", shape=[1, 3]).contents.fp32_contents.extend([1, 2, 3])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents" in err.value.details()
+
+
+def test_requested_outputs_are_honoured_and_request_id_echoed(client):
+    arrays = {"INPUT0": np.ones((1, 4), np.float32), "INPUT1": np.full((1, 4), 2, np.float32)}
+    result = infer(client, "simple", arrays, outputs=["OUTPUT1"], request_id="req-42")
+    response = result.get_response()
+    assert [o.name for o in response.outputs] == ["OUTPUT1"]
+    assert response.id == "req-42"
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.full((1, 4), -1, np.float32))
+
+
+def test_stream_infer(client):
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        for i in range(20):
+            x = np.full((1, 16), i, np.float32)
+            inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+            inp.set_data_from_numpy(x)
+            client.async_stream_infer("add_one", [inp], request_id=str(i))
+        bad = tc.InferInput("INPUT0", [1, 5], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 5), np.float32))
+        client.async_stream_infer("add_one", [bad], request_id="bad")
+        got, errors = {}, []
+        for _ in range(21):
+            result, error = responses.get(timeout=30)
+            if error is not None:
+                errors.append(str(error))
+            else:
+                got[result.get_response().id] = result.as_numpy("OUTPUT0")
+    finally:
+        client.stop_stream()
+    assert sorted(got, key=int) == [str(i) for i in range(20)]
+    for key, value in got.items():
+        np.testing.assert_array_equal(value, np.full((1, 16), int(key) + 1, np.float32))
+    assert len(errors) == 1 and "INPUT0" in errors[0] and "[1, 5]" in errors[0]
+
+
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):
+    def call(i: int) -> tuple[int, np.ndarray]:
+        c = tc.InferenceServerClient(server.grpc_address)
+        try:
+            x = np.full((1, 4), float(i), np.float32)
+            return i, infer(c, "batching", {"INPUT0": x}).as_numpy("OUTPUT0")
+        finally:
+            c.close()
+
+    stats_client = tc.InferenceServerClient(server.grpc_address)
+    before = stats_client.get_inference_statistics("batching").model_stats[0]
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(call, range(64)))
+    for i, out in results:
+        np.testing.assert_array_equal(out, np.full((1, 4), i + 1.0, np.float32))
+    stats = stats_client.get_inference_statistics("batching").model_stats[0]
+    stats_client.close()
+    assert stats.inference_count - before.inference_count == 64
+    new_batches = stats.execution_count - before.execution_count
+    assert new_batches < 64
+    assert max(b.batch_size for b in stats.batch_stats) > 1
+
+
+def test_statistics_match_what_was_sent(server):
+    c = tc.InferenceServerClient(server.grpc_address)
+    before = c.get_inference_statistics("dense").model_stats[0]
+    for rows in (1, 2, 3):
+        infer(c, "dense", {"INPUT0": np.zeros((rows, 16), np.float32)})
+    with pytest.raises(tc.InferenceServerException):
+        infer(c, "dense", {"INPUT0": np.zeros((1, 15), np.float32)})
+    after = c.get_inference_statistics("dense").model_stats[0]
+    c.close()
+    s0, s1 = before.inference_stats, after.inference_stats
+    assert after.name == "dense" and after.version == "1"
+    assert s1.success.count - s0.success.count == 3
+    assert s1.fail.count - s0.fail.count == 1
+    assert after.inference_count - before.inference_count == 6
+    assert after.execution_count - before.execution_count == 3
+    assert s1.queue.count - s0.queue.count == 3 and s1.compute_infer.count - s0.compute_infer.count == 3
+    assert s1.compute_infer.ns > s0.compute_infer.ns
+    sizes = {b.batch_size: b.compute_infer.count for b in after.batch_stats}
+    assert {1, 2, 3} <= set(sizes)
+    assert after.last_inference > 0

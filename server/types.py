@@ -1,0 +1,47 @@
+"""The dataplane's own request and response types: no protobuf, no transport.
+
+Tensors are numpy arrays already shaped and typed by the codec (views over the
+request bytes where possible); BYTES tensors are object arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model_name: str
+    model_version: str = ""  # "" serves the default (latest ready) version
+    id: str = ""
+    inputs: list[InputTensor] = field(default_factory=list)
+    requested_outputs: list[str] | None = None  # None: all outputs
+    parameters: dict[str, Any] = field(default_factory=dict)
+    deadline: float | None = None  # time.monotonic() seconds; None: no deadline
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
