@@ -184,7 +184,9 @@ class OrtKernel:
             opts.add_session_config_entry(key, value)
         choice = choose_providers(self.options.providers, ort.get_available_providers(), allow_gpu=self.options.allow_gpu)
         if choice.skipped:
-            log.warning(
+            # The default chain tries GPUs where present; only a chain the config asked for warns.
+            log.log(
+                logging.WARNING if self.options.providers else logging.INFO,
                 "%s: execution providers %s are not available in this onnxruntime build; using %s",
                 self.model_path, ", ".join(choice.skipped), ", ".join(choice.providers),
             )

@@ -31,8 +31,8 @@ async def _index(root: Path) -> list[tuple[str, str, str, str, str]]:
 def print_models(root: Path) -> int:
     """Print one line per model version; exit status 1 when any is UNAVAILABLE."""
     rows = asyncio.run(_index(root))
-    header = ("MODEL", "VERSION", "STATE", "INPUTS", "REASON")
+    header = ("MODEL", "VERSION", "STATE", "INPUTS", "REASON" if any(r[4] for r in rows) else "")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for r in [header, *rows]:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + ("  " + r[4] if r[4] else ""))
+        print(("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4]).rstrip())
     return 1 if any(r[2] != "READY" for r in rows) else 0

@@ -1,0 +1,160 @@
+"""Model control modes, hot swaps under load, and clean shutdown, against real server processes."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+
+from model_store.testing import ModelSpec, write_add_constant_model, write_dense_model, write_model_repository
+from server.testing import ServerProcess
+
+
+def add_input(value: float, features: int = 16) -> list[tc.InferInput]:
+    inp = tc.InferInput("INPUT0", [1, features], "FP32")
+    inp.set_data_from_numpy(np.full((1, features), value, np.float32))
+    return [inp]
+
+
+def index(client: tc.InferenceServerClient) -> dict[tuple[str, str], tuple[str, str]]:
+    return {(m.name, m.version): (m.state, m.reason) for m in client.get_model_repository_index().models}
+
+
+def test_explicit_mode_load_and_unload(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model), "add_one": ModelSpec(write_add_constant_model)})
+    with ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "dense") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        assert client.is_model_ready("dense") and not client.is_model_ready("add_one")
+        assert index(client)[("add_one", "")][0] == "UNAVAILABLE"
+        client.load_model("add_one")
+        assert client.is_model_ready("add_one")
+        assert index(client)[("add_one", "1")] == ("READY", "")
+        out = client.infer("add_one", add_input(1.0)).as_numpy("OUTPUT0")
+        np.testing.assert_array_equal(out, np.full((1, 16), 2.0, np.float32))
+        client.unload_model("dense")
+        assert not client.is_model_ready("dense")
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.infer("dense", add_input(0.0))
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.load_model("missing")
+        assert err.value.status() == "StatusCode.NOT_FOUND" and "missing" in err.value.message()
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.load_model("../etc")
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        client.close()
+
+
+def test_explicit_load_of_a_broken_model_reports_why(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"broken": ModelSpec(lambda p: (p / "model.onnx").write_bytes(b"junk"))})
+    with ServerProcess(repo, "--model-control-mode", "explicit") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.load_model("broken")
+        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        assert "model.onnx" in err.value.message()
+        state, reason = index(client)[("broken", "1")]
+        assert state == "UNAVAILABLE" and "model.onnx" in reason
+        client.close()
+
+
+class Load:
+    """Requests in a loop on a background thread; records every failure."""
+
+    def __init__(self, address: str, model: str) -> None:
+        self.client = tc.InferenceServerClient(address)
+        self.model = model
+        self.failures: list[str] = []
+        self.versions: set[str] = set()
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.client.infer(self.model, add_input(1.0))
+                self.versions.add(result.get_response().model_version)
+                self.count += 1
+            except Exception as exc:  # every failure is a test failure; keep them for the message
+                self.failures.append(str(exc))
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.client.close()
+
+
+def wait_until(predicate, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_poll_mode_swaps_versions_under_load_without_failures(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(partial(write_add_constant_model, constant=1.0))})
+    with ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        with Load(server.grpc_address, "add") as load:
+            assert wait_until(lambda: load.count > 20)
+            # a new version appears: it is loaded, then traffic moves to it
+            write_add_constant_model(repo / "add" / "2", constant=2.0)
+            assert wait_until(lambda: "2" in load.versions), server.log
+            out = client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")
+            np.testing.assert_array_equal(out, np.full((1, 16), 3.0, np.float32))
+            # the model file of the served version changes: it is reloaded in place
+            write_add_constant_model(repo / "add" / "2" / "model.onnx", constant=5.0)
+            assert wait_until(lambda: client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 6.0), server.log
+            before = load.count
+            assert wait_until(lambda: load.count > before + 20)
+        assert load.failures == []
+        assert ("add", "1") not in index(client)  # latest(1): version 1 was retired
+        # a model removed from the repository is unloaded
+        shutil.rmtree(repo / "add")
+        assert wait_until(lambda: not client.is_model_ready("add"))
+        # a new model appears
+        write_dense_model(repo / "dense" / "1")
+        assert wait_until(lambda: client.is_model_ready("dense"))
+        client.close()
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"slow": ModelSpec(
+        partial(write_add_constant_model, features=4),
+        config="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1000000 }")})
+    server = ServerProcess(repo).start()
+    client = tc.InferenceServerClient(server.grpc_address)
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(client.infer("slow", add_input(1.0, features=4)).as_numpy("OUTPUT0"))
+        except Exception as exc:
+            results.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)  # the request now waits in the queue for its (1 s) batching delay
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    caller.join(20)
+    assert server.proc.wait(20) == 0, server.log
+    server.stop()
+    assert len(results) == 1 and isinstance(results[0], np.ndarray), results
+    np.testing.assert_array_equal(results[0], np.full((1, 4), 2.0, np.float32))
+    assert "fleetserve stopped" in server.log
+    client.close()
