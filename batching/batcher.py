@@ -1,63 +1,60 @@
-"""The dynamic batcher: coalesces queued items into batches under a delay budget.
+"""The dynamic batcher: coalesces queued items into batches and runs them, under static knobs or a latency objective.
 
 Contract:
 - ``submit()`` is synchronous and cheap: it enqueues and returns a future, or
-  raises ``QueueFull`` at once when the queue holds ``max_queue_size`` items;
-  it never blocks the caller.
+  raises at once, never blocking the caller: ``QueueFull`` when the request's
+  priority level holds its ``max_queue_size`` items, or, with a latency
+  objective, when the request is predicted to miss it; ``InvalidInput`` for a
+  priority outside ``0..levels``; ``DeadlineExceeded`` (objective only) when it
+  is predicted to miss its own deadline.
+- Priority 1 is the highest; 0 means the default level. Higher levels are
+  batched first; the aging rule of batching/queues.py bounds starvation.
+- Queue timeouts (per level, optionally shortened per request) fail the
+  request with ``DeadlineExceeded`` (REJECT) or move it behind its level
+  (DELAY). A request whose deadline has passed is never executed; with an
+  objective, neither is one that cannot finish by its deadline given the
+  expected run time. Items whose future is done (cancelled by the caller) are
+  dropped before execution.
 - Items with different ``key`` (e.g. non-batch shapes) are never merged.
 - At most ``max_concurrent_batches`` batches run at once; while all are busy,
   items keep queueing and the next batch is formed from them.
-- Items whose future is done (cancelled by the caller) or whose deadline has
-  passed are dropped before execution; the latter get ``DeadlineExceeded``.
 - ``run_batch`` returns one result per item, in order, or raises: then every
   item of that batch gets the error (a ``ServingError`` as is, anything else
   wrapped in ``BackendError``) and the batcher keeps running. No future is
-  ever left pending, also on ``stop()``.
+  ever left pending, also on ``stop()``. With ``preserve_ordering`` outcomes
+  are released in arrival order.
+- Every successful batch's run time feeds the run-time estimate, exposed by
+  ``estimate`` in every mode: timed here from dispatch to results on the
+  injected clock, or reported by the owner (``record_run_time``).
 - Loop-bound: call everything from the event loop that ran ``start()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import math
 import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
-from batching.policy import BatchPolicy, decide
-from ops.errors import BackendError, DeadlineExceeded, ModelNotReady, QueueFull, ServingError
+from batching.config import BatcherConfig, ScheduleEstimate
+from batching.estimate import ArrivalRate, RunTimeEstimator
+from batching.ordering import InOrderRelease, deliver
+from batching.policy import Decision, decide
+from batching.queues import Entry, Expiry, PriorityQueues
+from batching.slo import SloPlan, batch_rows, decide_slo, predicted_latency
+from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 Clock = Callable[[], float]
+_NEVER = 1 << 62  # wake_rows that no queue reaches
+_LOG_EVERY_S = 1.0
+_COLD_BATCHES = 1  # with an objective but no run-time estimate yet, admit this many full batches per instance
 
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    policy: BatchPolicy = field(default_factory=BatchPolicy)
-    max_queue_size: int = 1024  # items; beyond it submit() raises QueueFull
-    max_concurrent_batches: int = 1
-
-    def __post_init__(self) -> None:
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-        if self.max_concurrent_batches < 1:
-            raise ValueError(f"max_concurrent_batches must be >= 1, got {self.max_concurrent_batches}")
-
-
-class _Entry(Generic[T, R]):
-    __slots__ = ("item", "rows", "key", "future", "enqueued_at", "deadline")
-
-    def __init__(self, item: T, rows: int, key: Hashable, future: asyncio.Future[R], now: float, deadline: float | None):
-        self.item = item
-        self.rows = rows
-        self.key = key
-        self.future = future
-        self.enqueued_at = now
-        self.deadline = deadline
+__all__ = ["BatcherConfig", "DynamicBatcher", "ScheduleEstimate"]
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -75,36 +72,129 @@ class DynamicBatcher(Generic[T, R]):
         self.config = config
         self.name = name
         self._clock = clock
-        self._queue: collections.deque[_Entry[T, R]] = collections.deque()
+        self._queues: PriorityQueues[T, R] = PriorityQueues(config.queue_policies(), config.aging_s)
+        self._default_level = config.default_priority - 1
+        self._release = InOrderRelease() if config.preserve_ordering else None
+        objective = config.objective
+        self._estimator = RunTimeEstimator(quantile=objective.percentile / 100 if objective else 0.99)
+        self._plan: SloPlan | None = None
+        self._rate: ArrivalRate | None = None
+        if objective is not None:
+            self._plan = SloPlan(objective.budget_s, config.policy.max_batch_size, config.max_concurrent_batches,
+                                 objective.target_utilization)
+            self._rate = ArrivalRate(objective.rate_time_constant_s)
+        self._admission_batch = 1
+        self._last = Decision()
+        self._admitted_rows = 0
+        self._seq = 0
         self._wake = asyncio.Event()
+        self._wake_rows = 1
         self._running: set[asyncio.Task[None]] = set()
+        self._ends: list[float] = []  # expected end of each running batch
+        self._free_at = 0.0  # when the first instance frees up, if all are busy; else 0
+        self._logged_at = -math.inf
         self._loop_task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return self._queues.count
 
     @property
     def batches_in_flight(self) -> int:
         return len(self._running)
 
-    async def start(self) -> None:
-        self._accepting = True
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop(), name=f"{self.name}-loop")
+    @property
+    def estimate(self) -> ScheduleEstimate:
+        """The current run-time fit and scheduling choice (built on each read; not for the hot path)."""
+        return ScheduleEstimate(
+            curve=self._estimator.curve,
+            arrival_rows_per_s=self._rate.rows_per_s if self._rate else 0.0,
+            target_rows=self._last.wake_rows,
+            wait_s=self._last.wait_s,
+            admission_batch_rows=self._admission_batch if self._plan else 0,
+            budget_s=self._plan.budget_s if self._plan else None,
+        )
 
-    def submit(self, item: T, rows: int = 1, key: Hashable = None, deadline: float | None = None) -> asyncio.Future[R]:
-        """Queue ``item`` (``rows`` rows, batchable with items of equal ``key``); see module docstring."""
-        if not self._accepting:
+    async def start(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        self._accepting = True
+        self._loop_task = self._event_loop.create_task(self._loop(), name=f"{self.name}-loop")
+
+    def submit(
+        self, item: T, rows: int = 1, key: Hashable = None, deadline: float | None = None,
+        priority: int = 0, timeout_us: int = 0,
+    ) -> asyncio.Future[R]:
+        """Queue ``item`` (``rows`` rows, batchable with items of equal ``key``); see the module docstring.
+
+        ``deadline`` is on the batcher's clock; ``priority`` 0 is the default
+        level; ``timeout_us`` asks for a shorter queue timeout (0: the level's).
+        """
+        if not self._accepting or self._event_loop is None:
             raise ModelNotReady(f"{self.name} is not accepting requests (stopping or not started)")
-        if len(self._queue) >= self.config.max_queue_size:
-            raise QueueFull(
-                f"{self.name}: the queue is full ({self.config.max_queue_size} requests waiting); retry later"
+        queues = self._queues
+        if priority == 0:
+            level = self._default_level
+        elif 0 < priority <= queues.levels:
+            level = priority - 1
+        else:
+            raise InvalidInput(
+                f"{self.name}: priority {priority} is outside 0..{queues.levels} "
+                f"(1 is the highest; 0 uses the default, {self._default_level + 1})"
             )
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Entry(item, rows, key, future, self._clock(), deadline))
-        self._wake.set()
+        if queues.full(level):
+            which = "the queue" if queues.levels == 1 else f"the queue of priority level {level + 1}"
+            raise QueueFull(
+                f"{self.name}: {which} is full ({queues.policy(level).max_queue_size} requests waiting); retry later"
+            )
+        now = self._clock()
+        if self._plan is not None:
+            self._admit(now, level, rows, deadline)
+        policy = queues.policy(level)
+        timeout = policy.timeout_for(timeout_us) if (timeout_us or policy.timeout_s) else 0.0
+        future: asyncio.Future[R] = self._event_loop.create_future()
+        self._seq += 1
+        entry: Entry[T, R] = Entry(item, rows, key, future, now, deadline, (now + timeout) if timeout else None,
+                                   level, self._seq)
+        queues.push(entry)
+        self._admitted_rows += rows
+        if self._release is not None:
+            self._release.add(entry)
+        if queues.rows >= self._wake_rows:
+            self._wake.set()
         return future
+
+    def _admit(self, now: float, level: int, rows: int, deadline: float | None) -> None:
+        """Shed a request predicted to miss the objective (QueueFull) or its own deadline (DeadlineExceeded)."""
+        plan = self._plan
+        if plan is None:
+            return
+        curve = self._estimator.curve
+        ahead = self._queues.rows_up_to(level)
+        if curve is None:
+            if ahead + rows > _COLD_BATCHES * plan.max_batch_size * plan.instances:
+                raise QueueFull(
+                    f"{self.name}: the request cannot be admitted yet: the scheduler is still measuring the model's "
+                    f"run time against its latency objective and queues at most {_COLD_BATCHES} batches per instance "
+                    "meanwhile; retry shortly"
+                )
+            return
+        busy = self._free_at - now if self._free_at > now else 0.0
+        predicted = predicted_latency(plan, curve, ahead, rows, busy, self._admission_batch)
+        if predicted > plan.budget_s:
+            objective = self.config.objective
+            assert objective is not None
+            raise QueueFull(
+                f"{self.name}: the request cannot meet the model's latency objective of "
+                f"{objective.latency_s * 1e3:g} ms (p{objective.percentile:g}): with {ahead} rows queued ahead it "
+                f"would take about {predicted * 1e3:.1f} ms; it was not queued, retry later or elsewhere"
+            )
+        if deadline is not None and now + predicted > deadline:
+            raise DeadlineExceeded(
+                f"{self.name}: the request cannot finish before its deadline ({(deadline - now) * 1e3:.1f} ms left, "
+                f"about {predicted * 1e3:.1f} ms needed); it was not queued"
+            )
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop accepting, run what is queued, wait for running batches; then fail any leftovers."""
@@ -116,92 +206,97 @@ class DynamicBatcher(Generic[T, R]):
             except asyncio.TimeoutError:
                 self._loop_task.cancel()
             self._loop_task = None
-        for task in list(self._running):
+        running = set(self._running)
+        for task in running:
             task.cancel()
-        for entry in self._queue:
-            if not entry.future.done():
-                entry.future.set_exception(ModelNotReady(f"{self.name} stopped before the request ran"))
-        self._queue.clear()
+        if running:
+            await asyncio.wait(running)
+        stopped = ModelNotReady(f"{self.name} stopped before the request ran")
+        for entry in self._queues.drain():
+            self._settle(entry, None, stopped)
+        if self._release is not None:
+            self._release.fail_all(stopped)
 
     async def _loop(self) -> None:
-        policy = self.config.policy
-        while self._accepting or self._queue:
-            if not self._queue:
-                self._wake.clear()
+        queues = self._queues
+        cap = self.config.max_concurrent_batches
+        while self._accepting or queues.count:
+            now = self._clock()
+            if queues.next_timer() <= now:
+                for entry, why in queues.fire_timers(now):
+                    self._settle(entry, None, self._expired(entry, why, now))
+            if self._release is not None:
+                self._release.release()
+            if queues.count == 0:
                 if not self._accepting:
                     break
-                await self._wake.wait()
+                await self._sleep(math.inf, 1)
                 continue
-            if len(self._running) >= self.config.max_concurrent_batches:
-                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            if len(self._ends) >= cap:  # not _running: a finished task leaves it only after the loop wakes
+                await self._sleep(queues.next_timer() - now, _NEVER)
                 continue
-            now = self._clock()
-            self._drop_dead(now)
-            if not self._queue:
+            head, oldest_at = queues.front(now)
+            if head is None:
                 continue
-            head = self._queue[0]
-            rows = self._rows_like(head.key, policy.max_batch_size)
-            decision = decide(policy, rows, now - head.enqueued_at)
+            decision = self._decide(now, now - oldest_at)
             if decision.rows == 0 and self._accepting:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), decision.wait_s)
-                except asyncio.TimeoutError:
-                    pass
+                await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
                 continue
-            batch = self._take(head.key, decision.rows or rows)
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._dispatch(now, head, decision.rows or self.config.policy.max_batch_size)
         if self._running:
             await asyncio.wait(set(self._running))
+        if self._release is not None:
+            self._release.release()
 
-    def _drop_dead(self, now: float) -> None:
-        """Remove cancelled items and fail expired ones, so they never execute."""
-        if not any(e.future.done() or (e.deadline is not None and e.deadline <= now) for e in self._queue):
+    def _decide(self, now: float, oldest_wait_s: float) -> Decision:
+        if self._plan is None or self._rate is None:
+            return decide(self.config.policy, self._queues.rows, oldest_wait_s)
+        rate = self._rate.update(now, self._admitted_rows)
+        self._last = decide_slo(self._plan, self._estimator.curve, self._queues.rows, oldest_wait_s, rate)
+        return self._last
+
+    async def _sleep(self, timeout_s: float, wake_rows: int) -> None:
+        """Wait for a submission that brings the queue to ``wake_rows`` rows, a finished batch, stop, or the timeout."""
+        if timeout_s <= 0:
             return
-        alive: collections.deque[_Entry[T, R]] = collections.deque()
-        for entry in self._queue:
-            if entry.future.done():
-                continue
-            if entry.deadline is not None and entry.deadline <= now:
-                entry.future.set_exception(
-                    DeadlineExceeded(f"{self.name}: the request's deadline passed after "
-                                     f"{(now - entry.enqueued_at) * 1e3:.1f} ms in the queue; it was not executed")
-                )
-                continue
-            alive.append(entry)
-        self._queue = alive
+        wake = self._wake
+        wake.clear()
+        self._wake_rows = wake_rows
+        handle = None
+        if timeout_s != math.inf:
+            assert self._event_loop is not None
+            handle = self._event_loop.call_later(timeout_s, wake.set)
+        try:
+            await wake.wait()
+        finally:
+            self._wake_rows = 1
+            if handle is not None:
+                handle.cancel()
 
-    def _rows_like(self, key: Hashable, cap: int) -> int:
-        rows = 0
-        for entry in self._queue:
-            if entry.key == key:
-                rows += entry.rows
-                if rows >= cap:
-                    break
-        return rows
+    def _dispatch(self, now: float, head: Entry[T, R], rows: int) -> None:
+        curve = self._estimator.curve
+        slo = self._plan is not None and curve is not None
+        expected = curve.predict(rows) if slo and curve is not None else 0.0  # at the quantile: deadlines are hard
+        doomed: list[Entry[T, R]] = []
+        batch = self._queues.take(head, rows, now + expected, doomed)
+        for entry in doomed:
+            self._settle(entry, None, self._expired(entry, Expiry.DEADLINE, now, expected))
+        if not batch:
+            return
+        assert self._event_loop is not None
+        end = now + (curve.mean(rows) if slo and curve is not None else 0.0)  # when admission expects it free
+        self._ends.append(end)
+        self._update_free_at()
+        task = self._event_loop.create_task(self._execute(batch, end))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
-    def _take(self, key: Hashable, max_rows: int) -> list[_Entry[T, R]]:
-        """Pop, in arrival order, the items of ``key`` that fit in ``max_rows`` (at least one)."""
-        batch: list[_Entry[T, R]] = []
-        rest: collections.deque[_Entry[T, R]] = collections.deque()
-        rows = 0
-        queue = self._queue
-        while queue:
-            entry = queue.popleft()
-            if entry.key == key and (not batch or rows + entry.rows <= max_rows):
-                batch.append(entry)
-                rows += entry.rows
-                if rows >= max_rows:
-                    break
-            else:
-                rest.append(entry)
-        rest.extend(queue)
-        self._queue = rest
-        return batch
+    def _update_free_at(self) -> None:
+        ends = self._ends
+        self._free_at = min(ends) if len(ends) >= self.config.max_concurrent_batches else 0.0
 
-    async def _execute(self, batch: list[_Entry[T, R]]) -> None:
+    async def _execute(self, batch: list[Entry[T, R]], end: float) -> None:
+        started = self._clock()
         try:
             results = await self._run_batch([e.item for e in batch])
             if len(results) != len(batch):
@@ -211,11 +306,63 @@ class DynamicBatcher(Generic[T, R]):
             if not isinstance(exc, (ServingError, asyncio.CancelledError)):
                 log.exception("%s: batch of %d failed", self.name, len(batch))
             for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
+                self._settle(entry, None, error)
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return
-        for entry, result in zip(batch, results):
-            if not entry.future.done():
-                entry.future.set_result(result)
+        else:
+            if self.config.measure_run_time:
+                self.record_run_time(sum(e.rows for e in batch), self._clock() - started)
+            for entry, result in zip(batch, results):
+                self._settle(entry, result, None)
+        finally:
+            self._ends.remove(end)
+            self._update_free_at()
+            if self._release is not None:
+                self._release.release()
+            self._wake.set()
+
+    def _settle(self, entry: Entry[T, R], result: Any, error: BaseException | None) -> None:
+        if self._release is not None:
+            self._release.settle(entry, result, error)
+        else:
+            deliver(entry, result, error)
+
+    def record_run_time(self, rows: int, seconds: float) -> None:
+        """Feed the run-time estimate one batch of ``rows`` rows that took ``seconds`` (see ``measure_run_time``)."""
+        estimator = self._estimator
+        estimator.observe(rows, seconds)
+        if self._plan is not None:
+            curve = estimator.curve
+            if curve is not None:
+                self._admission_batch = batch_rows(self._plan, curve)
+        if log.isEnabledFor(logging.DEBUG):
+            curve = estimator.curve
+            if curve is None:
+                return
+            now = self._clock()
+            if now - self._logged_at >= _LOG_EVERY_S:
+                self._logged_at = now
+                e = self.estimate
+                log.debug(
+                    "%s: batch run time %.3f ms + %.4f ms/row, +%.0f%% margin (%d batches); arrivals %.0f rows/s; "
+                    "last decision: target %d rows, wait %.2f ms; admission plans %d-row batches",
+                    self.name, curve.intercept_s * 1e3, curve.per_row_s * 1e3, curve.margin * 100, curve.samples,
+                    e.arrival_rows_per_s, e.target_rows, e.wait_s * 1e3, e.admission_batch_rows,
+                )
+
+    def _expired(self, entry: Entry[T, R], why: Expiry, now: float, expected_s: float = 0.0) -> DeadlineExceeded:
+        waited_ms = (now - entry.enqueued_at) * 1e3
+        if why is Expiry.TIMEOUT and entry.timeout_at is not None:
+            timeout_ms = (entry.timeout_at - entry.enqueued_at) * 1e3
+            return DeadlineExceeded(
+                f"{self.name}: the request waited {waited_ms:.1f} ms, longer than its queue timeout of "
+                f"{timeout_ms:.1f} ms at priority level {entry.level + 1}; it was not executed"
+            )
+        if entry.deadline is not None and entry.deadline > now:
+            return DeadlineExceeded(
+                f"{self.name}: the request cannot finish before its deadline ({(entry.deadline - now) * 1e3:.1f} ms "
+                f"left, its batch is expected to take {expected_s * 1e3:.1f} ms); it was not executed"
+            )
+        return DeadlineExceeded(
+            f"{self.name}: the request's deadline passed after {waited_ms:.1f} ms in the queue; it was not executed"
+        )

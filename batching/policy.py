@@ -29,10 +29,15 @@ class BatchPolicy:
 
 @dataclass(frozen=True)
 class Decision:
-    """Dispatch up to ``rows`` rows now (rows > 0), or wait ``wait_s`` seconds for more."""
+    """Dispatch up to ``rows`` rows now (rows > 0), or wait ``wait_s`` seconds for more.
+
+    While waiting, an arrival need not wake the scheduler before ``wake_rows``
+    rows are queued (0: any arrival may change the decision).
+    """
 
     rows: int = 0
     wait_s: float = 0.0
+    wake_rows: int = 0
 
 
 def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float) -> Decision:
@@ -42,17 +47,18 @@ def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float) -> Decis
     - before the delay, reaching exactly a preferred size dispatches it at once;
     - once the oldest request has waited ``max_queue_delay_s``, whatever is queued goes
       (as Triton does when no preferred size can be formed);
-    - otherwise wait for the rest of the oldest request's delay.
+    - otherwise wait for the rest of the oldest request's delay, or until the
+      next preferred size or a full batch is queued.
     """
     if queued_rows <= 0:
         return Decision()
     cap = policy.max_batch_size
     if queued_rows >= cap:
         return Decision(rows=cap)
-    reached = [p for p in policy.preferred_batch_sizes if p <= queued_rows]
-    if reached and max(reached) == queued_rows:
+    if queued_rows in policy.preferred_batch_sizes:
         return Decision(rows=queued_rows)
     remaining = policy.max_queue_delay_s - oldest_wait_s
     if remaining <= 0:
         return Decision(rows=queued_rows)
-    return Decision(wait_s=remaining)
+    wake = min((p for p in policy.preferred_batch_sizes if p > queued_rows), default=cap)
+    return Decision(wait_s=remaining, wake_rows=wake)

@@ -21,6 +21,8 @@ from model_store.protos import model_config_pb2 as pb
 
 DEFAULT_MAX_BATCH_SIZE = 64  # used when an ONNX model has a dynamic first dimension and no config says otherwise
 DEFAULT_MAX_QUEUE_DELAY_US = 500
+DEFAULT_PRIORITY_AGING_MS = 1000.0  # a queued request waiting this long goes before younger ones of any level
+DEFAULT_SLO_PERCENTILE = 99.0
 DEFAULT_MODEL_FILENAME = "model.onnx"
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
@@ -64,14 +66,58 @@ class VersionPolicy:
         return ordered[-self.num_versions :] if self.num_versions > 0 else []
 
 
+class TimeoutAction(enum.Enum):
+    """What happens to a request whose queue timeout passes (Triton's ModelQueuePolicy.TimeoutAction)."""
+
+    REJECT = "REJECT"
+    DELAY = "DELAY"
+
+
+@dataclass(frozen=True)
+class ModelQueuePolicy:
+    """The queue policy of one priority level (Triton's ModelQueuePolicy)."""
+
+    max_queue_size: int = 0  # 0: unbounded in Triton; fleetserve applies its own default bound
+    default_timeout_us: int = 0  # queue timeout; 0: none
+    timeout_action: TimeoutAction = TimeoutAction.REJECT
+    allow_timeout_override: bool = False  # a request's `timeout` parameter may shorten the timeout
+
+
+@dataclass(frozen=True)
+class LatencySlo:
+    """A latency objective (model parameters ``latency_slo_ms`` and ``latency_slo_percentile``)."""
+
+    latency_ms: float
+    percentile: float = DEFAULT_SLO_PERCENTILE
+
+
 @dataclass(frozen=True)
 class DynamicBatching:
-    """The scheduler's knobs (Triton's dynamic_batching field names)."""
+    """The scheduler's knobs (Triton's dynamic_batching field names, plus fleetserve's parameters).
+
+    Priority level 1 is the highest; with ``priority_levels`` 0 there is one
+    level. ``latency_slo``, when set, replaces the fixed queue delay and
+    preferred sizes by SLO-driven batching (batching/README.md).
+    """
 
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
     preferred_batch_size: tuple[int, ...] = ()
     preserve_ordering: bool = False
-    max_queue_size: int = 0  # 0: unbounded in Triton; fleetserve applies its own default bound
+    priority_levels: int = 0
+    default_priority_level: int = 0  # 1..priority_levels when there are levels
+    default_queue_policy: ModelQueuePolicy = field(default_factory=ModelQueuePolicy)
+    priority_queue_policy: Mapping[int, ModelQueuePolicy] = field(default_factory=dict)  # overrides, by level
+    priority_aging_ms: float = DEFAULT_PRIORITY_AGING_MS  # anti-starvation bound (parameter); 0: strict priority
+    latency_slo: LatencySlo | None = None
+
+    @property
+    def max_queue_size(self) -> int:
+        """The default level's bound (0: the server's default)."""
+        return self.default_queue_policy.max_queue_size
+
+    def queue_policy(self, level: int) -> ModelQueuePolicy:
+        """The policy of priority ``level`` (1-based): its override, else the default policy."""
+        return self.priority_queue_policy.get(level, self.default_queue_policy)
 
 
 @dataclass(frozen=True)
@@ -130,7 +176,11 @@ class ModelConfig:
             msg.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_us
             msg.dynamic_batching.preferred_batch_size.extend(db.preferred_batch_size)
             msg.dynamic_batching.preserve_ordering = db.preserve_ordering
-            msg.dynamic_batching.default_queue_policy.max_queue_size = db.max_queue_size
+            msg.dynamic_batching.priority_levels = db.priority_levels
+            msg.dynamic_batching.default_priority_level = db.default_priority_level
+            _queue_policy_proto(db.default_queue_policy, msg.dynamic_batching.default_queue_policy)
+            for level, level_policy in sorted(db.priority_queue_policy.items()):
+                _queue_policy_proto(level_policy, msg.dynamic_batching.priority_queue_policy[level])
         msg.instance_group.add(
             count=self.instance_count,
             kind=pb.ModelInstanceGroup.Kind.Value(self.instance_kind.value),
@@ -149,6 +199,13 @@ class ModelConfig:
             msg.parameters[key].string_value = value
         msg.response_cache.enable = self.response_cache
         return msg
+
+
+def _queue_policy_proto(policy: ModelQueuePolicy, msg: pb.ModelQueuePolicy) -> None:
+    msg.max_queue_size = policy.max_queue_size
+    msg.default_timeout_microseconds = policy.default_timeout_us
+    msg.timeout_action = pb.ModelQueuePolicy.TimeoutAction.Value(policy.timeout_action.value)
+    msg.allow_timeout_override = policy.allow_timeout_override
 
 
 def datatype(name: str) -> Datatype:

@@ -12,14 +12,25 @@ must not import server, batching, kernels or grpc.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from model_store.config import DynamicBatching, InstanceKind, VersionPolicy
+from model_store.config import (
+    DEFAULT_PRIORITY_AGING_MS,
+    DEFAULT_SLO_PERCENTILE,
+    DynamicBatching,
+    InstanceKind,
+    LatencySlo,
+    ModelQueuePolicy,
+    TimeoutAction,
+    VersionPolicy,
+)
 from model_store.protos import model_config_pb2 as pb
 from ops.errors import ConfigError
 
 GPU_ACCELERATORS = ("tensorrt", "cuda")  # gpu_execution_accelerator names, matched case-insensitively
 CPU_ACCELERATORS = ("cpu",)  # cpu_execution_accelerator names
+MAX_PRIORITY_LEVELS = 64  # each level is a queue the scheduler looks at per batch
 
 
 @dataclass(frozen=True)
@@ -65,36 +76,119 @@ def dynamic_batching(msg: pb.ModelConfig, max_batch_size: int, completed: bool, 
 
     Absent: ``DynamicBatching()`` (fleetserve's defaults) if completion chose
     ``max_batch_size`` (``completed``), else None: requests run one by one.
-    Preferred sizes come back sorted and unique.
+    Preferred sizes come back sorted and unique. The model parameters
+    ``latency_slo_ms``, ``latency_slo_percentile`` and ``priority_aging_ms``
+    are read here too; a latency objective needs dynamic batching and replaces
+    the fixed delay and preferred sizes, so writing those as well is an error.
     """
+    slo = latency_slo(msg, where)
+    aging_ms = _number_parameter(msg, "priority_aging_ms", where, 'milliseconds >= 0, e.g. "1000" (0: strict priority)',
+                                 default=DEFAULT_PRIORITY_AGING_MS, positive=False) or 0.0
     if not msg.HasField("dynamic_batching"):
-        return DynamicBatching() if completed else None
+        if completed:
+            return DynamicBatching(priority_aging_ms=aging_ms, latency_slo=slo)
+        if slo is not None:
+            if max_batch_size == 0:
+                fix = "needs a batching model (max_batch_size > 0) with dynamic batching; remove the parameter"
+            else:
+                fix = "needs dynamic batching; add `dynamic_batching { }` to the config or remove the parameter"
+            raise where.error("parameters.latency_slo_ms", fix)
+        return None
     db = msg.dynamic_batching
     if max_batch_size == 0:
         raise where.error("dynamic_batching", "needs a batching model (max_batch_size > 0), but max_batch_size is 0")
-    policy = db.default_queue_policy
-    unsupported = {
-        "priority_levels": db.priority_levels,
-        "default_priority_level": db.default_priority_level,
-        "priority_queue_policy": len(db.priority_queue_policy),
-        "default_queue_policy.timeout_action": policy.timeout_action,
-        "default_queue_policy.default_timeout_microseconds": policy.default_timeout_microseconds,
-        "default_queue_policy.allow_timeout_override": policy.allow_timeout_override,
-    }
-    for name, value in unsupported.items():
-        if value:
-            raise where.error(f"dynamic_batching.{name}", "is not supported by fleetserve; remove it")
+    levels, default_level = db.priority_levels, db.default_priority_level
+    if levels > MAX_PRIORITY_LEVELS:
+        raise where.error("dynamic_batching.priority_levels", f"is {levels}; use at most {MAX_PRIORITY_LEVELS} levels")
+    if levels == 0:
+        if default_level:
+            raise where.error(
+                "dynamic_batching.default_priority_level",
+                f"is {default_level}, but priority_levels is 0; set priority_levels or remove it",
+            )
+        if db.priority_queue_policy:
+            raise where.error(
+                "dynamic_batching.priority_queue_policy", "is set, but priority_levels is 0; set priority_levels or remove it"
+            )
+    elif not 1 <= default_level <= levels:
+        raise where.error(
+            "dynamic_batching.default_priority_level",
+            f"is {default_level}; with priority_levels {levels} it must be a level in 1..{levels} (1 is the highest)",
+        )
+    outside = sorted(level for level in db.priority_queue_policy if not 1 <= level <= levels)
+    if levels and outside:
+        raise where.error(
+            "dynamic_batching.priority_queue_policy", f"has levels {outside}, outside 1..{levels} (priority_levels)"
+        )
     sizes = tuple(sorted(set(db.preferred_batch_size)))
     for size in sizes:
         if not 0 < size <= max_batch_size:
             raise where.error(
                 "dynamic_batching.preferred_batch_size", f"{size} is outside 1..max_batch_size ({max_batch_size})"
             )
+    if slo is not None:
+        if db.max_queue_delay_microseconds:
+            raise where.error(
+                "dynamic_batching.max_queue_delay_microseconds",
+                f"is {db.max_queue_delay_microseconds}, but parameters.latency_slo_ms is set and decides how long "
+                "requests wait; remove one of them",
+            )
+        if sizes:
+            raise where.error(
+                "dynamic_batching.preferred_batch_size",
+                "is set, but parameters.latency_slo_ms is set and chooses batch sizes; remove one of them",
+            )
     return DynamicBatching(
         max_queue_delay_us=db.max_queue_delay_microseconds,
         preferred_batch_size=sizes,
         preserve_ordering=db.preserve_ordering,
+        priority_levels=levels,
+        default_priority_level=default_level,
+        default_queue_policy=_queue_policy(db.default_queue_policy),
+        priority_queue_policy={level: _queue_policy(p) for level, p in sorted(db.priority_queue_policy.items())},
+        priority_aging_ms=aging_ms,
+        latency_slo=slo,
+    )
+
+
+def latency_slo(msg: pb.ModelConfig, where: Where) -> LatencySlo | None:
+    """The model parameters ``latency_slo_ms`` (> 0) and ``latency_slo_percentile`` (in (0, 100), default 99)."""
+    latency = _number_parameter(msg, "latency_slo_ms", where, 'milliseconds > 0, e.g. "25"', default=None, positive=True)
+    percentile = _number_parameter(
+        msg, "latency_slo_percentile", where, 'a percentile in (0, 100), e.g. "99"', default=None, positive=True
+    )
+    if latency is None:
+        if percentile is not None:
+            raise where.error("parameters.latency_slo_percentile", "is set without latency_slo_ms; set both or neither")
+        return None
+    if percentile is None:
+        percentile = DEFAULT_SLO_PERCENTILE
+    elif percentile >= 100:
+        raise where.error("parameters.latency_slo_percentile", f'is "{percentile:g}"; give a percentile in (0, 100), e.g. "99"')
+    return LatencySlo(latency, percentile)
+
+
+def _number_parameter(
+    msg: pb.ModelConfig, key: str, where: Where, expected: str, *, default: float | None, positive: bool
+) -> float | None:
+    if key not in msg.parameters:
+        return default
+    text = msg.parameters[key].string_value
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise where.error(f"parameters.{key}", f'is "{text}"; give {expected}')
+    return value
+
+
+def _queue_policy(policy: pb.ModelQueuePolicy) -> ModelQueuePolicy:
+    return ModelQueuePolicy(
         max_queue_size=policy.max_queue_size,
+        default_timeout_us=policy.default_timeout_microseconds,
+        timeout_action=TimeoutAction(pb.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action)),
+        allow_timeout_override=policy.allow_timeout_override,
     )
 
 

@@ -79,10 +79,12 @@ class ModelRegistry(Generic[S]):
         repository: ModelRepository,
         load_version: Callable[[ModelSource, int], Awaitable[S]],
         on_change: Callable[[], None] = lambda: None,
+        on_load_failed: Callable[[str], None] = lambda name: None,
     ) -> None:
         self.repository = repository
         self._load_version = load_version
         self._on_change = on_change
+        self._on_load_failed = on_load_failed  # a model in the repository failed to load (config or version)
         self._models: dict[str, _Model[S]] = {}
 
     # ---- hot path -------------------------------------------------------------------------
@@ -130,6 +132,8 @@ class ModelRegistry(Generic[S]):
             except ServingError as exc:
                 model.reason = exc.message
                 log.error("model '%s' cannot load: %s", name, exc.message)
+                if not isinstance(exc, ModelNotFound):
+                    self._on_load_failed(name)
                 if isinstance(exc, ModelNotFound) and not model.servables:
                     self._models.pop(name, None)
                 self._on_change()
@@ -148,8 +152,8 @@ class ModelRegistry(Generic[S]):
                 model.status[version] = VersionStatus(ModelState.UNAVAILABLE, source.missing[version])
                 continue
             fingerprint = source.version_fingerprint(version)
-            if version in model.servables and model.fingerprints.get(version) == fingerprint:
-                continue
+            if model.fingerprints.get(version) == fingerprint:
+                continue  # loaded, or failed, from exactly these files: nothing new to try
             model.status.setdefault(version, VersionStatus(ModelState.LOADING))
             if version not in model.servables:
                 model.status[version] = VersionStatus(ModelState.LOADING)
@@ -157,13 +161,13 @@ class ModelRegistry(Generic[S]):
                 servable = await self._load_version(source, version)
             except ServingError as exc:
                 log.error("model '%s' version %d failed to load: %s", source.name, version, exc.message)
-                if version not in model.servables:
-                    model.status[version] = VersionStatus(ModelState.UNAVAILABLE, exc.message)
+                self._on_load_failed(source.name)
+                self._record_failure(model, version, fingerprint, exc.message)
                 continue
             except Exception as exc:  # a bug or an unexpected library error: still keep serving others
                 log.exception("model '%s' version %d failed to load", source.name, version)
-                if version not in model.servables:
-                    model.status[version] = VersionStatus(ModelState.UNAVAILABLE, f"load failed: {exc!r}")
+                self._on_load_failed(source.name)
+                self._record_failure(model, version, fingerprint, f"load failed: {exc!r}")
                 continue
             old = model.servables.get(version)
             model.servables[version] = servable
@@ -172,11 +176,23 @@ class ModelRegistry(Generic[S]):
             model.publish()
             if old is not None:
                 await old.close()
-        for version in sorted(set(model.servables) - wanted):
-            await self._retire(model, version)
+        if wanted & set(model.servables) or not wanted:
+            for version in sorted(set(model.servables) - wanted):
+                await self._retire(model, version)
+        elif model.servables:
+            log.warning("model '%s': no selected version loaded; versions %s keep serving",
+                        source.name, ", ".join(str(v) for v in sorted(model.servables)))
         for version in list(model.status):
             if version not in wanted and version not in model.servables:
                 del model.status[version]
+                model.fingerprints.pop(version, None)
+
+    @staticmethod
+    def _record_failure(model: _Model[S], version: int, fingerprint: object, reason: str) -> None:
+        """Remember the failed files so polls do not retry them until they change."""
+        model.fingerprints[version] = fingerprint
+        if version not in model.servables:  # else the previous copy of this version keeps serving
+            model.status[version] = VersionStatus(ModelState.UNAVAILABLE, reason)
 
     async def _retire(self, model: _Model[S], version: int) -> None:
         servable = model.servables.pop(version)
@@ -230,9 +246,12 @@ class ModelRegistry(Generic[S]):
         except ServingError:
             return True
         wanted = set(source.version_policy().select(sorted(set(source.versions) | set(source.missing))))
-        if wanted != set(model.status):
-            return True
-        return any(model.fingerprints.get(v) != source.version_fingerprint(v) for v in wanted if v in source.versions)
+        if wanted - set(model.status):
+            return True  # versions not tried yet
+        if any(model.fingerprints.get(v) != source.version_fingerprint(v) for v in wanted if v in source.versions):
+            return True  # files changed since the last attempt
+        retired = set(model.servables) - wanted
+        return bool(retired) and (bool(wanted & set(model.servables)) or not wanted)
 
     async def close(self) -> None:
         for name in list(self._models):

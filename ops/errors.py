@@ -9,6 +9,7 @@ Imports nothing from fleetserve.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import Any
 
@@ -109,3 +110,16 @@ class ConfigError(ServingError):
     """
 
     code = Code.INVALID_ARGUMENT
+
+
+def code_of(exc: BaseException) -> Code:
+    """The outcome code of any exception raised while serving a request.
+
+    ``ServingError`` carries its own; a cancelled task (the caller went away) is
+    CANCELLED; anything else is a bug or an unexpected library error: INTERNAL.
+    """
+    if isinstance(exc, ServingError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return Code.CANCELLED
+    return Code.INTERNAL

@@ -1,14 +1,16 @@
 """Composition root and lifecycle: builds every part from Settings and runs the server.
 
-Start-up: the gRPC server listens first (health NOT_SERVING, so probes get an
-answer while models load), then models load, then readiness turns on.
+Start-up: the metrics endpoint, then gRPC, then HTTP/REST listen first (health
+NOT_SERVING, so probes get an answer while models load), then models load,
+then readiness turns on. gRPC (grpc.aio) and HTTP (aiohttp) share one event loop.
 
 Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
-  1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING;
-  2. stop the repository poller;
-  3. stop accepting RPCs and let in-flight ones finish, up to drain_timeout_s;
-  4. drain each model's queue and close its kernel;
-  5. exit 0. A second signal exits at once with status 1.
+  1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING, HTTP /v2/health/ready 503;
+  2. keep serving for shutdown_delay_s (default 0), so load balancers see 1. and stop routing here;
+  3. stop the repository poller;
+  4. stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s;
+  5. drain each model's queue and close its kernel;
+  6. flush traces, close the metrics endpoint, exit 0. A second signal exits at once with status 1.
 """
 
 from __future__ import annotations
@@ -18,18 +20,30 @@ import contextlib
 import logging
 import os
 import signal
-from functools import partial
+import time
 from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client.registry import CollectorRegistry
 
-from model_store.registry import ModelRegistry
-from model_store.repository import ModelRepository
+from model_store.registry import ModelRegistry, ModelState
+from model_store.remote import MirroredRepository, RepositoryMirror
+from model_store.remote_store import RemoteStoreError
+from model_store.repository import ModelRepository, ModelSource
+from ops.gpu import gpu_collector
+from ops.logs import RequestLog
+from ops.metrics import ServerMetrics
 from server.dataplane import ControlMode, DataPlane
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
+from server.http_server import HttpListener, metrics_app, rest_app
+from server.http_service import HttpService
 from server.servable import Servable, ServingDefaults, load_servable
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from ops.tracing import RequestTracer
 
 log = logging.getLogger("fleetserve")
 
@@ -42,24 +56,72 @@ def _version() -> str:
 
 
 class App:
-    """One fleetserve server process. ``__init__`` does no I/O; ``start``/``stop`` are async."""
+    """One fleetserve server process. ``__init__`` does no I/O; ``start``/``stop`` are async.
 
-    def __init__(self, settings: Settings) -> None:
+    ``registry`` receives the metrics (a fresh one by default); ``tracer_provider``, an
+    OpenTelemetry provider, replaces the one ``--trace`` would build.
+    """
+
+    def __init__(
+        self, settings: Settings, *, registry: CollectorRegistry | None = None, tracer_provider: Any = None
+    ) -> None:
         self.settings = settings
         self._ready = False
         self.grpc_port: int | None = None
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._http: HttpListener | None = None
+        self._metrics_http: HttpListener | None = None
+        self._tracer_provider = tracer_provider
+        self._owns_tracer_provider = False
         self._health = health.aio.HealthServicer()
         self._poller: asyncio.Task[None] | None = None
-        defaults = ServingDefaults(max_queue_size=settings.max_queue_size)
-        self.repository = ModelRepository(settings.model_repository)
-        self.registry: ModelRegistry[Servable] = ModelRegistry(self.repository, partial(load_servable, defaults=defaults))
-        self.dataplane = DataPlane(
-            self.registry, version=_version(), control_mode=settings.model_control_mode, is_ready=lambda: self._ready
+        self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size)
+        self.metrics_registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServerMetrics(self.metrics_registry, settings.metrics, version=_version())
+        self.mirror = RepositoryMirror(settings.remote_repository) if settings.remote_repository else None
+        self.repository = MirroredRepository(self.mirror) if self.mirror else ModelRepository(settings.model_repository)
+        self.registry: ModelRegistry[Servable] = ModelRegistry(
+            self.repository, self._load_version, on_load_failed=self.metrics.record_load_failure
         )
+        self.dataplane = DataPlane(
+            self.registry, version=_version(), control_mode=settings.model_control_mode, is_ready=lambda: self._ready,
+            metrics=self.metrics, request_log=RequestLog() if settings.log_format == "json" else None,
+        )
+        self.metrics.observe_server(
+            ready=lambda: self._ready,
+            model_states=lambda: [e.state.value for e in self.registry.index()],
+            state_names=[state.value for state in ModelState],
+        )
+
+    async def _load_version(self, source: ModelSource, version: int) -> Servable:
+        start = time.perf_counter_ns()
+        try:
+            return await load_servable(source, version, self._defaults, self.metrics)
+        finally:
+            self.metrics.record_load(time.perf_counter_ns() - start)
+
+    def _tracer(self) -> "RequestTracer | None":
+        if not self.settings.trace:
+            return None
+        from ops.tracing import RequestTracer, build_tracer_provider  # OpenTelemetry only when asked for
+
+        if self._tracer_provider is None:
+            self._tracer_provider = build_tracer_provider(self.settings.trace_exporter, _version())
+            self._owns_tracer_provider = True
+        return RequestTracer(self._tracer_provider)
 
     async def start(self) -> None:
         s = self.settings
+        gpu = gpu_collector()  # NVML start-up is I/O: here, not in __init__
+        if gpu is not None:
+            self.metrics_registry.register(gpu)
+        self._metrics_http = HttpListener(metrics_app(self.metrics_registry), s.host, s.metrics_port,
+                                          shutdown_timeout_s=1.0)
+        self.metrics_port = await self._listen(self._metrics_http, "metrics", s.metrics_port)
+        log.info("metrics listening on %s:%d", s.host, self.metrics_port)
+        tracer = self._tracer()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -67,7 +129,7 @@ class App:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        server.add_generic_rpc_handlers((method_handlers(InferenceServicer(self.dataplane)),))
+        server.add_generic_rpc_handlers((method_handlers(InferenceServicer(self.dataplane, tracer=tracer)),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)
         address = f"{s.host}:{s.grpc_port}"
@@ -77,6 +139,11 @@ class App:
         await server.start()
         self._grpc = server
         log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
+        service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes, tracer=tracer)
+        self._http = HttpListener(rest_app(service), s.host, s.http_port, shutdown_timeout_s=s.drain_timeout_s)
+        self.http_port = await self._listen(self._http, "HTTP", s.http_port)
+        log.info("HTTP listening on %s:%d", s.host, self.http_port)
+        await self._sync_repository(starting=True)
         if s.model_control_mode is ControlMode.EXPLICIT:
             for name in s.load_models:
                 with contextlib.suppress(Exception):
@@ -85,11 +152,17 @@ class App:
             await self.registry.load_all()
         for entry in self.registry.index():
             log.info("model %s version %s: %s %s", entry.name, entry.version or "-", entry.state.value, entry.reason)
-        if s.model_control_mode is ControlMode.POLL:
+        if s.model_control_mode is ControlMode.POLL or (self.mirror and s.model_control_mode is ControlMode.EXPLICIT):
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         self._ready = True
         await self._set_health(True)
         log.info("fleetserve ready")
+
+    async def _listen(self, listener: HttpListener, what: str, port: int) -> int:
+        try:
+            return await listener.start()
+        except OSError as exc:
+            raise OSError(f"cannot listen for {what} on {self.settings.host}:{port}: {exc.strerror or exc}") from exc
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -97,24 +170,54 @@ class App:
             await self._health.set(service, status)
 
     async def _poll(self) -> None:
+        """Poll mode: sync a remote repository's mirror, then apply changes. Explicit mode: only sync."""
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
-                await self.registry.poll()
+                await self._sync_repository()
+                if self.settings.model_control_mode is ControlMode.POLL:
+                    await self.registry.poll()
             except Exception:
                 log.exception("repository poll failed; will retry")
 
+    async def _sync_repository(self, starting: bool = False) -> None:
+        """A remote repository: bring its local mirror in step, in a worker thread (downloads block)."""
+        if self.mirror is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.mirror.sync)
+        except RemoteStoreError as exc:
+            if starting and not self.mirror.has_copy():
+                log.error("cannot start: model repository %s: %s", self.mirror.config.url, exc.message)
+                raise
+            log.error("model repository %s: %s; serving the copy from the last sync",
+                      self.mirror.config.url, exc.message)
+
     async def stop(self) -> None:
         """The shutdown checklist in the module docstring."""
+        serving = self._ready
         self._ready = False
         await self._set_health(False)
+        if serving and self.settings.shutdown_delay_s > 0:
+            log.info("not ready; serving on for %.1f s before closing the listeners", self.settings.shutdown_delay_s)
+            await asyncio.sleep(self.settings.shutdown_delay_s)
+        if self.mirror is not None:
+            self.mirror.close()  # a sync under way stops before its next file
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        stopping = []
         if self._grpc is not None:
-            await self._grpc.stop(grace=self.settings.drain_timeout_s)
+            stopping.append(self._grpc.stop(grace=self.settings.drain_timeout_s))
+        if self._http is not None:
+            stopping.append(self._http.stop())
+        await asyncio.gather(*stopping)
         await self.registry.close()
+        if self._owns_tracer_provider:
+            await asyncio.get_running_loop().run_in_executor(None, self._tracer_provider.shutdown)
+        if self._metrics_http is not None:
+            await self._metrics_http.stop()
         log.info("fleetserve stopped")
 
 

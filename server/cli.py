@@ -1,4 +1,4 @@
-"""The ``fleetserve`` command: ``serve`` and ``models``.
+"""The ``fleetserve`` command: ``serve`` and ``models``; ``loadtest``, ``bench`` and ``plan`` delegate to loadtest/cli.py.
 
 Reads the command line once into Settings; nothing else reads arguments or
 environment variables.
@@ -7,18 +7,54 @@ environment variables.
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 from pathlib import Path
 
+from loadtest.cli import COMMANDS as LOADTEST_COMMANDS, main as loadtest_main
+from model_store.remote import MirrorConfig
+from ops.logs import LOG_FORMATS, configure_logging
+from ops.metrics import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig
 from server.dataplane import ControlMode
-from server.settings import EXAMPLE_REPOSITORY, Settings
+from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, Settings
+
+
+def _buckets(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _csv(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _repository(args: argparse.Namespace) -> tuple[Path, MirrorConfig | None]:
+    """The local folder to serve from and, for an s3:// or http(s):// repository, its mirror's config."""
+    location: str = args.model_repository
+    if "://" not in location:
+        if args.s3_endpoint_url:
+            raise ValueError("--s3-endpoint-url applies to s3:// model repositories only")
+        return Path(location), None
+    cache = args.model_cache_dir
+    if cache is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fleetserve" / "models"
+    remote = MirrorConfig(location, cache, args.s3_endpoint_url or None)
+    return remote.root, remote
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve the models of a repository over gRPC")
-    p.add_argument("--model-repository", type=Path, default=EXAMPLE_REPOSITORY,
-                   help="repository folder <repo>/<model>/<version>/model.onnx (default: the bundled examples)")
+    p = sub.add_parser("serve", help="serve the models of a repository over gRPC and HTTP/REST")
+    p.add_argument("--model-repository", default=str(EXAMPLE_REPOSITORY),
+                   help="repository folder <repo>/<model>/<version>/model.onnx, or a remote one: s3://bucket/prefix, "
+                        "http(s)://host/path (default: the bundled examples)")
+    p.add_argument("--model-cache-dir", type=Path, default=None,
+                   help="remote repositories: where their verified local copy is kept "
+                        "(default $XDG_CACHE_HOME/fleetserve/models, else ~/.cache/fleetserve/models)")
+    p.add_argument("--s3-endpoint-url", default=None,
+                   help="s3:// repositories: an S3-compatible server instead of AWS, e.g. http://127.0.0.1:9000 "
+                        "(empty: AWS); credentials come from the AWS_* variables or profile")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default 8000)")
@@ -33,7 +69,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="requests a model version may queue when its config sets no max_queue_size")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish on shutdown")
+    p.add_argument("--http-max-body-bytes", type=int, default=64 * 1024 * 1024,
+                   help="largest REST request body accepted; larger ones are answered 413 (default 64 MiB)")
+    p.add_argument("--shutdown-delay", type=float, default=0.0,
+                   help="on shutdown, seconds to keep serving while reporting not ready, so load balancers "
+                        "stop routing here before the listeners close (default 0)")
+    p.add_argument("--metrics-latency-buckets", type=_buckets, default=DEFAULT_LATENCY_BUCKETS_S,
+                   help="histogram bounds in seconds for request, queue and compute durations "
+                        f"(default {_csv(DEFAULT_LATENCY_BUCKETS_S)})")
+    p.add_argument("--metrics-batch-buckets", type=_buckets, default=DEFAULT_BATCH_SIZE_BUCKETS,
+                   help=f"histogram bounds in rows for executed batch sizes (default {_csv(DEFAULT_BATCH_SIZE_BUCKETS)})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="text (default) or json: one JSON object per line, plus one line per inference request "
+                        "with request id, model, version, outcome and latency")
+    p.add_argument("--trace", action="store_true",
+                   help="OpenTelemetry spans per inference request, parented to the caller's W3C traceparent "
+                        "(needs the [tracing] extra)")
+    p.add_argument("--trace-exporter", default="otlp", choices=TRACE_EXPORTERS,
+                   help="otlp: OTLP/HTTP, configured by the OTEL_EXPORTER_OTLP_* variables (default); "
+                        "console: one JSON span per line on stdout")
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_models(sub)
+    for name, help_text in LOADTEST_COMMANDS.items():  # listed in --help; they parse their own arguments
+        sub.add_parser(name, help=help_text, add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LOADTEST_COMMANDS:
+        return loadtest_main(argv)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            stream=sys.stdout)
+        configure_logging(args.log_level, args.log_format)
         try:
+            model_repository, remote_repository = _repository(args)
             settings = Settings(
-                model_repository=args.model_repository,
+                model_repository=model_repository,
+                remote_repository=remote_repository,
                 host=args.host,
                 grpc_port=args.grpc_port,
                 http_port=args.http_port,
@@ -62,10 +123,17 @@ def main(argv: list[str] | None = None) -> int:
                 poll_interval_s=args.repository_poll_secs,
                 max_queue_size=args.max_queue_size,
                 drain_timeout_s=args.drain_timeout,
+                http_max_body_bytes=args.http_max_body_bytes,
+                shutdown_delay_s=args.shutdown_delay,
+                log_format=args.log_format,
+                trace=args.trace,
+                trace_exporter=args.trace_exporter,
+                metrics=MetricsConfig(latency_buckets_s=args.metrics_latency_buckets,
+                                      batch_size_buckets=args.metrics_batch_buckets),
             )
         except ValueError as exc:
             parser.error(str(exc))
-        if not settings.model_repository.is_dir():
+        if remote_repository is None and not settings.model_repository.is_dir():
             parser.error(f"model repository {settings.model_repository} is not a folder")
         from server.app import run
 

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from prometheus_client.registry import CollectorRegistry
 
 from model_store.config import ModelConfig, TensorSpec
 from model_store.registry import IndexEntry, ModelRegistry
-from ops.errors import InvalidInput, Unsupported
+from ops.errors import Code, InvalidInput, ServingError, Unsupported, code_of
+from ops.logs import RequestLog
+from ops.metrics import MetricsConfig, ServerMetrics
 from ops.statistics import ModelStats
 from server.servable import Servable
 from server.types import InferRequest, InferResponse, OutputTensor
@@ -61,11 +64,17 @@ class DataPlane:
         version: str,
         control_mode: ControlMode,
         is_ready: Callable[[], bool],
+        metrics: ServerMetrics | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
+        """``metrics`` records requests that reach no model version (servables record the rest);
+        ``request_log``, when given, gets one record per inference request."""
         self.registry = registry
         self.version = version
         self.control_mode = control_mode
         self._is_ready = is_ready
+        self._metrics = metrics or ServerMetrics(CollectorRegistry(), MetricsConfig(process_metrics=False))
+        self._request_log = request_log
 
     # ---- health and metadata ----------------------------------------------------------------
     def live(self) -> bool:
@@ -131,17 +140,39 @@ class DataPlane:
 
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
-        servable = self.registry.get(request.model_name, request.model_version)
+        try:
+            servable = self.registry.get(request.model_name, request.model_version)
+        except ServingError as exc:
+            self.reject(request.model_name, request.model_version, request.id, exc)
+            raise
         config = servable.config
         stats = servable.stats
+        metrics = servable.metrics
+        metrics.inflight += 1
         start = time.perf_counter_ns()
         try:
             feeds, rows, key = _validate(config, request)
-            outputs = await servable.submit(feeds, rows, key, request.deadline)
-        except BaseException:
-            stats.fail.add(time.perf_counter_ns() - start)
+            if request.trace is not None:
+                request.trace.enqueued_ns = time.perf_counter_ns()
+            priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
+            outputs = await servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+        except BaseException as exc:
+            elapsed = time.perf_counter_ns() - start
+            stats.fail.add(elapsed)
+            code = code_of(exc)
+            if code is Code.CANCELLED and request.deadline is not None and time.monotonic() >= request.deadline:
+                code = Code.DEADLINE_EXCEEDED  # the transport gave up at the caller's deadline
+            metrics.record_failure(code)
+            if self._request_log is not None:
+                self._request_log.record(request.id, config.name, servable.version_str, code, elapsed)
             raise
-        stats.success.add(time.perf_counter_ns() - start)
+        finally:
+            metrics.inflight -= 1
+        elapsed = time.perf_counter_ns() - start
+        stats.success.add(elapsed)
+        metrics.record_success(elapsed)
+        if self._request_log is not None:
+            self._request_log.record(request.id, config.name, servable.version_str, Code.OK, elapsed)
         wanted = request.requested_outputs
         specs = config.outputs if wanted is None else tuple(_output_spec(config, name) for name in wanted)
         return InferResponse(
@@ -150,6 +181,13 @@ class DataPlane:
             id=request.id,
             outputs=[_output(spec, outputs[spec.name]) for spec in specs],
         )
+
+    def reject(self, model: str, version: str, request_id: str, exc: ServingError) -> None:
+        """Count (and log) an inference request that reached no model version: the transport could not
+        decode it, or the model is unknown or not ready. Unknown names share one empty metrics label."""
+        self._metrics.record_unresolved(model if model in self.registry.names() else "", exc.code)
+        if self._request_log is not None:
+            self._request_log.record(request_id, model, version, exc.code, 0)
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:
@@ -219,6 +257,26 @@ def _validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.
             )
     key = tuple(feeds[s.name].shape[1:] if s.name in feeds else None for s in config.inputs) if mbs > 0 else ()
     return feeds, max(rows, 1), key
+
+
+def _scheduling(parameters: dict[str, object]) -> tuple[int, int]:
+    """The request's ``priority`` (0: the model's default level) and ``timeout`` (microseconds, 0: none).
+
+    Both are Triton's request parameters; they must be integers >= 0. The
+    batcher checks the priority against the model's levels (InvalidInput
+    naming the range) and applies the timeout only where the model's queue
+    policy allows an override.
+    """
+    return _count_parameter(parameters, "priority", ""), _count_parameter(parameters, "timeout", " of microseconds")
+
+
+def _count_parameter(parameters: dict[str, object], name: str, unit: str) -> int:
+    value = parameters.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"parameter '{name}' must be an integer{unit} >= 0, not {value!r}")
+    return value
 
 
 def _dims_match(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:

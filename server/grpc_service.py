@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import grpc
 
 
+from ops.errors import ServingError
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
 from server.grpc_codec import decode_infer_request, encode_infer_response
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.protos import grpc_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from ops.tracing import RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,9 @@ def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatis
 class InferenceServicer:
     """One instance per server; every method converts and delegates to ``dataplane``."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, *, tracer: "RequestTracer | None" = None) -> None:
         self.dp = dataplane
+        self._tracer = tracer
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
@@ -106,8 +112,29 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
-        infer = decode_infer_request(request, context.time_remaining())
+        if self._tracer is not None:
+            return await self._traced_infer(request, context, self._tracer)
+        try:
+            infer = decode_infer_request(request, context.time_remaining())
+        except ServingError as exc:
+            self.dp.reject(request.model_name, request.model_version, request.id, exc)
+            raise
         return encode_infer_response(await self.dp.infer(infer))
+
+    async def _traced_infer(self, request: pb.ModelInferRequest, context: Any, tracer: "RequestTracer") -> Any:
+        metadata = dict(context.invocation_metadata() or ())
+        with tracer.begin(metadata.get("traceparent"), metadata.get("tracestate")) as trace:
+            trace.model = request.model_name
+            try:
+                infer = decode_infer_request(request, context.time_remaining())
+            except ServingError as exc:
+                self.dp.reject(request.model_name, request.model_version, request.id, exc)
+                raise
+            infer.trace = trace
+            response = await self.dp.infer(infer)
+            trace.done_ns = time.perf_counter_ns()
+            trace.version, trace.request_id = response.model_version, response.id
+            return encode_infer_response(response)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests of one stream run concurrently (so they batch); responses go out as they finish."""

@@ -13,15 +13,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from batching.batcher import BatcherConfig, DynamicBatcher
-from batching.policy import BatchPolicy
+from batching.batcher import DynamicBatcher, ScheduleEstimate
 from kernels.ort import KernelOptions, OrtKernel, read_signature
 from model_store.config import InstanceKind, ModelConfig
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
+from ops.metrics import ServableMetrics, ServerMetrics
 from ops.statistics import ModelStats
+from server.scheduling import batcher_config
 
 log = logging.getLogger(__name__)
 
@@ -37,58 +40,78 @@ class ServingDefaults:
 class _Work:
     """One request inside the batcher."""
 
-    __slots__ = ("inputs", "enqueued_ns")
+    __slots__ = ("inputs", "enqueued_ns", "trace")
 
-    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], trace: Any = None) -> None:
         self.inputs = inputs
         self.enqueued_ns = time.perf_counter_ns()
+        self.trace = trace  # an ops.tracing.RequestTrace, or None (tracing off)
 
 
 class Servable:
     """See the module docstring. Loop-bound except ``kernel`` runs in its executor."""
 
-    def __init__(self, config: ModelConfig, version: int, kernel: OrtKernel, defaults: ServingDefaults) -> None:
+    def __init__(
+        self, config: ModelConfig, version: int, kernel: OrtKernel, defaults: ServingDefaults,
+        metrics: ServableMetrics | None = None,
+    ) -> None:
         self.config = config
         self.version = version
         self.version_str = str(version)
         self.kernel = kernel
         self.stats = ModelStats()
+        self.metrics = metrics or ServableMetrics.detached(config.name, self.version_str)
         batching = config.max_batch_size > 0 and config.dynamic_batching is not None
-        db = config.dynamic_batching
-        policy = BatchPolicy(
-            max_batch_size=max(1, config.max_batch_size) if batching else 1,
-            max_queue_delay_s=(db.max_queue_delay_us / 1e6) if (batching and db) else 0.0,
-            preferred_batch_sizes=tuple(db.preferred_batch_size) if (batching and db) else (),
-        )
-        queue_size = (db.max_queue_size if db and db.max_queue_size else 0) or defaults.max_queue_size
         self.batcher: DynamicBatcher[_Work, dict[str, np.ndarray]] = DynamicBatcher(
             self._run_batch,
-            BatcherConfig(policy=policy, max_queue_size=queue_size, max_concurrent_batches=config.instance_count),
+            batcher_config(config, defaults.max_queue_size),
             name=f"model '{config.name}' version {version}",
         )
         # Without dynamic batching a batching model still runs each request's own rows.
         self.rows_per_item = batching
+        self.metrics.attach(self.batcher, config.instance_count)
 
     async def start(self) -> None:
         await self.batcher.start()
 
-    def submit(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None) -> asyncio.Future:
-        return self.batcher.submit(_Work(inputs), rows if self.rows_per_item else 1, key, deadline)
+    @property
+    def schedule_estimate(self) -> ScheduleEstimate:
+        """The scheduler's current run-time fit and choices (read-only; for metrics, not the hot path)."""
+        return self.batcher.estimate
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
+        priority: int = 0, timeout_us: int = 0,
+    ) -> asyncio.Future:
+        """Queue one validated request; raises what ``DynamicBatcher.submit`` raises (priority range, full queue...)."""
+        return self.batcher.submit(
+            _Work(inputs, trace), rows if self.rows_per_item else 1, key, deadline, priority, timeout_us
+        )
 
     async def _run_batch(self, items: list[_Work]) -> list[dict[str, np.ndarray]]:
         start = time.perf_counter_ns()
         stats = self.stats
+        queue_time = self.metrics.queue
         for item in items:
             stats.queue.add(start - item.enqueued_ns)
+            queue_time.observe(start - item.enqueued_ns)
+            if item.trace is not None:
+                item.trace.started_ns = start
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(self.kernel.executor, self.kernel.run_batch, [i.inputs for i in items])
         rows = sum(len(next(iter(out.values()))) for out in result.outputs) if self.config.max_batch_size > 0 else 1
         stats.record_batch(rows, len(items), result.input_ns, result.infer_ns, result.output_ns)
+        # The scheduler learns from compute time, which a busy event loop does not inflate.
+        self.batcher.record_run_time(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
+        self.metrics.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns,
+                                  time.perf_counter_ns() - start)
         return result.outputs
 
     async def close(self, drain_timeout_s: float | None = None) -> None:
         """Finish queued and running requests, then release the kernel."""
         await self.batcher.stop(drain_timeout_s)
+        self.metrics.detach(self.batcher, self.config.instance_count)
+        self.metrics.release()
         await asyncio.get_running_loop().run_in_executor(None, self.kernel.close)
 
 
@@ -129,14 +152,19 @@ def _load_sync(source: ModelSource, version: int, model_path: Path, defaults: Se
     return config, kernel
 
 
-async def load_servable(source: ModelSource, version: int, defaults: ServingDefaults) -> Servable:
-    """Load one version in a worker thread (session creation is slow and holds the GIL)."""
+async def load_servable(
+    source: ModelSource, version: int, defaults: ServingDefaults, metrics: ServerMetrics | None = None
+) -> Servable:
+    """Load one version in a worker thread (session creation is slow and holds the GIL).
+
+    With ``metrics``, the servable records on that server's handle for its name and version."""
     model_path = source.versions.get(version)
     if model_path is None or not os.path.isfile(model_path):
         raise ConfigError(f"model '{source.name}' version {version}: no model file at {model_path}")
     loop = asyncio.get_running_loop()
     config, kernel = await loop.run_in_executor(None, _load_sync, source, version, model_path, defaults)
-    servable = Servable(config, version, kernel, defaults)
+    handle = metrics.servable(config.name, str(version)) if metrics is not None else None
+    servable = Servable(config, version, kernel, defaults, handle)
     await servable.start()
     choice = kernel.provider_choice
     log.info("model '%s' version %d ready on %s", source.name, version, ", ".join(choice.providers) if choice else "?")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_store.remote import MirrorConfig
+from ops.logs import LOG_FORMATS
+from ops.metrics import MetricsConfig
 from server.dataplane import ControlMode
 
+TRACE_EXPORTERS = ("otlp", "console")
 EXAMPLE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_store" / "examples" / "repository"
 
 
 @dataclass(frozen=True)
 class Settings:
-    model_repository: Path = EXAMPLE_REPOSITORY
+    model_repository: Path = EXAMPLE_REPOSITORY  # the local folder read; a remote repository's mirror
+    remote_repository: MirrorConfig | None = None  # s3:// or http(s)://, mirrored into model_repository
     host: str = "0.0.0.0"
     grpc_port: int = 8001  # Triton's conventions: HTTP 8000, gRPC 8001, metrics 8002
     http_port: int = 8000
@@ -23,6 +28,12 @@ class Settings:
     max_queue_size: int = 1024  # per model version, when its config sets none
     drain_timeout_s: float = 30.0  # shutdown: how long in-flight requests may take to finish
     max_message_bytes: int = 64 * 1024 * 1024
+    http_max_body_bytes: int = 64 * 1024 * 1024  # REST request bodies; larger ones get 413
+    shutdown_delay_s: float = 0.0  # shutdown: serve on, not ready, so load balancers stop routing here first
+    log_format: str = "text"  # "json" adds one structured line per inference request
+    trace: bool = False  # OpenTelemetry spans per inference request (the [tracing] extra)
+    trace_exporter: str = "otlp"
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port", "metrics_port"):
@@ -33,5 +44,15 @@ class Settings:
             raise ValueError(f"poll interval must be positive, got {self.poll_interval_s}")
         if self.max_queue_size < 1:
             raise ValueError(f"max queue size must be >= 1, got {self.max_queue_size}")
+        if self.http_max_body_bytes < 1:
+            raise ValueError(f"http max body bytes must be >= 1, got {self.http_max_body_bytes}")
+        if self.shutdown_delay_s < 0:
+            raise ValueError(f"shutdown delay must be >= 0 seconds, got {self.shutdown_delay_s}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
+        if self.trace_exporter not in TRACE_EXPORTERS:
+            raise ValueError(f"trace exporter must be one of {', '.join(TRACE_EXPORTERS)}, got {self.trace_exporter!r}")
+        if self.remote_repository is not None and self.model_repository != self.remote_repository.root:
+            raise ValueError("with a remote repository, model_repository must be its mirror's root")
         if self.load_models and self.model_control_mode is not ControlMode.EXPLICIT:
             raise ValueError("--load-model is only meaningful with --model-control-mode explicit")

@@ -1,7 +1,7 @@
 """Run a real fleetserve server in a subprocess, for tests and benchmarks.
 
-The server runs in its own process, as in production; its port is chosen by the
-OS (``--grpc-port 0``) and read back from its log. Its log is kept in
+The server runs in its own process, as in production; its ports are chosen by the
+OS (``--grpc-port 0 --http-port 0 --metrics-port 0``) and read back from its log. Its log is kept in
 ``ServerProcess.log`` so a failing test can show it.
 """
 
@@ -17,18 +17,36 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-_LISTENING = re.compile(r"gRPC listening on [^:]+:(\d+)")
+_LISTENING = re.compile(r"(gRPC|HTTP|metrics) listening on \S+:(\d+)")
+
+
+def scrape_metrics(url: str, timeout_s: float = 10.0) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus /metrics endpoint: (sample name, labels) -> value."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url, timeout=timeout_s) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 class ServerProcess:
-    """A ``fleetserve serve`` subprocess on 127.0.0.1. Use as a context manager."""
+    """A ``fleetserve serve`` subprocess on 127.0.0.1 serving ``repository``, a folder or an s3:// or
+    http(s):// URL. Use as a context manager."""
 
-    def __init__(self, repository: Path, *extra_args: str, ready_timeout_s: float = 60.0) -> None:
+    def __init__(self, repository: Path | str, *extra_args: str, ready_timeout_s: float = 60.0) -> None:
         self.repository = repository
         self.args: Sequence[str] = extra_args
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[str] | None = None
         self.grpc_port = 0
+        self.http_port = 0
+        self.metrics_port = 0
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
@@ -38,6 +56,19 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def http_address(self) -> str:
+        """host:port of the REST API (what tritonclient.http takes as its url)."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
     def log(self) -> str:
         return "".join(self.lines)
 
@@ -45,7 +76,7 @@ class ServerProcess:
         cmd = [
             sys.executable, "-m", "server", "serve",
             "--model-repository", str(self.repository),
-            "--host", "127.0.0.1", "--grpc-port", "0",
+            "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
             *self.args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -66,7 +97,13 @@ class ServerProcess:
             self.lines.append(line)
             match = _LISTENING.search(line)
             if match:
-                self.grpc_port = int(match.group(1))
+                port = int(match.group(2))
+                if match.group(1) == "gRPC":
+                    self.grpc_port = port
+                elif match.group(1) == "HTTP":
+                    self.http_port = port
+                else:
+                    self.metrics_port = port
             if "fleetserve ready" in line:
                 self._ready.set()
         self._ready.set()

@@ -37,6 +37,7 @@ class InferRequest:
     requested_outputs: list[str] | None = None  # None: all outputs
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() seconds; None: no deadline
+    trace: Any = None  # an ops.tracing.RequestTrace when tracing is on, else None
 
 
 @dataclass(slots=True)

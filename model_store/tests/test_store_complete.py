@@ -12,7 +12,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from model_store.complete import ModelTensor, build_config
-from model_store.config import DEFAULT_MAX_BATCH_SIZE, DynamicBatching, InstanceKind, ModelConfig, VersionPolicy
+from model_store.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DynamicBatching,
+    InstanceKind,
+    ModelConfig,
+    ModelQueuePolicy,
+    VersionPolicy,
+)
 from model_store.pbtxt import parse_config_text, stated_fields
 from model_store.testing import write_dense_model, write_identity_model, write_two_io_model
 from ops.errors import ConfigError
@@ -193,7 +200,8 @@ def test_serving_options_are_read_from_a_full_config(signatures: dict[str, Signa
 
     assert config.version_policy == VersionPolicy(kind="latest", num_versions=2)
     assert config.dynamic_batching == DynamicBatching(
-        max_queue_delay_us=250, preferred_batch_size=(4, 8), preserve_ordering=True, max_queue_size=100
+        max_queue_delay_us=250, preferred_batch_size=(4, 8), preserve_ordering=True,
+        default_queue_policy=ModelQueuePolicy(max_queue_size=100),
     )
     assert (config.instance_count, config.instance_kind, config.gpus) == (5, InstanceKind.GPU, (0, 1))
     assert config.execution_accelerators == ("tensorrt", "cuda", "cpu")
@@ -290,13 +298,9 @@ ERRORS = [
         id="dynamic-batching-on-a-model-that-cannot-batch",
     ),
     pytest.param(
-        "dense", "dynamic_batching { priority_levels: 2 }", ["dynamic_batching.priority_levels:", "not supported"],
-        id="priorities",
-    ),
-    pytest.param(
-        "dense", "dynamic_batching { default_queue_policy { default_timeout_microseconds: 5 } }",
-        ["dynamic_batching.default_queue_policy.default_timeout_microseconds:", "remove it"],
-        id="queue-timeouts",
+        "dense", "dynamic_batching { priority_levels: 2 }",
+        ["dynamic_batching.default_priority_level:", "must be a level in 1..2"],
+        id="priorities-without-default-level",
     ),
     pytest.param("dense", "instance_group [ { count: -1 } ]", ["instance_group[0].count:", "0 or more"], id="count"),
     pytest.param(

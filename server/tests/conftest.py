@@ -42,6 +42,18 @@ dynamic_batching { max_queue_delay_microseconds: 20000 }
 """
 
 
+# Holds a lone request in the queue for 0.4 s with room for one: the next request is refused
+# (RESOURCE_EXHAUSTED), and a request with a shorter deadline or `timeout` parameter expires
+# there (DEADLINE_EXCEEDED).
+HELD_CONFIG = """
+max_batch_size: 8
+dynamic_batching {
+  max_queue_delay_microseconds: 400000
+  default_queue_policy { max_queue_size: 1, allow_timeout_override: true }
+}
+"""
+
+
 def write_reshape_model(path: Path) -> None:
     """INPUT0 FP32 [batch, n] reshaped to [-1, 3]: fails at run time unless batch*n % 3 == 0."""
     import onnx
@@ -74,6 +86,7 @@ def build_repository(root: Path) -> Path:
         "fragile": ModelSpec(write_reshape_model, config="max_batch_size: 0"),
         "corrupt": ModelSpec(_corrupt),
         "badconfig": ModelSpec(write_dense_model, config="max_batch_sise: 4"),
+        "held": ModelSpec(partial(write_add_constant_model, features=4), config=HELD_CONFIG),
     }
     for datatype in IDENTITY_DATATYPES:
         models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))

@@ -158,3 +158,22 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path: Path):
     np.testing.assert_array_equal(results[0], np.full((1, 4), 2.0, np.float32))
     assert "fleetserve stopped" in server.log
     client.close()
+
+
+def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(partial(write_add_constant_model, constant=1.0))})
+    with ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        with Load(server.grpc_address, "add") as load:
+            (repo / "add" / "2").mkdir()
+            (repo / "add" / "2" / "model.onnx").write_bytes(b"truncated upload")
+            assert wait_until(lambda: index(client).get(("add", "2"), ("", ""))[0] == "UNAVAILABLE"), server.log
+            time.sleep(1.0)  # several polls: the broken version is not retried, version 1 keeps serving
+            assert index(client)[("add", "1")] == ("READY", "")
+            assert server.log.count("version 2 failed to load") == 1, server.log
+            # the upload is fixed: version 2 loads and takes the traffic
+            write_add_constant_model(repo / "add" / "2" / "model.onnx", constant=2.0)
+            assert wait_until(lambda: "2" in load.versions), server.log
+        assert load.failures == []
+        assert load.versions == {"1", "2"}
+        client.close()

@@ -1,0 +1,57 @@
+"""The batcher's configuration and its observable state: plain frozen dataclasses.
+
+Must not import server, kernels, model_store, grpc or numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from batching.estimate import RunTimeCurve
+from batching.policy import BatchPolicy
+from batching.queues import QueuePolicy
+from batching.slo import LatencyObjective
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """A model's scheduling: batching knobs, priority levels, ordering, and an optional latency objective.
+
+    With ``objective`` set, the objective decides when to dispatch and
+    ``policy.max_queue_delay_s`` and ``policy.preferred_batch_sizes`` are not used.
+    """
+
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    max_queue_size: int = 1024  # the one level's bound when ``levels`` is empty
+    max_concurrent_batches: int = 1
+    levels: tuple[QueuePolicy, ...] = ()  # one per priority level, level 1 first; empty: one level
+    default_priority: int = 1  # the level of requests that give priority 0
+    aging_s: float = 1.0  # anti-starvation bound (batching/queues.py); 0: strict priority
+    preserve_ordering: bool = False
+    objective: LatencyObjective | None = None
+    # True: a batch's run time is timed here, dispatch to results. False: the owner reports it with
+    # ``record_run_time`` (e.g. the kernel's own compute time, which event-loop lag does not inflate).
+    measure_run_time: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.max_concurrent_batches < 1:
+            raise ValueError(f"max_concurrent_batches must be >= 1, got {self.max_concurrent_batches}")
+        if not 1 <= self.default_priority <= len(self.queue_policies()):
+            raise ValueError(f"default_priority must be in 1..{len(self.queue_policies())}, got {self.default_priority}")
+
+    def queue_policies(self) -> tuple[QueuePolicy, ...]:
+        return self.levels or (QueuePolicy(max_queue_size=self.max_queue_size),)
+
+
+@dataclass(frozen=True)
+class ScheduleEstimate:
+    """What the scheduler currently believes and chose; read-only, for metrics and logs."""
+
+    curve: RunTimeCurve | None  # batch run time vs rows; None until a few batches ran
+    arrival_rows_per_s: float  # admitted rows per second (objective mode; 0 otherwise)
+    target_rows: int  # the batch the last decision aimed for (0: dispatched without waiting)
+    wait_s: float  # how long the last decision chose to wait
+    admission_batch_rows: int  # the batch size admission plans with (objective mode)
+    budget_s: float | None  # the objective minus headroom; None without an objective

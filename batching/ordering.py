@@ -1,0 +1,71 @@
+"""Releasing outcomes to callers: at once, or in arrival order (``preserve_ordering``).
+
+With ordering, a request whose batch finished early (a higher priority, or a
+batch on a faster instance) is held until every request that arrived before it
+has its outcome or was cancelled by its caller, as Triton's
+``preserve_ordering`` does. Holding costs one deque append per request; the
+release is O(1) per outcome, amortised.
+
+Loop-bound. Must not import server, kernels, model_store or grpc.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+from batching.queues import Entry
+
+
+def deliver(entry: Entry[Any, Any], result: Any, error: BaseException | None) -> None:
+    """Complete the caller's future, unless the caller already cancelled it."""
+    future = entry.future
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class InOrderRelease:
+    """Holds settled entries until all earlier arrivals are settled too. See the module docstring."""
+
+    def __init__(self) -> None:
+        self._pending: collections.deque[Entry[Any, Any]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, entry: Entry[Any, Any]) -> None:
+        """Register ``entry`` at submission (arrival order)."""
+        self._pending.append(entry)
+
+    def settle(self, entry: Entry[Any, Any], result: Any, error: BaseException | None) -> None:
+        """Store ``entry``'s outcome; it is delivered by ``release`` once its turn comes."""
+        entry.result = result
+        entry.error = error
+        entry.settled = True
+
+    def release(self) -> None:
+        """Deliver, in arrival order, every outcome no earlier unsettled entry holds back."""
+        pending = self._pending
+        while pending:
+            entry = pending[0]
+            if entry.settled:
+                pending.popleft()
+                deliver(entry, entry.result, entry.error)
+                entry.result = entry.error = None
+            elif entry.future.done():  # cancelled by its caller: nothing to wait for
+                pending.popleft()
+            else:
+                return
+
+    def fail_all(self, error: BaseException) -> None:
+        """Deliver what is settled and fail the rest (shutdown): no future is left pending."""
+        while self._pending:
+            entry = self._pending.popleft()
+            if entry.settled:
+                deliver(entry, entry.result, entry.error)
+            else:
+                deliver(entry, None, error)

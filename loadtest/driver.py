@@ -1,0 +1,341 @@
+"""One load-generator process at one load point: sends requests, records each outcome.
+
+``LoadDriver`` runs on one event loop. Closed loop: one sender per concurrency slot, each sending
+its next request when the previous one completes. Open loop: one sender follows a precomputed
+arrival schedule and never waits for completions (each request is its own task; past
+``max_inflight`` outstanding requests an arrival is recorded as CLIENT_DROPPED instead of sent).
+Open-loop latency runs from the scheduled send time, so a late client cannot hide server delay.
+
+Over ModelStreamInfer, each target gets ``streams`` bidirectional streams; in-flight requests
+are matched to responses by id (ids are prefixed to the pre-serialised request bytes).
+
+Every window boundary (aligned to ``start_at_ns`` on the machine's monotonic clock, shared by
+processes) the driver reports the window's counts to its ``Control``, and stops when the control
+says so, at the time bound, or when its request budget is spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import grpc
+import numpy as np
+
+from loadtest.schedule import arrival_rng, poisson_arrivals
+from loadtest.stats import DROPPED, OK, STREAM_ERROR
+from loadtest.wire import CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, parse_stream_response, with_id
+
+_TICK_NS = 50_000_000  # how often the driver checks its stop conditions
+_DRAIN_S = 0.2  # after stopping, in-flight requests get this long before being cancelled
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    """What one process does at one load point (picklable: sent to load-generator processes)."""
+
+    targets: tuple[str, ...]
+    transport: str  # "unary" | "stream"
+    body: bytes  # serialised ModelInferRequest without id
+    mode: str  # "concurrency" | "rate"
+    slots: tuple[int, ...]  # closed loop: this process's slot numbers; slot s uses target s % len(targets)
+    rate_per_s: float  # open loop: this process's share of the offered rate
+    seed: int
+    point: int
+    process: int
+    burstiness: float
+    start_at_ns: int  # time.monotonic_ns() at which load starts (warm-up first)
+    warmup_s: float
+    window_s: float
+    max_duration_s: float  # from start_at, warm-up included
+    max_requests: int  # this process's budget
+    max_inflight: int
+    streams: int  # per target, stream transport only
+    timeout_s: float  # per unary request
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    process: int
+    index: int  # 0 = the first window after warm-up
+    ok: int
+    errors: int
+
+
+@dataclass
+class DriveRecord:
+    """Everything one process recorded, one entry per completed (or dropped) request."""
+
+    process: int
+    done_ns: np.ndarray  # int64 monotonic completion times, non-decreasing
+    latency_ns: np.ndarray  # int64
+    codes: np.ndarray  # int16: 0 OK, gRPC codes, loadtest.stats.STREAM_ERROR / DROPPED
+    send_lag_ns: np.ndarray  # int64, open loop: actual minus scheduled send time
+    cpu_s: float
+    wall_s: float
+    unmatched: int  # stream responses whose id matched no request in flight
+
+
+class Control(Protocol):
+    """The driver's link to whoever decides when a load point is measured enough."""
+
+    def report(self, window: WindowReport) -> None: ...
+
+    def stop_requested(self) -> bool: ...
+
+
+class LoadDriver:
+    """Drives one load point from one process; ``run`` returns its ``DriveRecord``."""
+
+    def __init__(self, spec: DriveSpec, control: Control) -> None:
+        self.spec = spec
+        self.control = control
+        self._done = array("q")
+        self._latency = array("q")
+        self._codes = array("h")
+        self._lag = array("q")
+        self._stopping = False
+        self._budget = spec.max_requests
+        self._inflight = 0
+        self._unmatched = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._channels: list[grpc.aio.Channel] = []
+
+    def _record(self, done_ns: int, latency_ns: int, code: int) -> None:
+        self._done.append(done_ns)
+        self._latency.append(latency_ns)
+        self._codes.append(code)
+
+    async def run(self) -> DriveRecord:
+        spec = self.spec
+        self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in spec.targets]
+        try:
+            for channel in self._channels:
+                await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout_s)
+            senders = self._senders()
+            delay_s = (spec.start_at_ns - time.monotonic_ns()) / 1e9
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            loop = asyncio.get_running_loop()
+            workers = [loop.create_task(s) for s in senders]
+            await self._tick()
+            running = [*workers, *self._tasks]
+            if running:
+                await asyncio.wait(running, timeout=_DRAIN_S)
+            running = [*workers, *self._tasks]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
+        finally:
+            for channel in self._channels:
+                await channel.close()
+        return DriveRecord(
+            spec.process, np.frombuffer(self._done, np.int64).copy(), np.frombuffer(self._latency, np.int64).copy(),
+            np.frombuffer(self._codes, np.int16).copy(), np.frombuffer(self._lag, np.int64).copy(), cpu_s, wall_s,
+            self._unmatched,
+        )
+
+    def _senders(self) -> list[Any]:
+        spec = self.spec
+        if spec.transport == "unary":
+            methods = [ch.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+                       for ch in self._channels]
+            if spec.mode == "concurrency":
+                return [self._unary_slot(methods[s % len(methods)]) for s in spec.slots]
+            return [self._open_unary(methods)]
+        streams = [_Stream(self, ch) for ch in self._channels for _ in range(spec.streams)]
+        runs = [s.run() for s in streams]
+        if spec.mode == "concurrency":
+            # Slots are spread over targets first, then over each target's streams.
+            per_target = len(streams) // len(self._channels)
+            for s in spec.slots:
+                target = s % len(self._channels)
+                stream = streams[target * per_target + (s // len(self._channels)) % per_target]
+                stream.add_slot(f"s{s}", spec.body)
+            return runs
+        return [*runs, self._open_stream(streams)]
+
+    def _schedule_ns(self) -> np.ndarray:
+        spec = self.spec
+        rng = arrival_rng(spec.seed, spec.point, spec.process)
+        arrivals = poisson_arrivals(spec.rate_per_s, spec.max_duration_s, rng, burstiness=spec.burstiness,
+                                    max_count=spec.max_requests)
+        return spec.start_at_ns + (arrivals * 1e9).astype(np.int64)
+
+    async def _tick(self) -> None:
+        """Report each window as it ends; return when the load point should stop."""
+        spec = self.spec
+        now = time.monotonic_ns
+        first = spec.start_at_ns + int(spec.warmup_s * 1e9)
+        window = int(spec.window_s * 1e9)
+        end = spec.start_at_ns + int(spec.max_duration_s * 1e9)
+        index = 0
+        while True:
+            boundary = first + (index + 1) * window
+            await asyncio.sleep(max(0, min(boundary, now() + _TICK_NS, end) - now()) / 1e9)
+            t = now()
+            while t >= first + (index + 1) * window:
+                self._report(index, first + index * window, first + (index + 1) * window)
+                index += 1
+            if self.control.stop_requested() or t >= end or (self._budget <= 0 and self._inflight == 0):
+                break
+        self._stopping = True
+
+    def _report(self, index: int, start_ns: int, end_ns: int) -> None:
+        lo, hi = bisect.bisect_left(self._done, start_ns), bisect.bisect_left(self._done, end_ns)
+        errors = int(np.count_nonzero(np.frombuffer(self._codes, np.int16)[lo:hi]))
+        self.control.report(WindowReport(self.spec.process, index, hi - lo - errors, errors))
+
+    async def _unary_slot(self, method: Any) -> None:
+        body, timeout, now, record = self.spec.body, self.spec.timeout_s, time.monotonic_ns, self._record
+        while not self._stopping and self._budget > 0:
+            self._budget -= 1
+            self._inflight += 1
+            t0 = now()
+            try:
+                await method(body, timeout=timeout)
+                code = OK
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().value[0]
+            t1 = now()
+            self._inflight -= 1
+            record(t1, t1 - t0, code)
+
+    async def _open_unary(self, methods: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def send(i: int, due_ns: int) -> None:
+            task = loop.create_task(self._unary_once(methods[i % len(methods)], due_ns))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        await self._follow_schedule(send)
+
+    async def _unary_once(self, method: Any, due_ns: int) -> None:
+        try:
+            await method(self.spec.body, timeout=self.spec.timeout_s)
+            code = OK
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().value[0]
+        finally:
+            self._inflight -= 1
+        t1 = time.monotonic_ns()
+        self._record(t1, t1 - due_ns, code)
+
+    async def _open_stream(self, streams: list["_Stream"]) -> None:
+        body = self.spec.body
+
+        def send(i: int, due_ns: int) -> None:
+            request_id = str(i)
+            streams[i % len(streams)].submit(request_id, with_id(body, request_id.encode()), due_ns, -1)
+
+        await self._follow_schedule(send)
+
+    async def _follow_schedule(self, send: Callable[[int, int], None]) -> None:
+        """Call ``send(index, scheduled ns)`` on time; arrivals over the in-flight cap are recorded as dropped."""
+        now = time.monotonic_ns
+        unyielded = 0
+        for i, due in enumerate(self._schedule_ns().tolist()):
+            wait_ns = due - now()
+            if wait_ns > 0:
+                await asyncio.sleep(wait_ns / 1e9)
+                unyielded = 0
+            elif unyielded >= 64:  # far behind: still let responses in while catching up
+                await asyncio.sleep(0)
+                unyielded = 0
+            unyielded += 1
+            if self._stopping or self._budget <= 0:
+                return
+            t = now()
+            if self._inflight >= self.spec.max_inflight:
+                self._record(t, 0, DROPPED)
+                continue
+            self._budget -= 1
+            self._inflight += 1
+            self._lag.append(t - due)
+            send(i, due)
+
+
+class _Stream:
+    """One ModelStreamInfer call kept open (reopened after a failure) for the driver."""
+
+    def __init__(self, driver: LoadDriver, channel: grpc.aio.Channel) -> None:
+        self.driver = driver
+        self._method = channel.stream_stream(MODEL_STREAM_INFER, request_serializer=None, response_deserializer=None)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._wake = asyncio.Event()
+        self._pending: dict[str, tuple[int, int]] = {}  # id -> (start ns, slot or -1)
+        self._slots: list[tuple[str, bytes]] = []  # closed loop: (id, request bytes) per slot, built once
+
+    def add_slot(self, request_id: str, body: bytes) -> None:
+        self._slots.append((request_id, with_id(body, request_id.encode())))
+
+    def submit(self, request_id: str, payload: bytes, start_ns: int, slot: int) -> None:
+        self._pending[request_id] = (start_ns, slot)
+        self._queue.append(payload)
+        self._wake.set()
+
+    def _send_slot(self, slot: int) -> None:
+        d = self.driver
+        if d._stopping or d._budget <= 0:
+            return
+        d._budget -= 1
+        d._inflight += 1
+        request_id, payload = self._slots[slot]
+        self.submit(request_id, payload, time.monotonic_ns(), slot)
+
+    async def run(self) -> None:
+        d = self.driver
+        while not d._stopping:
+            for slot in range(len(self._slots)):
+                self._send_slot(slot)
+            call = self._method()
+            writer = asyncio.get_running_loop().create_task(self._write(call))
+            code = grpc.StatusCode.UNAVAILABLE.value[0]  # the server ended the stream early
+            try:
+                async for data in call:
+                    self._on_response(data)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().value[0]
+            finally:
+                writer.cancel()
+                call.cancel()
+            self._fail_pending(code)
+            if not d._stopping:
+                await asyncio.sleep(0.05)
+
+    def _fail_pending(self, code: int) -> None:
+        self._queue.clear()
+        now = time.monotonic_ns()
+        for start_ns, _ in self._pending.values():
+            self.driver._inflight -= 1
+            self.driver._record(now, now - start_ns, code)
+        self._pending.clear()
+
+    async def _write(self, call: Any) -> None:
+        queue, wake = self._queue, self._wake
+        while True:
+            while not queue:
+                wake.clear()
+                await wake.wait()
+            await call.write(queue.popleft())
+
+    def _on_response(self, data: bytes) -> None:
+        d = self.driver
+        request_id, error = parse_stream_response(data)
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            d._unmatched += 1
+            return
+        t1 = time.monotonic_ns()
+        d._inflight -= 1
+        d._record(t1, t1 - entry[0], STREAM_ERROR if error else OK)
+        if entry[1] >= 0:
+            self._send_slot(entry[1])

@@ -1,0 +1,287 @@
+"""Runs a load test: a sweep of load points, each measured until stable or a time bound.
+
+For each point the runner splits the load over the load-generator processes (in this process
+when ``processes`` is 1), collects window reports, stops the point when the last
+``stable_windows`` windows agree within ``tolerance`` (or at ``max_duration_s``), snapshots the
+server's batch statistics at the end of warm-up and at the end, and turns the requests completed
+in the measured windows into a ``PointResult``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import numpy as np
+
+from loadtest import stats
+from loadtest.driver import DriveRecord, DriveSpec, LoadDriver, WindowReport
+from loadtest.procpool import LoadProcesses
+from loadtest.results import LoadtestResult, PointResult
+from loadtest.wire import (
+    CHANNEL_OPTIONS, Batch, add_batches, batch_delta, batch_statistics, encode_request, file_inputs, model_metadata,
+    random_inputs,
+)
+
+_LEAD_S = {True: 0.5, False: 0.05}  # from spec to first request: spawned processes must connect first
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to drive the targets; validated at construction with messages naming the flag."""
+
+    targets: tuple[str, ...]
+    model: str
+    model_version: str = ""
+    transport: str = "unary"
+    rows: int = 1
+    input_file: Path | None = None
+    seed: int = 0
+    slo_ms: float | None = None
+    processes: int = 1
+    streams: int = 1
+    warmup_s: float = 2.0
+    window_s: float = 2.0
+    stable_windows: int = 3
+    tolerance: float = 0.10
+    max_duration_s: float = 30.0
+    max_requests: int = 1_000_000
+    max_inflight: int = 1_000
+    timeout_s: float = 10.0
+    burstiness: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("--target: at least one host:port")
+        if self.transport not in ("unary", "stream"):
+            raise ValueError(f"--transport must be unary or stream, got {self.transport!r}")
+        for name in ("rows", "processes", "streams", "stable_windows", "max_requests", "max_inflight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("window_s", "max_duration_s", "timeout_s", "burstiness"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup_s < 0:
+            raise ValueError(f"--warmup-s must be >= 0, got {self.warmup_s}")
+        if not 0 < self.tolerance < 1:
+            raise ValueError(f"--tolerance is a fraction in (0, 1), got {self.tolerance}")
+        if self.slo_ms is not None and self.slo_ms <= 0:
+            raise ValueError(f"--slo-ms must be positive, got {self.slo_ms}")
+        needed = self.warmup_s + self.stable_windows * self.window_s
+        if self.max_duration_s < needed:
+            raise ValueError(
+                f"--max-duration-s {self.max_duration_s:g} cannot fit the warm-up and {self.stable_windows} windows "
+                f"({self.warmup_s:g} + {self.stable_windows} x {self.window_s:g} = {needed:g} s); raise it or "
+                "shorten --warmup-s/--window-s"
+            )
+
+
+class LoadRunner:
+    """Drives one model on the targets through a sweep of load points. Not thread-safe; one loop.
+
+    ``start`` reads the model's metadata (or the input file) and builds the request once; ``stop``
+    ends the load-generator processes. ``progress`` receives one line per measured window.
+    """
+
+    def __init__(self, settings: RunSettings, progress: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.progress = progress or (lambda line: None)
+        self.body = b""
+        self.rows_per_request = settings.rows
+        self._channels: list[grpc.aio.Channel] = []
+        self._pool: LoadProcesses | None = None
+        self._points = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in s.targets]
+        if s.input_file is not None:
+            inputs = file_inputs(s.input_file)
+            self.rows_per_request = inputs[0].shape[0] if inputs[0].shape else 1
+        else:
+            metadata = await model_metadata(self._channels[0], s.model, s.model_version, s.timeout_s)
+            inputs = random_inputs(metadata, s.rows, s.seed)
+        self.body = encode_request(s.model, s.model_version, inputs)
+        if s.processes > 1:
+            self._pool = LoadProcesses(s.processes)
+            self._pool.start()
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        for channel in self._channels:
+            await channel.close()
+
+    async def __aenter__(self) -> "LoadRunner":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self, concurrency: list[int], rates: list[float], label: str = "",
+                  command: list[str] | None = None) -> LoadtestResult:
+        """Every concurrency level, then every rate, as one result."""
+        s = self.settings
+        result = LoadtestResult(
+            label=label or f"{s.model} {s.transport} x{self.rows_per_request}",
+            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            command=list(command if command is not None else sys.argv), targets=list(s.targets), model=s.model,
+            model_version=s.model_version, transport=s.transport, rows_per_request=self.rows_per_request, seed=s.seed,
+            slo_ms=s.slo_ms, processes=s.processes, streams=s.streams, warmup_s=s.warmup_s, window_s=s.window_s,
+            stable_windows=s.stable_windows, tolerance=s.tolerance, max_duration_s=s.max_duration_s,
+            max_requests=s.max_requests, host_cpu_count=os.cpu_count() or 1,
+        )
+        for c in concurrency:
+            result.points.append(await self.run_point("concurrency", c))
+        for r in rates:
+            result.points.append(await self.run_point("rate", r))
+        return result
+
+    async def run_point(self, mode: str, level: float) -> PointResult:
+        """Measure one load level: ``mode`` "concurrency" (closed loop) or "rate" (open loop, requests/s)."""
+        s = self.settings
+        if mode == "concurrency" and (level < 1 or level != int(level)):
+            raise ValueError(f"concurrency must be a positive integer, got {level}")
+        if mode == "rate" and not level > 0:
+            raise ValueError(f"rate must be positive, got {level}")
+        point, self._points = self._points, self._points + 1
+        start_at_ns = time.monotonic_ns() + int(_LEAD_S[self._pool is not None] * 1e9)
+        first_ns = start_at_ns + int(s.warmup_s * 1e9)
+        specs = [self._spec(mode, level, point, p, start_at_ns) for p in range(s.processes)]
+        before_task = asyncio.get_running_loop().create_task(self._batch_stats_at(first_ns))
+        label = f"c={level:g}" if mode == "concurrency" else f"{level:g}/s"
+        try:
+            records, window_rps, measured, stable = await self._drive(specs, label)
+        except BaseException:
+            before_task.cancel()
+            raise
+        before, after = await before_task, await self._batch_stats()
+        lo_ns = first_ns + int(measured[0] * s.window_s * 1e9)
+        hi_ns = first_ns + int((measured[1] + 1) * s.window_s * 1e9)
+        return self._point(mode, level, records, window_rps, measured, stable, (lo_ns, hi_ns), before, after)
+
+    def _spec(self, mode: str, level: float, point: int, process: int, start_at_ns: int) -> DriveSpec:
+        s = self.settings
+        slots = tuple(range(process, int(level), s.processes)) if mode == "concurrency" else ()
+        return DriveSpec(
+            targets=s.targets, transport=s.transport, body=self.body, mode=mode, slots=slots,
+            rate_per_s=level / s.processes if mode == "rate" else 0.0, seed=s.seed, point=point, process=process,
+            burstiness=s.burstiness, start_at_ns=start_at_ns, warmup_s=s.warmup_s, window_s=s.window_s,
+            max_duration_s=s.max_duration_s, max_requests=math.ceil(s.max_requests / s.processes),
+            max_inflight=math.ceil(s.max_inflight / s.processes), streams=s.streams, timeout_s=s.timeout_s,
+        )
+
+    async def _drive(self, specs: list[DriveSpec], label: str) -> tuple[list[DriveRecord], list[float], tuple[int, int], bool]:
+        """Run the drivers; return their records, window throughputs, the measured window range, stability."""
+        s = self.settings
+        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        control = _LocalControl(events)
+        if self._pool is None:
+            task = asyncio.get_running_loop().create_task(self._drive_here(specs[0], control))
+        else:
+            self._pool.drive(specs, events)
+        windows: dict[int, list[WindowReport]] = {}
+        window_rps: list[float] = []
+        records: list[DriveRecord] = []
+        stable_at: int | None = None
+        while len(records) < len(specs):
+            kind, *payload = await events.get()
+            if kind == "failed":
+                if self._pool is not None:
+                    self._pool.request_stop()
+                raise RuntimeError(f"load generator process {payload[0]} failed: {payload[1]}")
+            if kind == "done":
+                records.append(payload[1])
+                continue
+            report: WindowReport = payload[0]
+            windows.setdefault(report.index, []).append(report)
+            while len(windows.get(len(window_rps), ())) == len(specs):
+                reports = windows[len(window_rps)]
+                window_rps.append(sum(r.ok for r in reports) / s.window_s)
+                errors = sum(r.errors for r in reports)
+                self.progress(f"{label}: window {len(window_rps)}: {window_rps[-1]:,.0f} req/s, {errors} errors")
+                if stable_at is None and stats.is_stable(window_rps, s.stable_windows, s.tolerance):
+                    stable_at = len(window_rps) - 1
+                    control.stopped = True
+                    if self._pool is not None:
+                        self._pool.request_stop()
+        if self._pool is None:
+            await task
+        if stable_at is not None:
+            return records, window_rps[: stable_at + 1], (stable_at + 1 - s.stable_windows, stable_at), True
+        if not window_rps:
+            raise RuntimeError(f"{label}: no complete measurement window (the request budget ran out during warm-up?)")
+        return records, window_rps, (0, len(window_rps) - 1), False
+
+    async def _drive_here(self, spec: DriveSpec, control: "_LocalControl") -> None:
+        try:
+            record = await LoadDriver(spec, control).run()
+        except Exception as exc:
+            control.events.put_nowait(("failed", spec.process, repr(exc)))
+        else:
+            control.events.put_nowait(("done", spec.process, record))
+
+    async def _batch_stats_at(self, at_ns: int) -> Batch | None:
+        await asyncio.sleep(max(0, at_ns - time.monotonic_ns()) / 1e9)
+        return await self._batch_stats()
+
+    async def _batch_stats(self) -> Batch | None:
+        total = Batch()
+        for channel in self._channels:
+            snapshot = await batch_statistics(channel, self.settings.model, self.settings.model_version)
+            if snapshot is None:
+                return None
+            total = add_batches(total, snapshot)
+        return total
+
+    def _point(self, mode: str, level: float, records: list[DriveRecord], window_rps: list[float],
+               measured: tuple[int, int], stable: bool, interval: tuple[int, int], before: Batch | None,
+               after: Batch | None) -> PointResult:
+        s = self.settings
+        done = np.concatenate([r.done_ns for r in records])
+        keep = (done >= interval[0]) & (done < interval[1])
+        latency = np.concatenate([r.latency_ns for r in records])[keep]
+        codes = np.concatenate([r.codes for r in records])[keep]
+        duration_s = (interval[1] - interval[0]) / 1e9
+        ok = int(np.count_nonzero(codes == stats.OK))
+        errors = stats.count_errors(codes)
+        lags = np.concatenate([r.send_lag_ns for r in records])
+        batch_sizes, mean_batch = batch_delta(before, after) if before and after else ({}, None)
+        return PointResult(
+            mode=mode, level=float(level), duration_s=duration_s, requests=len(codes), ok=ok,
+            throughput_rps=ok / duration_s, rows_per_s=ok * self.rows_per_request / duration_s,
+            latency_ms=stats.latency_ms(latency[codes == stats.OK]), errors=errors,
+            error_rate=(len(codes) - ok) / len(codes) if len(codes) else 0.0,
+            goodput_rps=stats.goodput_rps(latency, codes, s.slo_ms, duration_s) if s.slo_ms is not None else None,
+            stable=stable, window_rps=window_rps, measured_windows=measured[1] - measured[0] + 1,
+            batch_sizes=batch_sizes, mean_batch_size=mean_batch,
+            loadgen_cpu_cores=sum(r.cpu_s for r in records) / max(r.wall_s for r in records),
+            loadgen_busiest_process=max(r.cpu_s / r.wall_s for r in records),
+            send_lag_p99_ms=stats.percentile(lags, 99) / 1e6 if len(lags) else None,
+            dropped=errors.get(stats.CODE_NAMES[stats.DROPPED], 0),
+            unmatched_responses=sum(r.unmatched for r in records),
+        )
+
+
+class _LocalControl:
+    """The in-process driver's control: reports go straight into the runner's event queue."""
+
+    def __init__(self, events: "asyncio.Queue[tuple[Any, ...]]") -> None:
+        self.events = events
+        self.stopped = False
+
+    def report(self, window: WindowReport) -> None:
+        self.events.put_nowait(("window", window))
+
+    def stop_requested(self) -> bool:
+        return self.stopped

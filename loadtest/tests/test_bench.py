@@ -1,0 +1,54 @@
+"""The benchmark's pure parts: in-process measurement, target ratios and the table (no servers)."""
+
+import pytest
+
+from loadtest.bench import BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s
+from loadtest.stats import LatencyMs
+from model_store.testing import write_mlp_model
+
+
+def test_inprocess_rate_at_every_batch_size(tmp_path):
+    model = write_mlp_model(tmp_path / "m.onnx", sizes=(8, 8, 4))
+    rates = inprocess_rows_per_s(model, seconds=0.005, rounds=1)
+    assert list(rates) == list(BATCH_SIZES) and all(r > 0 for r in rates.values())
+
+
+@pytest.fixture
+def loads(make_point):
+    def load(name, rps, p50=10.0, p99=20.0, rows=1):
+        point = make_point(throughput_rps=rps, rows_per_s=rps * rows, latency_ms=LatencyMs(p50, p50, p99, p99, p50, p99))
+        return BenchLoad(name, "x", "m", "unary", rows, 64, point)
+
+    return {load.name: load for load in [
+        load("bare unary c=64", 5000), load("bare stream c=64", 13000),
+        load("tiny unary c=64", 4500), load("tiny stream c=64", 8000),
+        load("mlp unary c=64", 4000, p50=10, p99=35), load("mlp stream c=64", 7000),
+        load("mlp 64-row unary c=8", 800, rows=64),
+    ]}
+
+
+def test_targets_are_ratios_of_this_run(loads):
+    targets = {t.name: t for t in evaluate_targets(loads, inprocess_best=60000, rss_mb=250)}
+    table = [(round(t.measured, 3), t.passed) for t in targets.values()]
+    assert table == [
+        (0.9, True),  # 4500 / 5000 >= 0.8
+        (0.615, False),  # 8000 / 13000 < 0.7
+        (0.889, False),  # 4000 / 4500 >= 0.75, but p99 3.5x p50
+        (0.875, True),  # 7000 / 8000, p99 2x p50
+        (0.853, True),  # 51,200 rows/s / 60,000
+        (250, True),
+    ]
+    assert targets["mlp unary / tiny unary (c=64), p99 < 3x p50"].detail == "p99/p50 = 3.50"
+
+
+def test_table_lists_every_load_and_verdict(loads):
+    result = BenchResult(
+        created_utc="2025-01-01T00:00:00+00:00", cpu_count=2, machine="Linux", quick=True,
+        inprocess_rows_per_s={64: 60000.0, 256: 70000.0}, inprocess_best_batch=64, loads=list(loads.values()),
+        server_rss_mb=250.0, server_peak_rss_mb=260.0, targets=evaluate_targets(loads, 60000, 250),
+    )
+    text = format_bench(result)
+    assert "2 cores" in text and "(quick)" in text
+    assert "in-process onnxruntime mlp b=64" in text and "above max_batch_size" in text
+    assert all(name in text for name in loads)
+    assert text.count("PASS") == 4 and text.count("FAIL") == 2

@@ -1,0 +1,104 @@
+"""Short, bounded load tests against a real fleetserve (and the bare baseline) on 127.0.0.1."""
+
+import json
+
+import pytest
+
+from loadtest.baseline import BareService, TensorSpec, start_baseline
+from loadtest.cli import main
+from loadtest.runner import LoadRunner, RunSettings
+
+QUICK = dict(warmup_s=0.2, window_s=0.3, stable_windows=2, tolerance=0.5, max_duration_s=1.5)
+
+
+def settings(address, **overrides):
+    return RunSettings(targets=(address,), model="add_one", slo_ms=1000.0, **{**QUICK, **overrides})
+
+
+def assert_healthy(point):
+    assert point.ok > 0 and point.throughput_rps > 0
+    assert point.errors == {} and point.error_rate == 0
+    assert 0 < point.latency_ms.p50 <= point.latency_ms.p99 <= point.latency_ms.max
+    assert point.goodput_rps == pytest.approx(point.throughput_rps)
+    assert point.loadgen_cpu_cores > 0
+
+
+@pytest.mark.parametrize("transport", ["unary", "stream"])
+async def test_closed_loop_reads_back_batch_statistics(tiny_server, transport):
+    async with LoadRunner(settings(tiny_server.grpc_address, transport=transport)) as runner:
+        point = await runner.run_point("concurrency", 8)
+    assert_healthy(point)
+    assert point.batch_sizes and all(1 <= size <= 32 for size in point.batch_sizes)
+    assert point.mean_batch_size is not None and point.mean_batch_size >= 1
+    assert point.duration_s == pytest.approx(point.measured_windows * 0.3)
+
+
+@pytest.mark.parametrize("transport", ["unary", "stream"])
+async def test_open_loop_sends_the_offered_rate(tiny_server, transport):
+    async with LoadRunner(settings(tiny_server.grpc_address, transport=transport, rows=3)) as runner:
+        point = await runner.run_point("rate", 200)
+    assert_healthy(point)
+    assert point.throughput_rps == pytest.approx(200, rel=0.5)  # Poisson counts over ~0.6 s
+    assert point.rows_per_s == pytest.approx(3 * point.throughput_rps)
+    assert point.send_lag_p99_ms is not None and point.dropped == 0
+
+
+async def test_bare_baseline_answers_unary_and_stream_with_ids_echoed():
+    service = BareService("add_one", [TensorSpec.parse("INPUT0:FP32:16")], [TensorSpec.parse("OUTPUT0:FP32:16")])
+    server, port = await start_baseline(service)
+    try:
+        for transport in ("unary", "stream"):
+            async with LoadRunner(settings(f"127.0.0.1:{port}", transport=transport)) as runner:
+                point = await runner.run_point("concurrency", 4)
+            assert_healthy(point)  # a stream response with a wrong id would stall its slot: no throughput
+            assert point.batch_sizes == {} and point.mean_batch_size is None  # no ModelStatistics there
+    finally:
+        await server.stop(0)
+
+
+async def test_a_server_that_does_not_echo_ids_is_reported_not_mismeasured():
+    class Forgetful(BareService):
+        def answer(self, request):
+            request.id = ""
+            return super().answer(request)
+
+    service = Forgetful("add_one", [TensorSpec.parse("INPUT0:FP32:16")], [TensorSpec.parse("OUTPUT0:FP32:16")])
+    server, port = await start_baseline(service)
+    try:
+        async with LoadRunner(settings(f"127.0.0.1:{port}", transport="stream", max_duration_s=0.8)) as runner:
+            point = await runner.run_point("concurrency", 2)
+    finally:
+        await server.stop(0)
+    assert point.ok == 0 and point.unmatched_responses == 2 and not point.stable
+
+
+def test_command_writes_reports_and_gates_on_assert(tiny_server, tmp_path, capsys):
+    args = ["loadtest", "--target", tiny_server.grpc_address, "--model", "add_one", "--concurrency", "2",
+            "--warmup-s", "0.2", "--window-s", "0.3", "--stable-windows", "2", "--tolerance", "0.5",
+            "--max-duration-s", "1.5", "--slo-ms", "1000", "--quiet", "--out", str(tmp_path), "--name", "run"]
+    assert main([*args, "--assert", "errors<=0,p99<10s,goodput>1"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  errors<=0" in out and "c=2" in out
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["points"][0]["ok"] > 0 and data["command"][:2] == ["fleetserve", "loadtest"]
+    assert (tmp_path / "run.csv").exists() and (tmp_path / "run.png").stat().st_size > 0
+    assert main([*args, "--assert", "throughput>1e9"]) == 1
+    assert "FAIL  throughput>1e9" in capsys.readouterr().out
+
+
+def test_command_reports_an_unknown_model_in_one_line(tiny_server, capsys):
+    assert main(["--target", tiny_server.grpc_address, "--model", "nope", "--quiet"]) == 2
+    assert "loadtest failed" in capsys.readouterr().err
+
+
+def test_command_rejects_inconsistent_windows(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "m", "--warmup-s", "5", "--max-duration-s", "6"])
+    assert "cannot fit the warm-up" in capsys.readouterr().err
+
+
+async def test_two_load_generator_processes_share_the_load(tiny_server):
+    async with LoadRunner(settings(tiny_server.grpc_address, processes=2, max_duration_s=2.0)) as runner:
+        point = await runner.run_point("concurrency", 4)
+    assert_healthy(point)
+    assert point.loadgen_cpu_cores >= point.loadgen_busiest_process

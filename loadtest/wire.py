@@ -1,0 +1,177 @@
+"""The load generator's side of the Open Inference Protocol: request bytes built once, raw methods.
+
+Requests are serialised once per load point; each send is a bytes object handed to a raw
+``channel.unary_unary``/``stream_stream`` with no serializer, so the client spends no CPU on
+protobuf encoding per request. Stream requests need distinct ids to match responses: protobuf
+merges repeated occurrences of a message's fields, so ``with_id`` prefixes the encoded id field
+(field 3 of ModelInferRequest) to the id-less body instead of re-encoding the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from model_store.datatypes import BY_NAME, from_numpy
+from server.protos import grpc_service_pb2 as pb
+
+SERVICE = "inference.GRPCInferenceService"
+MODEL_INFER = f"/{SERVICE}/ModelInfer"
+MODEL_STREAM_INFER = f"/{SERVICE}/ModelStreamInfer"
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+_ID_TAG = b"\x1a"  # field 3 (id), wire type 2 (length-delimited)
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes  # raw_input_contents: little-endian, row-major; BYTES as 4-byte length + bytes
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Per-model batch statistics at one moment, summed over versions and targets."""
+
+    inference_count: int = 0  # rows inferred
+    execution_count: int = 0  # model executions (batches)
+    executions_by_size: tuple[tuple[int, int], ...] = ()  # (batch size, executions)
+
+
+def with_id(body: bytes, request_id: bytes) -> bytes:
+    """``body`` (a ModelInferRequest or ModelInferResponse without id: field 3 in both) with the id set.
+
+    Prefixing the encoded field costs one bytes concatenation instead of a protobuf encoding.
+    """
+    return _ID_TAG + encode_varint(len(request_id)) + request_id + body
+
+
+def encode_varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def parse_stream_response(data: bytes) -> tuple[str, str]:
+    """(request id, error message) of a serialised ModelStreamInferResponse."""
+    msg = pb.ModelStreamInferResponse.FromString(data)
+    return msg.infer_response.id, msg.error_message
+
+
+def encode_request(model: str, version: str, inputs: list[InputTensor]) -> bytes:
+    """A serialised ModelInferRequest without id; every output is returned (none requested by name)."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    for tensor in inputs:
+        request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        request.raw_input_contents.append(tensor.raw)
+    return request.SerializeToString()
+
+
+def encode_array(array: np.ndarray, datatype: str) -> bytes:
+    """Raw contents of ``array`` as the protocol's ``datatype``."""
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1):
+            value = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(len(value).to_bytes(4, "little") + value)
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=BY_NAME[datatype].numpy).tobytes()
+
+
+def random_inputs(metadata: Any, rows: int, seed: int) -> list[InputTensor]:
+    """Seeded random inputs shaped from a ModelMetadataResponse: a leading -1 becomes ``rows``, others 1."""
+    rng = np.random.default_rng(seed)
+    tensors = []
+    for spec in metadata.inputs:
+        shape = tuple(rows if (i == 0 and d == -1) else (1 if d == -1 else int(d)) for i, d in enumerate(spec.shape))
+        datatype = spec.datatype
+        if datatype not in BY_NAME:
+            raise ValueError(f"input {spec.name!r}: unknown datatype {datatype!r}")
+        if datatype == "BYTES":
+            letters = rng.integers(ord("a"), ord("z") + 1, size=(int(np.prod(shape)), 8), dtype=np.uint8)
+            array = np.array([row.tobytes() for row in letters], dtype=object).reshape(shape)
+        elif datatype in ("FP16", "FP32", "FP64"):
+            array = rng.standard_normal(shape)
+        elif datatype == "BOOL":
+            array = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            array = rng.integers(0, 100, size=shape)  # fits every integer type
+        tensors.append(InputTensor(spec.name, datatype, shape, encode_array(array, datatype)))
+    return tensors
+
+
+def file_inputs(path: Path) -> list[InputTensor]:
+    """Inputs from a .npz file: one array per input, keyed by input name, shapes sent as stored."""
+    with np.load(path, allow_pickle=False) as data:
+        tensors = []
+        for name in data.files:
+            array = data[name]
+            datatype = from_numpy(array.dtype).name
+            tensors.append(InputTensor(name, datatype, tuple(int(d) for d in array.shape), encode_array(array, datatype)))
+    if not tensors:
+        raise ValueError(f"{path}: no arrays")
+    return tensors
+
+
+async def model_metadata(channel: grpc.aio.Channel, model: str, version: str, timeout_s: float = 10.0) -> Any:
+    method = channel.unary_unary(
+        f"/{SERVICE}/ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
+        response_deserializer=pb.ModelMetadataResponse.FromString,
+    )
+    return await method(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout_s)
+
+
+async def batch_statistics(channel: grpc.aio.Channel, model: str, version: str, timeout_s: float = 10.0) -> Batch | None:
+    """The model's batch statistics, or None when the server does not serve ModelStatistics."""
+    method = channel.unary_unary(
+        f"/{SERVICE}/ModelStatistics", request_serializer=pb.ModelStatisticsRequest.SerializeToString,
+        response_deserializer=pb.ModelStatisticsResponse.FromString,
+    )
+    try:
+        response = await method(pb.ModelStatisticsRequest(name=model, version=version), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return None
+    by_size: dict[int, int] = {}
+    inferences = executions = 0
+    for stats in response.model_stats:
+        inferences += stats.inference_count
+        executions += stats.execution_count
+        for b in stats.batch_stats:
+            by_size[b.batch_size] = by_size.get(b.batch_size, 0) + b.compute_infer.count
+    return Batch(inferences, executions, tuple(sorted(by_size.items())))
+
+
+def add_batches(a: Batch, b: Batch) -> Batch:
+    """Statistics of two targets together."""
+    sizes = dict(a.executions_by_size)
+    for size, n in b.executions_by_size:
+        sizes[size] = sizes.get(size, 0) + n
+    return Batch(a.inference_count + b.inference_count, a.execution_count + b.execution_count, tuple(sorted(sizes.items())))
+
+
+def batch_delta(before: Batch, after: Batch) -> tuple[dict[int, int], float | None]:
+    """Executions by batch size between two snapshots, and the mean rows per execution."""
+    old = dict(before.executions_by_size)
+    sizes = {size: n - old.get(size, 0) for size, n in after.executions_by_size if n - old.get(size, 0) > 0}
+    executions = after.execution_count - before.execution_count
+    rows = after.inference_count - before.inference_count
+    return sizes, (rows / executions if executions > 0 else None)
+
+
+async def max_batch_size(channel: grpc.aio.Channel, model: str, timeout_s: float = 10.0) -> int:
+    """The model's ``max_batch_size`` from ModelConfig (0: the model does not batch)."""
+    method = channel.unary_unary(
+        f"/{SERVICE}/ModelConfig", request_serializer=pb.ModelConfigRequest.SerializeToString,
+        response_deserializer=pb.ModelConfigResponse.FromString,
+    )
+    response = await method(pb.ModelConfigRequest(name=model), timeout=timeout_s)
+    return int(response.config.max_batch_size)

@@ -1,0 +1,66 @@
+"""Log output: plain text (default) or one JSON object per line, and the per-request log.
+
+``configure_logging`` is called once by the CLI. With ``json`` every record
+becomes ``{"ts", "level", "logger", "message", ...fields}``; a record's
+``extra={"fields": {...}}`` adds structured fields. ``RequestLog`` writes one
+such record per inference request (request id, model, version, outcome,
+latency); the dataplane holds one only when JSON logs are on, so plain-text
+servers pay nothing per request.
+
+Imports nothing from fleetserve but ``ops.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from ops.errors import Code
+
+LOG_FORMATS = ("text", "json")
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; exceptions go in ``exc_info`` as text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            out.update(fields)
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send fleetserve's logs to stdout as ``fmt`` ("text" or "json") from ``level`` up."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class RequestLog:
+    """Writes one INFO record per inference request to the ``fleetserve.request`` logger."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger("fleetserve.request")
+
+    def record(self, request_id: str, model: str, version: str, code: Code, duration_ns: int) -> None:
+        self._log.info(
+            "inference %s", code.name,
+            extra={"fields": {"request_id": request_id, "model": model, "version": version, "outcome": code.name,
+                              "latency_ms": round(duration_ns / 1e6, 3)}},
+        )

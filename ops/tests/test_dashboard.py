@@ -1,0 +1,59 @@
+"""The Grafana dashboard: the panels the fleet needs, and every query on metrics the server really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ops.gpu import GpuCollector
+from server.testing import scrape_metrics
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "grafana" / "fleetserve.json"
+PROMETHEUS_OWN = {"up"}  # written by Prometheus itself for every target
+GPU = {m.name for m in GpuCollector(None, []).describe()}  # type: ignore[arg-type]  # only where a GPU is
+
+
+def panels() -> list[dict]:
+    return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+
+
+def queries() -> list[tuple[str, str]]:
+    return [(p["title"], t["expr"]) for p in panels() for t in p.get("targets", [])]
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers in metric position (not labels, functions or keywords)."""
+    expr = re.sub(r'"[^"]*"', '""', expr)  # drop string literals
+    expr = re.sub(r"\{[^}]*\}", "{}", expr)  # drop label matchers
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # drop label lists
+    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?=\s*[{\[])", expr))  # selectors: name{...} or name[...]
+    names |= set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?=\s*\))", expr))  # bare selectors: rate(x) sum(x)
+    return {n for n in names if not n.startswith("$")}
+
+
+def test_the_panels_the_issue_asks_for_are_there():
+    titles = {p["title"] for p in panels()}
+    for wanted in ("Request rate", "Error ratio", "Latency p50 / p99", "Queue vs compute time",
+                   "Batch size distribution", "Queue depth", "Saturation", "Model versions by state",
+                   "Per-model breakdown", "In-flight requests per replica"):
+        assert wanted in titles
+    assert all(p.get("description") for p in panels()), "every panel says what it shows"
+    ids = [p["id"] for p in json.loads(DASHBOARD.read_text())["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_query_uses_metrics_the_server_exports(fleetserve, traffic):
+    traffic(fleetserve, 1)
+    exported = {name for name, _ in scrape_metrics(fleetserve.metrics_url)}
+    used = {name for _, expr in queries() for name in metric_names(expr)}
+    assert {"fleetserve_inference_requests_total", "fleetserve_request_duration_seconds_bucket",
+            "fleetserve_kernel_busy_seconds_total"} <= used  # the parser finds names at all
+    unknown = used - exported - PROMETHEUS_OWN - GPU
+    assert not unknown, f"dashboard queries use metrics fleetserve does not export: {sorted(unknown)}"
+    assert GPU & used, "the GPU panel queries the GPU families"
+
+
+def test_the_query_parser_finds_names_in_every_position():
+    assert metric_names('sum by (le) (rate(a_bucket{job=~"$job"}[$__rate_interval])) / sum(b) + c[5m] '
+                        '- histogram_quantile(0.5, d{x="rate(e)"})') == {"a_bucket", "b", "c", "d"}

@@ -1,0 +1,181 @@
+"""ServerMetrics on a fresh registry (exposition, handles, buckets), then the same families from a live server."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ops.errors import Code
+from ops.gpu import GpuCollector, gpu_collector
+from ops.metrics import FAMILIES, MetricsConfig, ServerMetrics
+from server.testing import scrape_metrics
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+class FakeQueue:
+    def __init__(self, depth: int) -> None:
+        self.queue_depth = depth
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset], float]:
+    text = generate_latest(registry).decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def L(**labels: str) -> frozenset:
+    return frozenset(labels.items())
+
+
+def test_handles_record_and_export_standard_families():
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricsConfig(latency_buckets_s=(0.001, 0.01), batch_size_buckets=(1, 4),
+                                                    process_metrics=False), version="9.9")
+    metrics.observe_server(ready=lambda: True, model_states=lambda: ["READY", "READY", "UNAVAILABLE"],
+                           state_names=["LOADING", "READY", "UNLOADING", "UNAVAILABLE"])
+    h = metrics.servable("m", "1")
+    h.attach(FakeQueue(3), 2)
+    for ns in (500_000, 5_000_000, 50_000_000):
+        h.record_success(ns)
+    h.record_failure(Code.RESOURCE_EXHAUSTED)
+    h.queue.observe(1_000_000)  # exactly on a bound: counted in le="0.001"
+    h.record_batch(3, 1000, 2_000_000, 1000, 3_000_000)
+    h.inflight = 5
+    metrics.record_unresolved("", Code.NOT_FOUND)
+    metrics.record_load(2_000_000_000)
+    metrics.record_load_failure("bad")
+    got = samples(registry)
+    mv = dict(model="m", version="1")
+    assert got[("fleetserve_inference_requests_total", L(**mv, code="OK"))] == 3
+    assert got[("fleetserve_inference_requests_total", L(**mv, code="RESOURCE_EXHAUSTED"))] == 1
+    assert got[("fleetserve_inference_requests_total", L(model="", version="", code="NOT_FOUND"))] == 1
+    assert ("fleetserve_inference_requests_total", L(**mv, code="INTERNAL")) not in got  # only codes seen
+    assert [got[("fleetserve_request_duration_seconds_bucket", L(**mv, le=le))] for le in ("0.001", "0.01", "+Inf")] \
+        == [1, 2, 3]
+    assert got[("fleetserve_request_duration_seconds_sum", L(**mv))] == pytest.approx(0.0555)
+    assert got[("fleetserve_request_duration_seconds_count", L(**mv))] == 3
+    assert got[("fleetserve_queue_duration_seconds_bucket", L(**mv, le="0.001"))] == 1
+    assert got[("fleetserve_compute_duration_seconds_sum", L(**mv, phase="infer"))] == pytest.approx(0.002)
+    assert got[("fleetserve_batch_size_rows_bucket", L(**mv, le="4.0"))] == 1
+    assert got[("fleetserve_batch_size_rows_sum", L(**mv))] == 3
+    assert got[("fleetserve_kernel_runs_total", L(**mv))] == 1
+    assert got[("fleetserve_kernel_busy_seconds_total", L(**mv))] == pytest.approx(0.003)
+    assert got[("fleetserve_kernel_instances", L(**mv))] == 2
+    assert got[("fleetserve_queue_depth", L(**mv))] == 3
+    assert got[("fleetserve_inflight_requests", L(**mv))] == 5
+    assert got[("fleetserve_models", L(state="READY"))] == 2 and got[("fleetserve_models", L(state="LOADING"))] == 0
+    assert got[("fleetserve_model_load_duration_seconds_count", L())] == 1
+    assert got[("fleetserve_model_load_failures_total", L(model="bad"))] == 1
+    assert got[("fleetserve_server_ready", L())] == 1
+    assert got[("fleetserve_build_info", L(version="9.9"))] == 1
+
+
+def test_a_reloaded_version_shares_its_handle_and_series_leave_with_the_last_copy():
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
+    old = metrics.servable("m", "1")
+    old.record_success(1000)
+    new = metrics.servable("m", "1")  # the reload, while the old copy drains
+    assert new is old
+    old.release()
+    new.record_success(1000)
+    key = ("fleetserve_inference_requests_total", L(model="m", version="1", code="OK"))
+    assert samples(registry)[key] == 2  # counters continue across the swap
+    new.release()
+    assert key not in samples(registry)
+
+
+def test_describe_matches_collect_and_two_servers_never_clash():
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
+    metrics.servable("m", "1").record_success(1)
+    assert {m.name for m in metrics.collect()} == {name for name, _ in FAMILIES}
+    ServerMetrics(CollectorRegistry())  # a second server in the same process: its own registry, no error
+
+
+@pytest.mark.parametrize("buckets, message", [
+    ((), "at least one"), ((0.1, 0.1), "strictly increasing"), ((-1.0,), "positive"), ((float("inf"),), "finite"),
+])
+def test_bucket_configuration_is_validated(buckets, message):
+    with pytest.raises(ValueError, match=message):
+        MetricsConfig(latency_buckets_s=buckets)
+
+
+def family_names(got: dict) -> set[str]:
+    return {re.sub(r"_(bucket|sum|count|total)$", "", name) for name, _ in got}
+
+
+def test_live_server_exports_every_family_with_real_values(fleetserve, traffic):
+    before = scrape_metrics(fleetserve.metrics_url)
+    traffic(fleetserve, 2)
+    got = scrape_metrics(fleetserve.metrics_url)
+    dense = dict(model="dense", version="1")
+
+    def delta(name, labels):
+        return got.get((name, labels), 0) - before.get((name, labels), 0)
+
+    assert delta("fleetserve_inference_requests_total", L(**dense, code="OK")) == 16
+    assert delta("fleetserve_inference_requests_total", L(**dense, code="INVALID_ARGUMENT")) == 2
+    assert delta("fleetserve_request_duration_seconds_count", L(**dense)) == 16
+    assert delta("fleetserve_queue_duration_seconds_count", L(**dense)) == 16
+    runs = delta("fleetserve_kernel_runs_total", L(**dense))
+    assert 1 <= runs <= 16 and delta("fleetserve_batch_size_rows_count", L(**dense)) == runs
+    assert delta("fleetserve_batch_size_rows_sum", L(**dense)) == 28  # rows: 2 x 2 transports x (1+2+3+1)
+    assert delta("fleetserve_compute_duration_seconds_count", L(**dense, phase="infer")) == runs
+    assert delta("fleetserve_kernel_busy_seconds_total", L(**dense)) > 0
+    assert got[("fleetserve_kernel_instances", L(**dense))] == 1
+    assert got[("fleetserve_inflight_requests", L(**dense))] == 0 and got[("fleetserve_queue_depth", L(**dense))] == 0
+    assert got[("fleetserve_models", L(state="READY"))] == 2 and got[("fleetserve_models", L(state="UNAVAILABLE"))] == 1
+    assert got[("fleetserve_model_load_failures_total", L(model="broken"))] == 1
+    assert got[("fleetserve_model_load_duration_seconds_count", L())] == 3  # two loads and the failed one
+    assert got[("fleetserve_server_ready", L())] == 1
+    assert ("process_resident_memory_bytes", L()) in got and ("process_cpu_seconds_total", L()) in got
+    names = family_names(got)
+    assert {name for name, _ in FAMILIES} <= names
+    gpu = {m.name for m in GpuCollector(None, []).describe()}  # type: ignore[arg-type]
+    if gpu_collector() is None:
+        assert not (gpu & names), "GPU families must be absent on a host without a GPU"
+    else:
+        assert gpu <= names
+
+
+def test_readme_documents_every_exported_family():
+    text = README.read_text()
+    gpu = {m.name for m in GpuCollector(None, []).describe()}  # type: ignore[arg-type]
+    missing = [name for name, _ in FAMILIES if name not in text] + [name for name in gpu if name not in text]
+    assert not missing, f"README.md 'Metrics' lacks {missing}"
+
+
+class FakeNvml:
+    """The slice of pynvml that GpuCollector reads: device 1 has fallen off the bus."""
+
+    class NVMLError(Exception):
+        pass
+
+    class Rates:
+        gpu = 37
+
+    class Memory:
+        used, total = 3 << 30, 80 << 30
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        if handle == "gone":
+            raise self.NVMLError("GPU is lost")
+        return self.Rates()
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return self.Memory()
+
+
+def test_gpu_collector_reports_each_readable_gpu():
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(FakeNvml(), ["ok", "gone"]))  # type: ignore[arg-type]
+    got = samples(registry)
+    assert got == {("fleetserve_gpu_utilization_ratio", L(gpu="0")): 0.37,
+                   ("fleetserve_gpu_memory_used_bytes", L(gpu="0")): float(3 << 30),
+                   ("fleetserve_gpu_memory_total_bytes", L(gpu="0")): float(80 << 30)}

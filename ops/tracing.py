@@ -1,0 +1,118 @@
+"""OpenTelemetry tracing of inference requests (the optional ``[tracing]`` extra).
+
+Off by default: only the composition root imports this module, and only with
+``--trace``; with it off the transports hold ``None`` and pay one ``is None``
+test per request. A traced request is one SERVER span, parented to the
+caller's W3C ``traceparent``/``tracestate`` when given, with four children laid
+end to end: ``receive`` (decode and validate), ``queue`` (waiting for a batch),
+``execute`` (the batch's kernel run, until the result is back on the loop) and
+``respond`` (encode). The timestamps are plain ``perf_counter_ns`` integers set
+along the way; spans are created all at once when the request finishes, so the
+batcher and the kernel never touch OpenTelemetry.
+
+Imports nothing from fleetserve but ``ops.errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ops.errors import Code, code_of
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def build_tracer_provider(exporter: str, service_version: str = "") -> Any:
+    """An SDK provider exporting in batches: OTLP over HTTP (configured by the exporter's own
+    OTEL_EXPORTER_OTLP_* variables) or one JSON span per line on stdout."""
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError as exc:
+        raise RuntimeError("--trace needs the OpenTelemetry SDK: pip install 'fleetserve[tracing]'") from exc
+    if exporter == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise RuntimeError(
+                "--trace-exporter otlp needs opentelemetry-exporter-otlp-proto-http: pip install 'fleetserve[tracing]'"
+            ) from exc
+        span_exporter: Any = OTLPSpanExporter()
+    elif exporter == "console":
+        span_exporter = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+    else:
+        raise ValueError(f"trace exporter must be otlp or console, got {exporter!r}")
+    provider = SdkTracerProvider(resource=Resource.create({"service.name": "fleetserve",
+                                                            "service.version": service_version}))
+    provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    return provider
+
+
+class RequestTracer:
+    """Starts a ``RequestTrace`` per inference request. Loop-bound like the transports that hold it."""
+
+    def __init__(self, provider: TracerProvider | None = None) -> None:
+        self._tracer = (provider or trace.get_tracer_provider()).get_tracer("fleetserve")
+        self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
+
+    def begin(self, traceparent: str | None, tracestate: str | None = None) -> "RequestTrace":
+        """A request arrived now, with the caller's W3C trace context headers (or none)."""
+        return RequestTrace(self, traceparent, tracestate)
+
+    def _emit(self, t: "RequestTrace", code: Code, end_ns: int) -> None:
+        carrier = {"traceparent": t.traceparent} if t.traceparent else {}
+        if carrier and t.tracestate:
+            carrier["tracestate"] = t.tracestate
+        parent = _PROPAGATOR.extract(carrier)
+        off = self._epoch_offset_ns
+        attributes = {"fleetserve.model": t.model, "fleetserve.version": t.version,
+                      "fleetserve.request_id": t.request_id, "fleetserve.outcome": code.name}
+        root = self._tracer.start_span(f"infer {t.model}", context=parent, kind=SpanKind.SERVER,
+                                       attributes=attributes, start_time=t.received_ns + off)
+        if code is not Code.OK:
+            root.set_status(Status(StatusCode.ERROR, code.name))
+        inside = trace.set_span_in_context(root)
+        # Phases the request reached, each lasting until the next one began: a request refused while
+        # decoding has only receive and respond; one that expired in the queue has no execute.
+        reached = [(name, mark) for name, mark in (("receive", t.received_ns), ("queue", t.enqueued_ns),
+                                                   ("execute", t.started_ns), ("respond", t.done_ns)) if mark]
+        for (name, start), (_, end) in zip(reached, [*reached[1:], ("", end_ns)]):
+            self._tracer.start_span(name, context=inside, start_time=start + off).end(end_time=max(start, end) + off)
+        root.end(end_time=end_ns + off)
+
+
+class RequestTrace:
+    """Timestamps of one request (``perf_counter_ns``; 0 until reached). A context manager:
+    on exit the spans are emitted with the outcome of the exception that left the block, if any."""
+
+    __slots__ = ("_tracer", "traceparent", "tracestate", "model", "version", "request_id",
+                 "received_ns", "enqueued_ns", "started_ns", "done_ns")
+
+    def __init__(self, tracer: RequestTracer, traceparent: str | None, tracestate: str | None) -> None:
+        self._tracer = tracer
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        self.model = ""
+        self.version = ""
+        self.request_id = ""
+        self.received_ns = time.perf_counter_ns()
+        self.enqueued_ns = 0  # set by the dataplane when the request is handed to the batcher
+        self.started_ns = 0  # set by the servable when its batch starts running
+        self.done_ns = 0  # set by the transport when the dataplane answered
+
+    def __enter__(self) -> "RequestTrace":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        now = time.perf_counter_ns()
+        if not self.done_ns:
+            self.done_ns = now
+        self._tracer._emit(self, Code.OK if exc is None else code_of(exc), now)
+

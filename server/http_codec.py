@@ -1,0 +1,263 @@
+"""Open Inference Protocol REST bodies <-> the dataplane's types.
+
+An inference request body is JSON, optionally followed by binary tensor data
+(Triton's binary tensor data extension): the ``Inference-Header-Content-Length``
+header then gives the JSON's length, and each input with a ``binary_data_size``
+parameter takes that many bytes, in input order, from what follows. Binary
+contents are decoded by server/codec.py exactly as gRPC raw contents are
+(numeric inputs stay zero-copy views over the body). JSON ``data`` may be flat
+or nested. Outputs are returned as binary when the output's ``binary_data``
+parameter or the request's ``binary_data_output`` parameter asks for it, else
+as flat JSON ``data``. Request parameters other than ``binary_data_output``
+reach the dataplane as gRPC's do (``priority``, ``timeout``: Triton's queue
+parameters, applied by the scheduler the same way for both transports).
+
+Errors are ``InvalidInput`` naming the field, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from model_store.datatypes import BY_NAME, Datatype
+from ops.errors import InvalidInput
+from ops.statistics import Duration, ModelStats
+from server.codec import checked_shape, datatype_of, element_count, from_raw, to_raw
+from server.types import InferRequest, InferResponse, InputTensor
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_RESERVED = ("binary_data_output",)
+
+
+@dataclass(slots=True)
+class OutputChoice:
+    """How the caller wants each output: binary (True) or JSON data (False)."""
+
+    default_binary: bool = False
+    binary: dict[str, bool] = field(default_factory=dict)
+
+    def is_binary(self, name: str) -> bool:
+        return self.binary.get(name, self.default_binary)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_json(data: bytes | memoryview, what: str) -> Any:
+    try:
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+
+
+def decode_infer_request(
+    model: str, version: str, body: bytes, header_length: str | None
+) -> tuple[InferRequest, OutputChoice]:
+    """Decode one inference request; see the module docstring."""
+    head: bytes | memoryview
+    if header_length is None:
+        head, binary = body, memoryview(b"")
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got '{header_length}'") from None
+        if not 0 <= n <= len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} is {n} but the request body holds {len(body)} bytes")
+        view = memoryview(body)
+        head, binary = view[:n], view[n:]
+    msg = _object(parse_json(head, "the inference request"), "the inference request")
+    raw_inputs = msg.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InvalidInput("the inference request needs 'inputs': a list of tensors")
+    inputs, offset = [], 0
+    for i, tensor in enumerate(raw_inputs):
+        t = _object(tensor, f"inputs[{i}]")
+        name = t.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput(f"inputs[{i}] needs a 'name' string")
+        dt = datatype_of(name, t.get("datatype", ""))
+        shape = _shape(name, t.get("shape"))
+        params = _object(t.get("parameters") or {}, f"input '{name}' parameters")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
+            if offset + size > len(binary):
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} runs past the end of the binary data "
+                    f"({len(binary) - offset} bytes left; is {HEADER_LENGTH} right?)"
+                )
+            data = from_raw(name, binary[offset : offset + size], dt, shape)  # type: ignore[arg-type]
+            offset += size
+        elif "data" in t:
+            data = _from_json(name, t["data"], dt, shape)
+        else:
+            raise InvalidInput(f"input '{name}': no data; give 'data' or a binary_data_size parameter")
+        inputs.append(InputTensor(name, dt.name, shape, data))
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the inputs' binary_data_size total")
+    params = _object(msg.get("parameters") or {}, "the request's parameters")
+    choice = OutputChoice(default_binary=bool(params.get("binary_data_output", False)))
+    requested = None
+    if msg.get("outputs") is not None:
+        if not isinstance(msg["outputs"], list):
+            raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+        requested = []
+        for i, out in enumerate(msg["outputs"]):
+            o = _object(out, f"outputs[{i}]")
+            if not isinstance(o.get("name"), str):
+                raise InvalidInput(f"outputs[{i}] needs a 'name' string")
+            requested.append(o["name"])
+            binary_flag = _object(o.get("parameters") or {}, f"output '{o['name']}' parameters").get("binary_data")
+            if binary_flag is not None:
+                choice.binary[o["name"]] = bool(binary_flag)
+    request_id = msg.get("id", "")
+    return InferRequest(
+        model_name=model,
+        model_version=version,
+        id=request_id if isinstance(request_id, str) else str(request_id),
+        inputs=inputs,
+        requested_outputs=requested,
+        parameters={k: v for k, v in params.items() if k not in _RESERVED},
+    ), choice
+
+
+def _shape(name: str, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidInput(f"input '{name}': 'shape' must be a list of integers, got {shape!r}")
+    return checked_shape(name, shape)
+
+
+def _from_json(name: str, data: Any, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:
+    count = element_count(shape)
+    if dt.name == "BF16":
+        raise InvalidInput(f"input '{name}': BF16 has no JSON form; send it as binary data")
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        if dt.itemsize == 0:
+            flat = np.asarray(data, dtype=object).reshape(-1)
+            arr = np.empty(len(flat), dtype=object)
+            arr[:] = [v.encode() if isinstance(v, str) else _not_a_string(name, v) for v in flat]
+        else:
+            arr = np.asarray(data, dtype=dt.numpy)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': 'data' is not a regular array of {dt.name}: {exc}") from None
+    if arr.size != count:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, but 'data' holds {arr.size}")
+    return arr.reshape(shape)
+
+
+def _not_a_string(name: str, value: Any) -> bytes:
+    raise InvalidInput(f"input '{name}': BYTES data must be JSON strings, got {type(value).__name__}")
+
+
+def encode_infer_response(response: InferResponse, choice: OutputChoice) -> tuple[bytes, int | None]:
+    """The response body, and the JSON part's length when binary outputs follow it (else None)."""
+    outputs, binaries = [], []
+    for out in response.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
+        dt = BY_NAME[out.datatype]
+        if choice.is_binary(out.name):
+            raw = to_raw(out.data, dt)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binaries.append(raw)
+        else:
+            entry["data"] = _to_json(out.name, out.data, dt)
+        outputs.append(entry)
+    head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        head["id"] = response.id
+    head["outputs"] = outputs
+    text = json.dumps(head, separators=(",", ":")).encode()
+    if not binaries:
+        return text, None
+    return b"".join([text, *binaries]), len(text)
+
+
+def _to_json(name: str, data: np.ndarray, dt: Datatype) -> list[Any]:
+    if dt.name == "BF16":
+        raise InvalidInput(f"output '{name}': BF16 has no JSON form; request it with the binary_data parameter")
+    if dt.itemsize:
+        return data.reshape(-1).tolist()
+    try:
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in data.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"output '{name}' holds bytes that are not UTF-8 text; request it with the binary_data parameter"
+        ) from None
+
+
+# ---- Triton's REST extensions: statistics and model configuration as JSON -----------------------
+def _duration(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
+    """One model version's statistics in Triton's JSON shape."""
+    zero = {"count": 0, "ns": 0}
+    return {
+        "name": name,
+        "version": version,
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": _duration(s.success),
+            "fail": _duration(s.fail),
+            "queue": _duration(s.queue),
+            "compute_input": _duration(s.compute_input),
+            "compute_infer": _duration(s.compute_infer),
+            "compute_output": _duration(s.compute_output),
+            "cache_hit": zero,
+            "cache_miss": zero,
+        },
+        "batch_stats": [
+            {"batch_size": size, "compute_input": _duration(b.compute_input),
+             "compute_infer": _duration(b.compute_infer), "compute_output": _duration(b.compute_output)}
+            for size, b in sorted(s.batches.items())
+        ],
+    }
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def message_json(msg: Message) -> dict[str, Any]:
+    """A protobuf message as Triton's REST API writes it: proto field names, 64-bit integers as numbers."""
+    out = MessageToDict(msg, preserving_proto_field_name=True)
+    _numbers(msg.DESCRIPTOR, out)
+    return out
+
+
+def _numbers(desc: Descriptor, d: dict[str, Any]) -> None:
+    """proto3 JSON writes 64-bit integers as strings; Triton (and its clients) use numbers."""
+    for f in desc.fields:
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        sub = f.message_type
+        if sub is not None and sub.GetOptions().map_entry:
+            inner = sub.fields_by_name["value"]
+            if inner.message_type is not None:
+                for item in value.values():
+                    _numbers(inner.message_type, item)
+            elif inner.type in _INT64:
+                d[f.name] = {k: int(v) for k, v in value.items()}
+        elif sub is not None:
+            for item in value if f.is_repeated else [value]:
+                _numbers(sub, item)
+        elif f.type in _INT64:
+            d[f.name] = [int(v) for v in value] if f.is_repeated else int(value)

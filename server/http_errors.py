@@ -1,0 +1,77 @@
+"""The one mapping from fleetserve's error codes to HTTP status, applied in one place.
+
+``HTTP_STATUS`` is total over ``ops.errors.Code`` and follows google.rpc.Code's
+HTTP mapping (the same codes the gRPC transport sends). ``error_middleware``
+wraps every route of the REST application when it is built
+(server/http_server.py), so no endpoint can forget it. Every error body is
+``{"error": "<message>"}``. Protocol-level errors of the HTTP layer itself (no
+such endpoint 404, wrong method 405, body over the limit 413) keep their status
+and get the same body. Unknown exceptions become 500 with a generic message
+and a logged traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ops.errors import Code, ServingError
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS: dict[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,  # the client closed the request; never seen by that client, but logged and counted
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+INTERNAL_MESSAGE = "internal server error; the server log has the details"
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServingError as exc:
+        return error_response(HTTP_STATUS[exc.code], exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        size = f"of {request.content_length} bytes " if request.content_length is not None else ""
+        return error_response(413, f"the request body {size}is over this server's limit of "
+                                   f"{request.client_max_size} bytes (--http-max-body-bytes)")
+    except web.HTTPNotFound:
+        return error_response(404, f"no such endpoint: {request.method} {request.path}")
+    except web.HTTPMethodNotAllowed as exc:
+        return error_response(405, f"{request.method} is not allowed on {request.path}; "
+                                   f"allowed: {', '.join(sorted(exc.allowed_methods))}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.text or exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("internal error while serving %s %s", request.method, request.path, exc_info=exc)
+        return error_response(500, INTERNAL_MESSAGE)

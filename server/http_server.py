@@ -1,0 +1,84 @@
+"""HTTP listeners on the server's event loop: the REST API and the Prometheus /metrics endpoint.
+
+``HttpListener`` runs one aiohttp application on a socket it binds itself (so
+port 0 works and the real port is known at once) on the running loop, the
+same loop as grpc.aio. ``rest_app`` builds the REST application with the one
+error middleware; ``metrics_app`` serves a ``CollectorRegistry`` in the text
+format Prometheus asks for (OpenMetrics or 0.0.4), gzip-compressed when
+accepted. Collecting and encoding run in a worker thread (ops/metrics.py's
+collection is safe there): a scrape of many model versions takes tens of
+milliseconds, which must not stall the loop that answers requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from server.http_errors import error_middleware
+from server.http_service import HttpService
+
+
+def rest_app(service: HttpService) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=service.max_body_bytes)
+    app.add_routes(service.routes())
+    return app
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
+
+    app = web.Application()
+    app.add_routes([web.get("/metrics", metrics)])
+    return app
+
+
+class HttpListener:
+    """One aiohttp application on ``host:port``. ``start``/``stop`` from the loop that serves it."""
+
+    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout_s: float = 30.0) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and serve; returns the port (the OS's choice when asked for 0). Raises OSError."""
+        # A handler is cancelled when its client disconnects, so a request whose caller is gone
+        # leaves the batch queue before it runs (the dataplane records it as CANCELLED).
+        runner = web.AppRunner(self._app, handle_signals=False, access_log=None, handler_cancellation=True,
+                               shutdown_timeout=self._shutdown_timeout_s)
+        await runner.setup()
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.setblocking(False)
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting; requests in progress may finish within the shutdown timeout."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

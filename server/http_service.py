@@ -1,0 +1,171 @@
+"""The Open Inference Protocol REST endpoints and Triton's REST extensions: decode, delegate, encode.
+
+Every endpoint only converts and calls the ``DataPlane`` the gRPC service uses;
+errors are mapped by server/http_errors.py's middleware, never here. Health
+answers 200 ``{"ready": true}`` or 503 ``{"ready": false}`` so probes can use
+the status alone (tritonclient.http reads the status too).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ops.errors import InvalidInput, ServingError, Unsupported
+from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
+from server.http_codec import (
+    HEADER_LENGTH,
+    decode_infer_request,
+    encode_infer_response,
+    message_json,
+    parse_json,
+    stats_json,
+)
+
+if TYPE_CHECKING:
+    from ops.tracing import RequestTrace, RequestTracer
+
+_JSON = "application/json"
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status)
+
+
+def _model(request: web.Request) -> tuple[str, str]:
+    return request.match_info["model"], request.match_info.get("version", "")
+
+
+class HttpService:
+    """The REST endpoints over one ``DataPlane``. Loop-bound; ``routes()`` lists them for the app."""
+
+    def __init__(self, dataplane: DataPlane, *, max_body_bytes: int, tracer: "RequestTracer | None" = None) -> None:
+        self.dp = dataplane
+        self.max_body_bytes = max_body_bytes
+        self._tracer = tracer
+
+    def routes(self) -> list[web.RouteDef]:
+        m = "/v2/models/{model}"
+        v = "/v2/models/{model}/versions/{version}"
+        return [
+            web.get("/v2/health/live", self.live),
+            web.get("/v2/health/ready", self.ready),
+            web.get("/v2", self.server_metadata),
+            web.get("/v2/models/stats", self.statistics),  # before {model}, which would match "stats"
+            web.get(m, self.model_metadata),
+            web.get(v, self.model_metadata),
+            web.get(m + "/ready", self.model_ready),
+            web.get(v + "/ready", self.model_ready),
+            web.get(m + "/config", self.model_config),
+            web.get(v + "/config", self.model_config),
+            web.get(m + "/stats", self.statistics),
+            web.get(v + "/stats", self.statistics),
+            web.post(m + "/infer", self.infer),
+            web.post(v + "/infer", self.infer),
+            web.post("/v2/repository/index", self.repository_index),
+            web.get("/v2/repository/index", self.repository_index),
+            web.post("/v2/repository/models/{model}/load", self.load),
+            web.post("/v2/repository/models/{model}/unload", self.unload),
+            web.route("*", "/v2/systemsharedmemory{tail:.*}", self.shared_memory),
+            web.route("*", "/v2/cudasharedmemory{tail:.*}", self.shared_memory),
+        ]
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, refused with 413 before reading when its declared length is over the limit."""
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body_bytes, actual_size=length)
+        return await request.read()  # aiohttp enforces the same limit on chunked bodies
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        body = await self._body(request)
+        if not body.strip():
+            return {}
+        value = parse_json(body, "the request body")
+        if not isinstance(value, dict):
+            raise InvalidInput("the request body must be a JSON object")
+        return value
+
+    # ---- health and metadata ----------------------------------------------------------------
+    async def live(self, request: web.Request) -> web.Response:
+        live = self.dp.live()
+        return _json({"live": live}, 200 if live else 503)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.dp.ready()
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        ready = self.dp.model_ready(*_model(request))
+        return _json({"name": request.match_info["model"], "ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json({"name": SERVER_NAME, "version": self.dp.version, "extensions": list(EXTENSIONS)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        meta = self.dp.model_metadata(*_model(request))
+        return _json({
+            "name": meta.name,
+            "versions": meta.versions,
+            "platform": meta.platform,
+            "inputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in meta.inputs],
+            "outputs": [{"name": n, "datatype": d, "shape": list(s)} for n, d, s in meta.outputs],
+        })
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return _json(message_json(self.dp.model_config(*_model(request)).to_proto()))
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("model", "")
+        rows = self.dp.statistics(name, request.match_info.get("version", ""))
+        return _json({"model_stats": [stats_json(n, v, s) for n, v, s in rows]})
+
+    # ---- repository control -------------------------------------------------------------------
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request) if request.method == "POST" else {}
+        entries = self.dp.repository_index(ready_only=bool(body.get("ready", False)))
+        return _json([{"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason}
+                      for e in entries])
+
+    async def load(self, request: web.Request) -> web.Response:
+        await self._json_body(request)  # parameters (config overrides, files) are not supported; read and drop
+        await self.dp.load_model(request.match_info["model"])
+        return web.Response(status=200)
+
+    async def unload(self, request: web.Request) -> web.Response:
+        await self._json_body(request)
+        await self.dp.unload_model(request.match_info["model"])
+        return web.Response(status=200)
+
+    async def shared_memory(self, request: web.Request) -> web.Response:
+        raise Unsupported(f"{request.path}: shared-memory tensors are not supported; send tensors in the request")
+
+    # ---- inference ----------------------------------------------------------------------------
+    async def infer(self, request: web.Request) -> web.Response:
+        if self._tracer is None:
+            return await self._infer(request, None)
+        headers = request.headers
+        with self._tracer.begin(headers.get("traceparent"), headers.get("tracestate")) as trace:
+            trace.model = request.match_info["model"]
+            return await self._infer(request, trace)
+
+    async def _infer(self, request: web.Request, trace: "RequestTrace | None") -> web.Response:
+        model, version = _model(request)
+        body = await self._body(request)
+        try:
+            infer, choice = decode_infer_request(model, version, body, request.headers.get(HEADER_LENGTH))
+        except ServingError as exc:
+            self.dp.reject(model, version, "", exc)
+            raise
+        infer.trace = trace
+        response = await self.dp.infer(infer)
+        if trace is not None:
+            trace.done_ns = time.perf_counter_ns()
+            trace.version, trace.request_id = response.model_version, response.id
+        payload, json_length = encode_infer_response(response, choice)
+        if json_length is None:
+            return web.Response(body=payload, content_type=_JSON)
+        return web.Response(body=payload, content_type="application/octet-stream",
+                            headers={HEADER_LENGTH: str(json_length)})

@@ -1,0 +1,169 @@
+"""The REST API against a real fleetserve: tritonclient.http unchanged (binary and JSON), raw JSON bodies, limits."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as th
+
+from model_store.datatypes import BY_NAME
+from model_store.testing import IDENTITY_DATATYPES, reference_outputs
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = th.InferenceServerClient(server.http_address)
+    yield c
+    c.close()
+
+
+def post(server, path, body, headers=None):
+    return requests.post(server.http_url + path, data=body, headers=headers or {}, timeout=30)
+
+
+def test_health_metadata_config_index_and_stats(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("dense") and not client.is_model_ready("corrupt")
+    assert not client.is_model_ready("nope")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "fleetserve" and "binary_tensor_data" in meta["extensions"]
+    model = client.get_model_metadata("simple")
+    assert model["versions"] == ["1"] and model["platform"] == "onnxruntime_onnx"
+    assert model["inputs"] == [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 4]},
+                               {"name": "INPUT1", "datatype": "FP32", "shape": [-1, 4]}]
+    assert client.get_model_metadata("add_one", model_version="2")["name"] == "add_one"
+    config = client.get_model_config("simple")
+    assert config["max_batch_size"] == 8 and config["input"][0]["dims"] == [4]  # numbers, as Triton writes them
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
+    assert index[("dense", "1")]["state"] == "READY"
+    assert any(m["state"] == "UNAVAILABLE" and "max_batch_sise" in m["reason"] for m in index.values())
+    stats = client.get_inference_statistics("dense")["model_stats"]
+    assert stats[0]["name"] == "dense" and set(stats[0]["inference_stats"]) >= {"success", "fail", "queue"}
+    assert {s["name"] for s in client.get_inference_statistics()["model_stats"]} >= {"dense", "simple"}
+
+
+def infer(client, model, arrays, binary=True, outputs=None, **kwargs):
+    inputs = []
+    for name, arr in arrays.items():
+        dt = "BYTES" if arr.dtype == object else th.np_to_triton_dtype(arr.dtype)
+        inp = th.InferInput(name, list(arr.shape), dt)
+        inp.set_data_from_numpy(arr, binary_data=binary)
+        inputs.append(inp)
+    requested = [th.InferRequestedOutput(o, binary_data=binary) for o in outputs] if outputs else None
+    return client.infer(model, inputs, outputs=requested, **kwargs)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("model, arrays", [
+    ("dense", {"INPUT0": np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32)}),
+    ("simple", {"INPUT0": np.arange(8, dtype=np.float32).reshape(2, 4), "INPUT1": np.ones((2, 4), np.float32)}),
+    ("nobatch", {"INPUT0": np.random.default_rng(3).standard_normal((1, 16), dtype=np.float32)}),
+])
+def test_infer_matches_in_process_onnxruntime(client, repository, model, arrays, binary):
+    outputs = ["OUTPUT0"] + (["OUTPUT1"] if model == "simple" else [])
+    result = infer(client, model, arrays, binary=binary, outputs=outputs, request_id="r-1")
+    expected = reference_outputs(repository / model / "1" / "model.onnx", arrays)
+    for name, value in expected.items():
+        np.testing.assert_allclose(result.as_numpy(name), value, rtol=1e-6, atol=1e-6)
+    response = result.get_response()
+    assert response["id"] == "r-1" and response["model_version"] == "1"
+    assert all(("parameters" in o) == binary for o in response["outputs"])
+
+
+@pytest.mark.parametrize("datatype", [d for d in IDENTITY_DATATYPES])
+def test_every_datatype_round_trips_binary(client, datatype):
+    rng = np.random.default_rng(4)
+    if datatype == "BYTES":
+        arr = np.array([[b"a", b"", "\u00e9t\u00e9".encode()], [b"x" * 100, b"\x00z", b"q"]], dtype=object)
+    elif datatype == "BOOL":
+        arr = rng.integers(0, 2, (2, 3)).astype(bool)
+    else:
+        dtype = BY_NAME[datatype].numpy
+        arr = (rng.standard_normal((2, 3)) * 100).astype(dtype) if dtype.kind == "f" else \
+            rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, (2, 3), dtype=dtype, endpoint=True)
+    out = infer(client, f"identity_{datatype.lower()}", {"INPUT0": arr}).as_numpy("OUTPUT0")
+    assert out.shape == arr.shape
+    if datatype == "BYTES":
+        assert out.tolist() == arr.tolist()
+    else:
+        assert out.dtype == arr.dtype
+        np.testing.assert_array_equal(out, arr)
+
+
+def test_json_data_flat_or_nested_and_json_outputs(server):
+    for data in ([[1, 2, 3, 4]], [1, 2, 3, 4]):
+        body = {"id": "j", "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": data},
+                                      {"name": "INPUT1", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}],
+                "outputs": [{"name": "OUTPUT1"}]}
+        reply = post(server, "/v2/models/simple/infer", json.dumps(body))
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["Content-Type"].startswith("application/json")
+        assert reply.json() == {"model_name": "simple", "model_version": "1", "id": "j", "outputs": [
+            {"name": "OUTPUT1", "datatype": "FP32", "shape": [1, 4], "data": [0.0, 1.0, 2.0, 3.0]}]}
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BYTES", "data": ["a", "", "\u00e9"]}]}
+    reply = post(server, "/v2/models/identity_bytes/versions/1/infer", json.dumps(body))
+    assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == ["a", "", "\u00e9"]
+
+
+def test_binary_output_chosen_per_request(server):
+    head = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "INT32",
+                                   "parameters": {"binary_data_size": 12}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    body = head + np.array([1, -2, 3], "<i4").tobytes()
+    reply = post(server, "/v2/models/identity_int32/infer", body, {"Inference-Header-Content-Length": str(len(head))})
+    assert reply.status_code == 200, reply.text
+    n = int(reply.headers["Inference-Header-Content-Length"])
+    out = json.loads(reply.content[:n])["outputs"][0]
+    assert out["parameters"] == {"binary_data_size": 12}
+    assert np.frombuffer(reply.content[n:], "<i4").tolist() == [1, -2, 3]
+
+
+@pytest.mark.parametrize("body, header, status, fragment", [
+    (b"{not json", None, 400, "not valid JSON"),
+    (b"[]", None, 400, "must be a JSON object"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [1, 2]}]}).encode(),
+     None, 400, "needs 16 elements"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32"}]}).encode(), None, 400, "no data"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": "x", "datatype": "FP32", "data": []}]}).encode(),
+     None, 400, "list of integers"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                             "parameters": {"binary_data_size": 64}}]}).encode() + bytes(60), "@", 400, "runs past"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                             "parameters": {"binary_data_size": 64}}]}).encode() + bytes(70), "@", 400, "6 bytes"),
+    (b"{}", "999", 400, "Inference-Header-Content-Length is 999"),
+])
+def test_malformed_bodies_are_400_with_a_reason(server, body, header, status, fragment):
+    headers = {}
+    if header == "@":
+        headers["Inference-Header-Content-Length"] = str(body.index(b"}]}") + 3)
+    elif header is not None:
+        headers["Inference-Header-Content-Length"] = header
+    reply = post(server, "/v2/models/dense/infer", body, headers)
+    assert reply.status_code == status and fragment in reply.json()["error"], reply.text
+
+
+def test_unknown_endpoint_and_wrong_method_get_json_errors(server):
+    reply = requests.get(server.http_url + "/v2/nothing", timeout=10)
+    assert reply.status_code == 404 and "no such endpoint" in reply.json()["error"]
+    reply = requests.get(server.http_url + "/v2/models/dense/infer", timeout=10)
+    assert reply.status_code == 405 and "POST" in reply.json()["error"]
+
+
+def test_body_over_the_limit_is_refused_with_413_before_it_is_read(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    conn.putrequest("POST", "/v2/models/dense/infer")
+    conn.putheader("Content-Length", str(1 << 30))  # 1 GiB announced, nothing sent
+    conn.endheaders()
+    try:
+        reply = conn.getresponse()
+        assert reply.status == 413
+        error = json.loads(reply.read())["error"]
+    finally:
+        conn.close()
+    assert error == (f"the request body of {1 << 30} bytes is over this server's limit of {64 << 20} bytes "
+                     "(--http-max-body-bytes)")

@@ -1,0 +1,120 @@
+"""OpenTelemetry spans per request (the SDK's in-memory exporter), W3C traceparent honoured; nothing loaded when off.
+
+The server runs in this process (a real App on real ports) so the exporter can be read;
+requests go over real HTTP and gRPC connections.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from model_store.testing import ModelSpec, write_dense_model, write_model_repository
+from server.app import App
+from server.settings import Settings
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
+
+
+def settings(repo: Path, **kwargs) -> Settings:
+    return Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, **kwargs)
+
+
+def by_trace(exporter: InMemorySpanExporter) -> dict[int, dict[str, object]]:
+    out: dict[int, dict[str, object]] = {}
+    for span in exporter.get_finished_spans():
+        out.setdefault(span.context.trace_id, {})[span.name] = span
+    return out
+
+
+def check_request_trace(spans: dict[str, object], model: str, outcome: str) -> None:
+    root = spans[f"infer {model}"]
+    assert root.kind is SpanKind.SERVER and root.attributes["fleetserve.outcome"] == outcome
+    phases = [spans[name] for name in ("receive", "queue", "execute", "respond")]
+    assert all(p.parent.span_id == root.context.span_id for p in phases)
+    assert phases[0].start_time == root.start_time and phases[-1].end_time == root.end_time
+    for before, after in zip(phases, phases[1:]):
+        assert before.end_time == after.start_time  # laid end to end
+    assert all(p.end_time >= p.start_time for p in phases)
+
+
+async def test_http_and_grpc_requests_become_spans_under_the_callers_trace(repo: Path):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = App(settings(repo, trace=True), tracer_provider=provider)
+    await app.start()
+    try:
+        body = json.dumps({"id": "h-1", "inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                                                    "data": [0.5] * 16}]})
+        async with aiohttp.ClientSession() as session:
+            headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "tracestate": "vendor=1"}
+            async with session.post(f"http://127.0.0.1:{app.http_port}/v2/models/dense/infer", data=body,
+                                    headers=headers) as reply:
+                assert reply.status == 200
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = service_pb2.ModelInferRequest(model_name="dense", id="g-1")
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.append(bytes(64))
+            await stub.ModelInfer(request)
+            request.inputs[0].shape[:] = [1, 15]
+            request.raw_input_contents[0] = bytes(60)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ModelInfer(request)
+    finally:
+        await app.stop()
+    traces = by_trace(exporter)
+    http = traces.pop(int(TRACE_ID, 16))
+    check_request_trace(http, "dense", "OK")
+    root = http["infer dense"]
+    assert root.parent.span_id == int(PARENT_ID, 16) and root.parent.is_remote
+    assert root.attributes["fleetserve.request_id"] == "h-1" and root.attributes["fleetserve.version"] == "1"
+    assert len(traces) == 2  # the gRPC calls carried no traceparent: each starts its own trace
+    grpc_bad, grpc_ok = sorted(traces.values(), key=lambda t: t["infer dense"].attributes["fleetserve.outcome"])
+    check_request_trace(grpc_ok, "dense", "OK")
+    assert grpc_ok["infer dense"].attributes["fleetserve.request_id"] == "g-1"
+    bad = grpc_bad["infer dense"]
+    assert bad.status.status_code is StatusCode.ERROR and bad.attributes["fleetserve.outcome"] == "INVALID_ARGUMENT"
+    assert sorted(grpc_bad) == ["infer dense", "receive", "respond"]  # refused before the batcher
+
+
+def test_tracing_off_loads_no_opentelemetry(repo: Path):
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from pathlib import Path
+        from server.app import App
+        from server.settings import Settings
+
+        async def main():
+            app = App(Settings(model_repository=Path({str(repo)!r}), host="127.0.0.1",
+                               grpc_port=0, http_port=0, metrics_port=0))
+            await app.start()
+            await app.stop()
+
+        asyncio.run(main())
+        loaded = sorted(m for m in sys.modules if m.startswith("opentelemetry"))
+        assert not loaded, loaded
+        print("clean")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0 and "clean" in result.stdout, result.stdout + result.stderr
