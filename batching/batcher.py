@@ -47,12 +47,15 @@ from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotRea
 
 log = logging.getLogger(__name__)
 
+_TIMER_RESOLUTION_S = 0.001
+
 T = TypeVar("T")
 R = TypeVar("R")
 Clock = Callable[[], float]
 _NEVER = 1 << 62  # wake_rows that no queue reaches
 _LOG_EVERY_S = 1.0
 _COLD_BATCHES = 1  # with an objective but no run-time estimate yet, admit this many full batches per instance
+_PROBE_EVERY_S = 1.0  # an idle model whose estimate sheds even a lone request admits one this often
 
 __all__ = ["BatcherConfig", "DynamicBatcher", "ScheduleEstimate"]
 
@@ -86,6 +89,7 @@ class DynamicBatcher(Generic[T, R]):
         self._admission_batch = 1
         self._last = Decision()
         self._admitted_rows = 0
+        self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
         self._seq = 0
         self._wake = asyncio.Event()
         self._wake_rows = 1
@@ -182,7 +186,7 @@ class DynamicBatcher(Generic[T, R]):
             return
         busy = self._free_at - now if self._free_at > now else 0.0
         predicted = predicted_latency(plan, curve, ahead, rows, busy, self._admission_batch)
-        if predicted > plan.budget_s:
+        if predicted > plan.budget_s and not self._probe(now):
             objective = self.config.objective
             assert objective is not None
             raise QueueFull(
@@ -195,6 +199,20 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.name}: the request cannot finish before its deadline ({(deadline - now) * 1e3:.1f} ms left, "
                 f"about {predicted * 1e3:.1f} ms needed); it was not queued"
             )
+
+    def _probe(self, now: float) -> bool:
+        """Whether to admit, as a probe, a request predicted to miss the objective (then it starts the probe).
+
+        The estimate learns only from batches that run. A stall (a noisy neighbour, a pause) can inflate it
+        so far that even a lone request on an idle instance is predicted to miss; every request is then shed,
+        nothing runs, and without a probe the model would shed forever. So an idle model (nothing queued or
+        running) that has seen no batch for ``_PROBE_EVERY_S`` admits one request: at most one miss a second
+        when the objective is truly out of reach, and a fresh measurement when it is not.
+        """
+        if self._ends or self._queues.count or now - self._last_run_at < _PROBE_EVERY_S:
+            return False
+        self._last_run_at = now
+        return True
 
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop accepting, run what is queued, wait for running batches; then fail any leftovers."""
@@ -239,7 +257,9 @@ class DynamicBatcher(Generic[T, R]):
             if head is None:
                 continue
             decision = self._decide(now, now - oldest_at)
-            if decision.rows == 0 and self._accepting:
+            # A wait shorter than half a timer tick is rounded to "now": the loop's timers are
+            # 1 ms coarse, so delays are honoured to within half a millisecond either way.
+            if decision.rows == 0 and self._accepting and decision.wait_s >= _TIMER_RESOLUTION_S / 2:
                 await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
                 continue
             self._dispatch(now, head, decision.rows or self.config.policy.max_batch_size)
@@ -265,7 +285,10 @@ class DynamicBatcher(Generic[T, R]):
         handle = None
         if timeout_s != math.inf:
             assert self._event_loop is not None
-            handle = self._event_loop.call_later(timeout_s, wake.set)
+            # Event-loop timers are coarse (1 ms in uvloop/libuv) and may fire before the clock says
+            # the time is up; never asking for less than that makes one wake-up per wait instead
+            # of a burst of early ones that each re-decide and sleep again.
+            handle = self._event_loop.call_later(max(timeout_s, _TIMER_RESOLUTION_S), wake.set)
         try:
             await wake.wait()
         finally:
@@ -332,6 +355,7 @@ class DynamicBatcher(Generic[T, R]):
         estimator = self._estimator
         estimator.observe(rows, seconds)
         if self._plan is not None:
+            self._last_run_at = self._clock()
             curve = estimator.curve
             if curve is not None:
                 self._admission_batch = batch_rows(self._plan, curve)

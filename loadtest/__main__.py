@@ -1,4 +1,4 @@
-"""``python -m loadtest ...`` is ``fleetserve loadtest ...`` (``python -m loadtest bench|plan`` also work)."""
+"""``python -m loadtest ...`` is ``fleetserve loadtest ...`` (``python -m loadtest bench|bench-scheduling|plan`` also work)."""
 
 import sys
 

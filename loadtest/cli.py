@@ -1,4 +1,4 @@
-"""Command line of the harness: ``fleetserve loadtest|bench|plan`` (also ``python -m loadtest ...``).
+"""Command line of the harness: ``fleetserve loadtest|bench|bench-scheduling|plan`` (also ``python -m loadtest ...``).
 
 ``server/cli.py`` only delegates here; this module imports nothing heavy at import time, so the
 ``fleetserve`` command stays quick to start.
@@ -18,6 +18,7 @@ from typing import Callable
 COMMANDS: dict[str, str] = {
     "loadtest": "drive an Open Inference Protocol server over gRPC and report latency, throughput, goodput",
     "bench": "benchmark fleetserve against a bare gRPC server and in-process onnxruntime (issue 5's ratios)",
+    "bench-scheduling": "benchmark no batching, fixed delays and SLO mode at three loads (issue 3's targets)",
     "plan": "capacity planning: replicas and cores for a target rate, from a loadtest result",
 }
 
@@ -171,13 +172,17 @@ def run_loadtest(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``[loadtest|bench|plan] ARGS...``; without a command word, ``loadtest``."""
+    """``[loadtest|bench|bench-scheduling|plan] ARGS...``; without a command word, ``loadtest``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "loadtest"
     if command == "bench":
         from loadtest.bench import main as bench_main
 
         return bench_main(argv)
+    if command == "bench-scheduling":
+        from loadtest.bench_scheduling import main as bench_scheduling_main
+
+        return bench_scheduling_main(argv)
     if command == "plan":
         from loadtest.plan import main as plan_main
 

@@ -6,7 +6,7 @@ The arithmetic, shown step by step in the output:
 2. peak rate = average x peak-to-average factor
 3. peak requests/s = peak rate / rows per request
 4. capacity of one replica = the highest measured throughput whose p99 meets the objective
-   (and whose error rate is at most 0.1%)
+   (and whose error rate is at most 0.1%), divided by the number of targets (replicas) the run drove
 5. usable per replica = capacity x (1 - headroom)
 6. replicas = ceil(peak requests/s / usable per replica)
 7. cores = replicas x cores per replica
@@ -115,10 +115,11 @@ def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
     rows = inputs.rows_per_request or result.rows_per_request
     peak_requests = peak / rows
     chosen = choose_capacity(result.points, inputs.p99_ms)
-    capacity = float(math.floor(chosen.throughput_rps))  # whole requests/s, so the shown arithmetic is exact
+    measured = max(1, len(result.targets))  # a run against N targets (replicas) measured N replicas together
+    capacity = float(math.floor(chosen.throughput_rps / measured))  # whole requests/s: the arithmetic shown is exact
     usable = capacity * (1 - inputs.headroom)
     replicas = math.ceil(peak_requests / usable)
-    cores_each = inputs.cores_per_replica or float(result.host_cpu_count)
+    cores_each = inputs.cores_per_replica or float(result.host_cpu_count) / measured
     cores = replicas * cores_each
     objective = f"p99 <= {inputs.p99_ms:g} ms" if inputs.p99_ms is not None else "no p99 objective"
     steps = (
@@ -126,7 +127,9 @@ def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
         Step("peak rate", f"{_n(average)} x {inputs.peak_to_average:g} peak-to-average", f"{_n(peak)} inferences/s"),
         Step("peak requests", f"{_n(peak)} / {rows} rows per request", f"{_n(peak_requests)} requests/s"),
         Step("replica capacity", f"best measured level with {objective}: {chosen.label} of {result.label!r} "
-             f"(p99 {chosen.latency_ms.p99:.1f} ms)", f"{_n(capacity)} requests/s"),
+             f"(p99 {chosen.latency_ms.p99:.1f} ms)"
+             + (f", {_n(chosen.throughput_rps)} requests/s / {measured} replicas measured" if measured > 1 else ""),
+             f"{_n(capacity)} requests/s"),
         Step("usable per replica", f"{_n(capacity)} x (1 - {inputs.headroom:g} headroom)", f"{usable:,.2f} requests/s"),
         Step("replicas", f"ceil({_n(peak_requests)} / {usable:,.2f})", f"{replicas:,}"),
         Step("cores", f"{replicas:,} replicas x {cores_each:g} cores", f"{_n(cores)} cores"),
@@ -141,8 +144,9 @@ def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
     if not chosen.stable:
         notes.append(f"the chosen level {chosen.label} never reached stable throughput; treat the capacity with care")
     if inputs.cores_per_replica is None:
-        notes.append(f"cores per replica = {cores_each:g}, the core count of the machine that was measured "
-                     "(server and load generator shared it; set --cores-per-replica for a dedicated server)")
+        notes.append(f"cores per replica = {cores_each:g}, the core count of the machine that was measured"
+                     + (f" / {measured} replicas" if measured > 1 else "")
+                     + " (server and load generator shared it; set --cores-per-replica for a dedicated server)")
     return Plan(steps, chosen, peak_requests, usable, replicas, cores, tuple(notes))
 
 

@@ -125,6 +125,7 @@ def build_config(
         default_model_filename=model_filename(msg, source),
         parameters={key: msg.parameters[key].string_value for key in sorted(msg.parameters)},
         response_cache=msg.response_cache.enable,
+        response_cache_ttl_s=options.response_cache_ttl_s(msg, where),
     )
 
 

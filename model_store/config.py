@@ -24,6 +24,7 @@ DEFAULT_MAX_QUEUE_DELAY_US = 500
 DEFAULT_PRIORITY_AGING_MS = 1000.0  # a queued request waiting this long goes before younger ones of any level
 DEFAULT_SLO_PERCENTILE = 99.0
 DEFAULT_MODEL_FILENAME = "model.onnx"
+DEFAULT_RESPONSE_CACHE_TTL_S = 60.0  # how long a cached response lives (fleet mode, response_cache enabled)
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 
@@ -139,6 +140,7 @@ class ModelConfig:
     default_model_filename: str = DEFAULT_MODEL_FILENAME
     parameters: Mapping[str, str] = field(default_factory=dict)
     response_cache: bool = False
+    response_cache_ttl_s: float = DEFAULT_RESPONSE_CACHE_TTL_S  # parameter response_cache_ttl_s
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from model_store.config import (
     DEFAULT_PRIORITY_AGING_MS,
+    DEFAULT_RESPONSE_CACHE_TTL_S,
     DEFAULT_SLO_PERCENTILE,
     DynamicBatching,
     InstanceKind,
@@ -166,6 +167,13 @@ def latency_slo(msg: pb.ModelConfig, where: Where) -> LatencySlo | None:
     elif percentile >= 100:
         raise where.error("parameters.latency_slo_percentile", f'is "{percentile:g}"; give a percentile in (0, 100), e.g. "99"')
     return LatencySlo(latency, percentile)
+
+
+def response_cache_ttl_s(msg: pb.ModelConfig, where: Where) -> float:
+    """The model parameter ``response_cache_ttl_s`` (> 0; default 60): how long cached responses live."""
+    value = _number_parameter(msg, "response_cache_ttl_s", where, 'seconds > 0, e.g. "60"',
+                              default=DEFAULT_RESPONSE_CACHE_TTL_S, positive=True)
+    return DEFAULT_RESPONSE_CACHE_TTL_S if value is None else value
 
 
 def _number_parameter(

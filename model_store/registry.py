@@ -10,6 +10,8 @@ Contract:
   (closing drains their queued requests). A failed version load leaves any
   previous copy of that version serving and records the reason.
 - Loads and unloads of one model are serialised by a per-model lock.
+- ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
+  state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
 - Loop-bound: call from the event loop.
 
 Generic over the servable type: ``load_version(source, version)`` builds one,
@@ -86,6 +88,7 @@ class ModelRegistry(Generic[S]):
         self._on_change = on_change
         self._on_load_failed = on_load_failed  # a model in the repository failed to load (config or version)
         self._models: dict[str, _Model[S]] = {}
+        self._pins: dict[str, frozenset[int]] = {}
 
     # ---- hot path -------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> S:
@@ -144,9 +147,23 @@ class ModelRegistry(Generic[S]):
             if not model.servables:
                 raise ModelNotReady(f"model '{name}' did not load: {self._why(model, None)}")
 
+    def pin(self, name: str, versions: frozenset[int] | set[int] | None) -> None:
+        """From the next ``load(name)``, serve exactly ``versions`` (those the repository has) instead of what
+        the version policy selects; None returns the model to its policy. Loads nothing by itself."""
+        if versions is None:
+            self._pins.pop(name, None)
+        else:
+            self._pins[name] = frozenset(versions)
+
+    def _wanted(self, source: ModelSource) -> set[int]:
+        present = sorted(set(source.versions) | set(source.missing))
+        pinned = self._pins.get(source.name)
+        if pinned is not None:
+            return {v for v in present if v in pinned}
+        return set(source.version_policy().select(present))
+
     async def _apply(self, model: _Model[S], source: ModelSource) -> None:
-        policy = source.version_policy()
-        wanted = set(policy.select(sorted(set(source.versions) | set(source.missing))))
+        wanted = self._wanted(source)
         for version in sorted(wanted):
             if version in source.missing:
                 model.status[version] = VersionStatus(ModelState.UNAVAILABLE, source.missing[version])
@@ -245,7 +262,7 @@ class ModelRegistry(Generic[S]):
             source = self.repository.read(name)
         except ServingError:
             return True
-        wanted = set(source.version_policy().select(sorted(set(source.versions) | set(source.missing))))
+        wanted = self._wanted(source)
         if wanted - set(model.status):
             return True  # versions not tried yet
         if any(model.fingerprints.get(v) != source.version_fingerprint(v) for v in wanted if v in source.versions):

@@ -40,6 +40,8 @@ class ModelStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    cache_hit: Duration = field(default_factory=Duration)  # answered from the response cache: lookup time
+    cache_miss: Duration = field(default_factory=Duration)  # computed after a cache miss: lookup + insert time
     batches: dict[int, BatchStats] = field(default_factory=dict)  # by rows in the batch
 
     def record_batch(self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:

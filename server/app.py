@@ -7,10 +7,14 @@ then readiness turns on. gRPC (grpc.aio) and HTTP (aiohttp) share one event loop
 Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
   1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING, HTTP /v2/health/ready 503;
   2. keep serving for shutdown_delay_s (default 0), so load balancers see 1. and stop routing here;
-  3. stop the repository poller;
+  3. stop the repository poller; in fleet mode, stop watching Redis and remove this replica's state;
   4. stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s;
-  5. drain each model's queue and close its kernel;
+  5. drain each model's queue and close its kernel; close the Redis link;
   6. flush traces, close the metrics endpoint, exit 0. A second signal exits at once with status 1.
+
+Fleet mode (``settings.fleet``, ``--redis-url``) adds server/fleet.py, imported only then: it
+connects before the models load (so they load the fleet's desired versions) and applies the
+desired state before readiness.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from server.settings import Settings
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTracer
+    from server.fleet import Fleet
 
 log = logging.getLogger("fleetserve")
 
@@ -85,9 +90,17 @@ class App:
         self.registry: ModelRegistry[Servable] = ModelRegistry(
             self.repository, self._load_version, on_load_failed=self.metrics.record_load_failure
         )
+        self.fleet: "Fleet | None" = None
+        if settings.fleet is not None:
+            from server.fleet import Fleet  # redis is imported only in fleet mode
+
+            self.fleet = Fleet(settings.fleet, self.registry, self.metrics_registry, settings.metrics)
+        fleet = self.fleet
         self.dataplane = DataPlane(
             self.registry, version=_version(), control_mode=settings.model_control_mode, is_ready=lambda: self._ready,
             metrics=self.metrics, request_log=RequestLog() if settings.log_format == "json" else None,
+            router=fleet.router if fleet else None, cache=fleet.cache if fleet else None,
+            limiter=fleet.limiter if fleet else None,
         )
         self.metrics.observe_server(
             ready=lambda: self._ready,
@@ -98,9 +111,12 @@ class App:
     async def _load_version(self, source: ModelSource, version: int) -> Servable:
         start = time.perf_counter_ns()
         try:
-            return await load_servable(source, version, self._defaults, self.metrics)
+            servable = await load_servable(source, version, self._defaults, self.metrics)
         finally:
             self.metrics.record_load(time.perf_counter_ns() - start)
+        if self.fleet is not None:
+            await self.fleet.on_loaded(source, version, servable)
+        return servable
 
     def _tracer(self) -> "RequestTracer | None":
         if not self.settings.trace:
@@ -143,6 +159,8 @@ class App:
         self._http = HttpListener(rest_app(service), s.host, s.http_port, shutdown_timeout_s=s.drain_timeout_s)
         self.http_port = await self._listen(self._http, "HTTP", s.http_port)
         log.info("HTTP listening on %s:%d", s.host, self.http_port)
+        if self.fleet is not None:
+            await self.fleet.connect()
         await self._sync_repository(starting=True)
         if s.model_control_mode is ControlMode.EXPLICIT:
             for name in s.load_models:
@@ -154,6 +172,8 @@ class App:
             log.info("model %s version %s: %s %s", entry.name, entry.version or "-", entry.state.value, entry.reason)
         if s.model_control_mode is ControlMode.POLL or (self.mirror and s.model_control_mode is ControlMode.EXPLICIT):
             self._poller = asyncio.get_running_loop().create_task(self._poll())
+        if self.fleet is not None:
+            await self.fleet.start(s.host, self.grpc_port, self.http_port)
         self._ready = True
         await self._set_health(True)
         log.info("fleetserve ready")
@@ -207,6 +227,8 @@ class App:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self.fleet is not None:
+            await self.fleet.leave()
         stopping = []
         if self._grpc is not None:
             stopping.append(self._grpc.stop(grace=self.settings.drain_timeout_s))
@@ -214,6 +236,8 @@ class App:
             stopping.append(self._http.stop())
         await asyncio.gather(*stopping)
         await self.registry.close()
+        if self.fleet is not None:
+            await self.fleet.close()
         if self._owns_tracer_provider:
             await asyncio.get_running_loop().run_in_executor(None, self._tracer_provider.shutdown)
         if self._metrics_http is not None:

@@ -1,4 +1,5 @@
-"""The ``fleetserve`` command: ``serve`` and ``models``; ``loadtest``, ``bench`` and ``plan`` delegate to loadtest/cli.py.
+"""The ``fleetserve`` command: ``serve`` and ``models``; ``loadtest``, ``bench`` and ``plan`` delegate to loadtest/cli.py,
+``fleet`` to server/fleet_cli.py.
 
 Reads the command line once into Settings; nothing else reads arguments or
 environment variables.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from model_store.remote import MirrorConfig
 from ops.logs import LOG_FORMATS, configure_logging
 from ops.metrics import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig
 from server.dataplane import ControlMode
-from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, Settings
+from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
 
 
 def _buckets(text: str) -> tuple[float, ...]:
@@ -89,6 +91,35 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace-exporter", default="otlp", choices=TRACE_EXPORTERS,
                    help="otlp: OTLP/HTTP, configured by the OTEL_EXPORTER_OTLP_* variables (default); "
                         "console: one JSON span per line on stdout")
+    fleet = p.add_argument_group("fleet mode (README \"Fleets\"): rollouts, shared response cache, rate limits")
+    fleet.add_argument("--redis-url", default="",
+                       help="the fleet's Redis, e.g. redis://redis:6379/0 (default: none, standalone)")
+    fleet.add_argument("--replica-id", default="", help="this replica's name in the fleet (default: hostname-pid)")
+    fleet.add_argument("--advertise-address", default="",
+                       help="host[:port] where others reach this replica's gRPC (default: --host, or the hostname "
+                            "when it is 0.0.0.0, and the gRPC port)")
+    fleet.add_argument("--redis-timeout", type=float, default=0.25,
+                       help="seconds a Redis command may take before Redis counts as down (default 0.25)")
+    fleet.add_argument("--fleet-heartbeat-secs", type=float, default=1.0,
+                       help="seconds between publications of this replica's state (TTL: 3x; default 1)")
+    fleet.add_argument("--fleet-reconcile-secs", type=float, default=10.0,
+                       help="seconds between full reads of the desired state, beside change events (default 10)")
+    fleet.add_argument("--response-cache-local-bytes", type=int, default=64 * 1024 * 1024,
+                       help="the response cache's in-process tier, in tensor bytes (default 64 MiB)")
+
+
+def _fleet(args: argparse.Namespace) -> FleetSettings | None:
+    if not args.redis_url:
+        return None
+    return FleetSettings(
+        redis_url=args.redis_url,
+        replica_id=args.replica_id or f"{socket.gethostname()}-{os.getpid()}",
+        advertise_address=args.advertise_address,
+        redis_timeout_s=args.redis_timeout,
+        heartbeat_interval_s=args.fleet_heartbeat_secs,
+        reconcile_interval_s=args.fleet_reconcile_secs,
+        cache_local_bytes=args.response_cache_local_bytes,
+    )
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
@@ -103,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_models(sub)
     for name, help_text in LOADTEST_COMMANDS.items():  # listed in --help; they parse their own arguments
         sub.add_parser(name, help=help_text, add_help=False)
+    sub.add_parser("fleet", help="a fleet's state in Redis: status, rollout, promote, rollback, limit; up: a local fleet", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in LOADTEST_COMMANDS:
         return loadtest_main(argv)
+    if argv and argv[0] == "fleet":
+        from server.fleet_cli import main as fleet_main  # imports redis
+
+        return fleet_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "serve":
         configure_logging(args.log_level, args.log_format)
@@ -130,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 trace_exporter=args.trace_exporter,
                 metrics=MetricsConfig(latency_buckets_s=args.metrics_latency_buckets,
                                       batch_size_buckets=args.metrics_batch_buckets),
+                fleet=_fleet(args),
             )
         except ValueError as exc:
             parser.error(str(exc))

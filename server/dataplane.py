@@ -4,6 +4,11 @@ Works on fleetserve's own types (server/types.py, model_store, ops.statistics);
 never imports grpc, an HTTP framework or protobuf modules. Raises only
 ``ServingError`` subclasses for anything a caller did wrong or that is not
 available; the transports map their codes.
+
+In fleet mode (server/fleet.py) an inference also passes, in this order: the traffic
+router (a request without a version gets the version the rollout's split gives its id),
+the tenant's rate limit (``RateLimited``, RESOURCE_EXHAUSTED), validation, and the
+response cache (before the request is queued). Standalone, each is one ``is None`` check.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
@@ -25,7 +30,16 @@ from ops.statistics import ModelStats
 from server.servable import Servable
 from server.types import InferRequest, InferResponse, OutputTensor
 
+if TYPE_CHECKING:  # fleet mode only: these import redis
+    from model_store.routing import TrafficRouter
+    from server.rate_limit import TenantLimiter
+    from server.response_cache import ResponseCache
+
 SERVER_NAME = "fleetserve"
+# Where a request names its tenant (fleet mode rate limits): the transport's header wins over the parameter.
+TENANT_METADATA = "fleetserve-tenant"  # gRPC metadata key
+TENANT_HEADER = "X-Fleetserve-Tenant"  # HTTP header
+TENANT_PARAMETER = "tenant"  # request parameter, both transports
 EXTENSIONS = (
     "model_configuration",
     "model_repository",
@@ -66,15 +80,27 @@ class DataPlane:
         is_ready: Callable[[], bool],
         metrics: ServerMetrics | None = None,
         request_log: RequestLog | None = None,
+        router: "TrafficRouter | None" = None,
+        cache: "ResponseCache | None" = None,
+        limiter: "TenantLimiter | None" = None,
     ) -> None:
         """``metrics`` records requests that reach no model version (servables record the rest);
-        ``request_log``, when given, gets one record per inference request."""
+        ``request_log``, when given, gets one record per inference request; ``router``, ``cache``
+        and ``limiter`` are fleet mode's (module docstring)."""
         self.registry = registry
         self.version = version
         self.control_mode = control_mode
         self._is_ready = is_ready
         self._metrics = metrics or ServerMetrics(CollectorRegistry(), MetricsConfig(process_metrics=False))
         self._request_log = request_log
+        self._router = router
+        self._cache = cache
+        self._limiter = limiter
+
+    @property
+    def tenant_aware(self) -> bool:
+        """Whether transports should read the tenant header (rate limits are on)."""
+        return self._limiter is not None
 
     # ---- health and metadata ----------------------------------------------------------------
     def live(self) -> bool:
@@ -140,8 +166,17 @@ class DataPlane:
 
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        version = request.model_version
+        if not version and self._router is not None:
+            version = self._router.version_for(request.model_name, request.id)
         try:
-            servable = self.registry.get(request.model_name, request.model_version)
+            try:
+                servable = self.registry.get(request.model_name, version)
+            except ServingError:
+                if version == request.model_version:
+                    raise
+                # The split names a version that is gone here (its folder was removed): serve the latest.
+                servable = self.registry.get(request.model_name)
         except ServingError as exc:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
@@ -151,11 +186,19 @@ class DataPlane:
         metrics.inflight += 1
         start = time.perf_counter_ns()
         try:
+            if self._limiter is not None:
+                await self._admit(request, config.name)
             feeds, rows, key = _validate(config, request)
             if request.trace is not None:
                 request.trace.enqueued_ns = time.perf_counter_ns()
             priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
-            outputs = await servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+            if self._cache is not None and config.response_cache:
+                outputs = await self._cache.fetch(
+                    servable, request.inputs, request.requested_outputs,
+                    lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us),
+                )
+            else:
+                outputs = await servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
         except BaseException as exc:
             elapsed = time.perf_counter_ns() - start
             stats.fail.add(elapsed)
@@ -181,6 +224,23 @@ class DataPlane:
             id=request.id,
             outputs=[_output(spec, outputs[spec.name]) for spec in specs],
         )
+
+    async def _admit(self, request: InferRequest, model: str) -> None:
+        """The tenant's rate limit (fleet mode); raises ``RateLimited``."""
+        limiter = self._limiter
+        assert limiter is not None
+        tenant = request.tenant
+        if not tenant:
+            tenant = request.parameters.get(TENANT_PARAMETER) or ""
+            if not isinstance(tenant, str):
+                raise InvalidInput(f"parameter '{TENANT_PARAMETER}' must be a string, not {tenant!r}")
+            if not tenant:
+                return
+        verdict = limiter.try_admit(tenant, model)
+        if verdict is None:
+            await limiter.admit(tenant, model)
+        elif not verdict:
+            raise limiter.refusal(tenant, model)
 
     def reject(self, model: str, version: str, request_id: str, exc: ServingError) -> None:
         """Count (and log) an inference request that reached no model version: the transport could not

@@ -18,7 +18,7 @@ import grpc
 
 from ops.errors import ServingError
 from ops.statistics import Duration, ModelStats
-from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
+from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
 from server.grpc_codec import decode_infer_request, encode_infer_response
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.protos import grpc_service_pb2 as pb
@@ -36,6 +36,13 @@ def _duration(d: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
+def _tenant(context: Any) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA:
+            return value if isinstance(value, str) else ""
+    return ""
+
+
 def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatistics:
     msg = pb.ModelStatistics(
         name=name,
@@ -45,7 +52,8 @@ def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatis
         execution_count=stats.execution_count,
     )
     s = msg.inference_stats
-    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+    for field in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit",
+                  "cache_miss"):
         getattr(s, field).CopyFrom(_duration(getattr(stats, field)))
     for size, b in sorted(stats.batches.items()):
         msg.batch_stats.add(
@@ -119,6 +127,8 @@ class InferenceServicer:
         except ServingError as exc:
             self.dp.reject(request.model_name, request.model_version, request.id, exc)
             raise
+        if self.dp.tenant_aware:
+            infer.tenant = _tenant(context)
         return encode_infer_response(await self.dp.infer(infer))
 
     async def _traced_infer(self, request: pb.ModelInferRequest, context: Any, tracer: "RequestTracer") -> Any:
@@ -131,6 +141,8 @@ class InferenceServicer:
                 self.dp.reject(request.model_name, request.model_version, request.id, exc)
                 raise
             infer.trace = trace
+            if self.dp.tenant_aware:
+                infer.tenant = _tenant(context)
             response = await self.dp.infer(infer)
             trace.done_ns = time.perf_counter_ns()
             trace.version, trace.request_id = response.model_version, response.id
@@ -141,10 +153,12 @@ class InferenceServicer:
         done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(_STREAM_WINDOW)
         pending: set[asyncio.Task[None]] = set()
+        tenant = _tenant(context) if self.dp.tenant_aware else ""
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 infer = decode_infer_request(request, context.time_remaining())
+                infer.tenant = tenant
                 response = pb.ModelStreamInferResponse(infer_response=encode_infer_response(await self.dp.infer(infer)))
             except Exception as exc:
                 _, message = status_of(exc)

@@ -206,7 +206,6 @@ def _duration(d: Duration) -> dict[str, int]:
 
 def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
     """One model version's statistics in Triton's JSON shape."""
-    zero = {"count": 0, "ns": 0}
     return {
         "name": name,
         "version": version,
@@ -220,8 +219,8 @@ def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
             "compute_input": _duration(s.compute_input),
             "compute_infer": _duration(s.compute_infer),
             "compute_output": _duration(s.compute_output),
-            "cache_hit": zero,
-            "cache_miss": zero,
+            "cache_hit": _duration(s.cache_hit),
+            "cache_miss": _duration(s.cache_miss),
         },
         "batch_stats": [
             {"batch_size": size, "compute_input": _duration(b.compute_input),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ops.errors import InvalidInput, ServingError, Unsupported
-from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
+from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import (
     HEADER_LENGTH,
     decode_infer_request,
@@ -160,6 +160,8 @@ class HttpService:
             self.dp.reject(model, version, "", exc)
             raise
         infer.trace = trace
+        if self.dp.tenant_aware:
+            infer.tenant = request.headers.get(TENANT_HEADER, "")
         response = await self.dp.infer(infer)
         if trace is not None:
             trace.done_ns = time.perf_counter_ns()

@@ -15,6 +15,34 @@ EXAMPLE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_store" / "exam
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """Fleet mode (``--redis-url``): rollouts, the shared response cache and rate limits through one Redis."""
+
+    redis_url: str
+    replica_id: str  # default (CLI): hostname-pid
+    advertise_address: str = ""  # host[:port] for this replica's gRPC; "": --host (or the hostname), the gRPC port
+    redis_timeout_s: float = 0.25  # socket timeout of each Redis command: past it Redis counts as down
+    heartbeat_interval_s: float = 1.0  # actual state published this often, with a TTL of 3 intervals
+    reconcile_interval_s: float = 10.0  # full reconcile of the desired state, beside change events
+    cache_local_bytes: int = 64 * 1024 * 1024  # the response cache's in-process tier
+
+    def __post_init__(self) -> None:
+        if "://" not in self.redis_url:
+            raise ValueError(f"--redis-url must be a URL such as redis://host:6379/0, got {self.redis_url!r}")
+        if not self.replica_id or any(c.isspace() for c in self.replica_id):
+            raise ValueError(f"--replica-id must be a non-empty word, got {self.replica_id!r}")
+        for name in ("redis_timeout_s", "heartbeat_interval_s", "reconcile_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cache_local_bytes < 0:
+            raise ValueError(f"--response-cache-local-bytes must be >= 0, got {self.cache_local_bytes}")
+
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        return 3 * self.heartbeat_interval_s
+
+
+@dataclass(frozen=True)
 class Settings:
     model_repository: Path = EXAMPLE_REPOSITORY  # the local folder read; a remote repository's mirror
     remote_repository: MirrorConfig | None = None  # s3:// or http(s)://, mirrored into model_repository
@@ -34,6 +62,7 @@ class Settings:
     trace: bool = False  # OpenTelemetry spans per inference request (the [tracing] extra)
     trace_exporter: str = "otlp"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fleet: FleetSettings | None = None  # None: standalone, no Redis
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port", "metrics_port"):

@@ -39,8 +39,10 @@ class ServerProcess:
     """A ``fleetserve serve`` subprocess on 127.0.0.1 serving ``repository``, a folder or an s3:// or
     http(s):// URL. Use as a context manager."""
 
-    def __init__(self, repository: Path | str, *extra_args: str, ready_timeout_s: float = 60.0) -> None:
+    def __init__(self, repository: Path | str, *extra_args: str, ready_timeout_s: float = 60.0,
+                 new_session: bool = False) -> None:
         self.repository = repository
+        self.new_session = new_session  # own session: a terminal's Ctrl-C reaches only whoever started it
         self.args: Sequence[str] = extra_args
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen[str] | None = None
@@ -82,7 +84,7 @@ class ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[1], start_new_session=self.new_session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

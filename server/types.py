@@ -38,6 +38,7 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # time.monotonic() seconds; None: no deadline
     trace: Any = None  # an ops.tracing.RequestTrace when tracing is on, else None
+    tenant: str = ""  # from the transport's tenant header (fleet mode); else the `tenant` parameter is read
 
 
 @dataclass(slots=True)

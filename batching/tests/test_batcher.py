@@ -193,3 +193,29 @@ async def test_stop_timeout_fails_leftovers_instead_of_leaving_them_pending():
     await b.stop(timeout_s=0.05)
     await asyncio.sleep(0)
     assert all(f.done() for f in futures)
+
+
+def test_waiting_out_a_sub_millisecond_delay_does_not_spin_the_loop():
+    # uvloop (the server's loop) rounds timers to whole milliseconds: a wait under 0.5 ms fires
+    # at once. A batcher that re-decides on every such wake-up spins through the end of every
+    # delay, burning about as much CPU as the delay lasts. Sequential single requests with a
+    # 0.5 ms delay must cost far less CPU than that.
+    uvloop = pytest.importorskip("uvloop")  # a dependency on Linux: never skipped in CI
+
+    async def scenario() -> float:
+        rec = Recorder()
+        b = make(rec, max_batch_size=8, delay_s=0.0005)
+        await b.start()
+        cpu0 = time.process_time()
+        for i in range(200):
+            assert await b.submit(i) == i * 10
+        cpu = time.process_time() - cpu0
+        await b.stop()
+        return cpu / 200
+
+    loop = uvloop.new_event_loop()
+    try:
+        cpu_per_request = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert cpu_per_request < 0.00025, f"{cpu_per_request * 1e6:.0f} us of CPU per request"

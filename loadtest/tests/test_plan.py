@@ -70,6 +70,17 @@ def test_rows_per_request_and_cores_per_replica(measured):
     assert any("measured at 1 row(s)/request" in note for note in plan.notes)
 
 
+def test_a_run_against_several_replicas_is_divided_among_them(measured):
+    import dataclasses
+
+    two = dataclasses.replace(measured, targets=["127.0.0.1:8001", "127.0.0.1:8011"])
+    plan = make_plan(two, PlanInputs("1e12/day", peak_to_average=3, p99_ms=50, headroom=0.3))
+    # c=32 meets p99 50 ms: 4,000 requests/s from 2 replicas = 2,000 each, 1,400 usable; 1 core each of 2
+    assert plan.usable_per_replica == pytest.approx(1400)
+    assert plan.replicas == math.ceil(1e12 / 86400 * 3 / 1400) and plan.cores == plan.replicas * 1.0
+    assert "4,000 requests/s / 2 replicas measured" in format_plan(plan)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(peak_to_average=0.5), "peak-to-average"), (dict(headroom=1.0), "headroom"), (dict(headroom=-0.1), "headroom"),
     (dict(p99_ms=0), "p99-ms"), (dict(rows_per_request=0), "rows-per-request"), (dict(cores_per_replica=0), "cores"),

@@ -1,0 +1,235 @@
+"""Per-tenant rate limits (fleet mode): token buckets in Redis, leased to replicas in small batches.
+
+A limit (requests/s and burst, per tenant and model) is set with ``fleetserve fleet limit`` in the
+hash ``{p}limits`` (field ``tenant/model``, value ``"rps burst"``). Its bucket lives in Redis as
+``{p}bucket:tenant/model``: tokens and the time they were counted, refilled and taken by one Lua
+script, atomically, on Redis's clock. A replica never asks Redis per request: it leases a few
+tokens at a time (about ``lease_window_s`` worth of the rate, at most a quarter of the burst) and
+admits requests from its lease, leasing again in the background when it runs low. A lease older
+than ``lease_ttl_s`` is dropped, so tokens never pile up outside Redis. When Redis answers that the
+bucket is empty, the replica refuses locally until the next token is due.
+
+Redis down: each replica enforces its share of the limit locally (rate and burst divided by the
+live replicas it last saw). Requests without a tenant, or for a tenant and model without a limit,
+are not limited. Refusals raise ``RateLimited`` (RESOURCE_EXHAUSTED on both transports).
+
+Loop-bound; the clock is injectable. Imports redis (through ops.redis_link): fleet mode only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from model_store.rollout import Keys
+from ops.errors import QueueFull
+from ops.fleet_metrics import FleetMetrics
+from ops.redis_link import Client, RedisLink, RedisUnavailable, as_text
+
+log = logging.getLogger(__name__)
+
+_LEASE = """
+local limit = redis.call('HGET', KEYS[2], ARGV[1])
+if not limit then return {-1, 0, '', ''} end
+local sep = string.find(limit, ' ')
+local rps = tonumber(string.sub(limit, 1, sep - 1))
+local burst = tonumber(string.sub(limit, sep + 1))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'us')
+local tokens = tonumber(state[1])
+local last = tonumber(state[2])
+if tokens == nil or last == nil then tokens = burst; last = now end
+tokens = math.min(burst, tokens + math.max(0, now - last) * rps / 1000000)
+local grant = math.min(tonumber(ARGV[2]), math.floor(tokens))
+tokens = tokens - grant
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'us', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(1000 * burst / rps) + 60000)
+local wait_us = 0
+if grant < 1 then wait_us = math.ceil((1 - tokens) * 1000000 / rps) end
+return {grant, wait_us, tostring(rps), tostring(burst)}
+"""
+
+
+class RateLimited(QueueFull):
+    """A tenant is over its rate limit for a model (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    rps: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rps) and self.rps > 0) or self.burst < 1:
+            raise ValueError(f"a rate limit needs requests/s > 0 and a burst >= 1, got {self.rps:g}/s, burst {self.burst}")
+
+    def text(self) -> str:
+        return f"{self.rps:g} {self.burst}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Limit":
+        rps, burst = text.split()
+        return cls(float(rps), int(burst))
+
+
+def limit_field(tenant: str, model: str) -> str:
+    return f"{tenant}/{model}"
+
+
+class _Bucket:
+    __slots__ = ("tokens", "expires_at", "empty_until", "leasing", "failed", "local_tokens", "local_at")
+
+    def __init__(self) -> None:
+        self.tokens = 0  # leased from Redis, not yet used
+        self.expires_at = 0.0  # when the lease is dropped
+        self.empty_until = 0.0  # Redis said empty: refuse locally until then
+        self.leasing: asyncio.Task[None] | None = None
+        self.failed = False  # the last lease got no answer from Redis
+        self.local_tokens = -1.0  # the local-share bucket while Redis is down (-1: not started)
+        self.local_at = 0.0
+
+
+class TenantLimiter:
+    """See the module docstring. ``try_admit`` is the hot path; ``admit`` the rare wait for a lease."""
+
+    def __init__(
+        self, link: RedisLink, keys: Keys, metrics: FleetMetrics, *, lease_window_s: float = 0.1,
+        lease_ttl_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._link = link
+        self._keys = keys
+        self._metrics = metrics
+        self._lease_window_s = lease_window_s
+        self._lease_ttl_s = lease_ttl_s
+        self._clock = clock
+        self.limits: dict[tuple[str, str], Limit] = {}
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self.replicas = 1  # live replicas last seen: the local share's divisor
+        self._script: Any = None  # the lease script, sent once and then called by its SHA
+
+    # ---- configuration --------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Read every limit from Redis (at start, on a ``limits`` event, at each full reconcile)."""
+        raw = await self._link.call(lambda c: c.hgetall(self._keys.limits))
+        limits: dict[tuple[str, str], Limit] = {}
+        for field, value in raw.items():
+            tenant, _, model = as_text(field).rpartition("/")
+            try:
+                limits[(tenant, model)] = Limit.parse(as_text(value))
+            except ValueError:
+                log.warning("ignoring a malformed rate limit %s = %r", as_text(field), as_text(value))
+        if limits != self.limits:
+            log.info("rate limits: %s", ", ".join(f"{t}/{m} {lim.rps:g}/s burst {lim.burst}"
+                                                  for (t, m), lim in sorted(limits.items())) or "none")
+        self.limits = limits
+        for key in list(self._buckets):
+            if key not in limits:
+                del self._buckets[key]
+
+    async def stop(self) -> None:
+        """Leases under way are left to finish (within the Redis timeout): a request may be waiting on one."""
+
+    # ---- admission ---------------------------------------------------------------------------
+    def try_admit(self, tenant: str, model: str) -> bool | None:
+        """True: admitted. False: refused (raise ``refusal``). None: ask Redis (await ``admit``)."""
+        limit = self.limits.get((tenant, model))
+        if limit is None:
+            return True
+        key = (tenant, model)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket()
+        now = self._clock()
+        if not self._link.up:
+            return self._local_share(bucket, limit, now)
+        if bucket.tokens > 0 and now < bucket.expires_at:
+            bucket.tokens -= 1
+            if bucket.tokens <= self._lease_size(limit) // 2 and bucket.leasing is None:
+                bucket.leasing = asyncio.get_running_loop().create_task(self._lease(key, bucket, limit))
+            return True
+        if now < bucket.empty_until:
+            return False
+        return None
+
+    async def admit(self, tenant: str, model: str) -> None:
+        """Lease tokens for ``tenant``/``model`` (or join the lease under way) and take one; raises ``RateLimited``."""
+        key = (tenant, model)
+        limit = self.limits.get(key)
+        bucket = self._buckets.get(key)
+        if limit is None or bucket is None:
+            return
+        if bucket.leasing is None:
+            bucket.leasing = asyncio.get_running_loop().create_task(self._lease(key, bucket, limit))
+        await asyncio.shield(bucket.leasing)
+        verdict = self.try_admit(tenant, model)
+        if verdict is None:  # still nothing after a fresh lease: Redis said empty, or did not answer
+            verdict = self._local_share(bucket, limit, self._clock()) if bucket.failed else False
+        if not verdict:
+            raise self.refusal(tenant, model)
+
+    def refusal(self, tenant: str, model: str) -> RateLimited:
+        limit = self.limits.get((tenant, model))
+        self._metrics.record_rate_limited(model, tenant)
+        what = f"{limit.rps:g} requests/s with bursts of {limit.burst}" if limit else "its limit"
+        local = "" if self._link.up else f" (this replica's share of 1/{self.replicas} while Redis is unreachable)"
+        return RateLimited(f"tenant '{tenant}' is over its rate limit for model '{model}': {what}{local}; "
+                           "retry later", tenant=tenant, model=model)
+
+    def _lease_script(self, client: Client) -> Any:
+        if self._script is None:
+            self._script = client.register_script(_LEASE)
+        return self._script
+
+    def _lease_size(self, limit: Limit) -> int:
+        return max(1, min(math.ceil(limit.rps * self._lease_window_s), limit.burst // 4))
+
+    async def _lease(self, key: tuple[str, str], bucket: _Bucket, limit: Limit) -> None:
+        try:
+            k = self._keys
+            field = limit_field(*key)
+            want = self._lease_size(limit)
+            try:
+                grant, wait_us, rps, burst = await self._link.call(
+                    lambda c: self._lease_script(c)(keys=[k.bucket(field), k.limits], args=[field, want]))
+            except RedisUnavailable:
+                self._metrics.leases["unavailable"] += 1
+                bucket.failed = True
+                return
+            bucket.failed = False
+            now = self._clock()
+            grant = int(grant)
+            if grant < 0:  # the limit was removed meanwhile
+                self.limits.pop(key, None)
+                return
+            try:
+                self.limits[key] = Limit(float(as_text(rps)), int(as_text(burst)))
+            except ValueError:
+                pass
+            if grant:
+                self._metrics.leases["granted"] += 1
+                if now >= bucket.expires_at:
+                    bucket.tokens = 0
+                bucket.tokens += grant
+                bucket.expires_at = now + self._lease_ttl_s
+            else:
+                self._metrics.leases["empty"] += 1
+                bucket.empty_until = now + int(wait_us) / 1e6
+        finally:
+            bucket.leasing = None
+
+    def _local_share(self, bucket: _Bucket, limit: Limit, now: float) -> bool:
+        share = max(1, self.replicas)
+        rate, burst = limit.rps / share, max(1.0, limit.burst / share)
+        if bucket.local_tokens < 0:
+            bucket.local_tokens, bucket.local_at = burst, now
+        bucket.local_tokens = min(burst, bucket.local_tokens + (now - bucket.local_at) * rate)
+        bucket.local_at = now
+        if bucket.local_tokens >= 1:
+            bucket.local_tokens -= 1
+            return True
+        return False

@@ -1,0 +1,140 @@
+"""The shared response cache across two real replicas and one real redis-server.
+
+Models opt in with ``response_cache { enable: true }``; ``short`` lives one second
+(``response_cache_ttl_s``). Hits show in ModelStatistics (cache_hit / cache_miss, over gRPC and
+REST) and in the fleet metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from functools import partial
+from pathlib import Path
+from urllib.request import urlopen
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from model_store.testing import (
+    ModelSpec,
+    write_add_constant_model,
+    write_identity_model,
+    write_model_repository,
+    write_slow_model,
+)
+from ops.fleet_metrics import FLEET_FAMILIES
+from ops.redis_testing import RedisServer
+from server.fleet_testing import fleet_args, infer_request, start_replicas
+from server.protos import grpc_service_pb2 as pb
+from server.protos import grpc_service_pb2_grpc as rpc
+from server.testing import scrape_metrics
+
+CACHED = 'response_cache { enable: true }'
+SHORT = CACHED + '\nparameters { key: "response_cache_ttl_s" value: { string_value: "1" } }'
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    repo = write_model_repository(tmp_path_factory.mktemp("repo"), {
+        "cached": ModelSpec(write_add_constant_model, config=CACHED),
+        "short": ModelSpec(write_add_constant_model, config=SHORT),
+        "slow": ModelSpec(partial(write_slow_model, features=64, repeats=64), config=CACHED),
+        "flex": ModelSpec(partial(write_identity_model, datatype="FP32", dims=(-1,)), config=CACHED),
+        "plain": ModelSpec(write_add_constant_model),
+    })
+    with RedisServer() as redis:
+        a, b = start_replicas([(repo, fleet_args(redis.url, "a")), (repo, fleet_args(redis.url, "b"))])
+        channels = [grpc.insecure_channel(s.grpc_address) for s in (a, b)]
+        try:
+            yield a, b, [rpc.GRPCInferenceServiceStub(c) for c in channels]
+        finally:
+            for channel in channels:
+                channel.close()
+            a.stop()
+            b.stop()
+
+
+def stats(stub, model: str) -> pb.ModelStatistics:
+    return stub.ModelStatistics(pb.ModelStatisticsRequest(name=model)).model_stats[0]
+
+
+def hits(server, model: str, tier: str) -> float:
+    labels = frozenset({("model", model), ("version", "1"), ("tier", tier)})
+    return scrape_metrics(server.metrics_url).get(("fleetserve_response_cache_hits_total", labels), 0.0)
+
+
+def test_a_response_computed_on_one_replica_is_a_hit_on_the_other(pair):
+    a, b, (stub_a, stub_b) = pair
+    request = infer_request("cached", value=2.0)
+    first = stub_a.ModelInfer(request)
+    assert np.frombuffer(first.raw_output_contents[0], np.float32).tolist() == [3.0] * 16
+    sa = stats(stub_a, "cached")
+    assert sa.execution_count == 1 and sa.inference_stats.cache_miss.count == 1 and sa.inference_stats.cache_hit.count == 0
+    second = stub_b.ModelInfer(request)
+    assert second.raw_output_contents[0] == first.raw_output_contents[0] and second.model_version == "1"
+    sb = stats(stub_b, "cached")
+    assert sb.execution_count == 0 and sb.inference_stats.cache_hit.count == 1 and sb.inference_stats.success.count == 1
+    assert sb.inference_stats.cache_hit.ns > 0
+    stub_b.ModelInfer(request)  # now from b's own memory
+    assert hits(b, "cached", "redis") == 1 and hits(b, "cached", "local") == 1
+    rest = requests.get(f"{b.http_url}/v2/models/cached/stats", timeout=5).json()["model_stats"][0]["inference_stats"]
+    assert rest["cache_hit"]["count"] == 2 and rest["cache_miss"]["count"] == 0
+    # a model that did not opt in is never cached
+    for _ in range(2):
+        stub_a.ModelInfer(infer_request("plain"))
+    assert stats(stub_a, "plain").execution_count == 2 and stats(stub_a, "plain").inference_stats.cache_hit.count == 0
+
+
+def test_the_same_bytes_in_another_shape_is_another_entry(pair):
+    a, b, (stub_a, _) = pair
+    data = np.arange(4, dtype=np.float32).tobytes()
+    shapes = ([1, 4], [2, 2], [1, 4])
+    replies = []
+    for shape in shapes:
+        request = pb.ModelInferRequest(model_name="flex")
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=shape)
+        request.raw_input_contents.append(data)
+        replies.append(stub_a.ModelInfer(request))
+    assert [list(r.outputs[0].shape) for r in replies] == [list(s) for s in shapes]
+    s = stats(stub_a, "flex")
+    assert s.execution_count == 2 and s.inference_stats.cache_miss.count == 2 and s.inference_stats.cache_hit.count == 1
+
+
+def test_entries_expire_after_the_models_ttl_in_redis_and_in_memory(pair):
+    a, b, (stub_a, stub_b) = pair
+    request = infer_request("short", value=5.0)
+    stub_a.ModelInfer(request)
+    stub_a.ModelInfer(request)
+    assert stats(stub_a, "short").execution_count == 1 and hits(a, "short", "local") == 1
+    time.sleep(1.2)
+    stub_b.ModelInfer(request)  # b never saw it: the Redis entry has expired, so b computes it
+    assert stats(stub_b, "short").execution_count == 1
+    time.sleep(0.1)  # b's write to Redis lands
+    stub_a.ModelInfer(request)  # a's memory has expired too: a takes b's fresh answer from Redis
+    assert stats(stub_a, "short").execution_count == 1 and hits(a, "short", "redis") == 1
+
+
+def test_identical_concurrent_misses_run_the_model_once(pair):
+    a, b, (stub_a, _) = pair
+    request = infer_request("slow", value=0.5, features=64)
+    futures = [stub_a.ModelInfer.future(request, timeout=10) for _ in range(16)]
+    replies = [f.result() for f in futures]
+    assert len({r.raw_output_contents[0] for r in replies}) == 1
+    s = stats(stub_a, "slow")
+    assert s.execution_count == 1 and s.inference_count == 1
+    assert s.inference_stats.cache_miss.count == 1 and s.inference_stats.cache_hit.count == 15
+    assert hits(a, "slow", "inflight") >= 1  # some waited for the first one's answer rather than memory
+
+
+def test_a_fleet_replica_exports_every_fleet_family_and_the_readme_lists_them(pair):
+    a, _, _ = pair
+    with urlopen(a.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name, kind in FLEET_FAMILIES:
+        assert re.search(rf"^# TYPE {name}(_total)? {kind}$", text, re.M), name
+        assert name in readme, f"README.md does not document {name}"
+    assert re.search(r"^fleetserve_redis_up 1\.0$", text, re.M)

@@ -1,0 +1,28 @@
+"""Tiny batches run on the event loop; anything slow or not yet measured goes to the thread pool."""
+
+from server.servable import RunPlacement
+
+
+def test_unmeasured_sizes_go_to_the_thread_pool():
+    placement = RunPlacement(100_000)
+    assert not placement.inline(1)
+    placement.observe(1, 20_000)
+    assert placement.inline(1)
+    assert not placement.inline(64)  # another size bucket: not measured yet
+
+
+def test_slow_sizes_stay_in_the_thread_pool_and_a_slowdown_moves_a_size_back():
+    placement = RunPlacement(100_000)
+    placement.observe(64, 1_300_000)
+    assert not placement.inline(64)
+    placement.observe(2, 30_000)
+    assert placement.inline(2) and placement.inline(3)  # 2 and 3 rows share a bucket
+    for _ in range(30):
+        placement.observe(2, 400_000)  # the model got slower (contention, bigger inputs)
+    assert not placement.inline(2)
+
+
+def test_zero_disables_inline_runs():
+    placement = RunPlacement(0)
+    placement.observe(1, 1)
+    assert not placement.inline(1)
