@@ -1,0 +1,124 @@
+"""``fleetserve fleet up``: the real command in a subprocess, inference on every replica, a clean stop.
+
+Needs Debian's redis-server (the test command installs it); fails, never skips, when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from server.fleet_testing import fleet_cli, infer_request
+from server.protos import grpc_service_pb2_grpc as rpc
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW = re.compile(r"^(local-\d+)\s+(127\.0\.0\.1:\d+)\s+(127\.0\.0\.1:\d+)\s+(http://\S+/metrics)\s+(\d+)$")
+REDIS = re.compile(r"^redis: (redis://\S+) \(started here, pid (\d+);")
+TARGET = re.compile(r"^grpc target \(round_robin\): (ipv4:\S+)$")
+
+
+def test_redis_server_is_installed():
+    assert shutil.which("redis-server"), "needs redis-server: apt-get install -y redis-server (the README's test command)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes, but nobody should leave one: fleet up waits for its children
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _read_banner(proc: subprocess.Popen[str], timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("fleet up:"):
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(timeout_s)
+    return lines
+
+
+def test_fleet_up_serves_on_every_replica_and_stops_cleanly() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "server", "fleet", "up", "--replicas", "2", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    pids: list[int] = []
+    try:
+        banner = _read_banner(proc, timeout_s=20)
+        assert banner and banner[-1].startswith("fleet up: 2 replica(s) ready"), \
+            f"no ready banner: {banner}\nstderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        rows = [m.groups() for m in map(ROW.match, banner) if m]
+        redis = next(m for m in map(REDIS.match, banner) if m)
+        target = next(m.group(1) for m in map(TARGET.match, banner) if m)
+        assert [r[0] for r in rows] == ["local-0", "local-1"]
+        pids = [int(r[4]) for r in rows] + [int(redis.group(2))]
+        assert target == "ipv4:" + ",".join(r[1] for r in rows)
+
+        import tritonclient.grpc as tc
+
+        for _, grpc_address, *_ in rows:  # inference on each replica, as a client library sends it
+            client = tc.InferenceServerClient(url=grpc_address)
+            x = tc.InferInput("INPUT0", [1, 256], "FP32")
+            x.set_data_from_numpy(np.ones((1, 256), np.float32))
+            result = client.infer("mlp", [x])
+            output = result.get_response().outputs[0].name
+            assert result.as_numpy(output).shape[0] == 1
+            client.close()
+
+        with grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")]) as channel:
+            stub = rpc.GRPCInferenceServiceStub(channel)  # the printed target works as one balanced channel
+            for i in range(4):
+                assert stub.ModelInfer(infer_request("mlp", f"rr-{i}", features=256), timeout=10).model_name == "mlp"
+
+        deadline = time.monotonic() + 10
+        while True:  # both replicas heartbeat into the redis fleet up started
+            seen = fleet_cli(redis.group(1), "status", "--json")
+            ids = sorted(r["id"] for r in json.loads(seen.stdout)["replicas"]) if seen.returncode == 0 else []
+            if ids == ["local-0", "local-1"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert ids == ["local-0", "local-1"], seen.stdout + seen.stderr
+        addresses = {r["id"]: r["address"] for r in json.loads(seen.stdout)["replicas"]}
+        assert addresses == {r[0]: r[1] for r in rows}
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        err = proc.stderr.read()
+        assert "replicas exited: local-0 0, local-1 0" in err and "redis-server stopped" in err, err
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if _alive(p)], "orphan processes left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
