@@ -257,9 +257,7 @@ class DynamicBatcher(Generic[T, R]):
             if head is None:
                 continue
             decision = self._decide(now, now - oldest_at)
-            # A wait shorter than half a timer tick is rounded to "now": the loop's timers are
-            # 1 ms coarse, so delays are honoured to within half a millisecond either way.
-            if decision.rows == 0 and self._accepting and decision.wait_s >= _TIMER_RESOLUTION_S / 2:
+            if decision.rows == 0 and self._accepting:
                 await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
                 continue
             self._dispatch(now, head, decision.rows or self.config.policy.max_batch_size)
@@ -285,9 +283,10 @@ class DynamicBatcher(Generic[T, R]):
         handle = None
         if timeout_s != math.inf:
             assert self._event_loop is not None
-            # Event-loop timers are coarse (1 ms in uvloop/libuv) and may fire before the clock says
-            # the time is up; never asking for less than that makes one wake-up per wait instead
-            # of a burst of early ones that each re-decide and sleep again.
+            # Event-loop timers are 1 ms coarse: uvloop rounds a wait under 0.5 ms to zero, so the
+            # loop would wake, re-decide and sleep again dozens of times before the clock caught
+            # up. Never asking for less than one tick makes one wake-up per wait; a delay under
+            # 1 ms therefore lasts up to 1 ms (new arrivals still wake the loop at once).
             handle = self._event_loop.call_later(max(timeout_s, _TIMER_RESOLUTION_S), wake.set)
         try:
             await wake.wait()
