@@ -138,13 +138,16 @@ class App:
         self.metrics_port = await self._listen(self._metrics_http, "metrics", s.metrics_port)
         log.info("metrics listening on %s:%d", s.host, self.metrics_port)
         tracer = self._tracer()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if s.grpc_max_connection_age_s > 0:
+            # GOAWAY after the age; calls in flight get the drain timeout to finish.
+            options.append(("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)))
+            options.append(("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)))
+        server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers((method_handlers(InferenceServicer(self.dataplane, tracer=tracer)),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)

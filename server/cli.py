@@ -69,6 +69,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository-poll-secs", type=float, default=15.0, help="poll mode: seconds between scans")
     p.add_argument("--max-queue-size", type=int, default=1024,
                    help="requests a model version may queue when its config sets no max_queue_size")
+    p.add_argument("--grpc-max-connection-age", type=float, default=0.0, metavar="SECONDS",
+                   help="close each gRPC connection after this long so clients rebalance onto new replicas "
+                        "(0: never; calls in flight get --drain-timeout to finish)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish on shutdown")
     p.add_argument("--http-max-body-bytes", type=int, default=64 * 1024 * 1024,
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 poll_interval_s=args.repository_poll_secs,
                 max_queue_size=args.max_queue_size,
                 drain_timeout_s=args.drain_timeout,
+                grpc_max_connection_age_s=args.grpc_max_connection_age,
                 http_max_body_bytes=args.http_max_body_bytes,
                 shutdown_delay_s=args.shutdown_delay,
                 log_format=args.log_format,

@@ -55,6 +55,9 @@ class Settings:
     poll_interval_s: float = 15.0
     max_queue_size: int = 1024  # per model version, when its config sets none
     drain_timeout_s: float = 30.0  # shutdown: how long in-flight requests may take to finish
+    # Close each gRPC connection after this long (0: never), so round-robin clients spread onto
+    # replicas added by a scale-out instead of staying pinned to the old ones.
+    grpc_max_connection_age_s: float = 0.0
     max_message_bytes: int = 64 * 1024 * 1024
     http_max_body_bytes: int = 64 * 1024 * 1024  # REST request bodies; larger ones get 413
     shutdown_delay_s: float = 0.0  # shutdown: serve on, not ready, so load balancers stop routing here first
@@ -69,6 +72,8 @@ class Settings:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name.replace('_', '-')} must be in 0..65535, got {port}")
+        if self.grpc_max_connection_age_s < 0:
+            raise ValueError(f"grpc-max-connection-age must be >= 0, got {self.grpc_max_connection_age_s}")
         if self.poll_interval_s <= 0:
             raise ValueError(f"poll interval must be positive, got {self.poll_interval_s}")
         if self.max_queue_size < 1:

@@ -177,3 +177,28 @@ def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(tmp_path: P
         assert load.failures == []
         assert load.versions == {"1", "2"}
         client.close()
+
+
+def test_max_connection_age_recycles_connections_without_failing_calls(tmp_path: Path):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model)})
+    with ServerProcess(repo, "--grpc-max-connection-age", "0.5") as server:
+        states: list[grpc.ChannelConnectivity] = []
+        channel = grpc.insecure_channel(server.grpc_address)
+        channel.subscribe(states.append, try_to_connect=True)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="add")
+        request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+        request.raw_input_contents.append(np.zeros((1, 16), np.float32).tobytes())
+        deadline = time.monotonic() + 2.5
+        calls = 0
+        while time.monotonic() < deadline:
+            stub.ModelInfer(request, timeout=5)  # raises on any failure
+            calls += 1
+            time.sleep(0.01)
+        channel.close()
+        ready_again = [i for i, s in enumerate(states) if s is grpc.ChannelConnectivity.READY]
+        assert calls > 50
+        assert len(ready_again) >= 2, f"the connection was never recycled: {states}"
