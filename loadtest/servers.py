@@ -13,6 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ops.processes import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,19 +71,8 @@ class ServedProcess:
         return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if self.proc is not None:
+            stop_process(self.proc, self._reader, timeout_s=timeout_s)
 
     def __enter__(self) -> "ServedProcess":
         return self.start()

@@ -171,8 +171,7 @@ class ModelRegistry(Generic[S]):
             fingerprint = source.version_fingerprint(version)
             if model.fingerprints.get(version) == fingerprint:
                 continue  # loaded, or failed, from exactly these files: nothing new to try
-            model.status.setdefault(version, VersionStatus(ModelState.LOADING))
-            if version not in model.servables:
+            if version not in model.servables:  # a reload keeps reporting READY while the new copy loads
                 model.status[version] = VersionStatus(ModelState.LOADING)
             try:
                 servable = await self._load_version(source, version)

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ops.processes import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -77,13 +79,7 @@ class RedisServer:
     def _signal(self, sig: int) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig=sig, timeout_s=10)
         self.proc = None
 
     def __enter__(self) -> "RedisServer":

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ops.processes import stop_process
+
 _LISTENING = re.compile(r"(gRPC|HTTP|metrics) listening on \S+:(\d+)")
 
 
@@ -122,18 +124,7 @@ class ServerProcess:
         """Signal the server and wait for it to exit; returns its exit status."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        return stop_process(self.proc, self._reader, sig=sig, timeout_s=timeout_s)
 
     def __enter__(self) -> "ServerProcess":
         return self.start()

@@ -5,32 +5,8 @@ import pytest
 
 from batching.batcher import BatcherConfig, DynamicBatcher
 from batching.policy import BatchPolicy
+from batching.testing import FakeKernel
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull
-
-
-class Recorder:
-    """A fake kernel: records each batch and answers item * 10; can be told to fail or block."""
-
-    def __init__(self, fail_with: BaseException | None = None, gate: asyncio.Event | None = None):
-        self.batches: list[list[int]] = []
-        self.fail_with = fail_with
-        self.gate = gate
-        self.running = 0
-        self.max_running = 0
-
-    async def __call__(self, items: list[int]) -> list[int]:
-        self.batches.append(list(items))
-        self.running += 1
-        self.max_running = max(self.max_running, self.running)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            await asyncio.sleep(0)
-            if self.fail_with is not None:
-                raise self.fail_with
-            return [i * 10 for i in items]
-        finally:
-            self.running -= 1
 
 
 def make(recorder, max_batch_size=8, delay_s=0.0, queue=1024, concurrent=1, preferred=()):
@@ -39,7 +15,7 @@ def make(recorder, max_batch_size=8, delay_s=0.0, queue=1024, concurrent=1, pref
 
 
 async def test_concurrent_items_are_batched_and_each_gets_its_own_result():
-    rec = Recorder()
+    rec = FakeKernel()
     b = make(rec, max_batch_size=8, delay_s=0.05)
     await b.start()
     futures = [b.submit(i) for i in range(8)]
@@ -49,7 +25,7 @@ async def test_concurrent_items_are_batched_and_each_gets_its_own_result():
 
 
 async def test_delay_is_honoured_then_partial_batch_goes():
-    rec = Recorder()
+    rec = FakeKernel()
     b = make(rec, max_batch_size=8, delay_s=0.05)
     await b.start()
     t0 = time.monotonic()
@@ -62,7 +38,7 @@ async def test_delay_is_honoured_then_partial_batch_goes():
 
 
 async def test_preferred_size_dispatches_before_the_delay():
-    rec = Recorder()
+    rec = FakeKernel()
     b = make(rec, max_batch_size=8, delay_s=5.0, preferred=(4,))
     await b.start()
     t0 = time.monotonic()
@@ -73,7 +49,7 @@ async def test_preferred_size_dispatches_before_the_delay():
 
 
 async def test_rows_count_against_max_batch_size_not_requests():
-    rec = Recorder()
+    rec = FakeKernel()
     b = make(rec, max_batch_size=8, delay_s=0.02)
     await b.start()
     futures = [b.submit(i, rows=3) for i in range(4)]  # 12 rows: 3+3 fit, third would overflow 8
@@ -84,7 +60,7 @@ async def test_rows_count_against_max_batch_size_not_requests():
 
 
 async def test_items_with_different_keys_are_never_merged():
-    rec = Recorder()
+    rec = FakeKernel()
     b = make(rec, max_batch_size=8, delay_s=0.02)
     await b.start()
     futures = [b.submit(i, key=("a" if i % 2 else "b")) for i in range(6)]
@@ -96,7 +72,7 @@ async def test_items_with_different_keys_are_never_merged():
 
 async def test_full_queue_rejects_at_once_without_blocking():
     gate = asyncio.Event()
-    rec = Recorder(gate=gate)
+    rec = FakeKernel(gate=gate)
     b = make(rec, max_batch_size=1, queue=2)
     await b.start()
     first = b.submit(0)
@@ -111,7 +87,7 @@ async def test_full_queue_rejects_at_once_without_blocking():
 
 async def test_concurrent_batches_are_capped():
     gate = asyncio.Event()
-    rec = Recorder(gate=gate)
+    rec = FakeKernel(gate=gate)
     b = make(rec, max_batch_size=1, concurrent=2)
     await b.start()
     futures = [b.submit(i) for i in range(6)]
@@ -124,7 +100,7 @@ async def test_concurrent_batches_are_capped():
 
 
 async def test_kernel_error_fails_every_item_of_the_batch_and_batcher_keeps_running():
-    rec = Recorder(fail_with=RuntimeError("boom"))
+    rec = FakeKernel(fail_with=RuntimeError("boom"))
     b = make(rec, max_batch_size=4, delay_s=0.01)
     await b.start()
     futures = [b.submit(i) for i in range(4)]
@@ -140,7 +116,7 @@ async def test_kernel_error_fails_every_item_of_the_batch_and_batcher_keeps_runn
 
 async def test_expired_items_are_never_executed():
     gate = asyncio.Event()
-    rec = Recorder(gate=gate)
+    rec = FakeKernel(gate=gate)
     b = make(rec, max_batch_size=1)
     await b.start()
     blocker = b.submit(0)
@@ -157,7 +133,7 @@ async def test_expired_items_are_never_executed():
 
 async def test_cancelled_items_are_dropped_before_execution():
     gate = asyncio.Event()
-    rec = Recorder(gate=gate)
+    rec = FakeKernel(gate=gate)
     b = make(rec, max_batch_size=1)
     await b.start()
     blocker = b.submit(0)
@@ -173,7 +149,7 @@ async def test_cancelled_items_are_dropped_before_execution():
 
 
 async def test_stop_drains_queued_work_and_then_refuses():
-    rec = Recorder()
+    rec = FakeKernel()
     b = make(rec, max_batch_size=2, delay_s=0.5)
     await b.start()
     futures = [b.submit(i) for i in range(3)]
@@ -185,7 +161,7 @@ async def test_stop_drains_queued_work_and_then_refuses():
 
 async def test_stop_timeout_fails_leftovers_instead_of_leaving_them_pending():
     gate = asyncio.Event()  # never set: the batch hangs
-    rec = Recorder(gate=gate)
+    rec = FakeKernel(gate=gate)
     b = make(rec, max_batch_size=1)
     await b.start()
     futures = [b.submit(i) for i in range(3)]
@@ -203,7 +179,7 @@ def test_waiting_out_a_sub_millisecond_delay_does_not_spin_the_loop():
     uvloop = pytest.importorskip("uvloop")  # a dependency on Linux: never skipped in CI
 
     async def scenario() -> float:
-        rec = Recorder()
+        rec = FakeKernel()
         b = make(rec, max_batch_size=8, delay_s=0.0005)
         await b.start()
         cpu0 = time.process_time()
