@@ -231,19 +231,25 @@ class OrtKernel:
         t0 = time.perf_counter_ns()
         if len(requests) == 1:
             merged = requests[0]
-            rows = None
+            bounds = None
         else:
-            rows = [len(next(iter(r.values()))) for r in requests]
-            merged = {name: np.concatenate([r[name] for r in requests]) for name in requests[0]}
+            names = list(requests[0])
+            first = names[0]
+            bounds = []
+            end = 0
+            for r in requests:
+                start, end = end, end + len(r[first])
+                bounds.append((start, end))
+            merged = {name: np.concatenate([r[name] for r in requests]) for name in names}
         t1 = time.perf_counter_ns()
         outputs = self.run(merged)
         t2 = time.perf_counter_ns()
-        if rows is None:
+        if bounds is None:
             per_request = [outputs]
         else:
-            offsets = np.cumsum(rows)[:-1]
-            split = {name: np.split(value, offsets) for name, value in outputs.items()}
-            per_request = [{name: parts[i] for name, parts in split.items()} for i in range(len(rows))]
+            # Views, not copies: basic slicing is several times cheaper than np.split.
+            items = list(outputs.items())
+            per_request = [{name: value[start:end] for name, value in items} for start, end in bounds]
         t3 = time.perf_counter_ns()
         return BatchResult(per_request, t1 - t0, t2 - t1, t3 - t2)
 

@@ -13,6 +13,7 @@ response cache (before the request is queued). Standalone, each is one ``is None
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from dataclasses import dataclass
@@ -47,6 +48,15 @@ EXTENSIONS = (
     "statistics",
     "binary_tensor_data",
 )
+
+
+@dataclass(slots=True)
+class Call:
+    """One inference request between ``DataPlane.start`` and ``DataPlane.finish``."""
+
+    request: InferRequest
+    servable: Servable
+    start_ns: int
 
 
 class ControlMode(enum.Enum):
@@ -166,6 +176,59 @@ class DataPlane:
 
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        """Resolve, admit, validate, queue and answer one request; raises ``ServingError``."""
+        call = self._resolve(request)
+        servable, config = call.servable, call.servable.config
+        try:
+            if self._limiter is not None:
+                await self._admit(request, config.name)
+            if self._cache is not None and config.response_cache:
+                feeds, rows, key = self._prepare(call)
+                priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
+                outputs = await self._cache.fetch(
+                    servable, request.inputs, request.requested_outputs,
+                    lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us),
+                )
+            else:
+                outputs = await self._queue(call)
+        except BaseException as exc:
+            self._fail(call, exc)
+            raise
+        return self._succeed(call, outputs)
+
+    def start(self, request: InferRequest) -> "tuple[asyncio.Future[dict[str, np.ndarray]], Call] | None":
+        """The first, synchronous half of ``infer`` for callers that answer from a callback (the stream).
+
+        Queues the request and returns its batcher future with the call to pass to ``finish``
+        once that future is done; raises ``ServingError`` at once for a request refused before
+        queueing. Returns None, having done nothing, when the request must await something
+        before it can queue (a tenant rate limit, the response cache): then use ``infer``.
+        """
+        if self._limiter is not None:
+            return None
+        call = self._resolve(request)
+        if self._cache is not None and call.servable.config.response_cache:
+            call.servable.metrics.inflight -= 1
+            return None
+        try:
+            return self._queue(call), call
+        except BaseException as exc:
+            self._fail(call, exc)
+            raise
+
+    def finish(self, call: "Call", future: "asyncio.Future[dict[str, np.ndarray]]") -> InferResponse:
+        """The second half of ``start``: the response for a done future, or the request's error raised."""
+        if future.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = future.exception()
+        if exc is not None:
+            self._fail(call, exc)
+            raise exc
+        return self._succeed(call, future.result())
+
+    def _resolve(self, request: InferRequest) -> "Call":
+        """The servable that answers ``request`` (router, then registry); counts it in flight from here."""
         version = request.model_version
         if not version and self._router is not None:
             version = self._router.version_for(request.model_name, request.id)
@@ -180,39 +243,42 @@ class DataPlane:
         except ServingError as exc:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
-        config = servable.config
-        stats = servable.stats
+        servable.metrics.inflight += 1
+        return Call(request, servable, time.perf_counter_ns())
+
+    def _prepare(self, call: "Call") -> tuple[dict[str, np.ndarray], int, tuple]:
+        request = call.request
+        prepared = _validate(call.servable.config, request)
+        if request.trace is not None:
+            request.trace.enqueued_ns = time.perf_counter_ns()
+        return prepared
+
+    def _queue(self, call: "Call") -> "asyncio.Future[dict[str, np.ndarray]]":
+        feeds, rows, key = self._prepare(call)
+        request = call.request
+        priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
+        return call.servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+
+    def _fail(self, call: "Call", exc: BaseException) -> None:
+        servable, request = call.servable, call.request
+        elapsed = time.perf_counter_ns() - call.start_ns
+        servable.stats.fail.add(elapsed)
+        code = code_of(exc)
+        if code is Code.CANCELLED and request.deadline is not None and time.monotonic() >= request.deadline:
+            code = Code.DEADLINE_EXCEEDED  # the transport gave up at the caller's deadline
         metrics = servable.metrics
-        metrics.inflight += 1
-        start = time.perf_counter_ns()
-        try:
-            if self._limiter is not None:
-                await self._admit(request, config.name)
-            feeds, rows, key = _validate(config, request)
-            if request.trace is not None:
-                request.trace.enqueued_ns = time.perf_counter_ns()
-            priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
-            if self._cache is not None and config.response_cache:
-                outputs = await self._cache.fetch(
-                    servable, request.inputs, request.requested_outputs,
-                    lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us),
-                )
-            else:
-                outputs = await servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
-        except BaseException as exc:
-            elapsed = time.perf_counter_ns() - start
-            stats.fail.add(elapsed)
-            code = code_of(exc)
-            if code is Code.CANCELLED and request.deadline is not None and time.monotonic() >= request.deadline:
-                code = Code.DEADLINE_EXCEEDED  # the transport gave up at the caller's deadline
-            metrics.record_failure(code)
-            if self._request_log is not None:
-                self._request_log.record(request.id, config.name, servable.version_str, code, elapsed)
-            raise
-        finally:
-            metrics.inflight -= 1
-        elapsed = time.perf_counter_ns() - start
-        stats.success.add(elapsed)
+        metrics.inflight -= 1
+        metrics.record_failure(code)
+        if self._request_log is not None:
+            self._request_log.record(request.id, servable.config.name, servable.version_str, code, elapsed)
+
+    def _succeed(self, call: "Call", outputs: dict[str, np.ndarray]) -> InferResponse:
+        servable, request = call.servable, call.request
+        config = servable.config
+        elapsed = time.perf_counter_ns() - call.start_ns
+        servable.stats.success.add(elapsed)
+        metrics = servable.metrics
+        metrics.inflight -= 1
         metrics.record_success(elapsed)
         if self._request_log is not None:
             self._request_log.record(request.id, config.name, servable.version_str, Code.OK, elapsed)

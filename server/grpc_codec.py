@@ -52,9 +52,16 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
     )
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
-    """Raw output contents, always (tritonclient and perf_analyzer read them)."""
-    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+def encode_infer_response(response: InferResponse, msg: pb.ModelInferResponse | None = None) -> pb.ModelInferResponse:
+    """Raw output contents, always (tritonclient and perf_analyzer read them).
+
+    ``msg``, when given, is an empty message to fill (a stream response's ``infer_response``,
+    filled in place rather than copied there)."""
+    if msg is None:
+        msg = pb.ModelInferResponse()
+    msg.model_name = response.model_name
+    msg.model_version = response.model_version
+    msg.id = response.id
     outputs = msg.outputs
     raws = []
     for out in response.outputs:

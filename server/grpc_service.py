@@ -9,7 +9,9 @@ request in the stream as it completes; a failed request becomes a response with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import deque
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -149,49 +151,97 @@ class InferenceServicer:
             return encode_infer_response(response)
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests of one stream run concurrently (so they batch); responses go out as they finish."""
-        done: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(_STREAM_WINDOW)
-        pending: set[asyncio.Task[None]] = set()
-        tenant = _tenant(context) if self.dp.tenant_aware else ""
+        """Requests of one stream run concurrently (so they batch); responses go out as they finish.
 
-        async def one(request: pb.ModelInferRequest) -> None:
+        No task per request: each request is queued as it is read (``DataPlane.start``) and its
+        response is built by a callback on its batcher future; only a request that must await
+        something before it queues (fleet mode's rate limit or response cache) gets a task.
+        Reading pauses while ``_STREAM_WINDOW`` requests of the stream are unanswered.
+        """
+        dp = self.dp
+        ready: deque[pb.ModelStreamInferResponse] = deque()
+        wake = asyncio.Event()
+        room = asyncio.Event()
+        room.set()
+        pending: set[asyncio.Future[Any]] = set()
+        reading_done = False
+        read_error: Exception | None = None
+        tenant = _tenant(context) if dp.tenant_aware else ""
+
+        def answer(request: pb.ModelInferRequest, response: Any = None, exc: BaseException | None = None) -> None:
+            out = pb.ModelStreamInferResponse()
+            if exc is None:
+                encode_infer_response(response, out.infer_response)
+            else:
+                _, out.error_message = status_of(exc)
+                out.infer_response.id = request.id
+                out.infer_response.model_name = request.model_name
+            ready.append(out)
+            wake.set()
+
+        def settled(request: pb.ModelInferRequest, call: Any, future: asyncio.Future[Any]) -> None:
+            pending.discard(future)
+            if len(pending) < _STREAM_WINDOW:
+                room.set()
+            try:
+                answer(request, dp.finish(call, future))
+            except asyncio.CancelledError:
+                pass  # the stream is closing
+            except Exception as exc:
+                answer(request, exc=exc)
+
+        async def awaited(request: pb.ModelInferRequest, infer: Any) -> None:
+            try:
+                answer(request, await dp.infer(infer))
+            except Exception as exc:
+                answer(request, exc=exc)
+
+        def one(request: pb.ModelInferRequest) -> None:
             try:
                 infer = decode_infer_request(request, context.time_remaining())
                 infer.tenant = tenant
-                response = pb.ModelStreamInferResponse(infer_response=encode_infer_response(await self.dp.infer(infer)))
+                started = dp.start(infer)
             except Exception as exc:
-                _, message = status_of(exc)
-                response = pb.ModelStreamInferResponse(error_message=message)
-                response.infer_response.id = request.id
-                response.infer_response.model_name = request.model_name
-            finally:
-                window.release()
-            done.put_nowait(response)
+                answer(request, exc=exc)
+                return
+            if started is None:
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(request, infer))
+                future.add_done_callback(pending.discard)
+            else:
+                future, call = started
+                future.add_done_callback(functools.partial(settled, request, call))
+            pending.add(future)
+            if len(pending) >= _STREAM_WINDOW:
+                room.clear()
 
         async def read() -> None:
+            nonlocal reading_done, read_error
             try:
                 async for request in request_iterator:
-                    await window.acquire()
-                    task = asyncio.get_running_loop().create_task(one(request))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                if pending:
-                    await asyncio.wait(set(pending))
+                    one(request)
+                    if not room.is_set():
+                        await room.wait()
+            except Exception as exc:
+                read_error = exc
             finally:
-                done.put_nowait(None)
+                reading_done = True
+                wake.set()
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while True:
-                response = await done.get()
-                if response is None:
+                while ready:
+                    yield ready.popleft()
+                if reading_done and not pending:
+                    if read_error is not None:
+                        raise read_error
                     break
-                yield response
+                wake.clear()
+                await wake.wait()
         finally:
             reader.cancel()
-            for task in list(pending):
-                task.cancel()
+            for future in list(pending):
+                future.cancel()
 
 
 def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:

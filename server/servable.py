@@ -48,7 +48,7 @@ class _Work:
         self.trace = trace  # an ops.tracing.RequestTrace, or None (tracing off)
 
 
-DEFAULT_INLINE_RUN_MAX_US = 100
+DEFAULT_INLINE_RUN_MAX_US = 250
 
 
 class RunPlacement:
@@ -56,26 +56,35 @@ class RunPlacement:
 
     Handing a batch to a worker thread and its result back costs about 100 us of CPU here
     (a futex wake, a self-pipe write, GIL hand-offs), several times what a tiny model's run
-    costs. A batch whose measured compute time for its size (an EWMA per power-of-two row
-    bucket) is under ``max_inline_ns`` therefore runs inline, holding the loop no longer than
-    handling one request does; every other batch, and any size not measured yet, goes to the
-    thread pool, so a slow model never blocks the transports. ``max_inline_ns`` 0 disables it.
+    costs. A batch whose compute time for its size (per power-of-two row bucket) is under
+    ``max_inline_ns`` therefore runs inline, holding the loop no longer than handling one
+    gRPC request does (about 300 us here); every other batch, and any size not measured yet, goes to the thread pool,
+    so a slow model never blocks the transports. ``max_inline_ns`` 0 disables it.
+
+    The estimate follows the lower envelope of the measured times: a faster run lowers it at
+    once, slower runs raise it slowly (1/64 of the gap per run). Contention only ever adds
+    time (a run in the pool waits for the GIL behind the transport's threads), so a plain
+    average would keep a tiny model in the pool by the very cost of the pool; a model that
+    really got slower still moves back to the pool after a dozen or so slow runs.
     """
 
-    __slots__ = ("max_inline_ns", "_ewma_ns")
+    __slots__ = ("max_inline_ns", "_floor_ns")
 
     def __init__(self, max_inline_ns: int) -> None:
         self.max_inline_ns = max_inline_ns
-        self._ewma_ns: dict[int, float] = {}
+        self._floor_ns: dict[int, float] = {}
 
     def inline(self, rows: int) -> bool:
-        estimate = self._ewma_ns.get(rows.bit_length())
+        estimate = self._floor_ns.get(rows.bit_length())
         return estimate is not None and estimate < self.max_inline_ns
 
     def observe(self, rows: int, ns: int) -> None:
         bucket = rows.bit_length()
-        estimate = self._ewma_ns.get(bucket)
-        self._ewma_ns[bucket] = ns if estimate is None else estimate + 0.125 * (ns - estimate)
+        estimate = self._floor_ns.get(bucket)
+        if estimate is None or ns < estimate:
+            self._floor_ns[bucket] = ns
+        else:
+            self._floor_ns[bucket] = estimate + (ns - estimate) / 64
 
 
 class Servable:

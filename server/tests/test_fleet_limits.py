@@ -117,6 +117,26 @@ def test_one_tenant_is_held_to_its_limit_across_both_replicas_and_transports(pai
     assert refused_a == len(on_a.refused)
 
 
+def test_a_limited_tenant_over_a_stream_gets_each_refusal_as_that_requests_error(pair):
+    """Rate limits await before queueing, so stream requests take the stream's awaited path."""
+    redis, a, _ = pair
+    result = fleet_cli(redis.url, "limit", "gamma", "add", "--rps", str(RPS), "--burst", str(BURST))
+    assert result.returncode == 0, result.stdout + result.stderr
+    time.sleep(0.3)
+    with grpc.insecure_channel(a.grpc_address) as channel:
+        stub = rpc.GRPCInferenceServiceStub(channel)
+        requests_ = (infer_request("add", request_id=str(i)) for i in range(40))
+        replies = list(stub.ModelStreamInfer(requests_, metadata=[("fleetserve-tenant", "gamma")], timeout=30))
+    fleet_cli(redis.url, "limit", "gamma", "add", "--remove")
+    assert sorted(int(r.infer_response.id) for r in replies) == list(range(40))  # each answered once
+    refused = [r for r in replies if r.error_message]
+    ok = [r for r in replies if not r.error_message]
+    assert BURST - 1 <= len(ok) <= BURST + 5, len(ok)
+    assert all(MESSAGE.replace("acme", "gamma") in r.error_message for r in refused), refused[:1]
+    for r in ok:
+        assert np.frombuffer(r.infer_response.raw_output_contents[0], np.float32).tolist() == [2.0] * 16
+
+
 def test_the_tenant_parameter_counts_and_removing_the_limit_lifts_it(pair):
     redis, a, b = pair
     with requests.Session() as session:  # the request parameter names the tenant too

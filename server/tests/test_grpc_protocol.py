@@ -180,6 +180,7 @@ def test_requested_outputs_are_honoured_and_request_id_echoed(client):
 
 
 def test_stream_infer(client):
+    before = client.get_inference_statistics("add_one").model_stats[0].inference_stats
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
@@ -204,6 +205,9 @@ def test_stream_infer(client):
     for key, value in got.items():
         np.testing.assert_array_equal(value, np.full((1, 16), int(key) + 1, np.float32))
     assert len(errors) == 1 and "INPUT0" in errors[0] and "[1, 5]" in errors[0]
+    after = client.get_inference_statistics("add_one").model_stats[0].inference_stats
+    assert after.success.count - before.success.count == 20  # answered from a callback, counted all the same
+    assert after.fail.count - before.fail.count == 1
 
 
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):

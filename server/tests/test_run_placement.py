@@ -26,3 +26,15 @@ def test_zero_disables_inline_runs():
     placement = RunPlacement(0)
     placement.observe(1, 1)
     assert not placement.inline(1)
+
+
+def test_one_fast_run_outweighs_runs_slowed_by_the_thread_pool():
+    """Runs in the pool wait for the GIL behind the transport, so their times overstate the model's cost."""
+    placement = RunPlacement(100_000)
+    for _ in range(10):
+        placement.observe(8, 250_000)  # measured in the pool, under contention
+    assert not placement.inline(8)
+    placement.observe(8, 30_000)  # one undisturbed run shows what the model costs
+    assert placement.inline(8)
+    placement.observe(8, 400_000)  # a single slow run (a stall) does not move it back
+    assert placement.inline(8)
