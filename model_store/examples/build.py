@@ -77,7 +77,7 @@ instance_group [
 MLP_CONFIG = """
 name: "mlp"
 platform: "onnxruntime_onnx"
-max_batch_size: 64
+max_batch_size: 256
 dynamic_batching {
   max_queue_delay_microseconds: 200
 }
