@@ -32,9 +32,11 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
+from collections import deque
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from batching.config import BatcherConfig, ScheduleEstimate
@@ -56,6 +58,11 @@ _NEVER = 1 << 62  # wake_rows that no queue reaches
 _LOG_EVERY_S = 1.0
 _COLD_BATCHES = 1  # with an objective but no run-time estimate yet, admit this many full batches per instance
 _PROBE_EVERY_S = 1.0  # an idle model whose estimate sheds even a lone request admits one this often
+_LAG_WINDOW = 128  # loop-lag samples (one per batch run off the loop) the allowance is taken from
+_LAG_HOPS = 3  # loop crossings per request the batcher does not time: arrival, results, response
+_LAG_MIN_SAMPLES = 8
+_LAG_STEP_S = 0.0002  # the plan is rebuilt when the allowance moves by at least this much
+_MAX_LAG_SHARE = 0.5  # the allowance never takes more than this share of the budget
 
 __all__ = ["BatcherConfig", "DynamicBatcher", "ScheduleEstimate"]
 
@@ -86,6 +93,9 @@ class DynamicBatcher(Generic[T, R]):
             self._plan = SloPlan(objective.budget_s, config.policy.max_batch_size, config.max_concurrent_batches,
                                  objective.target_utilization)
             self._rate = ArrivalRate(objective.rate_time_constant_s)
+        self._nominal_budget_s = self._plan.budget_s if self._plan is not None else 0.0
+        self._lags: deque[float] = deque(maxlen=_LAG_WINDOW)
+        self._lag_allowance_s = 0.0
         self._admission_batch = 1
         self._last = Decision()
         self._admitted_rows = 0
@@ -119,6 +129,7 @@ class DynamicBatcher(Generic[T, R]):
             wait_s=self._last.wait_s,
             admission_batch_rows=self._admission_batch if self._plan else 0,
             budget_s=self._plan.budget_s if self._plan else None,
+            loop_lag_allowance_s=self._lag_allowance_s,
         )
 
     async def start(self) -> None:
@@ -368,10 +379,42 @@ class DynamicBatcher(Generic[T, R]):
                 e = self.estimate
                 log.debug(
                     "%s: batch run time %.3f ms + %.4f ms/row, +%.0f%% margin (%d batches); arrivals %.0f rows/s; "
-                    "last decision: target %d rows, wait %.2f ms; admission plans %d-row batches",
+                    "last decision: target %d rows, wait %.2f ms; admission plans %d-row batches; "
+                    "loop lag allowance %.2f ms",
                     self.name, curve.intercept_s * 1e3, curve.per_row_s * 1e3, curve.margin * 100, curve.samples,
                     e.arrival_rows_per_s, e.target_rows, e.wait_s * 1e3, e.admission_batch_rows,
+                    e.loop_lag_allowance_s * 1e3,
                 )
+
+    def record_loop_lag(self, seconds: float) -> None:
+        """How late the event loop took up one batch's results (reported by the owner for batches run off the loop).
+
+        With an objective, the budget the plan works with is the nominal one minus ``_LAG_HOPS`` times
+        this lag at the objective's percentile over the last ``_LAG_WINDOW`` batches: a request crosses
+        the loop about that many times outside the batcher's view (its arrival reaching the handler,
+        its results reaching the handler, its response being written), and each crossing waits about
+        as long as this one. A busy loop (a CPU-bound transport, shedding at twice capacity, a noisy
+        neighbour) thus shrinks batches and sheds earlier instead of letting admitted requests miss.
+        """
+        plan = self._plan
+        if plan is None:
+            return
+        lags = self._lags
+        lags.append(seconds)
+        if len(lags) < _LAG_MIN_SAMPLES:
+            return
+        ordered = sorted(lags)
+        objective = self.config.objective
+        quantile = objective.percentile / 100 if objective is not None else 0.99
+        lag = max(0.0, ordered[min(len(ordered) - 1, int(quantile * len(ordered)))])
+        allowance = min(_LAG_HOPS * lag, _MAX_LAG_SHARE * self._nominal_budget_s)
+        if abs(allowance - self._lag_allowance_s) < _LAG_STEP_S:
+            return
+        self._lag_allowance_s = allowance
+        self._plan = dataclasses.replace(plan, budget_s=self._nominal_budget_s - allowance)
+        curve = self._estimator.curve
+        if curve is not None:
+            self._admission_batch = batch_rows(self._plan, curve)
 
     def _expired(self, entry: Entry[T, R], why: Expiry, now: float, expected_s: float = 0.0) -> DeadlineExceeded:
         waited_ms = (now - entry.enqueued_at) * 1e3

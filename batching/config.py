@@ -54,4 +54,5 @@ class ScheduleEstimate:
     target_rows: int  # the batch the last decision aimed for (0: dispatched without waiting)
     wait_s: float  # how long the last decision chose to wait
     admission_batch_rows: int  # the batch size admission plans with (objective mode)
-    budget_s: float | None  # the objective minus headroom; None without an objective
+    budget_s: float | None  # the objective minus headroom and loop-lag allowance; None without an objective
+    loop_lag_allowance_s: float = 0.0  # taken off the budget for the measured event-loop lag (objective mode)

@@ -34,7 +34,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
-_MIN_ROW_SPREAD = 0.25  # variance of rows below which the slope is not fitted (std < 0.5 row)
+_MIN_ROW_SPREAD = 0.05  # variance of rows below which the slope is not fitted (std < 0.22 row: e.g. 1 batch in 19 one row larger)
 _NO_LIMIT = 1 << 30
 _STEP_BATCHES = 4  # this many slow batches in a row are a step, not a stall (``_margin`` unrolls it)
 
@@ -47,6 +47,7 @@ class RunTimeCurve:
     per_row_s: float
     margin: float = 0.0  # the residuals' quantile, relative to the mean curve
     samples: int = 0  # batches it was fitted on
+    identified: bool = True  # False: every batch had about the same rows, the slope is the proportional guess
 
     def predict(self, rows: int) -> float:
         """Seconds a batch of ``rows`` rows takes, at the estimator's quantile."""
@@ -94,6 +95,7 @@ class RunTimeEstimator:
         self._samples = 0
         self._a = 0.0
         self._c = 0.0
+        self._identified = False
         self._fitted = False
         self._curve: RunTimeCurve | None = None
         self._stale = False
@@ -102,7 +104,7 @@ class RunTimeEstimator:
     def curve(self) -> RunTimeCurve | None:
         """The current estimate; None until ``min_samples`` batches were seen. Built lazily, once per change."""
         if self._stale:
-            self._curve = RunTimeCurve(self._a, self._c, self._margin(), self._samples)
+            self._curve = RunTimeCurve(self._a, self._c, self._margin(), self._samples, self._identified)
             self._stale = False
         return self._curve
 
@@ -131,7 +133,8 @@ class RunTimeEstimator:
         mean_b = self._sb / s0
         mean_t = self._st / s0
         var_b = self._sbb / s0 - mean_b * mean_b
-        if var_b >= _MIN_ROW_SPREAD:
+        self._identified = var_b >= _MIN_ROW_SPREAD
+        if self._identified:
             c = (self._sbt / s0 - mean_b * mean_t) / var_b
             a = mean_t - c * mean_b
             if c < 0:  # noise, or a kernel faster on more rows: take the mean, flat

@@ -21,8 +21,8 @@ batching/README.md; in short:
   expected arrival of the missing rows.
 - **predicted_latency**, called by ``submit``: how long a new request would
   take with the rows queued ahead of it, run in batches of ``batch_rows`` on
-  the instances as they free up. A request predicted over the budget is
-  shed at once.
+  the instances as they free up (means, plus the batches' tails added in
+  quadrature). A request predicted over the budget is shed at once.
 
 Must not import server, kernels, model_store, grpc or numpy.
 """
@@ -113,7 +113,8 @@ def decide_slo(
     - nothing queued: nothing to do;
     - no estimate yet (the first batches): dispatch what is queued;
     - a full planned batch is queued, or the oldest request's budget leaves no
-      room to wait: dispatch up to a planned batch;
+      room to wait: dispatch up to a planned batch (one row more while the
+      slope is not identified and that row fits the budget: exploration);
     - the target batch is queued, or waiting would break the budget: dispatch all;
     - otherwise wait for the missing rows (``wake_rows`` is the target).
     """
@@ -125,6 +126,11 @@ def decide_slo(
     batch = batch_rows(plan, curve)
     remaining = plan.budget_s - oldest_wait_s
     if q >= batch or curve.rows_within(remaining) <= q:
+        if q > batch and not curve.identified and batch < plan.max_batch_size and curve.predict(batch + 1) <= remaining:
+            # Explore: every batch so far had the same rows, so the slope is a proportional guess that
+            # may be what keeps batches this small; one row more, when its pessimistic run time fits
+            # the oldest request's budget, gives the estimator a second size to fit the slope from.
+            return Decision(rows=batch + 1)
         return Decision(rows=min(q, batch))
     target = min(rows_needed(plan, curve, arrival_rate), rows_reachable(curve, q, remaining, arrival_rate), batch)
     if q >= target:
@@ -156,14 +162,22 @@ def predicted_latency(
     """Predicted seconds from now until a request of ``rows`` rows is answered (0 without an estimate).
 
     ``rows_ahead``: rows queued before it (its level and higher ones);
-    ``busy_for_s``: until an instance is free (0 if one is); ``batch``: from
-    ``batch_rows``. The rows ahead run in full batches, ``instances`` at a
-    time; then its own batch runs; every batch at the quantile (admission is
-    the conservative side: a wrong admission breaks the objective, a wrong
-    refusal costs one retry).
+    ``busy_for_s``: until an instance is free (0 if one is), at the mean;
+    ``batch``: from ``batch_rows``. The rows ahead run in full batches,
+    ``instances`` at a time; then its own batch runs. Every batch counts at
+    its mean, plus the tail: each batch on the request's path (the running
+    one, those ahead, its own) may overrun its mean by up to ``margin`` of it,
+    and independent overruns add in quadrature, so the tail of the sum is the
+    root of the sum of their squares. (Counting every batch at the quantile
+    priced a request behind one batch as if both ran in their tail, about
+    1 in 10,000 at p99, and shed requests that would have made it.)
     """
     if curve is None:
         return 0.0
     total = rows_ahead + rows
     rounds_ahead = ((total - 1) // batch) // plan.instances
-    return busy_for_s + rounds_ahead * curve.predict(batch) + curve.predict(min(total, batch))
+    full, own = curve.mean(batch), curve.mean(min(total, batch))
+    tail_sq = rounds_ahead * full * full + own * own
+    if busy_for_s > 0:
+        tail_sq += full * full  # the running batch may overrun too
+    return busy_for_s + rounds_ahead * full + own + curve.margin * math.sqrt(tail_sq)

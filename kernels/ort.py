@@ -75,6 +75,7 @@ class BatchResult:
     input_ns: int
     infer_ns: int
     output_ns: int
+    end_ns: int = 0  # time.perf_counter_ns() when the run finished (in the thread that ran it)
 
 
 def _signature(args: Sequence[object]) -> tuple[TensorSignature, ...]:
@@ -251,7 +252,7 @@ class OrtKernel:
             items = list(outputs.items())
             per_request = [{name: value[start:end] for name, value in items} for start, end in bounds]
         t3 = time.perf_counter_ns()
-        return BatchResult(per_request, t1 - t0, t2 - t1, t3 - t2)
+        return BatchResult(per_request, t1 - t0, t2 - t1, t3 - t2, t3)
 
     def close(self) -> None:
         """Release the session and threads; runs already submitted finish first."""

@@ -9,6 +9,7 @@ naming the tensor, what was expected and what was received.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, Sequence
 
@@ -29,16 +30,13 @@ def datatype_of(tensor_name: str, name: str) -> Datatype:
 
 def checked_shape(tensor_name: str, shape: Sequence[int]) -> tuple[int, ...]:
     dims = tuple(shape)
-    if any(d < 0 for d in dims):
+    if dims and min(dims) < 0:
         raise InvalidInput(f"input '{tensor_name}': shape {list(dims)} has a negative dimension")
     return dims
 
 
 def element_count(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return math.prod(shape)
 
 
 def from_raw(tensor_name: str, raw: bytes, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:

@@ -144,6 +144,8 @@ class Servable:
             result = self.kernel.run_batch(inputs)
         else:
             result = await asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.run_batch, inputs)
+            # How long the loop took to pick the results up: what a busy loop adds to every request.
+            self.batcher.record_loop_lag((time.perf_counter_ns() - result.end_ns) / 1e9)
         placement.observe(rows, result.input_ns + result.infer_ns + result.output_ns)
         stats.record_batch(rows, len(items), result.input_ns, result.infer_ns, result.output_ns)
         # The scheduler learns from compute time, which a busy event loop does not inflate.

@@ -294,6 +294,26 @@ async def test_the_estimate_is_observable_and_logged(caplog):
     await b.stop()
 
 
+async def test_a_lagging_event_loop_comes_off_the_budget():
+    """Three loop crossings per request at the lag's p99: the plan shrinks, and never below half the budget."""
+    b, _, _ = await warmed_up(LatencyObjective(0.010))
+    for _ in range(7):
+        b.record_loop_lag(0.0012)
+    assert b.estimate.budget_s == pytest.approx(0.009)  # too few samples to judge yet
+    b.record_loop_lag(0.0012)
+    estimate = b.estimate
+    assert estimate.loop_lag_allowance_s == pytest.approx(0.0036)
+    assert estimate.budget_s == pytest.approx(0.0054)
+    assert estimate.admission_batch_rows == 6  # (2 ms + 0.1 ms x b) x 2 <= 5.4 ms (7 rows just miss), 8 before
+    for _ in range(200):
+        b.record_loop_lag(0.050)  # a stalled loop
+    assert b.estimate.budget_s == pytest.approx(0.0045)  # capped: half the budget
+    for _ in range(128):
+        b.record_loop_lag(0.0)  # the loop calmed down: the window forgets the stall
+    assert b.estimate.budget_s == pytest.approx(0.009) and b.estimate.loop_lag_allowance_s == 0.0
+    await b.stop()
+
+
 async def test_requests_that_cannot_meet_the_objective_are_shed_at_once():
     gate = asyncio.Event()
     b, clock, kernel = await warmed_up(LatencyObjective(0.010), gate=gate)
@@ -329,10 +349,6 @@ async def test_an_idle_model_whose_estimate_sheds_everything_admits_a_probe_a_se
     await b.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 3, found by loadtest/bench_scheduling.py: after only 1-row batches the slope is unknown, the "
-    "proportional bound plans 1-row batches (batch_rows) and admits no more (predicted_latency), so a larger "
-    "batch never runs and the slope is never learnt: the model serves 1/t(1) under overload for good"))
 async def test_a_model_that_only_ran_single_rows_learns_to_batch_under_overload():
     clock = FakeClock()
     kernel = FakeKernel(clock=clock, run_time=lambda rows: 0.010 + 0.001 * rows)  # 11 ms alone, 13 ms for 3 rows
@@ -351,6 +367,9 @@ async def test_a_model_that_only_ran_single_rows_learns_to_batch_under_overload(
         await asyncio.gather(*admitted)
         clock.advance(0.001)
     assert max(len(batch) for batch in kernel.batches) > 1
+    assert b.estimate.curve is not None and b.estimate.curve.identified
+    assert b.estimate.curve.per_row_s == pytest.approx(0.001, rel=0.05)  # the slope, learnt
+    assert b.estimate.admission_batch_rows == 3  # (10 + 3) x 2 <= 27 ms
     await b.stop()
 
 

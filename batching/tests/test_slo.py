@@ -20,6 +20,8 @@ from batching.slo import (
 CURVE = RunTimeCurve(0.002, 0.0001)
 SLOW = RunTimeCurve(0.002, 0.0001, margin=1.0)  # the same curve at a quantile twice the mean
 PLAN = SloPlan(budget_s=0.020, max_batch_size=64, instances=1, target_utilization=0.5)
+GUESS = RunTimeCurve(0.0, 0.006, identified=False)  # 6 ms per row, through the origin: a 1-row mean
+PLAN_GUESS = SloPlan(budget_s=0.020, max_batch_size=64)
 TWO = SloPlan(budget_s=0.020, max_batch_size=64, instances=2, target_utilization=0.5)
 approx = pytest.approx
 
@@ -46,6 +48,10 @@ approx = pytest.approx
         (PLAN, SLOW, 2, 0.010, 2000.0, Decision(wait_s=approx(0.004), wake_rows=10)),
         (TWO, CURVE, 2, 0.0, 2000.0, Decision(wait_s=approx(0.0015), wake_rows=5)),  # two instances: smaller batches
         (PLAN, CURVE, 2, 0.0, 1e6, Decision(wait_s=approx(62 / 1e6), wake_rows=64)),  # overload: full batches
+        # the slope is a proportional guess (all batches had 1 row): 2 ms per row plans 1-row batches ...
+        (PLAN_GUESS, GUESS, 5, 0.0, 1e6, Decision(rows=2)),  # ... so explore one row more while it fits
+        (PLAN_GUESS, GUESS, 5, 0.014, 1e6, Decision(rows=1)),  # 6 ms left: no room to explore
+        (PLAN_GUESS, GUESS, 1, 0.0, 1e6, Decision(rows=1)),  # nothing more queued to explore with
     ],
 )
 def test_decide_slo(plan, curve, queued, oldest_wait, rate, expected):
@@ -89,7 +95,12 @@ def test_rows_reachable(queued, remaining, rate, rows):
         (PLAN, CURVE, 100, 1, 0.0, 0.0168),  # one full batch ahead, then its own
         (TWO, CURVE, 100, 1, 0.0, 0.0084),  # ... which runs beside it on the second instance
         (PLAN, CURVE, 200, 1, 0.0, 0.0336),  # three batches ahead: over the 20 ms budget
-        (PLAN, SLOW, 100, 1, 0.0, 0.0396),  # a wide spread: 46-row batches, each counted at the quantile
+        # a wide spread (the quantile at twice the mean): 46-row batches of 6.6 ms, three on its path;
+        # their overruns add in quadrature: 3 x 6.6 + sqrt(3) x 6.6 ms, not 3 x 13.2 ms
+        (PLAN, SLOW, 100, 1, 0.0, approx(0.0198 + 0.0066 * 3 ** 0.5)),
+        (PLAN, SLOW, 0, 1, 0.0, 0.0042),  # alone on an idle instance: its own run at the quantile
+        # behind a running batch (free in 3 ms at the mean): that batch may overrun too
+        (PLAN, SLOW, 0, 1, 0.003, approx(0.003 + 0.0021 + (0.0066 ** 2 + 0.0021 ** 2) ** 0.5)),
     ],
 )
 def test_predicted_latency(plan, curve, ahead, rows, busy, expected):

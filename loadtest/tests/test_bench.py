@@ -2,7 +2,9 @@
 
 import pytest
 
-from loadtest.bench import BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s
+from loadtest.bench import (
+    BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s, soak_verdict,
+)
 from loadtest.stats import LatencyMs
 from model_store.testing import write_mlp_model
 
@@ -52,3 +54,24 @@ def test_table_lists_every_load_and_verdict(loads):
     assert "in-process onnxruntime mlp b=64" in text and "above max_batch_size" in text
     assert all(name in text for name in loads)
     assert text.count("PASS") == 4 and text.count("FAIL") == 2
+
+
+@pytest.mark.parametrize("samples, peak, growth, passed", [
+    ([(10, 150.0), (60, 180.0), (120, 181.0), (300, 184.0)], 190.0, 4.0, True),  # the first minute may fill pools
+    ([(10, 150.0), (60, 180.0), (180, 200.0), (300, 230.0)], 235.0, 50.0, False),  # still growing: a leak
+    ([(10, 150.0), (60, 380.0), (300, 385.0)], 401.0, 5.0, False),  # flat, but over the 400 MB bound
+    ([(10, 150.0), (20, 152.0)], 152.0, 0.0, True),  # shorter than a minute: the last sample alone
+])
+def test_soak_passes_when_memory_stays_bounded_and_flat_after_a_minute(samples, peak, growth, passed):
+    assert soak_verdict(samples, peak) == (pytest.approx(growth), passed)
+
+
+def test_a_short_soak_against_a_real_server_samples_memory_after_every_load():
+    from loadtest.bench import BUNDLED, SOAK_LOADS, run_soak
+
+    lines: list[str] = []
+    result = run_soak(4.0, 1, BUNDLED, say=lines.append, chunk_s=1.0)
+    assert result.errors == 0 and result.requests > 100
+    assert len(result.rss_mb) == len(lines) >= 3
+    assert [line.split()[2] for line in lines[:3]] == [name.split()[0] for name, *_ in SOAK_LOADS[:3]]
+    assert all(0 < mb < 400 for _, mb in result.rss_mb) and result.passed

@@ -16,13 +16,15 @@ from server.testing import ServerProcess
 
 OPS = Path(__file__).resolve().parents[1]
 BATCHING = "max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+# A latency objective, so the scheduler's objective-only gauges are exported too.
+OBJECTIVE = 'max_batch_size: 32\ndynamic_batching { }\nparameters { key: "latency_slo_ms" value { string_value: "500" } }\n'
 
 
 @pytest.fixture(scope="session")
 def fleetserve(tmp_path_factory: pytest.TempPathFactory):
     repo = write_model_repository(tmp_path_factory.mktemp("ops-repo"), {
         "dense": ModelSpec(write_dense_model, config=BATCHING),
-        "add_one": ModelSpec(partial(write_add_constant_model, features=4), config=BATCHING),
+        "add_one": ModelSpec(partial(write_add_constant_model, features=4), config=OBJECTIVE),
         "broken": ModelSpec(lambda p: (p / "model.onnx").write_bytes(b"not onnx")),
     })
     with ServerProcess(repo) as server:

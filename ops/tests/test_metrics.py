@@ -18,8 +18,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 class FakeQueue:
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, estimate: object = None) -> None:
         self.queue_depth = depth
+        self.estimate = estimate
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset], float]:
@@ -73,6 +74,36 @@ def test_handles_record_and_export_standard_families():
     assert got[("fleetserve_model_load_failures_total", L(model="bad"))] == 1
     assert got[("fleetserve_server_ready", L())] == 1
     assert got[("fleetserve_build_info", L(version="9.9"))] == 1
+
+
+def test_the_schedulers_estimate_is_exported_per_model_version():
+    from batching.config import ScheduleEstimate
+    from batching.estimate import RunTimeCurve
+
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
+    slo = ScheduleEstimate(curve=RunTimeCurve(0.002, 0.0001, margin=0.25, samples=40), arrival_rows_per_s=2000.0,
+                           target_rows=14, wait_s=0.006, admission_batch_rows=46, budget_s=0.0171,
+                           loop_lag_allowance_s=0.0009)
+    metrics.servable("slo", "1").attach(FakeQueue(0, slo), 1)
+    fixed = ScheduleEstimate(curve=None, arrival_rows_per_s=0.0, target_rows=0, wait_s=0.0, admission_batch_rows=0,
+                             budget_s=None)
+    metrics.servable("fixed", "2").attach(FakeQueue(0, fixed), 1)
+    got = samples(registry)
+    mv = L(model="slo", version="1")
+    assert got[("fleetserve_scheduler_run_time_intercept_seconds", mv)] == pytest.approx(0.002)
+    assert got[("fleetserve_scheduler_run_time_per_row_seconds", mv)] == pytest.approx(0.0001)
+    assert got[("fleetserve_scheduler_run_time_margin_ratio", mv)] == pytest.approx(0.25)
+    assert got[("fleetserve_scheduler_arrival_rows_per_second", mv)] == 2000
+    assert got[("fleetserve_scheduler_target_batch_rows", mv)] == 14
+    assert got[("fleetserve_scheduler_wait_seconds", mv)] == pytest.approx(0.006)
+    assert got[("fleetserve_scheduler_admission_batch_rows", mv)] == 46
+    assert got[("fleetserve_scheduler_budget_seconds", mv)] == pytest.approx(0.0171)
+    assert got[("fleetserve_scheduler_loop_lag_allowance_seconds", mv)] == pytest.approx(0.0009)
+    other = L(model="fixed", version="2")
+    assert got[("fleetserve_scheduler_target_batch_rows", other)] == 0
+    assert ("fleetserve_scheduler_budget_seconds", other) not in got  # no objective: no budget
+    assert ("fleetserve_scheduler_run_time_per_row_seconds", other) not in got  # no fit yet
 
 
 def test_a_reloaded_version_shares_its_handle_and_series_leave_with_the_last_copy():
@@ -134,6 +165,8 @@ def test_live_server_exports_every_family_with_real_values(fleetserve, traffic):
     assert got[("fleetserve_model_load_failures_total", L(model="broken"))] == 1
     assert got[("fleetserve_model_load_duration_seconds_count", L())] == 3  # two loads and the failed one
     assert got[("fleetserve_server_ready", L())] == 1
+    assert got[("fleetserve_scheduler_run_time_per_row_seconds", L(**dense))] >= 0  # fitted in every mode
+    assert 0 < got[("fleetserve_scheduler_budget_seconds", L(model="add_one", version="1"))] <= 0.45  # 90% of 500 ms
     assert ("process_resident_memory_bytes", L()) in got and ("process_cpu_seconds_total", L()) in got
     names = family_names(got)
     assert {name for name, _ in FAMILIES} <= names

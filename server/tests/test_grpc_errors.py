@@ -62,6 +62,8 @@ F32 = np.float32().itemsize
     (request(inputs=[("INPUT0", "FP32", [1000, 16], bytes(1000 * 16 * F32))]), grpc.StatusCode.INVALID_ARGUMENT,
      ["batch size 1000", "max_batch_size"]),
     (request(inputs=[("INPUT0", "FP32", [0, 16], b"")]), grpc.StatusCode.INVALID_ARGUMENT, ["batch size 0"]),
+    (request(inputs=[("INPUT0", "FP32", [1, -16], bytes(64))]), grpc.StatusCode.INVALID_ARGUMENT,
+     ["INPUT0", "[1, -16]", "negative dimension"]),
     (request(outputs=["NOPE"]), grpc.StatusCode.INVALID_ARGUMENT, ["no output 'NOPE'", "OUTPUT0"]),
     (request(model="nobatch", inputs=[("INPUT0", "FP32", [2, 16], bytes(128))]), grpc.StatusCode.INVALID_ARGUMENT,
      ["[2, 16]", "[1, 16]"]),
