@@ -1,0 +1,52 @@
+"""OrtKernel on real onnxruntime sessions over small models the tests write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.ort import KernelOptions, OrtKernel, default_intra_op_threads
+from model_store.testing import write_add_constant_model
+from ops.errors import ConfigError
+
+
+@pytest.fixture
+def add_one(tmp_path):
+    kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4), KernelOptions())
+    kernel.load()
+    yield kernel
+    kernel.close()
+
+
+def test_a_batch_is_merged_run_once_and_split_back_per_request_as_views(add_one):
+    requests = [{"INPUT0": np.full((rows, 4), i, np.float32)} for i, rows in enumerate((1, 3, 2))]
+    result = add_one.run_batch(requests)
+    assert [r["OUTPUT0"].shape for r in result.outputs] == [(1, 4), (3, 4), (2, 4)]
+    for i, r in enumerate(result.outputs):
+        np.testing.assert_array_equal(r["OUTPUT0"], np.full(r["OUTPUT0"].shape, i + 1, np.float32))
+    first, second = result.outputs[0]["OUTPUT0"], result.outputs[1]["OUTPUT0"]
+    assert first.base is not None and first.base is second.base  # slices of one output, not copies
+    assert result.end_ns > 0 and min(result.input_ns, result.infer_ns, result.output_ns) >= 0
+
+
+def test_a_single_request_runs_without_merging(add_one):
+    result = add_one.run_batch([{"INPUT0": np.zeros((2, 4), np.float32)}])
+    np.testing.assert_array_equal(result.outputs[0]["OUTPUT0"], np.ones((2, 4), np.float32))
+
+
+def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not onnx")
+    with pytest.raises(ConfigError, match="cannot load"):
+        OrtKernel(path, KernelOptions()).load()
+
+
+@pytest.mark.parametrize("instances, cores, threads", [
+    (1, 2, 1),  # one core stays with the event loop
+    (1, 16, 15),
+    (2, 16, 7),
+    (4, 2, 1),  # never below one
+    (1, 1, 1),
+])
+def test_default_threads_leave_a_core_for_the_event_loop(instances, cores, threads):
+    assert default_intra_op_threads(instances, cores) == threads
