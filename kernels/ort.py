@@ -62,7 +62,7 @@ class KernelOptions:
     allow_gpu: bool = True
     device_id: int = 0
     instances: int = 1  # concurrent runs (threads in the executor)
-    intra_op_threads: int = 0  # 0: default_intra_op_threads(instances)
+    intra_op_threads: int = 0  # 0: default_intra_op_threads(instances), the cores shared by the instances
     graph_optimization_level: int | None = None  # onnxruntime GraphOptimizationLevel value; None: ENABLE_ALL
     extra_session_config: Mapping[str, str] = field(default_factory=dict)
 
@@ -150,21 +150,20 @@ def _str_to_bytes(data: np.ndarray) -> np.ndarray:
 
 
 def default_intra_op_threads(instances: int, cores: int | None = None) -> int:
-    """onnxruntime threads per instance when the config does not say: the cores but one, shared by the instances.
+    """onnxruntime threads per instance when the config does not say: the cores, shared by the instances.
 
-    The event loop that decodes and answers every request is one more busy thread; giving the kernels
-    all the cores made them fight it. On this project's 2-core machine the bundled mlp (one instance)
-    served 1,691 batch-1 requests/s at concurrency 64 with one thread against 1,304 with two (and 2,452
-    against 2,255 over the stream), while 64-row requests, which run 256-row batches, lost about 15%:
-    small batches cannot use two threads, large ones can. ``cores`` defaults to the CPUs this process
-    may run on.
+    One core fewer (left to the event loop) was tried and measured on this project's 2-core machine,
+    alternating configurations run by run: the tiny add_one served about 9% fewer batch-1 requests at
+    concurrency 64 with one thread than with two (1,705-1,722 against 1,866-1,874 req/s), 64-row mlp
+    requests 15-20% fewer, and batch-1 mlp was within the noise (1,345-1,572 against 1,351-1,407).
+    ``cores`` defaults to the CPUs this process may run on.
     """
     if cores is None:
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             cores = os.cpu_count() or 1
-    return max(1, (cores - 1) // max(1, instances))
+    return max(1, cores // max(1, instances))
 
 
 class OrtKernel:

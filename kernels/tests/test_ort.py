@@ -42,11 +42,10 @@ def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("instances, cores, threads", [
-    (1, 2, 1),  # one core stays with the event loop
-    (1, 16, 15),
-    (2, 16, 7),
+    (1, 2, 2),
+    (2, 16, 8),  # instances x threads fits the cores
+    (3, 16, 5),
     (4, 2, 1),  # never below one
-    (1, 1, 1),
 ])
-def test_default_threads_leave_a_core_for_the_event_loop(instances, cores, threads):
+def test_default_threads_share_the_cores_among_the_instances(instances, cores, threads):
     assert default_intra_op_threads(instances, cores) == threads
