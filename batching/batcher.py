@@ -36,14 +36,13 @@ import dataclasses
 import logging
 import math
 import time
-from collections import deque
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from batching.config import BatcherConfig, ScheduleEstimate
-from batching.estimate import ArrivalRate, RunTimeEstimator
+from batching.estimate import ArrivalRate, LoopLag, RunTimeEstimator
 from batching.ordering import InOrderRelease, deliver
 from batching.policy import Decision, decide
-from batching.queues import Entry, Expiry, PriorityQueues
+from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
 from batching.slo import SloPlan, batch_rows, decide_slo, predicted_latency
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
 
@@ -58,9 +57,7 @@ _NEVER = 1 << 62  # wake_rows that no queue reaches
 _LOG_EVERY_S = 1.0
 _COLD_BATCHES = 1  # with an objective but no run-time estimate yet, admit this many full batches per instance
 _PROBE_EVERY_S = 1.0  # an idle model whose estimate sheds even a lone request admits one this often
-_LAG_WINDOW = 128  # loop-lag samples (one per batch run off the loop) the allowance is taken from
 _LAG_HOPS = 3  # loop crossings per request the batcher does not time: arrival, results, response
-_LAG_MIN_SAMPLES = 8
 _LAG_STEP_S = 0.0002  # the plan is rebuilt when the allowance moves by at least this much
 _MAX_LAG_SHARE = 0.5  # the allowance never takes more than this share of the budget
 
@@ -94,7 +91,7 @@ class DynamicBatcher(Generic[T, R]):
                                  objective.target_utilization)
             self._rate = ArrivalRate(objective.rate_time_constant_s)
         self._nominal_budget_s = self._plan.budget_s if self._plan is not None else 0.0
-        self._lags: deque[float] = deque(maxlen=_LAG_WINDOW)
+        self._lag = LoopLag(quantile=objective.percentile / 100 if objective else 0.99)
         self._lag_allowance_s = 0.0
         self._admission_batch = 1
         self._last = Decision()
@@ -253,7 +250,7 @@ class DynamicBatcher(Generic[T, R]):
             now = self._clock()
             if queues.next_timer() <= now:
                 for entry, why in queues.fire_timers(now):
-                    self._settle(entry, None, self._expired(entry, why, now))
+                    self._settle(entry, None, expiry_error(self.name, entry, why, now))
             if self._release is not None:
                 self._release.release()
             if queues.count == 0:
@@ -313,7 +310,7 @@ class DynamicBatcher(Generic[T, R]):
         doomed: list[Entry[T, R]] = []
         batch = self._queues.take(head, rows, now + expected, doomed)
         for entry in doomed:
-            self._settle(entry, None, self._expired(entry, Expiry.DEADLINE, now, expected))
+            self._settle(entry, None, expiry_error(self.name, entry, Expiry.DEADLINE, now, expected))
         if not batch:
             return
         assert self._event_loop is not None
@@ -376,21 +373,13 @@ class DynamicBatcher(Generic[T, R]):
             now = self._clock()
             if now - self._logged_at >= _LOG_EVERY_S:
                 self._logged_at = now
-                e = self.estimate
-                log.debug(
-                    "%s: batch run time %.3f ms + %.4f ms/row, +%.0f%% margin (%d batches); arrivals %.0f rows/s; "
-                    "last decision: target %d rows, wait %.2f ms; admission plans %d-row batches; "
-                    "loop lag allowance %.2f ms",
-                    self.name, curve.intercept_s * 1e3, curve.per_row_s * 1e3, curve.margin * 100, curve.samples,
-                    e.arrival_rows_per_s, e.target_rows, e.wait_s * 1e3, e.admission_batch_rows,
-                    e.loop_lag_allowance_s * 1e3,
-                )
+                log.debug("%s: %s", self.name, self.estimate.describe())
 
     def record_loop_lag(self, seconds: float) -> None:
         """How late the event loop took up one batch's results (reported by the owner for batches run off the loop).
 
         With an objective, the budget the plan works with is the nominal one minus ``_LAG_HOPS`` times
-        this lag at the objective's percentile over the last ``_LAG_WINDOW`` batches: a request crosses
+        this lag at the objective's percentile over the last 128 batches (``LoopLag``): a request crosses
         the loop about that many times outside the batcher's view (its arrival reaching the handler,
         its results reaching the handler, its response being written), and each crossing waits about
         as long as this one. A busy loop (a CPU-bound transport, shedding at twice capacity, a noisy
@@ -399,14 +388,7 @@ class DynamicBatcher(Generic[T, R]):
         plan = self._plan
         if plan is None:
             return
-        lags = self._lags
-        lags.append(seconds)
-        if len(lags) < _LAG_MIN_SAMPLES:
-            return
-        ordered = sorted(lags)
-        objective = self.config.objective
-        quantile = objective.percentile / 100 if objective is not None else 0.99
-        lag = max(0.0, ordered[min(len(ordered) - 1, int(quantile * len(ordered)))])
+        lag = self._lag.observe(seconds)
         allowance = min(_LAG_HOPS * lag, _MAX_LAG_SHARE * self._nominal_budget_s)
         if abs(allowance - self._lag_allowance_s) < _LAG_STEP_S:
             return
@@ -415,20 +397,3 @@ class DynamicBatcher(Generic[T, R]):
         curve = self._estimator.curve
         if curve is not None:
             self._admission_batch = batch_rows(self._plan, curve)
-
-    def _expired(self, entry: Entry[T, R], why: Expiry, now: float, expected_s: float = 0.0) -> DeadlineExceeded:
-        waited_ms = (now - entry.enqueued_at) * 1e3
-        if why is Expiry.TIMEOUT and entry.timeout_at is not None:
-            timeout_ms = (entry.timeout_at - entry.enqueued_at) * 1e3
-            return DeadlineExceeded(
-                f"{self.name}: the request waited {waited_ms:.1f} ms, longer than its queue timeout of "
-                f"{timeout_ms:.1f} ms at priority level {entry.level + 1}; it was not executed"
-            )
-        if entry.deadline is not None and entry.deadline > now:
-            return DeadlineExceeded(
-                f"{self.name}: the request cannot finish before its deadline ({(entry.deadline - now) * 1e3:.1f} ms "
-                f"left, its batch is expected to take {expected_s * 1e3:.1f} ms); it was not executed"
-            )
-        return DeadlineExceeded(
-            f"{self.name}: the request's deadline passed after {waited_ms:.1f} ms in the queue; it was not executed"
-        )

@@ -22,7 +22,8 @@ from dispatch to results (merging, the executor hop, the kernel, splitting):
   for larger batches, which get measured as soon as they run).
 
 ``ArrivalRate`` is a continuous-time exponentially weighted rate of rows
-admitted. Both are fed per batch or per loop turn, never per request.
+admitted. ``LoopLag`` is a quantile of how late the event loop picked up
+finished batches. All are fed per batch or per loop turn, never per request.
 
 Pure Python, no I/O, no clock of its own; must not import server, kernels,
 model_store, grpc or numpy.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from dataclasses import dataclass
 
 _MIN_ROW_SPREAD = 0.05  # variance of rows below which the slope is not fitted (std < 0.22 row: e.g. 1 batch in 19 one row larger)
@@ -202,3 +204,23 @@ class ArrivalRate:
         self.rows_per_s += alpha * (instant - self.rows_per_s)
         self._last_at, self._last_total = now, total_rows
         return self.rows_per_s
+
+
+class LoopLag:
+    """The ``quantile`` of the last ``window`` event-loop lags (seconds); 0 until ``min_samples`` were seen."""
+
+    def __init__(self, quantile: float = 0.99, window: int = 128, min_samples: int = 8) -> None:
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        self.quantile = quantile
+        self.min_samples = min_samples
+        self._samples: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> float:
+        """Add one lag; return the current quantile (sorting at most ``window`` numbers: per batch, not per request)."""
+        samples = self._samples
+        samples.append(max(0.0, seconds))
+        if len(samples) < self.min_samples:
+            return 0.0
+        ordered = sorted(samples)
+        return ordered[min(len(ordered) - 1, int(self.quantile * len(ordered)))]

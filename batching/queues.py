@@ -37,6 +37,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Generic, Hashable, TypeVar
 
+from ops.errors import DeadlineExceeded
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -330,3 +332,22 @@ class PriorityQueues(Generic[T, R]):
     def __len__(self) -> int:
         return self.count
 
+
+
+def expiry_error(name: str, entry: Entry[Any, Any], why: Expiry, now: float, expected_s: float = 0.0) -> DeadlineExceeded:
+    """The error for a request that expired in the queue (``name`` labels the batcher); it was never executed."""
+    waited_ms = (now - entry.enqueued_at) * 1e3
+    if why is Expiry.TIMEOUT and entry.timeout_at is not None:
+        timeout_ms = (entry.timeout_at - entry.enqueued_at) * 1e3
+        return DeadlineExceeded(
+            f"{name}: the request waited {waited_ms:.1f} ms, longer than its queue timeout of "
+            f"{timeout_ms:.1f} ms at priority level {entry.level + 1}; it was not executed"
+        )
+    if entry.deadline is not None and entry.deadline > now:
+        return DeadlineExceeded(
+            f"{name}: the request cannot finish before its deadline ({(entry.deadline - now) * 1e3:.1f} ms "
+            f"left, its batch is expected to take {expected_s * 1e3:.1f} ms); it was not executed"
+        )
+    return DeadlineExceeded(
+        f"{name}: the request's deadline passed after {waited_ms:.1f} ms in the queue; it was not executed"
+    )

@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from ops.errors import Code
+from ops.scheduler_metrics import SCHEDULER_GAUGES, scheduler_families
 
 DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -267,7 +268,7 @@ class ServerMetrics:
         yield requests
         yield from self._histograms(handles)
         yield from self._kernel(handles)
-        yield from self._scheduler(handles)
+        yield from scheduler_families(handles, _MODEL_LABELS)
         yield from self._server()
 
     def _histograms(self, handles: list[ServableMetrics]) -> Iterator[Metric]:
@@ -322,27 +323,6 @@ class ServerMetrics:
             inflight.add_metric(labels, h.inflight)
         yield from (runs, busy, instances, depth, inflight)
 
-    def _scheduler(self, handles: list[ServableMetrics]) -> Iterator[Metric]:
-        """What each batcher currently believes and chose (batching/README.md); read at scrape time."""
-        families = {key: GaugeMetricFamily(name, text, labels=_MODEL_LABELS) for key, name, text in _SCHEDULER_GAUGES}
-        for h in handles:
-            e = h.schedule_estimate
-            if e is None:
-                continue
-            labels = [h.model, h.version]
-            values: dict[str, float | None] = {
-                "target": e.target_rows, "wait": e.wait_s,
-            }
-            if e.curve is not None:
-                values.update(intercept=e.curve.intercept_s, per_row=e.curve.per_row_s, margin=e.curve.margin)
-            if e.budget_s is not None:
-                values.update(arrivals=e.arrival_rows_per_s, admission=e.admission_batch_rows, budget=e.budget_s,
-                              lag=e.loop_lag_allowance_s)
-            for key, value in values.items():
-                if value is not None:
-                    families[key].add_metric(labels, float(value))
-        yield from families.values()
-
     def _server(self) -> Iterator[Metric]:
         states = GaugeMetricFamily("fleetserve_models", "Model versions by state", labels=["state"])
         counts = dict.fromkeys(self._state_names, 0)
@@ -385,23 +365,6 @@ class _Collector(Collector):
         return [Metric(name, "", kind) for name, kind in FAMILIES]
 
 
-_SCHEDULER_GAUGES: tuple[tuple[str, str, str], ...] = (
-    ("intercept", "fleetserve_scheduler_run_time_intercept_seconds",
-     "Fitted batch run time at zero rows: run time = intercept + per_row x rows (mean)"),
-    ("per_row", "fleetserve_scheduler_run_time_per_row_seconds", "Fitted batch run time per row (mean)"),
-    ("margin", "fleetserve_scheduler_run_time_margin_ratio",
-     "Relative margin of the run time at the objective's percentile over the mean fit"),
-    ("arrivals", "fleetserve_scheduler_arrival_rows_per_second", "Admitted rows per second (latency objective only)"),
-    ("target", "fleetserve_scheduler_target_batch_rows", "The batch the last decision aimed for (0: dispatched at once)"),
-    ("wait", "fleetserve_scheduler_wait_seconds", "How long the last decision chose to wait for more rows"),
-    ("admission", "fleetserve_scheduler_admission_batch_rows",
-     "The batch size admission plans with (latency objective only)"),
-    ("budget", "fleetserve_scheduler_budget_seconds",
-     "The latency objective minus headroom and loop-lag allowance (latency objective only)"),
-    ("lag", "fleetserve_scheduler_loop_lag_allowance_seconds",
-     "Taken off the budget for the measured event-loop lag (latency objective only)"),
-)
-
 # Every family ServerMetrics exports, with its type: README.md, the dashboard and the alert
 # rules use only these (ops/tests check it against a live server).
 FAMILIES: tuple[tuple[str, str], ...] = (
@@ -415,7 +378,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("fleetserve_kernel_instances", "gauge"),
     ("fleetserve_queue_depth", "gauge"),
     ("fleetserve_inflight_requests", "gauge"),
-    *((name, "gauge") for _, name, _ in _SCHEDULER_GAUGES),
+    *((name, "gauge") for _, name, _ in SCHEDULER_GAUGES),
     ("fleetserve_models", "gauge"),
     ("fleetserve_model_load_duration_seconds", "histogram"),
     ("fleetserve_model_load_failures", "counter"),

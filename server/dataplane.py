@@ -30,6 +30,7 @@ from ops.metrics import MetricsConfig, ServerMetrics
 from ops.statistics import ModelStats
 from server.servable import Servable
 from server.types import InferRequest, InferResponse, OutputTensor
+from server.validation import output_spec, scheduling, validate
 
 if TYPE_CHECKING:  # fleet mode only: these import redis
     from model_store.routing import TrafficRouter
@@ -72,10 +73,6 @@ class ModelMetadata:
     platform: str
     inputs: list[tuple[str, str, tuple[int, ...]]]  # name, datatype, shape (-1 variable)
     outputs: list[tuple[str, str, tuple[int, ...]]]
-
-
-def _dims_text(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 class DataPlane:
@@ -184,7 +181,7 @@ class DataPlane:
                 await self._admit(request, config.name)
             if self._cache is not None and config.response_cache:
                 feeds, rows, key = self._prepare(call)
-                priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
+                priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
                 outputs = await self._cache.fetch(
                     servable, request.inputs, request.requested_outputs,
                     lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us),
@@ -248,7 +245,7 @@ class DataPlane:
 
     def _prepare(self, call: "Call") -> tuple[dict[str, np.ndarray], int, tuple]:
         request = call.request
-        prepared = _validate(call.servable.config, request)
+        prepared = validate(call.servable.config, request)
         if request.trace is not None:
             request.trace.enqueued_ns = time.perf_counter_ns()
         return prepared
@@ -256,7 +253,7 @@ class DataPlane:
     def _queue(self, call: "Call") -> "asyncio.Future[dict[str, np.ndarray]]":
         feeds, rows, key = self._prepare(call)
         request = call.request
-        priority, timeout_us = _scheduling(request.parameters) if request.parameters else (0, 0)
+        priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
         return call.servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
 
     def _fail(self, call: "Call", exc: BaseException) -> None:
@@ -283,7 +280,7 @@ class DataPlane:
         if self._request_log is not None:
             self._request_log.record(request.id, config.name, servable.version_str, Code.OK, elapsed)
         wanted = request.requested_outputs
-        specs = config.outputs if wanted is None else tuple(_output_spec(config, name) for name in wanted)
+        specs = config.outputs if wanted is None else tuple(output_spec(config, name) for name in wanted)
         return InferResponse(
             model_name=request.model_name,
             model_version=servable.version_str,
@@ -320,93 +317,3 @@ def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:
     return OutputTensor(spec.name, spec.datatype.name, data.shape, data)
 
 
-def _output_spec(config: ModelConfig, name: str) -> TensorSpec:
-    for spec in config.outputs:
-        if spec.name == name:
-            return spec
-    raise InvalidInput(
-        f"model '{config.name}' has no output '{name}'; outputs: {', '.join(s.name for s in config.outputs)}"
-    )
-
-
-def _validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple]:
-    """Check the request against the model; return the feeds, the batch rows and the merge key."""
-    if request.requested_outputs is not None:
-        for name in request.requested_outputs:
-            _output_spec(config, name)
-    mbs = config.max_batch_size
-    feeds: dict[str, np.ndarray] = {}
-    rows = -1
-    for tensor in request.inputs:
-        spec = config.input(tensor.name)
-        if spec is None:
-            raise InvalidInput(
-                f"model '{config.name}' has no input '{tensor.name}'; "
-                f"inputs: {', '.join(s.name for s in config.inputs)}"
-            )
-        if tensor.name in feeds:
-            raise InvalidInput(f"input '{tensor.name}' is given more than once")
-        if tensor.datatype != spec.datatype.name:
-            raise InvalidInput(
-                f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's {spec.datatype.name}"
-            )
-        shape = tensor.shape
-        expected = spec.dims
-        if mbs > 0:
-            if len(shape) != len(expected) + 1 or not _dims_match(shape[1:], expected):
-                raise InvalidInput(
-                    f"input '{tensor.name}': shape {_dims_text(shape)} does not match the model's "
-                    f"{_dims_text((-1,) + expected)} (first dimension is the batch, -1 is any size)"
-                )
-            batch = shape[0]
-            if batch < 1 or batch > mbs:
-                raise InvalidInput(
-                    f"input '{tensor.name}': batch size {batch} is outside 1..{mbs} (the model's max_batch_size)"
-                )
-            if rows == -1:
-                rows = batch
-            elif batch != rows:
-                raise InvalidInput(
-                    f"input '{tensor.name}': batch size {batch} differs from the other inputs' {rows}"
-                )
-        elif len(shape) != len(expected) or not _dims_match(shape, expected):
-            raise InvalidInput(
-                f"input '{tensor.name}': shape {_dims_text(shape)} does not match the model's "
-                f"{_dims_text(expected)} (-1 is any size)"
-            )
-        feeds[tensor.name] = tensor.data
-    if len(feeds) != len(config.inputs):
-        missing = [s.name for s in config.inputs if s.name not in feeds and not s.optional]
-        if missing:
-            raise InvalidInput(
-                f"model '{config.name}' expects {len(config.inputs)} inputs; missing: {', '.join(missing)}"
-            )
-    key = tuple(feeds[s.name].shape[1:] if s.name in feeds else None for s in config.inputs) if mbs > 0 else ()
-    return feeds, max(rows, 1), key
-
-
-def _scheduling(parameters: dict[str, object]) -> tuple[int, int]:
-    """The request's ``priority`` (0: the model's default level) and ``timeout`` (microseconds, 0: none).
-
-    Both are Triton's request parameters; they must be integers >= 0. The
-    batcher checks the priority against the model's levels (InvalidInput
-    naming the range) and applies the timeout only where the model's queue
-    policy allows an override.
-    """
-    return _count_parameter(parameters, "priority", ""), _count_parameter(parameters, "timeout", " of microseconds")
-
-
-def _count_parameter(parameters: dict[str, object], name: str, unit: str) -> int:
-    value = parameters.get(name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"parameter '{name}' must be an integer{unit} >= 0, not {value!r}")
-    return value
-
-
-def _dims_match(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    for got, want in zip(shape, expected):
-        if want != -1 and got != want:
-            return False
-    return True

@@ -1,0 +1,109 @@
+"""An inference request checked against its model's config: inputs, shapes, outputs, scheduling parameters.
+
+Pure functions over the dataplane's types (server/types.py) and the model config; every error is
+``InvalidInput`` naming the tensor or parameter, what the model expects and what came.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_store.config import ModelConfig, TensorSpec
+from ops.errors import InvalidInput
+from server.types import InferRequest
+
+
+def dims_text(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def output_spec(config: ModelConfig, name: str) -> TensorSpec:
+    for spec in config.outputs:
+        if spec.name == name:
+            return spec
+    raise InvalidInput(
+        f"model '{config.name}' has no output '{name}'; outputs: {', '.join(s.name for s in config.outputs)}"
+    )
+
+
+def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple]:
+    """Check the request against the model; return the feeds, the batch rows and the merge key."""
+    if request.requested_outputs is not None:
+        for name in request.requested_outputs:
+            output_spec(config, name)
+    mbs = config.max_batch_size
+    feeds: dict[str, np.ndarray] = {}
+    rows = -1
+    for tensor in request.inputs:
+        spec = config.input(tensor.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model '{config.name}' has no input '{tensor.name}'; "
+                f"inputs: {', '.join(s.name for s in config.inputs)}"
+            )
+        if tensor.name in feeds:
+            raise InvalidInput(f"input '{tensor.name}' is given more than once")
+        if tensor.datatype != spec.datatype.name:
+            raise InvalidInput(
+                f"input '{tensor.name}': datatype {tensor.datatype} does not match the model's {spec.datatype.name}"
+            )
+        shape = tensor.shape
+        expected = spec.dims
+        if mbs > 0:
+            if len(shape) != len(expected) + 1 or not _dims_match(shape[1:], expected):
+                raise InvalidInput(
+                    f"input '{tensor.name}': shape {dims_text(shape)} does not match the model's "
+                    f"{dims_text((-1,) + expected)} (first dimension is the batch, -1 is any size)"
+                )
+            batch = shape[0]
+            if batch < 1 or batch > mbs:
+                raise InvalidInput(
+                    f"input '{tensor.name}': batch size {batch} is outside 1..{mbs} (the model's max_batch_size)"
+                )
+            if rows == -1:
+                rows = batch
+            elif batch != rows:
+                raise InvalidInput(
+                    f"input '{tensor.name}': batch size {batch} differs from the other inputs' {rows}"
+                )
+        elif len(shape) != len(expected) or not _dims_match(shape, expected):
+            raise InvalidInput(
+                f"input '{tensor.name}': shape {dims_text(shape)} does not match the model's "
+                f"{dims_text(expected)} (-1 is any size)"
+            )
+        feeds[tensor.name] = tensor.data
+    if len(feeds) != len(config.inputs):
+        missing = [s.name for s in config.inputs if s.name not in feeds and not s.optional]
+        if missing:
+            raise InvalidInput(
+                f"model '{config.name}' expects {len(config.inputs)} inputs; missing: {', '.join(missing)}"
+            )
+    key = tuple(feeds[s.name].shape[1:] if s.name in feeds else None for s in config.inputs) if mbs > 0 else ()
+    return feeds, max(rows, 1), key
+
+
+def scheduling(parameters: dict[str, object]) -> tuple[int, int]:
+    """The request's ``priority`` (0: the model's default level) and ``timeout`` (microseconds, 0: none).
+
+    Both are Triton's request parameters; they must be integers >= 0. The
+    batcher checks the priority against the model's levels (InvalidInput
+    naming the range) and applies the timeout only where the model's queue
+    policy allows an override.
+    """
+    return _count_parameter(parameters, "priority", ""), _count_parameter(parameters, "timeout", " of microseconds")
+
+
+def _count_parameter(parameters: dict[str, object], name: str, unit: str) -> int:
+    value = parameters.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"parameter '{name}' must be an integer{unit} >= 0, not {value!r}")
+    return value
+
+
+def _dims_match(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    for got, want in zip(shape, expected):
+        if want != -1 and got != want:
+            return False
+    return True
