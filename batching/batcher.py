@@ -18,7 +18,9 @@ Contract:
 - Items with different ``key`` (e.g. non-batch shapes) are never merged.
 - At most ``max_concurrent_batches`` batches run at once; while all are busy,
   items keep queueing and the next batch is formed from them.
-- ``run_batch`` returns one result per item, in order, or raises: then every
+- ``run_batch`` returns one result per item, in order, or raises: either
+  at once (a list: it ran the batch right there, so no task is made for
+  it) or through an awaitable (it runs elsewhere). On an error every
   item of that batch gets the error (a ``ServingError`` as is, anything else
   wrapped in ``BackendError``) and the batcher keeps running. No future is
   ever left pending, also on ``stop()``. With ``preserve_ordering`` outcomes
@@ -69,7 +71,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        run_batch: Callable[[list[T]], Awaitable[list[R]]],
+        run_batch: Callable[[list[T]], Awaitable[list[R]] | list[R]],
         config: BatcherConfig,
         *,
         name: str = "batcher",
@@ -268,7 +270,8 @@ class DynamicBatcher(Generic[T, R]):
             if decision.rows == 0 and self._accepting:
                 await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
                 continue
-            self._dispatch(now, head, decision.rows or self.config.policy.max_batch_size)
+            if self._dispatch(now, head, decision.rows or self.config.policy.max_batch_size):
+                await asyncio.sleep(0)  # it ran right here: let the transports in before the next one
         if self._running:
             await asyncio.wait(set(self._running))
         if self._release is not None:
@@ -303,7 +306,8 @@ class DynamicBatcher(Generic[T, R]):
             if handle is not None:
                 handle.cancel()
 
-    def _dispatch(self, now: float, head: Entry[T, R], rows: int) -> None:
+    def _dispatch(self, now: float, head: Entry[T, R], rows: int) -> bool:
+        """Take a batch from the queues and run it; True when it ran (and finished) right here."""
         curve = self._estimator.curve
         slo = self._plan is not None and curve is not None
         expected = curve.predict(rows) if slo and curve is not None else 0.0  # at the quantile: deadlines are hard
@@ -312,38 +316,58 @@ class DynamicBatcher(Generic[T, R]):
         for entry in doomed:
             self._settle(entry, None, expiry_error(self.name, entry, Expiry.DEADLINE, now, expected))
         if not batch:
-            return
+            return False
         assert self._event_loop is not None
         end = now + (curve.mean(rows) if slo and curve is not None else 0.0)  # when admission expects it free
         self._ends.append(end)
         self._update_free_at()
-        task = self._event_loop.create_task(self._execute(batch, end))
+        started = self._clock()
+        try:
+            outcome = self._run_batch([e.item for e in batch])
+        except BaseException as exc:
+            self._finish(batch, end, started, None, exc)
+            return True
+        if isinstance(outcome, list):  # the owner ran it right here (a tiny batch on the loop)
+            self._finish(batch, end, started, outcome, None)
+            return True
+        task = self._event_loop.create_task(self._execute(batch, end, started, outcome))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        return False
 
     def _update_free_at(self) -> None:
         ends = self._ends
         self._free_at = min(ends) if len(ends) >= self.config.max_concurrent_batches else 0.0
 
-    async def _execute(self, batch: list[Entry[T, R]], end: float) -> None:
-        started = self._clock()
+    async def _execute(self, batch: list[Entry[T, R]], end: float, started: float, running: Awaitable[list[R]]) -> None:
         try:
-            results = await self._run_batch([e.item for e in batch])
-            if len(results) != len(batch):
-                raise BackendError(f"{self.name}: the batch returned {len(results)} results for {len(batch)} requests")
+            results = await running
         except BaseException as exc:
-            error = exc if isinstance(exc, ServingError) else BackendError(f"{self.name}: batch execution failed: {exc!r}")
-            if not isinstance(exc, (ServingError, asyncio.CancelledError)):
-                log.exception("%s: batch of %d failed", self.name, len(batch))
-            for entry in batch:
-                self._settle(entry, None, error)
+            self._finish(batch, end, started, None, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         else:
-            if self.config.measure_run_time:
-                self.record_run_time(sum(e.rows for e in batch), self._clock() - started)
-            for entry, result in zip(batch, results):
-                self._settle(entry, result, None)
+            self._finish(batch, end, started, results, None)
+
+    def _finish(self, batch: list[Entry[T, R]], end: float, started: float, results: list[R] | None,
+                exc: BaseException | None) -> None:
+        """Settle a batch's entries with its results or its error, then free its instance."""
+        try:
+            if exc is None and results is not None and len(results) != len(batch):
+                exc = BackendError(f"{self.name}: the batch returned {len(results)} results for {len(batch)} requests")
+            if exc is not None:
+                error = exc if isinstance(exc, ServingError) else BackendError(
+                    f"{self.name}: batch execution failed: {exc!r}")
+                if not isinstance(exc, (ServingError, asyncio.CancelledError)):
+                    log.error("%s: batch of %d failed", self.name, len(batch), exc_info=exc)
+                for entry in batch:
+                    self._settle(entry, None, error)
+            else:
+                assert results is not None
+                if self.config.measure_run_time:
+                    self.record_run_time(sum(e.rows for e in batch), self._clock() - started)
+                for entry, result in zip(batch, results):
+                    self._settle(entry, result, None)
         finally:
             self._ends.remove(end)
             self._update_free_at()

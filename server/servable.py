@@ -13,12 +13,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable
 
 import numpy as np
 
 from batching.batcher import DynamicBatcher, ScheduleEstimate
-from kernels.ort import KernelOptions, OrtKernel, read_signature
+from kernels.ort import BatchResult, KernelOptions, OrtKernel, read_signature
 from model_store.config import InstanceKind, ModelConfig
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
@@ -48,6 +48,7 @@ class _Work:
         self.trace = trace  # an ops.tracing.RequestTrace, or None (tracing off)
 
 
+Outputs = list[dict[str, np.ndarray]]  # one dict of output arrays per request of a batch
 DEFAULT_INLINE_RUN_MAX_US = 250
 
 
@@ -128,7 +129,8 @@ class Servable:
             _Work(inputs, trace), rows if self.rows_per_item else 1, key, deadline, priority, timeout_us
         )
 
-    async def _run_batch(self, items: list[_Work]) -> list[dict[str, np.ndarray]]:
+    def _run_batch(self, items: list[_Work]) -> Outputs | Awaitable[Outputs]:
+        """Run a batch here (a tiny one: its outputs, at once) or in the kernel's threads (an awaitable)."""
         start = time.perf_counter_ns()
         stats = self.stats
         queue_time = self.metrics.queue
@@ -139,15 +141,19 @@ class Servable:
                 item.trace.started_ns = start
         inputs = [i.inputs for i in items]
         rows = sum(len(next(iter(x.values()), ())) for x in inputs) if self.config.max_batch_size > 0 else 1
-        placement = self.placement
-        if placement.inline(rows):
-            result = self.kernel.run_batch(inputs)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.run_batch, inputs)
-            # How long the loop took to pick the results up: what a busy loop adds to every request.
-            self.batcher.record_loop_lag((time.perf_counter_ns() - result.end_ns) / 1e9)
-        placement.observe(rows, result.input_ns + result.infer_ns + result.output_ns)
-        stats.record_batch(rows, len(items), result.input_ns, result.infer_ns, result.output_ns)
+        if self.placement.inline(rows):
+            return self._ran(rows, len(items), start, self.kernel.run_batch(inputs))
+        return self._run_in_pool(rows, len(items), start, inputs)
+
+    async def _run_in_pool(self, rows: int, requests: int, start: int, inputs: list[dict[str, np.ndarray]]) -> Outputs:
+        result = await asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.run_batch, inputs)
+        # How long the loop took to pick the results up: what a busy loop adds to every request.
+        self.batcher.record_loop_lag((time.perf_counter_ns() - result.end_ns) / 1e9)
+        return self._ran(rows, requests, start, result)
+
+    def _ran(self, rows: int, requests: int, start: int, result: BatchResult) -> Outputs:
+        self.placement.observe(rows, result.input_ns + result.infer_ns + result.output_ns)
+        self.stats.record_batch(rows, requests, result.input_ns, result.infer_ns, result.output_ns)
         # The scheduler learns from compute time, which a busy event loop does not inflate.
         self.batcher.record_run_time(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
         self.metrics.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns,

@@ -195,3 +195,36 @@ def test_waiting_out_a_sub_millisecond_delay_does_not_spin_the_loop():
     finally:
         loop.close()
     assert cpu_per_request < 0.00025, f"{cpu_per_request * 1e6:.0f} us of CPU per request"
+
+
+async def test_a_batch_run_right_away_needs_no_task_and_lets_the_loop_run_between_batches():
+    """An owner that runs a (tiny) batch on the spot returns a list; errors raised on the spot fail that batch only."""
+    batches: list[list[int]] = []
+    ticks: list[int] = []
+
+    def run_now(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        if -1 in items:
+            raise RuntimeError("the kernel failed")
+        return [i * 10 for i in items]
+
+    b = DynamicBatcher(run_now, BatcherConfig(policy=BatchPolicy(max_batch_size=2)), name="now")
+    await b.start()
+
+    async def ticker() -> None:  # another task on the loop: it must get turns between the batches
+        for n in range(3):
+            ticks.append(len(batches))
+            await asyncio.sleep(0)
+
+    futures = [b.submit(i) for i in range(5)]
+    tick = asyncio.get_running_loop().create_task(ticker())
+    assert await asyncio.gather(*futures) == [0, 10, 20, 30, 40]
+    await tick
+    assert batches == [[0, 1], [2, 3], [4]]
+    assert ticks[1] < 3  # it ran before the third batch: the batcher yielded between batches
+    assert b.batches_in_flight == 0
+    failed = [b.submit(-1), b.submit(7)]
+    results = await asyncio.gather(*failed, return_exceptions=True)
+    assert all(isinstance(r, BackendError) and "the kernel failed" in str(r) for r in results)
+    assert await b.submit(8) == 80  # and it keeps serving
+    await b.stop()
