@@ -34,18 +34,18 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import time
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from batching.config import BatcherConfig, ScheduleEstimate
-from batching.estimate import ArrivalRate, LoopLag, RunTimeEstimator
+from batching.estimate import ArrivalRate, RunTimeEstimator
+from batching.planner import SloPlanner
 from batching.ordering import InOrderRelease, deliver
 from batching.policy import Decision, decide
 from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
-from batching.slo import SloPlan, batch_rows, decide_slo, predicted_latency
+from batching.slo import decide_slo, predicted_latency
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,6 @@ _NEVER = 1 << 62  # wake_rows that no queue reaches
 _LOG_EVERY_S = 1.0
 _COLD_BATCHES = 1  # with an objective but no run-time estimate yet, admit this many full batches per instance
 _PROBE_EVERY_S = 1.0  # an idle model whose estimate sheds even a lone request admits one this often
-_LAG_HOPS = 3  # loop crossings per request the batcher does not time: arrival, results, response
-_LAG_STEP_S = 0.0002  # the plan is rebuilt when the allowance moves by at least this much
-_MAX_LAG_SHARE = 0.5  # the allowance never takes more than this share of the budget
 
 __all__ = ["BatcherConfig", "DynamicBatcher", "ScheduleEstimate"]
 
@@ -86,16 +83,11 @@ class DynamicBatcher(Generic[T, R]):
         self._release = InOrderRelease() if config.preserve_ordering else None
         objective = config.objective
         self._estimator = RunTimeEstimator(quantile=objective.percentile / 100 if objective else 0.99)
-        self._plan: SloPlan | None = None
+        self._planner: SloPlanner | None = None
         self._rate: ArrivalRate | None = None
         if objective is not None:
-            self._plan = SloPlan(objective.budget_s, config.policy.max_batch_size, config.max_concurrent_batches,
-                                 objective.target_utilization)
+            self._planner = SloPlanner(objective, config.policy.max_batch_size, config.max_concurrent_batches)
             self._rate = ArrivalRate(objective.rate_time_constant_s)
-        self._nominal_budget_s = self._plan.budget_s if self._plan is not None else 0.0
-        self._lag = LoopLag(quantile=objective.percentile / 100 if objective else 0.99)
-        self._lag_allowance_s = 0.0
-        self._admission_batch = 1
         self._last = Decision()
         self._admitted_rows = 0
         self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
@@ -126,9 +118,9 @@ class DynamicBatcher(Generic[T, R]):
             arrival_rows_per_s=self._rate.rows_per_s if self._rate else 0.0,
             target_rows=self._last.wake_rows,
             wait_s=self._last.wait_s,
-            admission_batch_rows=self._admission_batch if self._plan else 0,
-            budget_s=self._plan.budget_s if self._plan else None,
-            loop_lag_allowance_s=self._lag_allowance_s,
+            admission_batch_rows=self._planner.admission_batch if self._planner else 0,
+            budget_s=self._planner.plan.budget_s if self._planner else None,
+            loop_lag_allowance_s=self._planner.lag_allowance_s if self._planner else 0.0,
         )
 
     async def start(self) -> None:
@@ -163,7 +155,7 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.name}: {which} is full ({queues.policy(level).max_queue_size} requests waiting); retry later"
             )
         now = self._clock()
-        if self._plan is not None:
+        if self._planner is not None:
             self._admit(now, level, rows, deadline)
         policy = queues.policy(level)
         timeout = policy.timeout_for(timeout_us) if (timeout_us or policy.timeout_s) else 0.0
@@ -181,9 +173,10 @@ class DynamicBatcher(Generic[T, R]):
 
     def _admit(self, now: float, level: int, rows: int, deadline: float | None) -> None:
         """Shed a request predicted to miss the objective (QueueFull) or its own deadline (DeadlineExceeded)."""
-        plan = self._plan
-        if plan is None:
+        planner = self._planner
+        if planner is None:
             return
+        plan = planner.plan
         curve = self._estimator.curve
         ahead = self._queues.rows_up_to(level)
         if curve is None:
@@ -195,7 +188,7 @@ class DynamicBatcher(Generic[T, R]):
                 )
             return
         busy = self._free_at - now if self._free_at > now else 0.0
-        predicted = predicted_latency(plan, curve, ahead, rows, busy, self._admission_batch)
+        predicted = predicted_latency(plan, curve, ahead, rows, busy, planner.admission_batch)
         if predicted > plan.budget_s and not self._probe(now):
             objective = self.config.objective
             assert objective is not None
@@ -278,10 +271,10 @@ class DynamicBatcher(Generic[T, R]):
             self._release.release()
 
     def _decide(self, now: float, oldest_wait_s: float) -> Decision:
-        if self._plan is None or self._rate is None:
+        if self._planner is None or self._rate is None:
             return decide(self.config.policy, self._queues.rows, oldest_wait_s)
         rate = self._rate.update(now, self._admitted_rows)
-        self._last = decide_slo(self._plan, self._estimator.curve, self._queues.rows, oldest_wait_s, rate)
+        self._last = decide_slo(self._planner.plan, self._estimator.curve, self._queues.rows, oldest_wait_s, rate)
         return self._last
 
     async def _sleep(self, timeout_s: float, wake_rows: int) -> None:
@@ -309,7 +302,7 @@ class DynamicBatcher(Generic[T, R]):
     def _dispatch(self, now: float, head: Entry[T, R], rows: int) -> bool:
         """Take a batch from the queues and run it; True when it ran (and finished) right here."""
         curve = self._estimator.curve
-        slo = self._plan is not None and curve is not None
+        slo = self._planner is not None and curve is not None
         expected = curve.predict(rows) if slo and curve is not None else 0.0  # at the quantile: deadlines are hard
         doomed: list[Entry[T, R]] = []
         batch = self._queues.take(head, rows, now + expected, doomed)
@@ -385,11 +378,9 @@ class DynamicBatcher(Generic[T, R]):
         """Feed the run-time estimate one batch of ``rows`` rows that took ``seconds`` (see ``measure_run_time``)."""
         estimator = self._estimator
         estimator.observe(rows, seconds)
-        if self._plan is not None:
+        if self._planner is not None:
             self._last_run_at = self._clock()
-            curve = estimator.curve
-            if curve is not None:
-                self._admission_batch = batch_rows(self._plan, curve)
+            self._planner.refit(estimator.curve)
         if log.isEnabledFor(logging.DEBUG):
             curve = estimator.curve
             if curve is None:
@@ -400,24 +391,7 @@ class DynamicBatcher(Generic[T, R]):
                 log.debug("%s: %s", self.name, self.estimate.describe())
 
     def record_loop_lag(self, seconds: float) -> None:
-        """How late the event loop took up one batch's results (reported by the owner for batches run off the loop).
-
-        With an objective, the budget the plan works with is the nominal one minus ``_LAG_HOPS`` times
-        this lag at the objective's percentile over the last 128 batches (``LoopLag``): a request crosses
-        the loop about that many times outside the batcher's view (its arrival reaching the handler,
-        its results reaching the handler, its response being written), and each crossing waits about
-        as long as this one. A busy loop (a CPU-bound transport, shedding at twice capacity, a noisy
-        neighbour) thus shrinks batches and sheds earlier instead of letting admitted requests miss.
-        """
-        plan = self._plan
-        if plan is None:
-            return
-        lag = self._lag.observe(seconds)
-        allowance = min(_LAG_HOPS * lag, _MAX_LAG_SHARE * self._nominal_budget_s)
-        if abs(allowance - self._lag_allowance_s) < _LAG_STEP_S:
-            return
-        self._lag_allowance_s = allowance
-        self._plan = dataclasses.replace(plan, budget_s=self._nominal_budget_s - allowance)
-        curve = self._estimator.curve
-        if curve is not None:
-            self._admission_batch = batch_rows(self._plan, curve)
+        """How late the event loop took up one batch's results (reported by the owner for batches run off
+        the loop); with an objective it comes off the budget (batching/planner.py)."""
+        if self._planner is not None:
+            self._planner.observe_loop_lag(seconds, self._estimator.curve)
