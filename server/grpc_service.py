@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import deque
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import grpc
@@ -179,10 +179,13 @@ class InferenceServicer:
             ready.append(out)
             wake.set()
 
-        def settled(request: pb.ModelInferRequest, call: Any, future: asyncio.Future[Any]) -> None:
+        def released(future: asyncio.Future[Any]) -> None:
             pending.discard(future)
             if len(pending) < _STREAM_WINDOW:
                 room.set()
+
+        def settled(request: pb.ModelInferRequest, call: Any, future: asyncio.Future[Any]) -> None:
+            released(future)
             try:
                 answer(request, dp.finish(call, future))
             except asyncio.CancelledError:
@@ -206,7 +209,7 @@ class InferenceServicer:
                 return
             if started is None:
                 future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(request, infer))
-                future.add_done_callback(pending.discard)
+                future.add_done_callback(released)
             else:
                 future, call = started
                 future.add_done_callback(functools.partial(settled, request, call))

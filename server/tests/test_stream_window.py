@@ -1,0 +1,51 @@
+"""ModelStreamInfer's window: reading pauses while the window is full and resumes as answers leave.
+
+In process (the window is a module constant), with a real grpc.aio server and a real onnxruntime
+model; the window is shrunk to 4 so that a 60-request stream fills it many times over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
+from server import grpc_service
+from server.app import App
+from server.settings import Settings
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return write_model_repository(tmp_path, {"add_one": ModelSpec(write_add_constant_model)})
+
+
+async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeypatch):
+    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+    app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
+    await app.start()
+    try:
+        def requests():
+            for i in range(60):
+                msg = service_pb2.ModelInferRequest(model_name="add_one", id=str(i))
+                msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+                msg.raw_input_contents.append(np.full((1, 16), i, np.float32).tobytes())
+                yield msg
+            bad = service_pb2.ModelInferRequest(model_name="nope", id="bad")
+            yield bad
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            replies = [r async for r in stub.ModelStreamInfer(requests(), timeout=30)]
+    finally:
+        await app.stop()
+    answered = {r.infer_response.id: r for r in replies}
+    assert len(replies) == 61 and len(answered) == 61  # every request answered once, none lost in the pauses
+    for i in range(60):
+        out = np.frombuffer(answered[str(i)].infer_response.raw_output_contents[0], np.float32)
+        assert out.tolist() == [i + 1.0] * 16
+    assert "unknown model 'nope'" in answered["bad"].error_message
