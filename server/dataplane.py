@@ -174,20 +174,16 @@ class DataPlane:
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, admit, validate, queue and answer one request; raises ``ServingError``."""
-        call = self._resolve(request)
+        call = self._begin(request, self._servable(request))
         servable, config = call.servable, call.servable.config
         try:
             if self._limiter is not None:
                 await self._admit(request, config.name)
             if self._cache is not None and config.response_cache:
-                feeds, rows, key = self._prepare(call)
-                priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
-                outputs = await self._cache.fetch(
-                    servable, request.inputs, request.requested_outputs,
-                    lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us),
-                )
+                outputs = await self._cache.fetch(servable, request.inputs, request.requested_outputs,
+                                                  self._submitter(call))
             else:
-                outputs = await self._queue(call)
+                outputs = await self._submitter(call)()
         except BaseException as exc:
             self._fail(call, exc)
             raise
@@ -198,17 +194,17 @@ class DataPlane:
 
         Queues the request and returns its batcher future with the call to pass to ``finish``
         once that future is done; raises ``ServingError`` at once for a request refused before
-        queueing. Returns None, having done nothing, when the request must await something
+        queueing. Returns None, having counted nothing, when the request must await something
         before it can queue (a tenant rate limit, the response cache): then use ``infer``.
         """
         if self._limiter is not None:
             return None
-        call = self._resolve(request)
-        if self._cache is not None and call.servable.config.response_cache:
-            call.servable.metrics.inflight -= 1
+        servable = self._servable(request)
+        if self._cache is not None and servable.config.response_cache:
             return None
+        call = self._begin(request, servable)
         try:
-            return self._queue(call), call
+            return self._submitter(call)(), call
         except BaseException as exc:
             self._fail(call, exc)
             raise
@@ -224,37 +220,36 @@ class DataPlane:
             raise exc
         return self._succeed(call, future.result())
 
-    def _resolve(self, request: InferRequest) -> "Call":
-        """The servable that answers ``request`` (router, then registry); counts it in flight from here."""
+    def _servable(self, request: InferRequest) -> Servable:
+        """The servable that answers ``request`` (router, then registry); an unresolved request is counted."""
         version = request.model_version
         if not version and self._router is not None:
             version = self._router.version_for(request.model_name, request.id)
         try:
             try:
-                servable = self.registry.get(request.model_name, version)
+                return self.registry.get(request.model_name, version)
             except ServingError:
                 if version == request.model_version:
                     raise
                 # The split names a version that is gone here (its folder was removed): serve the latest.
-                servable = self.registry.get(request.model_name)
+                return self.registry.get(request.model_name)
         except ServingError as exc:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
+
+    def _begin(self, request: InferRequest, servable: Servable) -> "Call":
+        """From here the request is in flight: it ends in ``_succeed`` or ``_fail``."""
         servable.metrics.inflight += 1
         return Call(request, servable, time.perf_counter_ns())
 
-    def _prepare(self, call: "Call") -> tuple[dict[str, np.ndarray], int, tuple]:
-        request = call.request
-        prepared = validate(call.servable.config, request)
+    def _submitter(self, call: "Call") -> "Callable[[], asyncio.Future[dict[str, np.ndarray]]]":
+        """Validate the request now; return what queues it (called at once, or by the cache on a miss)."""
+        request, servable = call.request, call.servable
+        feeds, rows, key = validate(servable.config, request)
         if request.trace is not None:
             request.trace.enqueued_ns = time.perf_counter_ns()
-        return prepared
-
-    def _queue(self, call: "Call") -> "asyncio.Future[dict[str, np.ndarray]]":
-        feeds, rows, key = self._prepare(call)
-        request = call.request
         priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
-        return call.servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+        return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
 
     def _fail(self, call: "Call", exc: BaseException) -> None:
         servable, request = call.servable, call.request
