@@ -43,7 +43,7 @@ from batching.config import BatcherConfig, ScheduleEstimate
 from batching.estimate import ArrivalRate, RunTimeEstimator
 from batching.planner import SloPlanner
 from batching.ordering import InOrderRelease, deliver
-from batching.policy import Decision, decide
+from batching.policy import Decision, WaitPayoff, decide
 from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
 from batching.slo import decide_slo, predicted_latency
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
@@ -89,6 +89,7 @@ class DynamicBatcher(Generic[T, R]):
             self._planner = SloPlanner(objective, config.policy.max_batch_size, config.max_concurrent_batches)
             self._rate = ArrivalRate(objective.rate_time_constant_s)
         self._last = Decision()
+        self._payoff = WaitPayoff()  # static delay only: SLO mode sizes its waits from the arrival rate
         self._admitted_rows = 0
         self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
         self._seq = 0
@@ -261,8 +262,10 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             decision = self._decide(now, now - oldest_at)
             if decision.rows == 0 and self._accepting:
+                self._payoff.waiting(queues.rows)
                 await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
                 continue
+            self._payoff.dispatched(now, queues.rows)
             if self._dispatch(now, head, decision.rows or self.config.policy.max_batch_size):
                 await asyncio.sleep(0)  # it ran right here: let the transports in before the next one
         if self._running:
@@ -272,7 +275,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def _decide(self, now: float, oldest_wait_s: float) -> Decision:
         if self._planner is None or self._rate is None:
-            return decide(self.config.policy, self._queues.rows, oldest_wait_s)
+            return decide(self.config.policy, self._queues.rows, oldest_wait_s, self._payoff.pays(now))
         rate = self._rate.update(now, self._admitted_rows)
         self._last = decide_slo(self._planner.plan, self._estimator.curve, self._queues.rows, oldest_wait_s, rate)
         return self._last

@@ -40,13 +40,14 @@ class Decision:
     wake_rows: int = 0
 
 
-def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float) -> Decision:
+def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float, wait_pays: bool = True) -> Decision:
     """Decide for the rows that can share a batch with the oldest request.
 
     - a full batch (``max_batch_size`` rows) goes at once;
     - before the delay, reaching exactly a preferred size dispatches it at once;
     - once the oldest request has waited ``max_queue_delay_s``, whatever is queued goes
-      (as Triton does when no preferred size can be formed);
+      (as Triton does when no preferred size can be formed); so does it at once when
+      ``wait_pays`` is False (recent waits gathered nothing: ``WaitPayoff``);
     - otherwise wait for the rest of the oldest request's delay, or until the
       next preferred size or a full batch is queued.
     """
@@ -58,7 +59,50 @@ def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float) -> Decis
     if queued_rows in policy.preferred_batch_sizes:
         return Decision(rows=queued_rows)
     remaining = policy.max_queue_delay_s - oldest_wait_s
-    if remaining <= 0:
+    if remaining <= 0 or not wait_pays:
         return Decision(rows=queued_rows)
     wake = min((p for p in policy.preferred_batch_sizes if p > queued_rows), default=cap)
     return Decision(wait_s=remaining, wake_rows=wake)
+
+
+FRUITLESS_WAITS = 8  # consecutive waits that gathered no row before the delay is skipped
+WAIT_PROBE_S = 0.1  # while the delay is skipped, one batch in this long waits it out again
+
+
+class WaitPayoff:
+    """Whether waiting out ``max_queue_delay`` still gathers rows; the batcher stops waiting when it does not.
+
+    The delay buys batches only if more requests arrive while a request waits. A caller that sends
+    its next request only after the answer (a single client, a synchronous service) never adds to
+    its own batch: every wait is pure latency, and the event loop's timers make a sub-millisecond
+    delay last 1-2 ms. So after ``FRUITLESS_WAITS`` consecutive waits that ended with no more rows
+    queued than they began with, ``pays`` turns False and requests go at once; one wait per
+    ``WAIT_PROBE_S`` still happens, and the first wait that gathers a row turns waiting back on.
+    Under load waits keep gathering rows and nothing changes. Fed by the batcher: ``waiting`` when
+    a wait begins, ``dispatched`` with the rows queued when the next batch goes.
+    """
+
+    __slots__ = ("_fruitless", "_from_rows", "_probe_at")
+
+    def __init__(self) -> None:
+        self._fruitless = 0
+        self._from_rows = 0  # rows queued when the current wait began; 0: not waiting
+        self._probe_at = 0.0
+
+    def pays(self, now: float) -> bool:
+        return self._fruitless < FRUITLESS_WAITS or now >= self._probe_at
+
+    def waiting(self, queued_rows: int) -> None:
+        if not self._from_rows:
+            self._from_rows = queued_rows
+
+    def dispatched(self, now: float, queued_rows: int) -> None:
+        if not self._from_rows:
+            return  # this batch did not wait
+        if queued_rows > self._from_rows:
+            self._fruitless = 0
+        else:
+            self._fruitless += 1
+            if self._fruitless >= FRUITLESS_WAITS:
+                self._probe_at = now + WAIT_PROBE_S
+        self._from_rows = 0

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from batching.batcher import BatcherConfig, DynamicBatcher
-from batching.policy import BatchPolicy
+from batching.policy import FRUITLESS_WAITS, WAIT_PROBE_S, BatchPolicy
 from batching.testing import FakeKernel
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull
 
@@ -34,6 +34,33 @@ async def test_delay_is_honoured_then_partial_batch_goes():
     waited = time.monotonic() - t0
     assert rec.batches == [[0, 1, 2]]
     assert 0.045 <= waited < 1.0
+    await b.stop()
+
+
+async def test_a_lone_caller_stops_paying_the_delay_and_a_second_caller_brings_it_back():
+    """Waits that gather nothing (a caller that sends only after each answer) are skipped after
+    FRUITLESS_WAITS of them; one wait per WAIT_PROBE_S still happens, and one that gathers a row
+    turns waiting back on."""
+    rec = FakeKernel()
+    delay = 0.05
+    b = make(rec, max_batch_size=8, delay_s=delay)
+    await b.start()
+
+    async def lone(i: int) -> float:
+        t0 = time.monotonic()
+        assert await b.submit(i) == i * 10
+        return time.monotonic() - t0
+
+    waited = [await lone(i) for i in range(FRUITLESS_WAITS + 2)]
+    assert all(w >= delay * 0.9 for w in waited[:FRUITLESS_WAITS]), waited
+    assert all(w < delay * 0.8 for w in waited[FRUITLESS_WAITS:]), waited  # dispatched at once
+    await asyncio.sleep(WAIT_PROBE_S)
+    first = b.submit(100)  # the probe waits the delay ...
+    await asyncio.sleep(delay / 5)
+    second = b.submit(101)  # ... and gathers a second caller's request
+    assert await asyncio.gather(first, second) == [1000, 1010]
+    assert rec.batches[-1] == [100, 101]
+    assert await lone(102) >= delay * 0.9  # waiting is back on
     await b.stop()
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from batching.policy import BatchPolicy, Decision, decide
+from batching.policy import FRUITLESS_WAITS, WAIT_PROBE_S, BatchPolicy, Decision, WaitPayoff, decide
 
 P = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.010)
 PREF = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.010, preferred_batch_sizes=(4, 8))
@@ -25,6 +25,46 @@ NO_DELAY = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0)
 )
 def test_decide(policy, rows, waited, expected):
     assert decide(policy, rows, waited) == expected
+
+
+@pytest.mark.parametrize(
+    "policy, rows, waited, expected",
+    [
+        (P, 0, 0.0, Decision()),  # nothing queued
+        (P, 3, 0.0, Decision(rows=3)),  # waiting does not pay: what is queued goes at once
+        (P, 20, 0.0, Decision(rows=8)),  # still capped at max_batch_size
+        (PREF, 2, 0.001, Decision(rows=2)),  # no waiting for the next preferred size either
+    ],
+)
+def test_decide_when_waiting_does_not_pay(policy, rows, waited, expected):
+    assert decide(policy, rows, waited, wait_pays=False) == expected
+
+
+def test_wait_payoff_stops_waiting_after_fruitless_waits_and_probes_again():
+    payoff = WaitPayoff()
+    now = 0.0
+    for _ in range(FRUITLESS_WAITS):
+        assert payoff.pays(now)
+        payoff.waiting(1)  # a lone request waits ...
+        now += 0.001
+        payoff.dispatched(now, 1)  # ... and goes alone
+    assert not payoff.pays(now)
+    payoff.dispatched(now, 1)  # a batch that did not wait changes nothing
+    assert not payoff.pays(now + WAIT_PROBE_S / 2)
+    now += WAIT_PROBE_S
+    assert payoff.pays(now)  # the probe: one wait
+    payoff.waiting(1)
+    payoff.dispatched(now, 1)  # gathered nothing: skip again for another probe interval
+    assert not payoff.pays(now)
+    now += WAIT_PROBE_S
+    assert payoff.pays(now)
+    payoff.waiting(1)
+    payoff.waiting(2)  # the wait is woken and resumed: it still counts from where it began
+    payoff.dispatched(now, 3)  # gathered rows: waiting pays again
+    assert payoff.pays(now)
+    payoff.waiting(2)
+    payoff.dispatched(now, 2)
+    assert payoff.pays(now)  # one fruitless wait is not enough to stop
 
 
 @pytest.mark.parametrize(
