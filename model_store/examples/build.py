@@ -79,7 +79,7 @@ name: "mlp"
 platform: "onnxruntime_onnx"
 max_batch_size: 256
 dynamic_batching {
-  max_queue_delay_microseconds: 200
+  max_queue_delay_microseconds: 2000
 }
 """
 

@@ -257,7 +257,7 @@ def test_example_configs_are_valid_triton_model_configs() -> None:
         (1, "KIND_CPU")
     ]
     mlp = text_format.Parse((REPOSITORY / "mlp" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    assert (mlp.max_batch_size, mlp.dynamic_batching.max_queue_delay_microseconds) == (256, 200)
+    assert (mlp.max_batch_size, mlp.dynamic_batching.max_queue_delay_microseconds) == (256, 2000)
     assert set(EXAMPLE_MODELS) == {"dense", "simple", "add_one", "mlp"}
 
 
