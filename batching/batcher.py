@@ -103,13 +103,8 @@ class DynamicBatcher(Generic[T, R]):
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
 
-    @property
-    def queue_depth(self) -> int:
-        return self._queues.count
-
-    @property
-    def batches_in_flight(self) -> int:
-        return len(self._running)
+    queue_depth = property(lambda self: self._queues.count)
+    batches_in_flight = property(lambda self: len(self._running))
 
     @property
     def estimate(self) -> ScheduleEstimate:
@@ -122,6 +117,7 @@ class DynamicBatcher(Generic[T, R]):
             admission_batch_rows=self._planner.admission_batch if self._planner else 0,
             budget_s=self._planner.plan.budget_s if self._planner else None,
             loop_lag_allowance_s=self._planner.lag_allowance_s if self._planner else 0.0,
+            admission_tail_scale=self._planner.tail_scale if self._planner else 1.0,
         )
 
     async def start(self) -> None:
@@ -189,7 +185,7 @@ class DynamicBatcher(Generic[T, R]):
                 )
             return
         busy = self._free_at - now if self._free_at > now else 0.0
-        predicted = predicted_latency(plan, curve, ahead, rows, busy, planner.admission_batch)
+        predicted = predicted_latency(plan, curve, ahead, rows, busy, planner.admission_batch, planner.tail_scale)
         if predicted > plan.budget_s and not self._probe(now):
             objective = self.config.objective
             assert objective is not None
@@ -290,10 +286,8 @@ class DynamicBatcher(Generic[T, R]):
         handle = None
         if timeout_s != math.inf:
             assert self._event_loop is not None
-            # Event-loop timers are 1 ms coarse: uvloop rounds a wait under 0.5 ms to zero, so the
-            # loop would wake, re-decide and sleep again dozens of times before the clock caught
-            # up. Never asking for less than one tick makes one wake-up per wait; a delay under
-            # 1 ms therefore lasts up to 1 ms (new arrivals still wake the loop at once).
+            # Timers are 1 ms coarse (uvloop fires a wait under 0.5 ms at once): at least one tick makes one
+            # wake-up per wait, not dozens of re-decisions; a sub-ms delay lasts 1-2 ms (README, Dynamic batching).
             handle = self._event_loop.call_later(max(timeout_s, _TIMER_RESOLUTION_S), wake.set)
         try:
             await wake.wait()
@@ -362,6 +356,8 @@ class DynamicBatcher(Generic[T, R]):
                 assert results is not None
                 if self.config.measure_run_time:
                     self.record_run_time(sum(e.rows for e in batch), self._clock() - started)
+                if self._planner is not None:
+                    self._planner.settled(self._clock(), (e.enqueued_at for e in batch))
                 for entry, result in zip(batch, results):
                     self._settle(entry, result, None)
         finally:

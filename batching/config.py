@@ -56,6 +56,7 @@ class ScheduleEstimate:
     admission_batch_rows: int  # the batch size admission plans with (objective mode)
     budget_s: float | None  # the objective minus headroom and loop-lag allowance; None without an objective
     loop_lag_allowance_s: float = 0.0  # taken off the budget for the measured event-loop lag (objective mode)
+    admission_tail_scale: float = 1.0  # the calibrated scale of the run-time tail admission prices (objective mode)
 
     def describe(self) -> str:
         """One line for the DEBUG log (batching/README.md shows one)."""
@@ -64,4 +65,5 @@ class ScheduleEstimate:
                f"+{c.margin * 100:.0f}% margin ({c.samples} batches)" if c is not None else "no run-time fit yet")
         return (f"{fit}; arrivals {self.arrival_rows_per_s:.0f} rows/s; last decision: target {self.target_rows} "
                 f"rows, wait {self.wait_s * 1e3:.2f} ms; admission plans {self.admission_batch_rows}-row batches; "
-                f"loop lag allowance {self.loop_lag_allowance_s * 1e3:.2f} ms")
+                f"loop lag allowance {self.loop_lag_allowance_s * 1e3:.2f} ms; "
+                f"admission tail x{self.admission_tail_scale:.2f}")

@@ -72,19 +72,30 @@ class SloPlan:
     target_utilization: float = 0.5
 
 
+KEEP_UP_UTILIZATION = 0.9  # when no batch keeps the instances at target_utilization: the busiest they may run
+
+
 def rows_needed(plan: SloPlan, curve: RunTimeCurve, arrival_rate: float) -> int:
-    """The smallest batch that serves ``arrival_rate`` rows/s at ``target_utilization`` (max_batch_size if none can).
+    """The smallest batch (up to max_batch_size) that serves ``arrival_rate`` rows/s at ``target_utilization``;
+    when none can, the smallest that serves it at ``KEEP_UP_UTILIZATION``; when none can, max_batch_size.
 
     With the mean run time ``t(b) = A + C*b``: ``instances * b / t(b) >= rate / rho``
-    gives ``b >= rate*A / (rho*instances - rate*C)``.
+    gives ``b >= rate*A / (rho*instances - rate*C)``. Near capacity no batch keeps the instances
+    half idle; aiming at the largest batch then made the scheduler wait for rows while an instance
+    sat idle, spending much of the oldest request's budget on the wait (a median 7-15 ms above the
+    fixed delays' near capacity in bench-scheduling). The batch that just keeps up waits less, and
+    a backlog still grows batches up to ``batch_rows``.
     """
     if arrival_rate <= 0:
         return 1
     a, c = curve.intercept_s, curve.per_row_s  # utilisation is about the mean run time, not its tail
-    capacity = plan.target_utilization * plan.instances - arrival_rate * c
-    if capacity <= 0:
-        return plan.max_batch_size
-    return max(1, min(plan.max_batch_size, math.ceil(arrival_rate * a / capacity - 1e-9)))
+    for rho in (plan.target_utilization, max(plan.target_utilization, KEEP_UP_UTILIZATION)):
+        capacity = rho * plan.instances - arrival_rate * c
+        if capacity > 0:
+            rows = math.ceil(arrival_rate * a / capacity - 1e-9)
+            if rows <= plan.max_batch_size:
+                return max(1, rows)
+    return plan.max_batch_size
 
 
 def rows_reachable(curve: RunTimeCurve, queued_rows: int, remaining_s: float, arrival_rate: float) -> int:
@@ -157,7 +168,8 @@ def batch_rows(plan: SloPlan, curve: RunTimeCurve) -> int:
 
 
 def predicted_latency(
-    plan: SloPlan, curve: RunTimeCurve | None, rows_ahead: int, rows: int, busy_for_s: float, batch: int
+    plan: SloPlan, curve: RunTimeCurve | None, rows_ahead: int, rows: int, busy_for_s: float, batch: int,
+    tail_scale: float = 1.0,
 ) -> float:
     """Predicted seconds from now until a request of ``rows`` rows is answered (0 without an estimate).
 
@@ -171,6 +183,8 @@ def predicted_latency(
     root of the sum of their squares. (Counting every batch at the quantile
     priced a request behind one batch as if both ran in their tail, about
     1 in 10,000 at p99, and shed requests that would have made it.)
+    ``tail_scale`` scales that tail: the planner calibrates it against the
+    latencies admitted requests turn out to have (batching/planner.py).
     """
     if curve is None:
         return 0.0
@@ -180,4 +194,4 @@ def predicted_latency(
     tail_sq = rounds_ahead * full * full + own * own
     if busy_for_s > 0:
         tail_sq += full * full  # the running batch may overrun too
-    return busy_for_s + rounds_ahead * full + own + curve.margin * math.sqrt(tail_sq)
+    return busy_for_s + rounds_ahead * full + own + tail_scale * curve.margin * math.sqrt(tail_sq)

@@ -25,6 +25,9 @@ SCHEDULER_GAUGES: tuple[tuple[str, str, str], ...] = (
      "The latency objective minus headroom and loop-lag allowance (latency objective only)"),
     ("lag", "fleetserve_scheduler_loop_lag_allowance_seconds",
      "Taken off the budget for the measured event-loop lag (latency objective only)"),
+    ("tail", "fleetserve_scheduler_admission_tail_scale_ratio",
+     "Calibrated scale of the run-time tail admission prices; falls while admitted requests meet the objective "
+     "(latency objective only)"),
 )
 
 
@@ -42,7 +45,7 @@ def scheduler_families(handles: Iterable[Any], labels: Sequence[str]) -> Iterato
             values.update(intercept=e.curve.intercept_s, per_row=e.curve.per_row_s, margin=e.curve.margin)
         if e.budget_s is not None:
             values.update(arrivals=e.arrival_rows_per_s, admission=e.admission_batch_rows, budget=e.budget_s,
-                          lag=e.loop_lag_allowance_s)
+                          lag=e.loop_lag_allowance_s, tail=e.admission_tail_scale)
         for key, value in values.items():
             families[key].add_metric([h.model, h.version], float(value))
     yield from families.values()

@@ -314,6 +314,23 @@ async def test_a_lagging_event_loop_comes_off_the_budget():
     await b.stop()
 
 
+async def test_admission_calibrates_its_tail_against_the_requests_it_answers():
+    """Requests answered within the budget lower the admission tail (fewer sheds); late ones raise it."""
+    b, clock, kernel = await warmed_up(LatencyObjective(0.010))
+    start = b.estimate.admission_tail_scale
+    for _ in range(50):
+        clock.advance(0.1)  # sparse arrivals: each goes at once
+        await b.submit(100)  # alone on an idle instance: well within the 9 ms budget
+    lowered = b.estimate.admission_tail_scale
+    assert lowered < start
+    assert "admission tail x" in b.estimate.describe()
+    kernel.run_time = lambda rows: 0.050  # a stall: every batch takes 50 ms
+    clock.advance(0.1)
+    await b.submit(100)
+    assert b.estimate.admission_tail_scale > lowered
+    await b.stop()
+
+
 async def test_requests_that_cannot_meet_the_objective_are_shed_at_once():
     gate = asyncio.Event()
     b, clock, kernel = await warmed_up(LatencyObjective(0.010), gate=gate)

@@ -65,7 +65,9 @@ def test_decide_slo(plan, curve, queued, oldest_wait, rate, expected):
         (PLAN, CURVE, 100.0, 1),
         (PLAN, CURVE, 2000.0, 14),  # 2000 * 2 ms / (0.5 - 2000 * 0.1 ms)
         (TWO, CURVE, 2000.0, 5),
-        (PLAN, CURVE, 5000.0, 64),  # beyond what half the instance can serve: the largest batch
+        (PLAN, CURVE, 4000.0, 16),  # half busy takes 80 rows, over max_batch_size: 90% busy, 4000 * 2 ms / 0.5
+        (PLAN, CURVE, 5000.0, 25),  # beyond half the instance: the batch that keeps it 90% busy, 5000 * 2 ms / 0.4
+        (PLAN, CURVE, 10000.0, 64),  # beyond even that: the largest batch
         (PLAN, SLOW, 2000.0, 14),  # utilisation is about the mean: the spread does not count
     ],
 )
@@ -106,6 +108,14 @@ def test_rows_reachable(queued, remaining, rate, rows):
 def test_predicted_latency(plan, curve, ahead, rows, busy, expected):
     batch = batch_rows(plan, curve) if curve else 1
     assert predicted_latency(plan, curve, ahead, rows, busy, batch) == approx(expected)
+
+
+@pytest.mark.parametrize("tail_scale", [0.25, 0.5, 2.0])
+def test_the_calibrated_tail_scales_only_the_overruns(tail_scale):
+    batch = batch_rows(PLAN, SLOW)
+    means = 0.0198  # three 46-row batches on its path, at their mean
+    got = predicted_latency(PLAN, SLOW, 100, 1, 0.0, batch, tail_scale)
+    assert got == approx(means + tail_scale * 0.0066 * 3 ** 0.5)
 
 
 @pytest.mark.parametrize(

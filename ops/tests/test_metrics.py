@@ -84,7 +84,7 @@ def test_the_schedulers_estimate_is_exported_per_model_version():
     metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
     slo = ScheduleEstimate(curve=RunTimeCurve(0.002, 0.0001, margin=0.25, samples=40), arrival_rows_per_s=2000.0,
                            target_rows=14, wait_s=0.006, admission_batch_rows=46, budget_s=0.0171,
-                           loop_lag_allowance_s=0.0009)
+                           loop_lag_allowance_s=0.0009, admission_tail_scale=0.6)
     metrics.servable("slo", "1").attach(FakeQueue(0, slo), 1)
     fixed = ScheduleEstimate(curve=None, arrival_rows_per_s=0.0, target_rows=0, wait_s=0.0, admission_batch_rows=0,
                              budget_s=None)
@@ -100,6 +100,7 @@ def test_the_schedulers_estimate_is_exported_per_model_version():
     assert got[("fleetserve_scheduler_admission_batch_rows", mv)] == 46
     assert got[("fleetserve_scheduler_budget_seconds", mv)] == pytest.approx(0.0171)
     assert got[("fleetserve_scheduler_loop_lag_allowance_seconds", mv)] == pytest.approx(0.0009)
+    assert got[("fleetserve_scheduler_admission_tail_scale_ratio", mv)] == pytest.approx(0.6)
     other = L(model="fixed", version="2")
     assert got[("fleetserve_scheduler_target_batch_rows", other)] == 0
     assert ("fleetserve_scheduler_budget_seconds", other) not in got  # no objective: no budget
