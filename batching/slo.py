@@ -82,7 +82,7 @@ def rows_needed(plan: SloPlan, curve: RunTimeCurve, arrival_rate: float) -> int:
     With the mean run time ``t(b) = A + C*b``: ``instances * b / t(b) >= rate / rho``
     gives ``b >= rate*A / (rho*instances - rate*C)``. Near capacity no batch keeps the instances
     half idle; aiming at the largest batch then made the scheduler wait for rows while an instance
-    sat idle, spending much of the oldest request's budget on the wait (a median 7-15 ms above the
+    sat idle, spending much of the oldest request's budget on the wait (a median 7-20 ms above the
     fixed delays' near capacity in bench-scheduling). The batch that just keeps up waits less, and
     a backlog still grows batches up to ``batch_rows``.
     """
