@@ -49,7 +49,6 @@ from batching.slo import decide_slo, predicted_latency
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
 
 log = logging.getLogger(__name__)
-
 _TIMER_RESOLUTION_S = 0.001
 
 T = TypeVar("T")
@@ -89,7 +88,7 @@ class DynamicBatcher(Generic[T, R]):
             self._planner = SloPlanner(objective, config.policy.max_batch_size, config.max_concurrent_batches)
             self._rate = ArrivalRate(objective.rate_time_constant_s)
         self._last = Decision()
-        self._payoff = WaitPayoff()  # static delay only: SLO mode sizes its waits from the arrival rate
+        self._payoff = WaitPayoff()  # read by the static policy only (SLO mode plans its own waits)
         self._admitted_rows = 0
         self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
         self._seq = 0
@@ -103,8 +102,13 @@ class DynamicBatcher(Generic[T, R]):
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
 
-    queue_depth = property(lambda self: self._queues.count)
-    batches_in_flight = property(lambda self: len(self._running))
+    @property
+    def queue_depth(self) -> int:
+        return self._queues.count
+
+    @property
+    def batches_in_flight(self) -> int:
+        return len(self._running)
 
     @property
     def estimate(self) -> ScheduleEstimate:
