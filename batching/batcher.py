@@ -356,12 +356,12 @@ class DynamicBatcher(Generic[T, R]):
                     log.error("%s: batch of %d failed", self.name, len(batch), exc_info=exc)
                 for entry in batch:
                     self._settle(entry, None, error)
-            else:
-                assert results is not None
+            elif results is not None:  # always, when there is no error
+                now = self._clock()
                 if self.config.measure_run_time:
-                    self.record_run_time(sum(e.rows for e in batch), self._clock() - started)
+                    self.record_run_time(sum(e.rows for e in batch), now - started)
                 if self._planner is not None:
-                    self._planner.settled(self._clock(), (e.enqueued_at for e in batch))
+                    self._planner.settled(now, (e.enqueued_at for e in batch))
                 for entry, result in zip(batch, results):
                     self._settle(entry, result, None)
         finally:
