@@ -39,15 +39,17 @@ def _numbers(kind: Callable[[str], float]) -> Callable[[str], list[float]]:
 def loadtest_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleetserve loadtest",
-        description="Drive an Open Inference Protocol server (fleetserve, Triton, MLServer) over gRPC. Open loop "
-                    "(Poisson arrivals at --rate) unless --concurrency is given.",
+        description="Drive an Open Inference Protocol server (fleetserve, Triton, MLServer) over gRPC or HTTP/REST. "
+                    "Open loop (Poisson arrivals at --rate) unless --concurrency is given.",
     )
     p.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
-                   help="server address; repeat (or comma-separate) to spread requests round-robin (default 127.0.0.1:8001)")
+                   help="server address; repeat (or comma-separate) to spread requests round-robin (default "
+                        "127.0.0.1:8001, or 127.0.0.1:8000 over HTTP)")
     p.add_argument("--model", help="model name (required unless --compare)")
     p.add_argument("--model-version", default="", help="model version (default: the server's choice)")
-    p.add_argument("--transport", choices=["unary", "stream"], default="unary",
-                   help="unary ModelInfer, or requests over ModelStreamInfer streams (default unary)")
+    p.add_argument("--transport", choices=["unary", "stream", "http", "http-binary"], default="unary",
+                   help="unary ModelInfer, requests over ModelStreamInfer streams, or POST .../infer over HTTP with "
+                        "JSON tensors (http) or Triton's binary tensor extension (http-binary) (default unary)")
     p.add_argument("--concurrency", type=_numbers(int), metavar="N,N,...",
                    help="closed loop: requests kept in flight, a sweep such as 1,8,32,64")
     p.add_argument("--rate", type=_numbers(float), metavar="R,R,...",
@@ -131,7 +133,8 @@ def run_loadtest(argv: list[str]) -> int:
     from loadtest.results import LoadtestResult
     from loadtest.runner import LoadRunner, RunSettings
 
-    targets = tuple(t.strip() for arg in (args.target or ["127.0.0.1:8001"]) for t in arg.split(",") if t.strip())
+    default_target = "127.0.0.1:8000" if args.transport.startswith("http") else "127.0.0.1:8001"
+    targets = tuple(t.strip() for arg in (args.target or [default_target]) for t in arg.split(",") if t.strip())
     try:
         settings = RunSettings(
             targets=targets, model=args.model, model_version=args.model_version, transport=args.transport,

@@ -7,7 +7,10 @@ arrival schedule and never waits for completions (each request is its own task; 
 Open-loop latency runs from the scheduled send time, so a late client cannot hide server delay.
 
 Over ModelStreamInfer, each target gets ``streams`` bidirectional streams; in-flight requests
-are matched to responses by id (ids are prefixed to the pre-serialised request bytes).
+are matched to responses by id (ids are prefixed to the pre-serialised request bytes). Over HTTP
+(loadtest/http_wire.py), one aiohttp session keeps a connection per request in flight alive; a
+request past its timeout counts as DEADLINE_EXCEEDED, one that cannot connect as UNAVAILABLE, like
+their gRPC counterparts, and any status other than 200 by its HTTP status.
 
 Every window boundary (aligned to ``start_at_ns`` on the machine's monotonic clock, shared by
 processes) the driver reports the window's counts to its ``Control``, and stops when the control
@@ -19,18 +22,22 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import functools
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
+import aiohttp
 import grpc
 import numpy as np
 
+from loadtest.http_wire import TRANSPORTS as HTTP_TRANSPORTS
 from loadtest.schedule import arrival_rng, poisson_arrivals
-from loadtest.stats import DROPPED, OK, STREAM_ERROR
+from loadtest.stats import DROPPED, HTTP_BASE, OK, STREAM_ERROR
 from loadtest.wire import CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, parse_stream_response, with_id
 
+_DEADLINE_EXCEEDED, _UNAVAILABLE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], grpc.StatusCode.UNAVAILABLE.value[0]
 _TICK_NS = 50_000_000  # how often the driver checks its stop conditions
 _DRAIN_S = 0.2  # after stopping, in-flight requests get this long before being cancelled
 
@@ -40,8 +47,8 @@ class DriveSpec:
     """What one process does at one load point (picklable: sent to load-generator processes)."""
 
     targets: tuple[str, ...]
-    transport: str  # "unary" | "stream"
-    body: bytes  # serialised ModelInferRequest without id
+    transport: str  # "unary" | "stream" | "http" | "http-binary"
+    body: bytes  # serialised ModelInferRequest without id; over HTTP, the request body
     mode: str  # "concurrency" | "rate"
     slots: tuple[int, ...]  # closed loop: this process's slot numbers; slot s uses target s % len(targets)
     rate_per_s: float  # open loop: this process's share of the offered rate
@@ -57,6 +64,8 @@ class DriveSpec:
     max_inflight: int
     streams: int  # per target, stream transport only
     timeout_s: float  # per unary request
+    http_path: str = ""  # HTTP transports: the infer path, sent to every target
+    http_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class LoadDriver:
         self._unmatched = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._channels: list[grpc.aio.Channel] = []
+        self._session: aiohttp.ClientSession | None = None
 
     def _record(self, done_ns: int, latency_ns: int, code: int) -> None:
         self._done.append(done_ns)
@@ -113,7 +123,14 @@ class LoadDriver:
 
     async def run(self) -> DriveRecord:
         spec = self.spec
-        self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in spec.targets]
+        if spec.transport in HTTP_TRANSPORTS:
+            # No connection limit: the load's own concurrency (or max_inflight) bounds the connections.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+                headers=dict(spec.http_headers), skip_auto_headers=("User-Agent",),
+            )
+        else:
+            self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in spec.targets]
         try:
             for channel in self._channels:
                 await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout_s)
@@ -136,6 +153,8 @@ class LoadDriver:
         finally:
             for channel in self._channels:
                 await channel.close()
+            if self._session is not None:
+                await self._session.close()
         return DriveRecord(
             spec.process, np.frombuffer(self._done, np.int64).copy(), np.frombuffer(self._latency, np.int64).copy(),
             np.frombuffer(self._codes, np.int16).copy(), np.frombuffer(self._lag, np.int64).copy(), cpu_s, wall_s,
@@ -144,12 +163,16 @@ class LoadDriver:
 
     def _senders(self) -> list[Any]:
         spec = self.spec
-        if spec.transport == "unary":
-            methods = [ch.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
-                       for ch in self._channels]
+        calls: list[Callable[[], Awaitable[int]]] = []  # one per target
+        if self._session is not None:
+            calls = [functools.partial(self._http_call, f"http://{t}{spec.http_path}") for t in spec.targets]
+        elif spec.transport == "unary":
+            calls = [functools.partial(self._unary_call, ch.unary_unary(
+                MODEL_INFER, request_serializer=None, response_deserializer=None)) for ch in self._channels]
+        if calls:
             if spec.mode == "concurrency":
-                return [self._unary_slot(methods[s % len(methods)]) for s in spec.slots]
-            return [self._open_unary(methods)]
+                return [self._slot(calls[s % len(calls)]) for s in spec.slots]
+            return [self._open(calls)]
         streams = [_Stream(self, ch) for ch in self._channels for _ in range(spec.streams)]
         runs = [s.run() for s in streams]
         if spec.mode == "concurrency":
@@ -193,37 +216,52 @@ class LoadDriver:
         errors = int(np.count_nonzero(np.frombuffer(self._codes, np.int16)[lo:hi]))
         self.control.report(WindowReport(self.spec.process, index, hi - lo - errors, errors))
 
-    async def _unary_slot(self, method: Any) -> None:
-        body, timeout, now, record = self.spec.body, self.spec.timeout_s, time.monotonic_ns, self._record
+    async def _unary_call(self, method: Any) -> int:
+        """One ModelInfer with the pre-serialised body; the outcome's code."""
+        try:
+            await method(self.spec.body, timeout=self.spec.timeout_s)
+            return OK
+        except grpc.aio.AioRpcError as exc:
+            return int(exc.code().value[0])
+
+    async def _http_call(self, url: str) -> int:
+        """POST the body to ``url``; the outcome's code."""
+        assert self._session is not None
+        try:
+            async with self._session.post(url, data=self.spec.body) as response:
+                await response.read()
+                return OK if response.status == 200 else HTTP_BASE + response.status
+        except asyncio.TimeoutError:
+            return _DEADLINE_EXCEEDED
+        except aiohttp.ClientError:
+            return _UNAVAILABLE
+
+    async def _slot(self, call: Callable[[], Awaitable[int]]) -> None:
+        """Closed loop: one request at a time, the next as soon as the last completes."""
+        now, record = time.monotonic_ns, self._record
         while not self._stopping and self._budget > 0:
             self._budget -= 1
             self._inflight += 1
             t0 = now()
-            try:
-                await method(body, timeout=timeout)
-                code = OK
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().value[0]
+            code = await call()
             t1 = now()
             self._inflight -= 1
             record(t1, t1 - t0, code)
 
-    async def _open_unary(self, methods: list[Any]) -> None:
+    async def _open(self, calls: list[Callable[[], Awaitable[int]]]) -> None:
+        """Open loop: each arrival is its own task, calling the targets in turn."""
         loop = asyncio.get_running_loop()
 
         def send(i: int, due_ns: int) -> None:
-            task = loop.create_task(self._unary_once(methods[i % len(methods)], due_ns))
+            task = loop.create_task(self._once(calls[i % len(calls)], due_ns))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         await self._follow_schedule(send)
 
-    async def _unary_once(self, method: Any, due_ns: int) -> None:
+    async def _once(self, call: Callable[[], Awaitable[int]], due_ns: int) -> None:
         try:
-            await method(self.spec.body, timeout=self.spec.timeout_s)
-            code = OK
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code().value[0]
+            code = await call()
         finally:
             self._inflight -= 1
         t1 = time.monotonic_ns()

@@ -19,10 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
 import grpc
 import numpy as np
 
-from loadtest import stats
+from loadtest import http_wire, stats
 from loadtest.driver import DriveRecord, DriveSpec, LoadDriver, WindowReport
 from loadtest.procpool import LoadProcesses
 from loadtest.results import LoadtestResult, PointResult
@@ -31,6 +32,7 @@ from loadtest.wire import (
     random_inputs,
 )
 
+TRANSPORTS = ("unary", "stream", *http_wire.TRANSPORTS)
 _LEAD_S = {True: 0.5, False: 0.05}  # from spec to first request: spawned processes must connect first
 
 
@@ -61,8 +63,8 @@ class RunSettings:
     def __post_init__(self) -> None:
         if not self.targets:
             raise ValueError("--target: at least one host:port")
-        if self.transport not in ("unary", "stream"):
-            raise ValueError(f"--transport must be unary or stream, got {self.transport!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         for name in ("rows", "processes", "streams", "stable_windows", "max_requests", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -95,21 +97,34 @@ class LoadRunner:
         self.settings = settings
         self.progress = progress or (lambda line: None)
         self.body = b""
+        self.http_request: http_wire.HttpRequest | None = None
         self.rows_per_request = settings.rows
         self._channels: list[grpc.aio.Channel] = []
+        self._session: aiohttp.ClientSession | None = None  # HTTP transports: metadata and statistics
         self._pool: LoadProcesses | None = None
         self._points = 0
 
     async def start(self) -> None:
         s = self.settings
-        self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in s.targets]
+        http = s.transport in http_wire.TRANSPORTS
+        if http:
+            self._session = aiohttp.ClientSession()
+        else:
+            self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in s.targets]
         if s.input_file is not None:
             inputs = file_inputs(s.input_file)
             self.rows_per_request = inputs[0].shape[0] if inputs[0].shape else 1
         else:
-            metadata = await model_metadata(self._channels[0], s.model, s.model_version, s.timeout_s)
+            metadata = await (
+                http_wire.model_metadata(self._session, s.targets[0], s.model, s.model_version, s.timeout_s)
+                if self._session is not None else model_metadata(self._channels[0], s.model, s.model_version, s.timeout_s)
+            )
             inputs = random_inputs(metadata, s.rows, s.seed)
-        self.body = encode_request(s.model, s.model_version, inputs)
+        if http:
+            self.http_request = http_wire.encode_request(s.model, s.model_version, inputs, s.transport == "http-binary")
+            self.body = self.http_request.body
+        else:
+            self.body = encode_request(s.model, s.model_version, inputs)
         if s.processes > 1:
             self._pool = LoadProcesses(s.processes)
             self._pool.start()
@@ -120,9 +135,15 @@ class LoadRunner:
             self._pool = None
         for channel in self._channels:
             await channel.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def __aenter__(self) -> "LoadRunner":
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # a failed start (unknown model, no server) leaves nothing open
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -179,6 +200,8 @@ class LoadRunner:
             burstiness=s.burstiness, start_at_ns=start_at_ns, warmup_s=s.warmup_s, window_s=s.window_s,
             max_duration_s=s.max_duration_s, max_requests=math.ceil(s.max_requests / s.processes),
             max_inflight=math.ceil(s.max_inflight / s.processes), streams=s.streams, timeout_s=s.timeout_s,
+            http_path=self.http_request.path if self.http_request else "",
+            http_headers=self.http_request.headers if self.http_request else (),
         )
 
     async def _drive(self, specs: list[DriveSpec], label: str) -> tuple[list[DriveRecord], list[float], tuple[int, int], bool]:
@@ -236,9 +259,12 @@ class LoadRunner:
         return await self._batch_stats()
 
     async def _batch_stats(self) -> Batch | None:
-        total = Batch()
-        for channel in self._channels:
-            snapshot = await batch_statistics(channel, self.settings.model, self.settings.model_version)
+        s, total = self.settings, Batch()
+        for i, target in enumerate(s.targets):
+            if self._session is not None:
+                snapshot = await http_wire.batch_statistics(self._session, target, s.model, s.model_version)
+            else:
+                snapshot = await batch_statistics(self._channels[i], s.model, s.model_version)
             if snapshot is None:
                 return None
             total = add_batches(total, snapshot)

@@ -2,8 +2,9 @@
 
 Pure functions over numpy arrays of what the load generator recorded per completed request:
 completion time and latency in integer nanoseconds, and an outcome code (0 = OK, gRPC's
-canonical codes 1-16, and two of ours: a per-request error inside a stream, and an open-loop
-arrival dropped by the client because too many requests were already in flight).
+canonical codes 1-16, HTTP statuses as ``HTTP_BASE`` + status, and two of ours: a per-request
+error inside a stream, and an open-loop arrival dropped by the client because too many requests
+were already in flight).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 OK = 0
 STREAM_ERROR = 100  # ModelStreamInferResponse.error_message set: the stream carries no status code
 DROPPED = 101  # open loop: the client's in-flight cap was reached, the arrival was never sent
+HTTP_BASE = 1000  # HTTP transports: a status other than 200 is recorded as HTTP_BASE + status
 # gRPC's canonical status codes (grpc.StatusCode), by number.
 _GRPC_CODES = (
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
@@ -67,11 +69,18 @@ def latency_ms(latencies_ns: np.ndarray) -> LatencyMs:
     return LatencyMs(p50, p90, p99, p999, float(values.mean()), float(values[-1]))
 
 
+def code_name(code: int) -> str:
+    """A recorded outcome's name: gRPC's status name, "HTTP 503", or one of ours."""
+    if HTTP_BASE <= code < HTTP_BASE + 1000:
+        return f"HTTP {code - HTTP_BASE}"
+    return CODE_NAMES.get(code, f"CODE_{code}")
+
+
 def count_errors(codes: np.ndarray) -> dict[str, int]:
     """Failed requests by status name (OK excluded), sorted by name."""
     codes = np.asarray(codes)
     found, counts = np.unique(codes[codes != OK], return_counts=True)
-    by_name = {CODE_NAMES.get(int(c), f"CODE_{int(c)}"): int(n) for c, n in zip(found, counts)}
+    by_name = {code_name(int(c)): int(n) for c, n in zip(found, counts)}
     return dict(sorted(by_name.items()))
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from loadtest.baseline import BareService, TensorSpec, start_baseline
@@ -15,6 +16,10 @@ def settings(address, **overrides):
     return RunSettings(targets=(address,), model="add_one", slo_ms=1000.0, **{**QUICK, **overrides})
 
 
+def address(server, transport):
+    return server.http_address if transport.startswith("http") else server.grpc_address
+
+
 def assert_healthy(point):
     assert point.ok > 0 and point.throughput_rps > 0
     assert point.errors == {} and point.error_rate == 0
@@ -23,9 +28,9 @@ def assert_healthy(point):
     assert point.loadgen_cpu_cores > 0
 
 
-@pytest.mark.parametrize("transport", ["unary", "stream"])
+@pytest.mark.parametrize("transport", ["unary", "stream", "http", "http-binary"])
 async def test_closed_loop_reads_back_batch_statistics(tiny_server, transport):
-    async with LoadRunner(settings(tiny_server.grpc_address, transport=transport)) as runner:
+    async with LoadRunner(settings(address(tiny_server, transport), transport=transport)) as runner:
         point = await runner.run_point("concurrency", 8)
     assert_healthy(point)
     assert point.batch_sizes and all(1 <= size <= 32 for size in point.batch_sizes)
@@ -33,9 +38,9 @@ async def test_closed_loop_reads_back_batch_statistics(tiny_server, transport):
     assert point.duration_s == pytest.approx(point.measured_windows * 0.3)
 
 
-@pytest.mark.parametrize("transport", ["unary", "stream"])
+@pytest.mark.parametrize("transport", ["unary", "stream", "http", "http-binary"])
 async def test_open_loop_sends_the_offered_rate(tiny_server, transport):
-    async with LoadRunner(settings(tiny_server.grpc_address, transport=transport, rows=3)) as runner:
+    async with LoadRunner(settings(address(tiny_server, transport), transport=transport, rows=3)) as runner:
         point = await runner.run_point("rate", 200)
     assert_healthy(point)
     assert point.throughput_rps == pytest.approx(200, rel=0.5)  # Poisson counts over ~0.6 s
@@ -86,9 +91,24 @@ def test_command_writes_reports_and_gates_on_assert(tiny_server, tmp_path, capsy
     assert "FAIL  throughput>1e9" in capsys.readouterr().out
 
 
-def test_command_reports_an_unknown_model_in_one_line(tiny_server, capsys):
-    assert main(["--target", tiny_server.grpc_address, "--model", "nope", "--quiet"]) == 2
-    assert "loadtest failed" in capsys.readouterr().err
+@pytest.mark.parametrize("transport", ["unary", "http"])
+def test_command_reports_an_unknown_model_in_one_line(tiny_server, capsys, transport):
+    assert main(["--target", address(tiny_server, transport), "--transport", transport, "--model", "nope",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and "loadtest failed" in err and "nope" in err
+    assert ("HTTP 404" if transport == "http" else "NOT_FOUND") in err
+
+
+@pytest.mark.parametrize("transport", ["unary", "http", "http-binary"])
+async def test_rejected_requests_are_counted_by_status(tiny_server, tmp_path, transport):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, INPUT0=np.ones((1, 16), dtype=np.int32))  # the model takes FP32
+    async with LoadRunner(settings(address(tiny_server, transport), transport=transport, input_file=wrong,
+                                   max_duration_s=0.8)) as runner:
+        point = await runner.run_point("concurrency", 2)
+    assert point.ok == 0 and point.requests > 0
+    assert point.errors == {("HTTP 400" if transport.startswith("http") else "INVALID_ARGUMENT"): point.requests}
 
 
 def test_command_rejects_inconsistent_windows(capsys):
@@ -97,8 +117,10 @@ def test_command_rejects_inconsistent_windows(capsys):
     assert "cannot fit the warm-up" in capsys.readouterr().err
 
 
-async def test_two_load_generator_processes_share_the_load(tiny_server):
-    async with LoadRunner(settings(tiny_server.grpc_address, processes=2, max_duration_s=2.0)) as runner:
+@pytest.mark.parametrize("transport", ["unary", "http-binary"])
+async def test_two_load_generator_processes_share_the_load(tiny_server, transport):
+    async with LoadRunner(settings(address(tiny_server, transport), transport=transport, processes=2,
+                                   max_duration_s=2.0)) as runner:
         point = await runner.run_point("concurrency", 4)
     assert_healthy(point)
     assert point.loadgen_cpu_cores >= point.loadgen_busiest_process
