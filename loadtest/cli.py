@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 COMMANDS: dict[str, str] = {
-    "loadtest": "drive an Open Inference Protocol server over gRPC and report latency, throughput, goodput",
+    "loadtest": "drive an Open Inference Protocol server over gRPC or HTTP and report latency, throughput, goodput",
     "bench": "benchmark fleetserve against a bare gRPC server and in-process onnxruntime (issue 5's ratios)",
     "bench-scheduling": "benchmark no batching, fixed delays and SLO mode at three loads (issue 3's targets)",
     "plan": "capacity planning: replicas and cores for a target rate, from a loadtest result",
