@@ -165,7 +165,8 @@ class LoadDriver:
         spec = self.spec
         calls: list[Callable[[], Awaitable[int]]] = []  # one per target
         if self._session is not None:
-            calls = [functools.partial(self._http_call, f"http://{t}{spec.http_path}") for t in spec.targets]
+            session = self._session
+            calls = [functools.partial(self._http_call, session, f"http://{t}{spec.http_path}") for t in spec.targets]
         elif spec.transport == "unary":
             calls = [functools.partial(self._unary_call, ch.unary_unary(
                 MODEL_INFER, request_serializer=None, response_deserializer=None)) for ch in self._channels]
@@ -224,11 +225,10 @@ class LoadDriver:
         except grpc.aio.AioRpcError as exc:
             return int(exc.code().value[0])
 
-    async def _http_call(self, url: str) -> int:
+    async def _http_call(self, session: aiohttp.ClientSession, url: str) -> int:
         """POST the body to ``url``; the outcome's code."""
-        assert self._session is not None
         try:
-            async with self._session.post(url, data=self.spec.body) as response:
+            async with session.post(url, data=self.spec.body) as response:
                 await response.read()
                 return OK if response.status == 200 else HTTP_BASE + response.status
         except asyncio.TimeoutError:
