@@ -13,7 +13,8 @@ machine. In order:
 3. measures capacity: closed loop at twice ``max_batch_size`` on each fixed-delay schedule. There
    every fixed delay runs the same full batches back to back, so the runs measure one capacity and
    their mean is it (their maximum would pick the luckiest of noisy samples, and put "near
-   capacity" at capacity);
+   capacity" at capacity). Then each fixed delay is offered that rate open loop; when they serve
+   less (``scheduling_report.sustained_capacity``), what they serve is the capacity;
 4. drives every schedule with open-loop Poisson arrivals at 30%, 90% and 200% of the capacity, one
    load at a time, every schedule in turn (so they see the machine in the same state); at each load
    every schedule gets the same arrival times (the same seed and point index);
@@ -55,7 +56,7 @@ from loadtest.results import PointResult
 from loadtest.runner import LoadRunner, RunSettings
 from loadtest.scheduling_report import (
     LOADS, NEAR_CAPACITY, OBJECTIVE_FACTOR, Cell, Schedule, cell_from_point, choose_objective_ms, evaluate_targets,
-    format_cells, format_targets, model_config, schedules,
+    format_cells, format_targets, model_config, schedules, sustained_capacity,
 )
 from loadtest.server_view import ServerView, server_buckets
 from model_store.testing import ModelSpec, write_model_repository, write_slow_model
@@ -100,8 +101,10 @@ class SchedulingBenchResult:
     run_time_ms: dict[int, float]  # in process, median, by batch size
     objective_ms: float
     objective_source: str
-    capacity_rps: float  # the mean of the closed-loop runs
+    capacity_rps: float  # what the loads are fractions of: see scheduling_report.sustained_capacity
     capacity_points: dict[str, PointResult]  # closed loop, by fixed-delay schedule
+    closed_capacity_rps: float  # the mean of the closed-loop runs
+    open_capacity_points: dict[str, PointResult]  # open loop at closed_capacity_rps, by fixed-delay schedule
     cells: list[Cell]
     targets: list[Target]
     slo_estimates: dict[str, str]  # by load: the SLO model's last logged estimate (DEBUG, at most once a second)
@@ -136,9 +139,10 @@ def measure_run_time_ms(model: Path, batches: tuple[int, ...], threads: int, run
     return times
 
 
-def _run_settings(address: str, model: str, objective_ms: float, settings: BenchSettings, closed: bool) -> RunSettings:
+def _run_settings(address: str, model: str, objective_ms: float, settings: BenchSettings,
+                  capacity: bool) -> RunSettings:
     t = settings.timing
-    warmup, window, windows = ((t.capacity_warmup_s, t.capacity_window_s, 2) if closed
+    warmup, window, windows = ((t.capacity_warmup_s, t.capacity_window_s, 2) if capacity
                                else (t.warmup_s, t.window_s, t.windows))
     return RunSettings(
         targets=(address,), model=model, seed=settings.seed, slo_ms=objective_ms, warmup_s=warmup, window_s=window,
@@ -147,27 +151,52 @@ def _run_settings(address: str, model: str, objective_ms: float, settings: Bench
     )
 
 
-async def _measure(address: str, view: ServerView, plan: list[Schedule], objective_ms: float,
-                   settings: BenchSettings, say: Callable[[str], None],
-                   ) -> tuple[dict[str, PointResult], list[Cell], dict[str, str]]:
-    """Capacity (closed loop on the fixed delays), then every load on every schedule."""
-    capacity_points: dict[str, PointResult] = {}
+@dataclass
+class _Capacity:
+    rps: float
+    closed_rps: float
+    closed_points: dict[str, PointResult]
+    open_points: dict[str, PointResult]
+
+
+async def _capacity(address: str, plan: list[Schedule], objective_ms: float, settings: BenchSettings,
+                    say: Callable[[str], None]) -> _Capacity:
+    """Closed loop on the fixed delays, then open loop at that rate (``sustained_capacity``)."""
+    closed_points: dict[str, PointResult] = {}
+    open_points: dict[str, PointResult] = {}
     concurrency = 2 * settings.max_batch_size
-    for schedule in (s for s in plan if s.kind == "fixed"):
-        async with LoadRunner(_run_settings(address, schedule.name, objective_ms, settings, closed=True)) as runner:
-            point = capacity_points[schedule.name] = await runner.run_point("concurrency", concurrency)
+    fixed = [s for s in plan if s.kind == "fixed"]
+    for schedule in fixed:
+        async with LoadRunner(_run_settings(address, schedule.name, objective_ms, settings, capacity=True)) as runner:
+            point = closed_points[schedule.name] = await runner.run_point("concurrency", concurrency)
         say(f"  capacity of {schedule.name}: {point.throughput_rps:,.0f} req/s at concurrency {concurrency} "
             f"(p99 {point.latency_ms.p99:.1f} ms, batch {point.mean_batch_size or 0:.1f})")
-    capacity = statistics.fmean(p.throughput_rps for p in capacity_points.values())
-    if capacity <= 0:
+    closed = statistics.fmean(p.throughput_rps for p in closed_points.values())
+    if closed <= 0:
         raise RuntimeError("no fixed-delay schedule answered any request: cannot measure capacity")
+    for schedule in fixed:
+        async with LoadRunner(_run_settings(address, schedule.name, objective_ms, settings, capacity=True)) as runner:
+            point = open_points[schedule.name] = await runner.run_point("rate", closed)
+        say(f"  open loop at {closed:,.0f}/s on {schedule.name}: served {point.throughput_rps:,.0f} req/s "
+            f"(p99 {point.latency_ms.p99:.1f} ms, batch {point.mean_batch_size or 0:.1f})")
+        await asyncio.sleep(settings.timing.pause_s)
+    rps = sustained_capacity(closed, [p.throughput_rps for p in open_points.values()])
+    return _Capacity(rps, closed, closed_points, open_points)
+
+
+async def _measure(address: str, view: ServerView, plan: list[Schedule], objective_ms: float,
+                   settings: BenchSettings, say: Callable[[str], None],
+                   ) -> tuple[_Capacity, list[Cell], dict[str, str]]:
+    """Capacity, then every load on every schedule."""
+    found = await _capacity(address, plan, objective_ms, settings, say)
+    capacity = found.rps
     cells = []
     estimates = {}
     async with contextlib.AsyncExitStack() as stack:
         # One runner per schedule, all measuring the same sequence of points: equal seeds and point
         # indices give every schedule the same arrival times at a load.
         runners = {s.name: await stack.enter_async_context(
-            LoadRunner(_run_settings(address, s.name, objective_ms, settings, closed=False))) for s in plan}
+            LoadRunner(_run_settings(address, s.name, objective_ms, settings, capacity=False))) for s in plan}
         for load in LOADS:
             rate = load.fraction * capacity
             for schedule in plan:
@@ -182,7 +211,7 @@ async def _measure(address: str, view: ServerView, plan: list[Schedule], objecti
                     estimates[load.name] = view.last_estimate(schedule.name)
                     say(f"    estimate: {estimates[load.name]}")
                 await asyncio.sleep(settings.timing.pause_s)
-    return capacity_points, cells, estimates
+    return found, cells, estimates
 
 
 def run_bench_scheduling(settings: BenchSettings, quick: bool = False,
@@ -212,15 +241,14 @@ def run_bench_scheduling(settings: BenchSettings, quick: bool = False,
         with servers.fleetserve(repository, "--log-level", "DEBUG", "--metrics-latency-buckets",
                                 server_buckets(objective)) as server:
             view = ServerView(server, objective)
-            capacity_points, cells, estimates = run_event_loop(
-                _measure(server.address, view, plan, objective, settings, say))
+            found, cells, estimates = run_event_loop(_measure(server.address, view, plan, objective, settings, say))
     fixed = [s.name for s in plan if s.kind == "fixed"]
     return SchedulingBenchResult(
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_count=os.cpu_count() or 1,
         machine=f"{platform.system()} {platform.machine()}, Python {platform.python_version()}", quick=quick,
         settings=settings, run_time_ms=run_time, objective_ms=objective, objective_source=source,
-        capacity_rps=statistics.fmean(p.throughput_rps for p in capacity_points.values()),
-        capacity_points=capacity_points,
+        capacity_rps=found.rps, capacity_points=found.closed_points, closed_capacity_rps=found.closed_rps,
+        open_capacity_points=found.open_points,
         cells=cells, targets=evaluate_targets(cells, "slo", fixed, NEAR_CAPACITY.name, objective),
         slo_estimates=estimates, duration_s=time.monotonic() - started,
     )
@@ -229,6 +257,8 @@ def run_bench_scheduling(settings: BenchSettings, quick: bool = False,
 def format_report(result: SchedulingBenchResult) -> str:
     s, t = result.settings, result.run_time_ms
     runs = ", ".join(f"{name} {p.throughput_rps:,.0f}" for name, p in result.capacity_points.items())
+    served = ", ".join(f"{name} {p.throughput_rps:,.0f}" for name, p in result.open_capacity_points.items())
+    kept_up = result.capacity_rps == result.closed_capacity_rps
     return "\n".join([
         f"fleetserve bench-scheduling, {result.created_utc}, {result.cpu_count} cores, {result.machine}"
         f"{' (quick)' if result.quick else ''}",
@@ -236,8 +266,9 @@ def format_report(result: SchedulingBenchResult) -> str:
         f"{s.threads} onnxruntime thread(s); in process " + ", ".join(f"t({b}) = {ms:.1f} ms" for b, ms in t.items()),
         f"objective: {result.objective_ms:g} ms at p99 ({result.objective_source}; "
         f"{result.objective_ms / t[1]:.1f} x t(1))",
-        f"capacity: {result.capacity_rps:,.0f} req/s, the mean of closed-loop runs at concurrency "
-        f"{2 * s.max_batch_size} (full batches) on {runs}",
+        f"capacity: {result.capacity_rps:,.0f} req/s; closed loop at concurrency {2 * s.max_batch_size} (full "
+        f"batches): {result.closed_capacity_rps:,.0f}, the mean of {runs}; open loop at that rate the fixed "
+        f"delays served {served}: " + ("they kept up" if kept_up else "they did not keep up, so their mean is the capacity"),
         "loads: " + ", ".join(f"{load.name} {load.fraction:g} x capacity" for load in LOADS)
         + f"; open-loop Poisson, {s.timing.windows} x {s.timing.window_s:g} s measured after {s.timing.warmup_s:g} s",
         "", format_cells(result.cells), "",

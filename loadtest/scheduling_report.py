@@ -8,6 +8,7 @@ report. Imports nothing of the server.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -69,6 +70,25 @@ def model_config(schedule: Schedule, max_batch_size: int, objective_ms: float, t
 
 def _parameter(key: str, value: str) -> str:
     return f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}'
+
+
+KEPT_UP = 0.97  # open loop at the closed-loop capacity: serving this share of it counts as keeping up
+
+
+def sustained_capacity(closed_rps: float, open_served_rps: Sequence[float]) -> float:
+    """The capacity the loads are fractions of: the closed-loop rate, unless open loop cannot sustain it.
+
+    Closed loop runs full batches back to back with the load generator's cheapest client. Open-loop
+    arrivals cost the generator more (a task per request) on the cores it shares with the server, and
+    their bursts leave batches part-empty, so the server may sustain less. ``open_served_rps``: what
+    each fixed delay served when offered ``closed_rps`` open loop. When they kept up (their mean is at
+    least ``KEPT_UP`` of it), the closed-loop rate stands; otherwise that mean is the capacity, so that
+    "near capacity" is below what the server sustains, not above it.
+    """
+    if not open_served_rps:
+        return closed_rps
+    served = statistics.fmean(open_served_rps)
+    return closed_rps if served >= KEPT_UP * closed_rps else served
 
 
 OBJECTIVE_FACTOR = 5.0  # x the in-process run time of a full batch; see choose_objective_ms

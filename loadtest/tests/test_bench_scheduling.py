@@ -8,7 +8,7 @@ import pytest
 from loadtest.bench_scheduling import BenchSettings, Timing, format_report, run_bench_scheduling, write_json
 from loadtest.scheduling_report import (
     LOADS, Cell, Schedule, cell_from_point, choose_objective_ms, evaluate_targets, format_cells, format_targets,
-    model_config, schedules,
+    model_config, schedules, sustained_capacity,
 )
 from loadtest.server_view import server_buckets
 from loadtest.stats import LatencyMs
@@ -24,6 +24,18 @@ def test_schedules_are_no_batching_each_delay_then_slo():
     for bad in ((), (0,), (1000, 1000)):
         with pytest.raises(ValueError, match="distinct positive"):
             schedules(bad)
+
+
+@pytest.mark.parametrize("closed, served, capacity", [
+    (300.0, [], 300.0),  # nothing offered open loop: the closed-loop rate
+    (300.0, [300.0, 295.0], 300.0),  # kept up
+    (300.0, [292.0, 290.0], 300.0),  # 97%: kept up, within Poisson counting noise
+    (300.0, [285.0, 275.0], 280.0),  # fell behind: what they served
+    (300.0, [310.0, 240.0], 275.0),  # the mean decides, as for the closed-loop runs
+    (300.0, [250.0, 240.0], 245.0),
+])
+def test_capacity_is_what_open_loop_sustains_at_most_the_closed_loop_rate(closed, served, capacity):
+    assert sustained_capacity(closed, served) == pytest.approx(capacity)
 
 
 @pytest.mark.parametrize("schedule, batching, delay_us, slo", [
@@ -154,7 +166,10 @@ def test_a_tiny_run_measures_every_schedule_at_every_load(tmp_path):
     result = run_bench_scheduling(TINY, quick=True, say=lines.append)
     assert result.objective_ms == 50.0 and result.objective_source == "--slo-ms"
     assert set(result.run_time_ms) == {1, 4} and all(t > 0 for t in result.run_time_ms.values())
-    assert set(result.capacity_points) == {"fixed_1ms"} and result.capacity_rps > 0
+    assert set(result.capacity_points) == {"fixed_1ms"} and set(result.open_capacity_points) == {"fixed_1ms"}
+    assert 0 < result.capacity_rps <= result.closed_capacity_rps
+    assert result.open_capacity_points["fixed_1ms"].mode == "rate"
+    assert result.open_capacity_points["fixed_1ms"].level == pytest.approx(result.closed_capacity_rps)
     assert [(c.load, c.schedule) for c in result.cells] == [
         (load.name, name) for load in LOADS for name in ("no_batching", "fixed_1ms", "slo")]
     for c in result.cells:
@@ -166,6 +181,6 @@ def test_a_tiny_run_measures_every_schedule_at_every_load(tmp_path):
     assert result.slo_estimates["light"].startswith("batch run time")  # the SLO model's DEBUG log line
     assert len(result.targets) == 4
     text = format_report(result)
-    assert "objective: 50 ms" in text and "fixed_1ms" in text and text.count("PASS") + text.count("FAIL") == 4
+    assert "objective: 50 ms" in text and "fixed_1ms" in text and "open loop at that rate" in text and text.count("PASS") + text.count("FAIL") == 4
     data = json.loads(write_json(result, tmp_path / "bench_scheduling.json").read_text())
     assert data["objective_ms"] == 50.0 and len(data["cells"]) == 9 and data["settings"]["max_batch_size"] == 4
