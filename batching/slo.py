@@ -183,15 +183,21 @@ def predicted_latency(
     root of the sum of their squares. (Counting every batch at the quantile
     priced a request behind one batch as if both ran in their tail, about
     1 in 10,000 at p99, and shed requests that would have made it.)
-    ``tail_scale`` scales that tail: the planner calibrates it against the
-    latencies admitted requests turn out to have (batching/planner.py).
+    ``tail_scale`` scales the overruns of the batches ahead of it (the running
+    one and the queued ones): the planner calibrates it against the latencies
+    admitted requests turn out to have (batching/planner.py), which prices
+    overruns that come together. Its own batch counts at its measured quantile:
+    a batch cannot overrun together with itself, and scaling it too made a lone
+    request on an idle instance look late once overload had raised the scale,
+    so that nothing was admitted (a model answered 5 requests/s at twice capacity).
     """
     if curve is None:
         return 0.0
     total = rows_ahead + rows
     rounds_ahead = ((total - 1) // batch) // plan.instances
     full, own = curve.mean(batch), curve.mean(min(total, batch))
-    tail_sq = rounds_ahead * full * full + own * own
+    ahead_sq = rounds_ahead * full * full
     if busy_for_s > 0:
-        tail_sq += full * full  # the running batch may overrun too
-    return busy_for_s + rounds_ahead * full + own + tail_scale * curve.margin * math.sqrt(tail_sq)
+        ahead_sq += full * full  # the running batch may overrun too
+    tail = curve.margin * math.sqrt(own * own + tail_scale * tail_scale * ahead_sq)
+    return busy_for_s + rounds_ahead * full + own + tail

@@ -111,11 +111,19 @@ def test_predicted_latency(plan, curve, ahead, rows, busy, expected):
 
 
 @pytest.mark.parametrize("tail_scale", [0.25, 0.5, 2.0])
-def test_the_calibrated_tail_scales_only_the_overruns(tail_scale):
+def test_the_calibrated_tail_scales_only_the_overruns_of_the_batches_ahead(tail_scale):
     batch = batch_rows(PLAN, SLOW)
-    means = 0.0198  # three 46-row batches on its path, at their mean
+    means = 0.0198  # three 46-row batches on its path, at their mean: two ahead, then its own
     got = predicted_latency(PLAN, SLOW, 100, 1, 0.0, batch, tail_scale)
-    assert got == approx(means + tail_scale * 0.0066 * 3 ** 0.5)
+    assert got == approx(means + 0.0066 * (1 + 2 * tail_scale**2) ** 0.5)
+    busy = predicted_latency(PLAN, SLOW, 0, 1, 0.004, batch, tail_scale)  # behind the running batch only
+    assert busy == approx(0.004 + SLOW.mean(1) + (SLOW.mean(1) ** 2 + (tail_scale * 0.0066) ** 2) ** 0.5)
+
+
+def test_a_lone_request_on_an_idle_instance_is_priced_at_its_own_quantile_whatever_the_scale():
+    batch = batch_rows(PLAN, SLOW)
+    alone = predicted_latency(PLAN, SLOW, 0, 1, 0.0, batch, tail_scale=3.0)
+    assert alone == approx(SLOW.mean(1) * (1 + SLOW.margin))
 
 
 @pytest.mark.parametrize(
