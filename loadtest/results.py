@@ -43,6 +43,10 @@ class PointResult:
     send_lag_p99_ms: float | None  # open loop: how late sends left against the schedule
     dropped: int = 0  # open loop: arrivals never sent because the in-flight cap was reached
     unmatched_responses: int = 0  # stream responses whose id matched no request in flight
+    # Open loop: successful requests *scheduled* in the measured windows, whenever they completed
+    # (before the point ended). Loads with the same seed and point index have the same arrivals, so
+    # this compares schedules on the same requests, free of which completions land inside a window.
+    ok_of_arrivals: int | None = None
 
     @property
     def label(self) -> str:

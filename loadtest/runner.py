@@ -282,6 +282,12 @@ class LoadRunner:
         ok = int(np.count_nonzero(codes == stats.OK))
         errors = stats.count_errors(codes)
         lags = np.concatenate([r.send_lag_ns for r in records])
+        ok_of_arrivals = None
+        if mode == "rate":  # latency runs from the scheduled send time: done - latency is the arrival
+            all_codes = np.concatenate([r.codes for r in records])
+            arrived = done - np.concatenate([r.latency_ns for r in records])
+            in_window = (arrived >= interval[0]) & (arrived < interval[1])
+            ok_of_arrivals = int(np.count_nonzero(in_window & (all_codes == stats.OK)))
         batch_sizes, mean_batch = batch_delta(before, after) if before and after else ({}, None)
         return PointResult(
             mode=mode, level=float(level), duration_s=duration_s, requests=len(codes), ok=ok,
@@ -295,7 +301,7 @@ class LoadRunner:
             loadgen_busiest_process=max(r.cpu_s / r.wall_s for r in records),
             send_lag_p99_ms=stats.percentile(lags, 99) / 1e6 if len(lags) else None,
             dropped=errors.get(stats.CODE_NAMES[stats.DROPPED], 0),
-            unmatched_responses=sum(r.unmatched for r in records),
+            unmatched_responses=sum(r.unmatched for r in records), ok_of_arrivals=ok_of_arrivals,
         )
 
 

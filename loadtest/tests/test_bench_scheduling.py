@@ -133,6 +133,23 @@ def test_targets_judge_slo_at_every_load_and_against_the_best_fixed_delay(cell, 
     assert best in targets[-1].detail
 
 
+@pytest.mark.parametrize("slo_ok, slo_of_arrivals, fixed_ok, fixed_of_arrivals, ratio", [
+    (2408, 2410, 2410, 2410, 1.0),  # both answered every arrival: completions in the windows differ by 2
+    (2410, 2380, 2408, 2410, 2380 / 2410),  # shed 30 of the same arrivals
+    (2408, None, 2410, None, 2408 / 2410),  # without arrival counts (a closed-loop point): completions
+])
+def test_throughput_near_capacity_compares_answers_to_the_same_arrivals(cell, slo_ok, slo_of_arrivals, fixed_ok,
+                                                                        fixed_of_arrivals, ratio):
+    cells = [cell("fixed_5ms", "near capacity", ok=fixed_ok, shed=0, dropped=0, other=0,
+                  ok_of_arrivals=fixed_of_arrivals),
+             cell("slo", "near capacity", ok=slo_ok, within=slo_ok, shed=0, dropped=0, other=0,
+                  ok_of_arrivals=slo_of_arrivals)]
+    (_, throughput) = evaluate_targets(cells, "slo", ["fixed_5ms"], "near capacity", 90.0)
+    assert throughput.measured == pytest.approx(ratio) and throughput.passed == (ratio >= 1.0)
+    assert ("of the same arrivals" in throughput.detail) == (slo_of_arrivals is not None)
+    assert cells[1].answered_rps == (None if slo_of_arrivals is None else pytest.approx(slo_of_arrivals / 4))
+
+
 def test_a_slo_schedule_that_admitted_nothing_fails(cell):
     cells = [cell("fixed_5ms", "near capacity", shed=0), cell("slo", "near capacity", ok=0, within=0, dropped=0,
                                                                  other=0)]

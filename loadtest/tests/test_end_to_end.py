@@ -36,6 +36,7 @@ async def test_closed_loop_reads_back_batch_statistics(tiny_server, transport):
     assert point.batch_sizes and all(1 <= size <= 32 for size in point.batch_sizes)
     assert point.mean_batch_size is not None and point.mean_batch_size >= 1
     assert point.duration_s == pytest.approx(point.measured_windows * 0.3)
+    assert point.ok_of_arrivals is None  # closed loop: no schedule to count arrivals by
 
 
 @pytest.mark.parametrize("transport", ["unary", "stream", "http", "http-binary"])
@@ -46,6 +47,9 @@ async def test_open_loop_sends_the_offered_rate(tiny_server, transport):
     assert point.throughput_rps == pytest.approx(200, rel=0.5)  # Poisson counts over ~0.6 s
     assert point.rows_per_s == pytest.approx(3 * point.throughput_rps)
     assert point.send_lag_p99_ms is not None and point.dropped == 0
+    # The same requests counted by their scheduled arrival instead of their completion: at 200/s
+    # with millisecond latencies, at most a few cross a window boundary.
+    assert point.ok_of_arrivals is not None and abs(point.ok_of_arrivals - point.ok) <= 3
 
 
 async def test_bare_baseline_answers_unary_and_stream_with_ids_echoed():
