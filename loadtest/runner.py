@@ -275,17 +275,17 @@ class LoadRunner:
                after: Batch | None) -> PointResult:
         s = self.settings
         done = np.concatenate([r.done_ns for r in records])
+        all_latency = np.concatenate([r.latency_ns for r in records])
+        all_codes = np.concatenate([r.codes for r in records])
         keep = (done >= interval[0]) & (done < interval[1])
-        latency = np.concatenate([r.latency_ns for r in records])[keep]
-        codes = np.concatenate([r.codes for r in records])[keep]
+        latency, codes = all_latency[keep], all_codes[keep]
         duration_s = (interval[1] - interval[0]) / 1e9
         ok = int(np.count_nonzero(codes == stats.OK))
         errors = stats.count_errors(codes)
         lags = np.concatenate([r.send_lag_ns for r in records])
         ok_of_arrivals = None
         if mode == "rate":  # latency runs from the scheduled send time: done - latency is the arrival
-            all_codes = np.concatenate([r.codes for r in records])
-            arrived = done - np.concatenate([r.latency_ns for r in records])
+            arrived = done - all_latency
             in_window = (arrived >= interval[0]) & (arrived < interval[1])
             ok_of_arrivals = int(np.count_nonzero(in_window & (all_codes == stats.OK)))
         batch_sizes, mean_batch = batch_delta(before, after) if before and after else ({}, None)

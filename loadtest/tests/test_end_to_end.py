@@ -48,8 +48,8 @@ async def test_open_loop_sends_the_offered_rate(tiny_server, transport):
     assert point.rows_per_s == pytest.approx(3 * point.throughput_rps)
     assert point.send_lag_p99_ms is not None and point.dropped == 0
     # The same requests counted by their scheduled arrival instead of their completion: at 200/s
-    # with millisecond latencies, at most a few cross a window boundary.
-    assert point.ok_of_arrivals is not None and abs(point.ok_of_arrivals - point.ok) <= 3
+    # with millisecond latencies only those near a window boundary differ (a stall there moves more).
+    assert point.ok_of_arrivals is not None and abs(point.ok_of_arrivals - point.ok) <= max(3, 0.1 * point.ok)
 
 
 async def test_bare_baseline_answers_unary_and_stream_with_ids_echoed():
