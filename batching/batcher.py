@@ -40,12 +40,12 @@ import time
 from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from batching.config import BatcherConfig, ScheduleEstimate
-from batching.estimate import ArrivalRate, RunTimeEstimator
+from batching.estimate import RunTimeEstimator
 from batching.planner import SloPlanner
 from batching.ordering import InOrderRelease, deliver
 from batching.policy import Decision, WaitPayoff, decide
 from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
-from batching.slo import decide_slo, predicted_latency
+from batching.slo import predicted_latency
 from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,12 @@ class DynamicBatcher(Generic[T, R]):
         objective = config.objective
         self._estimator = RunTimeEstimator(quantile=objective.percentile / 100 if objective else 0.99)
         self._planner: SloPlanner | None = None
-        self._rate: ArrivalRate | None = None
         if objective is not None:
             self._planner = SloPlanner(objective, config.policy.max_batch_size, config.max_concurrent_batches)
-            self._rate = ArrivalRate(objective.rate_time_constant_s)
         self._last = Decision()
         self._payoff = WaitPayoff()  # read by the static policy only (SLO mode plans its own waits)
-        self._admitted_rows = 0
+        self._admitted_rows = 0  # running totals: the planner's arrival rates
+        self._offered_rows = 0
         self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
         self._seq = 0
         self._wake = asyncio.Event()
@@ -113,16 +112,8 @@ class DynamicBatcher(Generic[T, R]):
     @property
     def estimate(self) -> ScheduleEstimate:
         """The current run-time fit and scheduling choice (built on each read; not for the hot path)."""
-        return ScheduleEstimate(
-            curve=self._estimator.curve,
-            arrival_rows_per_s=self._rate.rows_per_s if self._rate else 0.0,
-            target_rows=self._last.wake_rows,
-            wait_s=self._last.wait_s,
-            admission_batch_rows=self._planner.admission_batch if self._planner else 0,
-            budget_s=self._planner.plan.budget_s if self._planner else None,
-            loop_lag_allowance_s=self._planner.lag_allowance_s if self._planner else 0.0,
-            admission_tail_scale=self._planner.tail_scale if self._planner else 1.0,
-        )
+        planned = self._planner.estimated() if self._planner is not None else {}
+        return ScheduleEstimate(self._estimator.curve, self._last.wake_rows, self._last.wait_s, **planned)
 
     async def start(self) -> None:
         self._event_loop = asyncio.get_running_loop()
@@ -150,6 +141,7 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.name}: priority {priority} is outside 0..{queues.levels} "
                 f"(1 is the highest; 0 uses the default, {self._default_level + 1})"
             )
+        self._offered_rows += rows
         if queues.full(level):
             which = "the queue" if queues.levels == 1 else f"the queue of priority level {level + 1}"
             raise QueueFull(
@@ -274,10 +266,10 @@ class DynamicBatcher(Generic[T, R]):
             self._release.release()
 
     def _decide(self, now: float, oldest_wait_s: float) -> Decision:
-        if self._planner is None or self._rate is None:
+        if self._planner is None:
             return decide(self.config.policy, self._queues.rows, oldest_wait_s, self._payoff.pays(now))
-        rate = self._rate.update(now, self._admitted_rows)
-        self._last = decide_slo(self._planner.plan, self._estimator.curve, self._queues.rows, oldest_wait_s, rate)
+        self._last = self._planner.decide(now, self._estimator.curve, self._queues.rows, oldest_wait_s,
+                                          self._admitted_rows, self._offered_rows)
         return self._last
 
     async def _sleep(self, timeout_s: float, wake_rows: int) -> None:

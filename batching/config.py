@@ -50,20 +50,23 @@ class ScheduleEstimate:
     """What the scheduler currently believes and chose; read-only, for metrics and logs."""
 
     curve: RunTimeCurve | None  # batch run time vs rows; None until a few batches ran
-    arrival_rows_per_s: float  # admitted rows per second (objective mode; 0 otherwise)
     target_rows: int  # the batch the last decision aimed for (0: dispatched without waiting)
     wait_s: float  # how long the last decision chose to wait
-    admission_batch_rows: int  # the batch size admission plans with (objective mode)
-    budget_s: float | None  # the objective minus headroom and loop-lag allowance; None without an objective
-    loop_lag_allowance_s: float = 0.0  # taken off the budget for the measured event-loop lag (objective mode)
-    admission_tail_scale: float = 1.0  # the calibrated scale of the run-time tail admission prices (objective mode)
+    # objective mode only (batching/planner.py), else these defaults:
+    arrival_rows_per_s: float = 0.0  # admitted rows per second
+    offered_rows_per_s: float = 0.0  # rows per second offered, admitted or shed
+    admission_batch_rows: int = 0  # the batch size admission plans with
+    budget_s: float | None = None  # the objective minus headroom and loop-lag allowance
+    loop_lag_allowance_s: float = 0.0  # taken off the budget for the measured event-loop lag
+    admission_tail_scale: float = 1.0  # the calibrated scale of the run-time tail admission prices
 
     def describe(self) -> str:
         """One line for the DEBUG log (batching/README.md shows one)."""
         c = self.curve
         fit = (f"batch run time {c.intercept_s * 1e3:.3f} ms + {c.per_row_s * 1e3:.4f} ms/row, "
                f"+{c.margin * 100:.0f}% margin ({c.samples} batches)" if c is not None else "no run-time fit yet")
-        return (f"{fit}; arrivals {self.arrival_rows_per_s:.0f} rows/s; last decision: target {self.target_rows} "
+        return (f"{fit}; arrivals {self.arrival_rows_per_s:.0f} rows/s admitted of {self.offered_rows_per_s:.0f} "
+                f"offered; last decision: target {self.target_rows} "
                 f"rows, wait {self.wait_s * 1e3:.2f} ms; admission plans {self.admission_batch_rows}-row batches; "
                 f"loop lag allowance {self.loop_lag_allowance_s * 1e3:.2f} ms; "
                 f"admission tail x{self.admission_tail_scale:.2f}")

@@ -1,18 +1,20 @@
 """The SLO plan one batcher works with, kept current as the event loop's lag and the run-time fit change.
 
 ``SloPlanner`` holds the plan ``decide_slo`` and ``predicted_latency`` (batching/slo.py) are
-given: the budget net of the loop-lag allowance, and the batch size admission plans with
-(``batch_rows``). The batcher feeds it each new run-time fit and each measured loop lag.
+given: the budget net of the loop-lag allowance, the batch size admission plans with
+(``batch_rows``), and the admitted and offered arrival rates. The batcher feeds it each new
+run-time fit, each measured loop lag, and its running totals of admitted and offered rows.
 Must not import server, kernels, model_store, grpc or numpy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Any, Iterable
 
-from batching.estimate import LoopLag, RunTimeCurve
-from batching.slo import LatencyObjective, SloPlan, batch_rows
+from batching.estimate import ArrivalRate, LoopLag, RunTimeCurve
+from batching.policy import Decision
+from batching.slo import LatencyObjective, SloPlan, batch_rows, decide_slo
 
 LAG_HOPS = 3  # loop crossings per request the batcher does not time: arrival, results, response
 MISS_SHARE = 0.5  # admission aims at this share of the misses the objective's percentile allows
@@ -33,6 +35,25 @@ class SloPlanner:
         self.tail_scale = 1.0
         self._miss_target = MISS_SHARE * (1.0 - objective.percentile / 100)
         self._lag = LoopLag(quantile=objective.percentile / 100)
+        self.admitted = ArrivalRate(objective.rate_time_constant_s)  # rows per second admitted
+        self.offered = ArrivalRate(objective.rate_time_constant_s)  # rows per second offered, shed or not
+
+    def decide(self, now: float, curve: RunTimeCurve | None, queued_rows: int, oldest_wait_s: float,
+               admitted_rows: int, offered_rows: int) -> Decision:
+        """``decide_slo`` on the plan, with the arrival rates updated from the running totals of rows.
+
+        Batches are sized from the admitted rate, the rows that join the queue. The offered rate is
+        observed only (the estimate, a metric): sizing the batch that keeps up from it while admission
+        sheds was tried and left out (batching/README.md, "Admission").
+        """
+        self.offered.update(now, offered_rows)
+        return decide_slo(self.plan, curve, queued_rows, oldest_wait_s, self.admitted.update(now, admitted_rows))
+
+    def estimated(self) -> dict[str, Any]:
+        """The planner's part of the batcher's ``ScheduleEstimate`` (batching/config.py), by field."""
+        return dict(arrival_rows_per_s=self.admitted.rows_per_s, offered_rows_per_s=self.offered.rows_per_s,
+                    admission_batch_rows=self.admission_batch, budget_s=self.plan.budget_s,
+                    loop_lag_allowance_s=self.lag_allowance_s, admission_tail_scale=self.tail_scale)
 
     def settled(self, now: float, enqueued_at: Iterable[float]) -> None:
         """Admitted requests answered at ``now``: calibrate the tail admission prices against what they took.

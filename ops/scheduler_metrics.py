@@ -17,6 +17,8 @@ SCHEDULER_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("margin", "fleetserve_scheduler_run_time_margin_ratio",
      "Relative margin of the run time at the objective's percentile over the mean fit"),
     ("arrivals", "fleetserve_scheduler_arrival_rows_per_second", "Admitted rows per second (latency objective only)"),
+    ("offered", "fleetserve_scheduler_offered_rows_per_second",
+     "Offered rows per second, admitted or shed (latency objective only)"),
     ("target", "fleetserve_scheduler_target_batch_rows", "The batch the last decision aimed for (0: dispatched at once)"),
     ("wait", "fleetserve_scheduler_wait_seconds", "How long the last decision chose to wait for more rows"),
     ("admission", "fleetserve_scheduler_admission_batch_rows",
@@ -44,7 +46,7 @@ def scheduler_families(handles: Iterable[Any], labels: Sequence[str]) -> Iterato
         if e.curve is not None:
             values.update(intercept=e.curve.intercept_s, per_row=e.curve.per_row_s, margin=e.curve.margin)
         if e.budget_s is not None:
-            values.update(arrivals=e.arrival_rows_per_s, admission=e.admission_batch_rows, budget=e.budget_s,
+            values.update(arrivals=e.arrival_rows_per_s, offered=e.offered_rows_per_s, admission=e.admission_batch_rows, budget=e.budget_s,
                           lag=e.loop_lag_allowance_s, tail=e.admission_tail_scale)
         for key, value in values.items():
             families[key].add_metric([h.model, h.version], float(value))

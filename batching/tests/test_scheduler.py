@@ -7,6 +7,7 @@ the observable estimate).
 """
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -345,6 +346,24 @@ async def test_requests_that_cannot_meet_the_objective_are_shed_at_once():
     assert 8 <= len(admitted) <= 24  # about two 8-row batches fit 9 ms behind a busy instance
     gate.set()
     await asyncio.gather(*admitted)
+    await b.stop()
+
+
+async def test_the_offered_rate_counts_the_rows_admission_sheds():
+    """Beside the admitted rate the planner observes the offered one, shed rows included (the estimate, a metric)."""
+    gate = asyncio.Event()
+    b, clock, kernel = await warmed_up(LatencyObjective(0.010), gate=gate)
+    admitted = [b.submit(1)]
+    await until(lambda: kernel.batches)
+    for _ in range(100):
+        with contextlib.suppress(QueueFull):
+            admitted.append(b.submit(1))
+    clock.advance(0.010)
+    gate.set()
+    await asyncio.gather(*admitted)
+    estimate = b.estimate
+    assert 0 < 3 * estimate.arrival_rows_per_s < estimate.offered_rows_per_s  # 101 offered, at most 25 admitted
+    assert f"admitted of {estimate.offered_rows_per_s:.0f} offered" in estimate.describe()
     await b.stop()
 
 

@@ -84,7 +84,7 @@ def test_the_schedulers_estimate_is_exported_per_model_version():
     metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
     slo = ScheduleEstimate(curve=RunTimeCurve(0.002, 0.0001, margin=0.25, samples=40), arrival_rows_per_s=2000.0,
                            target_rows=14, wait_s=0.006, admission_batch_rows=46, budget_s=0.0171,
-                           loop_lag_allowance_s=0.0009, admission_tail_scale=0.6)
+                           loop_lag_allowance_s=0.0009, admission_tail_scale=0.6, offered_rows_per_s=2500.0)
     metrics.servable("slo", "1").attach(FakeQueue(0, slo), 1)
     fixed = ScheduleEstimate(curve=None, arrival_rows_per_s=0.0, target_rows=0, wait_s=0.0, admission_batch_rows=0,
                              budget_s=None)
@@ -95,6 +95,7 @@ def test_the_schedulers_estimate_is_exported_per_model_version():
     assert got[("fleetserve_scheduler_run_time_per_row_seconds", mv)] == pytest.approx(0.0001)
     assert got[("fleetserve_scheduler_run_time_margin_ratio", mv)] == pytest.approx(0.25)
     assert got[("fleetserve_scheduler_arrival_rows_per_second", mv)] == 2000
+    assert got[("fleetserve_scheduler_offered_rows_per_second", mv)] == 2500
     assert got[("fleetserve_scheduler_target_batch_rows", mv)] == 14
     assert got[("fleetserve_scheduler_wait_seconds", mv)] == pytest.approx(0.006)
     assert got[("fleetserve_scheduler_admission_batch_rows", mv)] == 46
