@@ -1,5 +1,6 @@
 """Short, bounded load tests against a real fleetserve (and the bare baseline) on 127.0.0.1."""
 
+import gc
 import json
 
 import numpy as np
@@ -50,6 +51,17 @@ async def test_open_loop_sends_the_offered_rate(tiny_server, transport):
     # The same requests counted by their scheduled arrival instead of their completion: at 200/s
     # with millisecond latencies only those near a window boundary differ (a stall there moves more).
     assert point.ok_of_arrivals is not None and abs(point.ok_of_arrivals - point.ok) <= max(3, 0.1 * point.ok)
+
+
+async def test_the_load_generator_walks_only_its_own_garbage_while_it_measures(tiny_server):
+    """Collected and frozen before the load (driver.py): a full collection then stalls no request for long."""
+    frozen = []
+    runner = LoadRunner(settings(tiny_server.grpc_address), progress=lambda line: frozen.append(gc.get_freeze_count()))
+    async with runner:
+        point = await runner.run_point("rate", 200)
+    assert_healthy(point)
+    assert frozen and all(count > 1000 for count in frozen)  # the process's modules, channels, schedule ...
+    assert gc.get_freeze_count() == 0  # and released after the point
 
 
 async def test_bare_baseline_answers_unary_and_stream_with_ids_echoed():
