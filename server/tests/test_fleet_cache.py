@@ -41,8 +41,10 @@ def pair(tmp_path_factory):
     repo = write_model_repository(tmp_path_factory.mktemp("repo"), {
         "cached": ModelSpec(write_add_constant_model, config=CACHED),
         "short": ModelSpec(write_add_constant_model, config=SHORT),
-        # slow enough (a few ms) to run in the kernel's threads, so the copies arrive while it runs
-        "slow": ModelSpec(partial(write_slow_model, features=256, repeats=64), config=CACHED),
+        # slow enough (about 20 ms) that the copies sent after the first arrive while it runs: at about
+        # 1.4 ms (256 features, 64 MatMuls) a client slowed down for a moment sent them after it had
+        # finished, and they found its answer in memory instead of in flight
+        "slow": ModelSpec(partial(write_slow_model, features=1024, repeats=256), config=CACHED),
         "flex": ModelSpec(partial(write_identity_model, datatype="FP32", dims=(-1,)), config=CACHED),
         "plain": ModelSpec(write_add_constant_model),
     })
@@ -120,7 +122,7 @@ def test_entries_expire_after_the_models_ttl_in_redis_and_in_memory(pair):
 
 def test_identical_concurrent_misses_run_the_model_once(pair):
     a, b, (stub_a, _) = pair
-    request = infer_request("slow", value=0.5, features=256)
+    request = infer_request("slow", value=0.5, features=1024)
     futures = [stub_a.ModelInfer.future(request, timeout=10) for _ in range(16)]
     replies = [f.result() for f in futures]
     assert len({r.raw_output_contents[0] for r in replies}) == 1
