@@ -46,8 +46,8 @@ def scheduler_families(handles: Iterable[Any], labels: Sequence[str]) -> Iterato
         if e.curve is not None:
             values.update(intercept=e.curve.intercept_s, per_row=e.curve.per_row_s, margin=e.curve.margin)
         if e.budget_s is not None:
-            values.update(arrivals=e.arrival_rows_per_s, offered=e.offered_rows_per_s, admission=e.admission_batch_rows, budget=e.budget_s,
-                          lag=e.loop_lag_allowance_s, tail=e.admission_tail_scale)
+            values.update(arrivals=e.arrival_rows_per_s, offered=e.offered_rows_per_s, admission=e.admission_batch_rows,
+                          budget=e.budget_s, lag=e.loop_lag_allowance_s, tail=e.admission_tail_scale)
         for key, value in values.items():
             families[key].add_metric([h.model, h.version], float(value))
     yield from families.values()
