@@ -112,7 +112,8 @@ class DynamicBatcher(Generic[T, R]):
     @property
     def estimate(self) -> ScheduleEstimate:
         """The current run-time fit and scheduling choice (built on each read; not for the hot path)."""
-        planned = self._planner.estimated() if self._planner is not None else {}
+        planner = self._planner
+        planned = planner.estimated(self._clock(), self._admitted_rows, self._offered_rows) if planner else {}
         return ScheduleEstimate(self._estimator.curve, self._last.wake_rows, self._last.wait_s, **planned)
 
     async def start(self) -> None:

@@ -192,18 +192,20 @@ class ArrivalRate:
         self._last_total = 0
 
     def update(self, now: float, total_rows: int) -> float:
-        last_at = self._last_at
-        if last_at is None:
-            self._last_at, self._last_total = now, total_rows
+        if self._last_at is not None and now <= self._last_at:
             return self.rows_per_s
-        dt = now - last_at
-        if dt <= 0:
-            return self.rows_per_s
-        instant = (total_rows - self._last_total) / dt
-        alpha = 1.0 - math.exp(-dt / self.time_constant_s)
-        self.rows_per_s += alpha * (instant - self.rows_per_s)
+        self.rows_per_s = self.peek(now, total_rows)
         self._last_at, self._last_total = now, total_rows
         return self.rows_per_s
+
+    def peek(self, now: float, total_rows: int) -> float:
+        """The rate ``update`` would return, without recording anything (a read from any thread)."""
+        last_at, rate = self._last_at, self.rows_per_s
+        if last_at is None or now <= last_at:
+            return rate
+        dt = now - last_at
+        instant = (total_rows - self._last_total) / dt
+        return rate + (1.0 - math.exp(-dt / self.time_constant_s)) * (instant - rate)
 
 
 class LoopLag:

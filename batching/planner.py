@@ -49,9 +49,15 @@ class SloPlanner:
         self.offered.update(now, offered_rows)
         return decide_slo(self.plan, curve, queued_rows, oldest_wait_s, self.admitted.update(now, admitted_rows))
 
-    def estimated(self) -> dict[str, Any]:
-        """The planner's part of the batcher's ``ScheduleEstimate`` (batching/config.py), by field."""
-        return dict(arrival_rows_per_s=self.admitted.rows_per_s, offered_rows_per_s=self.offered.rows_per_s,
+    def estimated(self, now: float, admitted_rows: int, offered_rows: int) -> dict[str, Any]:
+        """The planner's part of the batcher's ``ScheduleEstimate`` (batching/config.py), by field.
+
+        The arrival rates are read as of ``now`` (``ArrivalRate.peek``, which records nothing: the
+        metrics are encoded off the event loop): decisions update them only while rows are queued,
+        and a gauge read after the traffic stopped would otherwise show its last rate for good.
+        """
+        return dict(arrival_rows_per_s=self.admitted.peek(now, admitted_rows),
+                    offered_rows_per_s=self.offered.peek(now, offered_rows),
                     admission_batch_rows=self.admission_batch, budget_s=self.plan.budget_s,
                     loop_lag_allowance_s=self.lag_allowance_s, admission_tail_scale=self.tail_scale)
 

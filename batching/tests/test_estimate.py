@@ -122,5 +122,8 @@ def test_arrival_rate_converges_and_follows_a_step():
         total += 5
         rate.update(now, total)
     assert rate.rows_per_s == pytest.approx(5000, rel=0.06)
-    rate.update(now + 1.0, total)  # a second with nothing: the rate decays
+    peeked = rate.peek(now + 1.0, total)  # a second with nothing, read without recording it ...
+    assert peeked < 1.0 and rate.rows_per_s == pytest.approx(5000, rel=0.06)
+    assert rate.update(now + 1.0, total) == peeked  # ... is what recording it gives: the rate decays
     assert rate.rows_per_s < 1.0
+    assert rate.peek(now, total + 100) == rate.rows_per_s  # no time passed: nothing to add

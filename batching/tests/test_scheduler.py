@@ -364,6 +364,10 @@ async def test_the_offered_rate_counts_the_rows_admission_sheds():
     estimate = b.estimate
     assert 0 < 3 * estimate.arrival_rows_per_s < estimate.offered_rows_per_s  # 101 offered, at most 25 admitted
     assert f"admitted of {estimate.offered_rows_per_s:.0f} offered" in estimate.describe()
+    clock.advance(1.0)  # the traffic stopped: no decision updates the rates, a read does
+    quiet = b.estimate
+    assert quiet.offered_rows_per_s < 0.01 * estimate.offered_rows_per_s
+    assert quiet.arrival_rows_per_s < 0.01 * estimate.arrival_rows_per_s
     await b.stop()
 
 
