@@ -112,9 +112,10 @@ class DynamicBatcher(Generic[T, R]):
     @property
     def estimate(self) -> ScheduleEstimate:
         """The current run-time fit and scheduling choice (built on each read; not for the hot path)."""
-        planner = self._planner
-        planned = planner.estimated(self._clock(), self._admitted_rows, self._offered_rows) if planner else {}
-        return ScheduleEstimate(self._estimator.curve, self._last.wake_rows, self._last.wait_s, **planned)
+        curve, last = self._estimator.curve, self._last
+        if self._planner is None:
+            return ScheduleEstimate(curve, last.wake_rows, last.wait_s)
+        return self._planner.estimate(self._clock(), self._admitted_rows, self._offered_rows, curve, last)
 
     async def start(self) -> None:
         self._event_loop = asyncio.get_running_loop()

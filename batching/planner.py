@@ -10,8 +10,9 @@ Must not import server, kernels, model_store, grpc or numpy.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Iterable
 
+from batching.config import ScheduleEstimate
 from batching.estimate import ArrivalRate, LoopLag, RunTimeCurve
 from batching.policy import Decision
 from batching.slo import LatencyObjective, SloPlan, batch_rows, decide_slo
@@ -49,17 +50,21 @@ class SloPlanner:
         self.offered.update(now, offered_rows)
         return decide_slo(self.plan, curve, queued_rows, oldest_wait_s, self.admitted.update(now, admitted_rows))
 
-    def estimated(self, now: float, admitted_rows: int, offered_rows: int) -> dict[str, Any]:
-        """The planner's part of the batcher's ``ScheduleEstimate`` (batching/config.py), by field.
+    def estimate(self, now: float, admitted_rows: int, offered_rows: int, curve: RunTimeCurve | None,
+                 last: Decision) -> ScheduleEstimate:
+        """The batcher's ``ScheduleEstimate`` (batching/config.py) in objective mode.
 
         The arrival rates are read as of ``now`` (``ArrivalRate.peek``, which records nothing: the
         metrics are encoded off the event loop): decisions update them only while rows are queued,
         and a gauge read after the traffic stopped would otherwise show its last rate for good.
         """
-        return dict(arrival_rows_per_s=self.admitted.peek(now, admitted_rows),
-                    offered_rows_per_s=self.offered.peek(now, offered_rows),
-                    admission_batch_rows=self.admission_batch, budget_s=self.plan.budget_s,
-                    loop_lag_allowance_s=self.lag_allowance_s, admission_tail_scale=self.tail_scale)
+        return ScheduleEstimate(
+            curve, last.wake_rows, last.wait_s,
+            arrival_rows_per_s=self.admitted.peek(now, admitted_rows),
+            offered_rows_per_s=self.offered.peek(now, offered_rows),
+            admission_batch_rows=self.admission_batch, budget_s=self.plan.budget_s,
+            loop_lag_allowance_s=self.lag_allowance_s, admission_tail_scale=self.tail_scale,
+        )
 
     def settled(self, now: float, enqueued_at: Iterable[float]) -> None:
         """Admitted requests answered at ``now``: calibrate the tail admission prices against what they took.
