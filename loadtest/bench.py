@@ -64,6 +64,20 @@ class Target:
     passed: bool
     detail: str
 
+    def shown(self, decimals: int, scale: float = 1.0, below: bool = False) -> str:
+        """``measured * scale`` to ``decimals`` places, or to as many more (up to 4) as it takes for the printed
+        figure to sit on the same side of ``needed`` as the value itself: a share of 98.98% against 99% prints
+        98.98, not 99.0 beside FAIL. ``below``: the target is ``measured < needed``, else ``>=``."""
+        value, needed = self.measured * scale, self.needed * scale
+
+        def holds(v: float) -> bool:
+            return v < needed if below else v >= needed
+
+        places = decimals
+        while places < decimals + 4 and holds(round(value, places)) != holds(value):
+            places += 1
+        return f"{value:.{places}f}"
+
 
 @dataclass
 class BenchResult:
@@ -233,8 +247,9 @@ def format_bench(result: BenchResult) -> str:
         lines.append(f"fleetserve resident memory: {result.server_rss_mb:.0f} MB (peak {result.server_peak_rss_mb:.0f} MB)")
     lines += ["", f"{'target':<48}{'measured':>9}{'needed':>9}  result"]
     for t in result.targets:
-        op = "<" if "memory" in t.name else ">="
-        lines.append(f"{t.name:<48}{t.measured:>9.2f}{op + ' ' + format(t.needed, 'g'):>9}  "
+        below = "memory" in t.name
+        op = "<" if below else ">="
+        lines.append(f"{t.name:<48}{t.shown(2, below=below):>9}{op + ' ' + format(t.needed, 'g'):>9}  "
                      f"{'PASS' if t.passed else 'FAIL'}{'  ' + t.detail if t.detail else ''}")
     return "\n".join(lines)
 

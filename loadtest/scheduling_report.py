@@ -211,7 +211,7 @@ def format_targets(targets: Sequence[Target]) -> str:
     lines = [f"{'target':<52}{'measured':>9}{'needed':>9}  result"]
     for t in targets:
         share = t.needed < 1  # a share of requests, else a ratio
-        measured = _percent(t.measured) if share else f"{t.measured:.2f}"
+        measured = f"{t.shown(1 if t.measured < 0.999 or t.measured == 1 else 2, scale=100)}%" if share else t.shown(2)
         needed = f">= {_percent(t.needed) if share else format(t.needed, 'g')}"
         lines.append(f"{t.name:<52}{measured:>9}{needed:>9}  {'PASS' if t.passed else 'FAIL'}  {t.detail}".rstrip())
     return "\n".join(lines)

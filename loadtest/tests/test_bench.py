@@ -3,7 +3,7 @@
 import pytest
 
 from loadtest.bench import (
-    BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s, soak_verdict,
+    BATCH_SIZES, BenchLoad, BenchResult, Target, evaluate_targets, format_bench, inprocess_rows_per_s, soak_verdict,
 )
 from loadtest.stats import LatencyMs
 from model_store.testing import write_mlp_model
@@ -54,6 +54,20 @@ def test_table_lists_every_load_and_verdict(loads):
     assert "in-process onnxruntime mlp b=64" in text and "above max_batch_size" in text
     assert all(load.name in text for load in loads)
     assert text.count("PASS") == 4 and text.count("FAIL") == 2
+
+
+@pytest.mark.parametrize("measured, needed, decimals, scale, below, shown", [
+    (0.79, 0.8, 2, 1, False, "0.79"),  # clear of the threshold: the usual places
+    (0.7951, 0.8, 2, 1, False, "0.795"),  # 0.80 would read as met
+    (0.99966, 1.0, 2, 1, False, "0.9997"),
+    (0.98977, 0.99, 1, 100, False, "98.98"),  # a share printed as a percentage
+    (1.0, 1.0, 2, 1, False, "1.00"),
+    (0.9999999, 1.0, 2, 1, False, "1.000000"),  # at most 4 places more, then the usual rounding
+    (399.996, 400, 2, 1, True, "399.996"),  # a "<" target
+])
+def test_a_figure_beside_its_verdict_sits_on_the_verdicts_side(measured, needed, decimals, scale, below, shown):
+    target = Target("t", measured, needed, (measured < needed) if below else (measured >= needed), "")
+    assert target.shown(decimals, scale=scale, below=below) == shown
 
 
 def test_round_targets_are_the_median_of_each_rounds_ratio(make_point):
