@@ -49,8 +49,14 @@ async def test_open_loop_sends_the_offered_rate(tiny_server, transport):
     assert point.rows_per_s == pytest.approx(3 * point.throughput_rps)
     assert point.send_lag_p99_ms is not None and point.dropped == 0
     # The same requests counted by their scheduled arrival instead of their completion: at 200/s
-    # with millisecond latencies only those near a window boundary differ (a stall there moves more).
-    assert point.ok_of_arrivals is not None and abs(point.ok_of_arrivals - point.ok) <= max(3, 0.1 * point.ok)
+    # with millisecond latencies only those near a window boundary differ. A stall there moves more:
+    # 0.15 s of a shared machine's pause moves 30, a quarter of the ~120 requests (counting the 0.2 s
+    # warm-up's 40 arrivals in would still fail).
+    assert point.ok_of_arrivals is not None
+    assert abs(point.ok_of_arrivals - point.ok) <= max(5, 0.25 * point.ok), (
+        f"{point.ok_of_arrivals} answered arrivals against {point.ok} completions in the windows; "
+        f"send lag p99 {point.send_lag_p99_ms} ms, latency p99 {point.latency_ms.p99} ms max {point.latency_ms.max} ms"
+    )
 
 
 async def test_the_load_generator_walks_only_its_own_garbage_while_it_measures(tiny_server):
