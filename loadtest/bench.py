@@ -39,6 +39,7 @@ from loadtest.procpool import run_event_loop
 from loadtest.wire import max_batch_size
 from loadtest.results import PointResult
 from loadtest.runner import LoadRunner, RunSettings
+from loadtest.targets import Target
 
 BUNDLED = servers.ROOT / "model_store" / "examples" / "repository"
 BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
@@ -54,29 +55,6 @@ class BenchLoad:
     concurrency: int
     point: PointResult
     round: int = 0  # 1.. for the loads measured in interleaved rounds; 0 for those measured once
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    measured: float
-    needed: float
-    passed: bool
-    detail: str
-
-    def shown(self, decimals: int, scale: float = 1.0, below: bool = False) -> str:
-        """``measured * scale`` to ``decimals`` places, or to as many more (up to 4) as it takes for the printed
-        figure to sit on the same side of ``needed`` as the value itself: a share of 98.98% against 99% prints
-        98.98, not 99.0 beside FAIL. ``below``: the target is ``measured < needed``, else ``>=``."""
-        value, needed = self.measured * scale, self.needed * scale
-
-        def holds(v: float) -> bool:
-            return v < needed if below else v >= needed
-
-        places = decimals
-        while places < decimals + 4 and holds(round(value, places)) != holds(value):
-            places += 1
-        return f"{value:.{places}f}"
 
 
 @dataclass

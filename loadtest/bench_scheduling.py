@@ -50,7 +50,7 @@ from typing import Any, Callable
 import numpy as np
 
 from loadtest import servers
-from loadtest.bench import Target
+from loadtest.targets import Target
 from loadtest.procpool import run_event_loop
 from loadtest.results import PointResult
 from loadtest.runner import LoadRunner, RunSettings

@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from loadtest.bench import Target
+from loadtest.targets import Target
 from loadtest.results import PointResult
 
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # shed: a full queue, or predicted to miss the objective

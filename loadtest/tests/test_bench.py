@@ -3,9 +3,10 @@
 import pytest
 
 from loadtest.bench import (
-    BATCH_SIZES, BenchLoad, BenchResult, Target, evaluate_targets, format_bench, inprocess_rows_per_s, soak_verdict,
+    BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s, soak_verdict,
 )
 from loadtest.stats import LatencyMs
+from loadtest.targets import Target
 from model_store.testing import write_mlp_model
 
 

@@ -5,7 +5,7 @@ from functools import partial
 
 import pytest
 
-from loadtest.bench import Target
+from loadtest.targets import Target
 from loadtest.bench_scheduling import BenchSettings, Timing, format_report, run_bench_scheduling, write_json
 from loadtest.scheduling_report import (
     LOADS, Cell, Schedule, cell_from_point, choose_objective_ms, evaluate_targets, format_cells, format_targets,
