@@ -50,7 +50,6 @@ from typing import Any, Callable
 import numpy as np
 
 from loadtest import servers
-from loadtest.targets import Target
 from loadtest.procpool import run_event_loop
 from loadtest.results import PointResult
 from loadtest.runner import LoadRunner, RunSettings
@@ -59,6 +58,7 @@ from loadtest.scheduling_report import (
     format_cells, format_targets, model_config, schedules, sustained_capacity,
 )
 from loadtest.server_view import ServerView, server_buckets
+from loadtest.targets import Target
 from model_store.testing import ModelSpec, write_model_repository, write_slow_model
 
 

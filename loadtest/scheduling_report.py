@@ -211,7 +211,7 @@ def format_targets(targets: Sequence[Target]) -> str:
     lines = [f"{'target':<52}{'measured':>9}{'needed':>9}  result"]
     for t in targets:
         share = t.needed < 1  # a share of requests, else a ratio
-        measured = f"{t.shown(1 if t.measured < 0.999 or t.measured == 1 else 2, scale=100)}%" if share else t.shown(2)
+        measured = f"{t.shown(_percent_places(t.measured), scale=100)}%" if share else t.shown(2)
         needed = f">= {_percent(t.needed) if share else format(t.needed, 'g')}"
         lines.append(f"{t.name:<52}{measured:>9}{needed:>9}  {'PASS' if t.passed else 'FAIL'}  {t.detail}".rstrip())
     return "\n".join(lines)
@@ -220,4 +220,9 @@ def format_targets(targets: Sequence[Target]) -> str:
 def _percent(share: float | None) -> str:
     if share is None:
         return "-"
-    return f"{share * 100:.1f}%" if share < 0.999 or share == 1 else f"{share * 100:.2f}%"
+    return f"{share * 100:.{_percent_places(share)}f}%"
+
+
+def _percent_places(share: float) -> int:
+    """One decimal place, two above 99.9% (where 99.95% must not read as 100.0%)."""
+    return 1 if share < 0.999 or share == 1 else 2

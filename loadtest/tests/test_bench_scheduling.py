@@ -5,7 +5,6 @@ from functools import partial
 
 import pytest
 
-from loadtest.targets import Target
 from loadtest.bench_scheduling import BenchSettings, Timing, format_report, run_bench_scheduling, write_json
 from loadtest.scheduling_report import (
     LOADS, Cell, Schedule, cell_from_point, choose_objective_ms, evaluate_targets, format_cells, format_targets,
@@ -13,6 +12,7 @@ from loadtest.scheduling_report import (
 )
 from loadtest.server_view import server_buckets
 from loadtest.stats import LatencyMs
+from loadtest.targets import Target
 from model_store.pbtxt import parse_config_text
 
 
