@@ -50,13 +50,22 @@ class TensorSpec:
 
 
 class BareService:
-    """Fixed answers for one model; response bytes cached per row count (bounded by the few sizes used)."""
+    """Fixed answers for one model; response bytes cached per row count (bounded by the few sizes used).
 
-    def __init__(self, model: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    ``park``: each unary request waits on a future until the next event-loop turn, which releases
+    every request parked meanwhile at once. That is all a dynamic batcher adds to the transport's
+    work (a suspended handler and its wake-up), so the bare server with ``park`` measures the
+    transport's ceiling for any server that batches.
+    """
+
+    def __init__(self, model: str, inputs: list[TensorSpec], outputs: list[TensorSpec], park: bool = False) -> None:
         self.model = model
         self.inputs = inputs
         self.outputs = outputs
+        self.park = park
+        self.largest_release = 0  # the most requests one turn released (park)
         self._bodies: dict[int, bytes] = {}
+        self._parked: list[asyncio.Future[None]] = []
 
     def _body(self, rows: int) -> bytes:
         body = self._bodies.get(rows)
@@ -83,7 +92,24 @@ class BareService:
         return with_id(body, request.id.encode())  # ModelInferResponse.id is field 3 too
 
     async def model_infer(self, request: Any, context: Any) -> bytes:
+        if self.park:
+            await self._next_turn()
         return self.answer(request)
+
+    def _next_turn(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not self._parked:
+            loop.call_soon(self._release)
+        self._parked.append(future)
+        return future
+
+    def _release(self) -> None:
+        parked, self._parked = self._parked, []
+        self.largest_release = max(self.largest_release, len(parked))
+        for future in parked:
+            if not future.done():  # its caller may have gone
+                future.set_result(None)
 
     async def model_stream_infer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
         async for request in requests:
@@ -157,13 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="an input per row, repeatable (default INPUT0:FP32:16)")
     parser.add_argument("--output", action="append", default=[], metavar="NAME:DATATYPE:DIMS",
                         help="an output per row, repeatable (default OUTPUT0:FP32:16)")
+    parser.add_argument("--park", action="store_true",
+                        help="answer each unary request one event-loop turn later, all parked requests at once: "
+                             "the transport's ceiling for a server that batches")
     args = parser.parse_args(argv)
     try:
         inputs = [TensorSpec.parse(t) for t in args.input or ["INPUT0:FP32:16"]]
         outputs = [TensorSpec.parse(t) for t in args.output or ["OUTPUT0:FP32:16"]]
     except ValueError as exc:
         parser.error(str(exc))
-    run_event_loop(_serve(BareService(args.model, inputs, outputs), args.host, args.port))
+    run_event_loop(_serve(BareService(args.model, inputs, outputs, park=args.park), args.host, args.port))
     return 0
 
 

@@ -83,6 +83,19 @@ async def test_bare_baseline_answers_unary_and_stream_with_ids_echoed():
         await server.stop(0)
 
 
+async def test_a_parked_bare_server_answers_unary_requests_a_turn_later_together():
+    service = BareService("add_one", [TensorSpec.parse("INPUT0:FP32:16")], [TensorSpec.parse("OUTPUT0:FP32:16")],
+                          park=True)
+    server, port = await start_baseline(service)
+    try:
+        async with LoadRunner(settings(f"127.0.0.1:{port}")) as runner:
+            point = await runner.run_point("concurrency", 16)
+        assert_healthy(point)
+        assert service.largest_release > 1 and not service._parked  # released together, none left behind
+    finally:
+        await server.stop(0)
+
+
 async def test_a_server_that_does_not_echo_ids_is_reported_not_mismeasured():
     class Forgetful(BareService):
         def answer(self, request):
