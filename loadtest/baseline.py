@@ -92,8 +92,10 @@ class BareService:
         return with_id(body, request.id.encode())  # ModelInferResponse.id is field 3 too
 
     async def model_infer(self, request: Any, context: Any) -> bytes:
-        if self.park:
-            await self._next_turn()
+        return self.answer(request)
+
+    async def model_infer_parked(self, request: Any, context: Any) -> bytes:
+        await self._next_turn()
         return self.answer(request)
 
     def _next_turn(self) -> asyncio.Future[None]:
@@ -141,7 +143,8 @@ class BareService:
             return pb.ModelReadyResponse(ready=request.name == self.model)
 
         return grpc.method_handlers_generic_handler(SERVICE, {
-            "ModelInfer": unary(self.model_infer, pb.ModelInferRequest),
+            # chosen once here, so the plain server's per-request path has no branch for ``park``
+            "ModelInfer": unary(self.model_infer_parked if self.park else self.model_infer, pb.ModelInferRequest),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString, response_serializer=None),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
