@@ -8,6 +8,7 @@ the OS and read back from the server's log.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from ops.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "model_store" / "examples" / "repository"
 
 
 class ServedProcess:
@@ -92,3 +94,12 @@ def fleetserve(repository: Path, *extra: str) -> ServedProcess:
 def baseline(*extra: str) -> ServedProcess:
     return ServedProcess([sys.executable, "-m", "loadtest.baseline", "--port", "0", *extra],
                          ready=r"baseline listening", port=r"baseline listening on [^:\s]+:(\d+)")
+
+
+def bench_repository(root: Path, source: Path) -> Path:
+    """Copies of ``source``'s add_one and mlp in ``root`` (the bench's and the soak's repository)."""
+    for name in ("add_one", "mlp"):
+        if not (source / name).is_dir():
+            raise SystemExit(f"{source} has no {name!r} model; bench needs the bundled add_one and mlp")
+        shutil.copytree(source / name, root / name)  # copies: fleetserve refuses links out of its repository
+    return root

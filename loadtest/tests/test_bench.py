@@ -3,8 +3,9 @@
 import pytest
 
 from loadtest.bench import (
-    BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s, soak_verdict,
+    BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s,
 )
+from loadtest.soak import soak_verdict
 from loadtest.stats import LatencyMs
 from loadtest.targets import Target
 from model_store.testing import write_mlp_model
@@ -105,7 +106,8 @@ def test_soak_passes_when_memory_stays_bounded_and_flat_after_a_minute(samples, 
 
 
 def test_a_short_soak_against_a_real_server_samples_memory_after_every_load():
-    from loadtest.bench import BUNDLED, SOAK_LOADS, run_soak
+    from loadtest.servers import BUNDLED
+    from loadtest.soak import SOAK_LOADS, run_soak
 
     lines: list[str] = []
     result = run_soak(5.0, 1, BUNDLED, say=lines.append, chunk_s=1.0)
