@@ -2,8 +2,8 @@
 
 It serves ModelInfer and ModelStreamInfer for one pretend model, answering each request with a
 fixed, correctly shaped response (zeros; the id echoed; rows taken from the request's first
-input) built once per row count, plus ModelMetadata, ServerLive/ServerReady and ModelReady so
-the load generator can drive it like any server. Requests are parsed (any real server must);
+input) built once per row count, plus ServerMetadata, ModelMetadata, ModelConfig, ServerLive/ServerReady
+and ModelReady so the load generator and Triton's perf_analyzer can drive it like any server. Requests are parsed (any real server must);
 responses go out as pre-serialised bytes. One process on uvloop, as fleetserve runs.
 ``fleetserve bench`` compares fleetserve against it; run it alone with
 ``python -m loadtest.baseline --port 8101``.
@@ -22,11 +22,13 @@ from typing import Any, AsyncIterator
 import grpc
 
 from model_store.datatypes import BY_NAME
+from model_store.protos import model_config_pb2 as config_pb
 from loadtest.procpool import run_event_loop
 from loadtest.wire import SERVICE, encode_varint, with_id
 from server.protos import grpc_service_pb2 as pb
 
 log = logging.getLogger("loadtest.baseline")
+_MAX_BATCH_SIZE = 256  # rows a request may carry, as the bundled mlp's config says
 _STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
 
 
@@ -126,6 +128,15 @@ class BareService:
             response.outputs.add(name=spec.name, datatype=spec.datatype, shape=(-1, *spec.dims))
         return response
 
+    async def model_config(self, request: Any, context: Any) -> Any:
+        """What perf_analyzer reads before it sends anything: the batch limit and the tensors."""
+        config = config_pb.ModelConfig(name=self.model, platform="bare", max_batch_size=_MAX_BATCH_SIZE)
+        for specs, field in ((self.inputs, config.input), (self.outputs, config.output)):
+            for spec in specs:
+                field.add(name=spec.name, data_type=config_pb.DataType.Value(BY_NAME[spec.datatype].config_name),
+                          dims=spec.dims)
+        return pb.ModelConfigResponse(config=config)
+
     def handlers(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, request: Any, response: Any = None) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
@@ -142,12 +153,17 @@ class BareService:
         async def model_ready(request: Any, context: Any) -> Any:
             return pb.ModelReadyResponse(ready=request.name == self.model)
 
+        async def server_metadata(request: Any, context: Any) -> Any:
+            return pb.ServerMetadataResponse(name="bare", version="1")
+
         return grpc.method_handlers_generic_handler(SERVICE, {
             # chosen once here, so the plain server's per-request path has no branch for ``park``
             "ModelInfer": unary(self.model_infer_parked if self.park else self.model_infer, pb.ModelInferRequest),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.model_stream_infer, request_deserializer=pb.ModelInferRequest.FromString, response_serializer=None),
             "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelConfig": unary(self.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "ServerMetadata": unary(server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ServerLive": unary(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
             "ServerReady": unary(ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
             "ModelReady": unary(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),

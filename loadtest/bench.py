@@ -11,6 +11,10 @@ machine. In order:
    unary batch-1 at concurrency 1, 8, 32, 64; tiny stream at 64; mlp unary and stream at 64;
    mlp with 64-row requests; then the server's resident memory.
 
+When Triton's perf_analyzer is installed (loadtest/perf_analyzer.py), it drives the concurrency-64
+loads of both servers and the 64-row load a second time, right after the harness in each round; its
+ratios are targets too. A C++ load generator leaves more of the shared cores to the servers.
+
 It prints every rate and issue 5's targets as ratios with PASS/FAIL, and writes bench.json.
 Absolute rates drift on shared machines; the ratios are measured side by side in one run.
 """
@@ -22,7 +26,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +37,9 @@ import grpc
 import numpy as np
 
 from loadtest import servers
+from loadtest import perf_analyzer
+from loadtest.perf_analyzer import PaResult, PerfAnalyzer
+from loadtest.bench_targets import by_name, evaluate_targets, median_load
 from loadtest.procpool import run_event_loop
 from loadtest.wire import max_batch_size
 from loadtest.results import PointResult
@@ -56,6 +62,52 @@ class BenchLoad:
     point: PointResult
     round: int = 0  # 1.. for the loads measured in interleaved rounds; 0 for those measured once
 
+    @property
+    def throughput_rps(self) -> float:
+        return self.point.throughput_rps
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.point.rows_per_s
+
+    @property
+    def p50_ms(self) -> float:
+        return self.point.latency_ms.p50
+
+    @property
+    def p99_ms(self) -> float:
+        return self.point.latency_ms.p99
+
+
+@dataclass(frozen=True)
+class PaLoad:
+    """One load driven by perf_analyzer (asynchronous; the stream with ``--streaming``)."""
+
+    name: str
+    server: str
+    model: str
+    transport: str
+    rows: int
+    concurrency: int
+    result: PaResult
+    round: int = 0
+
+    @property
+    def throughput_rps(self) -> float:
+        return self.result.throughput / self.rows  # perf_analyzer counts inferences: rows
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.result.throughput
+
+    @property
+    def p50_ms(self) -> float:
+        return self.result.p50_ms
+
+    @property
+    def p99_ms(self) -> float:
+        return self.result.p99_ms
+
 
 @dataclass
 class BenchResult:
@@ -69,6 +121,8 @@ class BenchResult:
     server_rss_mb: float | None
     server_peak_rss_mb: float | None
     targets: list[Target]
+    perf_analyzer: str | None = None  # its version, when it drove the loads a second time
+    pa_loads: list[PaLoad] = dataclasses.field(default_factory=list)
 
 
 def inprocess_rows_per_s(model: Path, seconds: float, rounds: int = 3) -> dict[int, float]:
@@ -129,13 +183,9 @@ class _Measure:
         load = BenchLoad(name, server, model, transport, rows, concurrency, point, round_)
         self.loads.append(load)
         label = f"{name} (round {round_})" if round_ else name
-        self.say(f"  {label:<36} {point.throughput_rps:>9,.0f} req/s  p50 {point.latency_ms.p50:7.2f} ms  "
+        self.say(f"  {label:<45} {point.throughput_rps:>9,.0f} req/s  p50 {point.latency_ms.p50:7.2f} ms  "
                  f"p99 {point.latency_ms.p99:7.2f} ms  errors {sum(point.errors.values())}")
         return load
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else 0.0
 
 
 ROUND_LOADS = (
@@ -147,53 +197,6 @@ ROUND_LOADS = (
     ("tiny stream c=64", "fleetserve", "add_one", "stream"),
     ("mlp stream c=64", "fleetserve", "mlp", "stream"),
 )
-
-
-def by_name(loads: list[BenchLoad]) -> dict[str, list[BenchLoad]]:
-    """Each load's measurements, in round order."""
-    out: dict[str, list[BenchLoad]] = {}
-    for load in loads:
-        out.setdefault(load.name, []).append(load)
-    return out
-
-
-def median_load(measured: list[BenchLoad]) -> BenchLoad:
-    """The measurement with the median throughput (the lower middle one of an even count)."""
-    ordered = sorted(measured, key=lambda load: load.point.throughput_rps)
-    return ordered[(len(ordered) - 1) // 2]
-
-
-def _round_ratios(loads: dict[str, list[BenchLoad]], top: str, bottom: str) -> list[float]:
-    """``top`` / ``bottom`` throughput within each round both were measured in."""
-    under = {load.round: load.point.throughput_rps for load in loads[bottom]}
-    return [_ratio(load.point.throughput_rps, under[load.round]) for load in loads[top] if load.round in under]
-
-
-def evaluate_targets(loads: list[BenchLoad], inprocess_best: float, rss_mb: float | None) -> list[Target]:
-    """Issue 5's targets as ratios measured side by side: the median over rounds of each round's ratio."""
-    named = by_name(loads)
-
-    def ratio_target(name: str, top: str, bottom: str, needed: float, extra: str = "", ok: bool = True) -> Target:
-        ratios = _round_ratios(named, top, bottom)
-        r = statistics.median(ratios) if ratios else 0.0
-        detail = ", ".join(f"{x:.2f}" for x in ratios)
-        detail = (f"rounds {detail}" if len(ratios) > 1 else "") + (f"; {extra}" if extra and len(ratios) > 1 else extra)
-        return Target(name, r, needed, r >= needed and ok, detail)
-
-    targets = [
-        ratio_target("tiny unary / bare unary (c=64)", "tiny unary c=64", "bare unary c=64", 0.8),
-        ratio_target("tiny stream / bare stream (c=64)", "tiny stream c=64", "bare stream c=64", 0.7),
-    ]
-    for transport in ("unary", "stream"):
-        mlp = median_load(named[f"mlp {transport} c=64"]).point
-        tail = _ratio(mlp.latency_ms.p99, mlp.latency_ms.p50)
-        targets.append(ratio_target(f"mlp {transport} / tiny {transport} (c=64), p99 < 3x p50", f"mlp {transport} c=64",
-                                    f"tiny {transport} c=64", 0.75, f"p99/p50 = {tail:.2f}", tail < 3))
-    rows = median_load(named["mlp 64-row unary c=8"]).point.rows_per_s
-    targets.append(Target("mlp 64-row rows/s / in-process best", r := _ratio(rows, inprocess_best), 0.8, r >= 0.8, ""))
-    if rss_mb is not None:
-        targets.append(Target("server resident memory (MB) <", rss_mb, 400, rss_mb < 400, "after the loads"))
-    return targets
 
 
 def format_bench(result: BenchResult) -> str:
@@ -215,22 +218,45 @@ def format_bench(result: BenchResult) -> str:
                      f"{p.latency_ms.p99:>9.2f}{batch:>7}{sum(p.errors.values()):>8}{'yes' if p.stable else 'NO':>8}")
     if result.server_rss_mb is not None:
         lines.append(f"fleetserve resident memory: {result.server_rss_mb:.0f} MB (peak {result.server_peak_rss_mb:.0f} MB)")
-    lines += ["", f"{'target':<48}{'measured':>9}{'needed':>9}  result"]
+    if result.pa_loads:
+        lines += ["", f"driven by {result.perf_analyzer} (--async, --streaming for the stream)"]
+        for name, pa_measured in by_name(result.pa_loads).items():
+            m = median_load(pa_measured)
+            label = f"{name} (median of {len(pa_measured)})" if len(pa_measured) > 1 else name
+            queue = m.result.server_queue_us
+            lines.append(f"{label:<30}{m.throughput_rps:>10,.0f}{m.rows_per_s:>11,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
+                         + (f"  server queue {queue:,.0f} us" if queue is not None else ""))
+    lines += ["", f"{'target':<59}{'measured':>9}{'needed':>9}  result"]
     for t in result.targets:
         below = "memory" in t.name
         op = "<" if below else ">="
-        lines.append(f"{t.name:<48}{t.shown(2, below=below):>9}{op + ' ' + format(t.needed, 'g'):>9}  "
+        lines.append(f"{t.name:<59}{t.shown(2, below=below):>9}{op + ' ' + format(t.needed, 'g'):>9}  "
                      f"{'PASS' if t.passed else 'FAIL'}{'  ' + t.detail if t.detail else ''}")
     return "\n".join(lines)
 
 
-def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str], None] = print) -> BenchResult:
+def _pa_measure(pa: PerfAnalyzer, quick: bool, say: Callable[[str], None], loads: list[PaLoad], address: str,
+                server: str, name: str, model: str, transport: str, concurrency: int, rows: int = 1,
+                round_: int = 0) -> None:
+    result = perf_analyzer.run(pa, address, model, concurrency=concurrency, streaming=transport == "stream",
+                               batch=rows, window_ms=500 if quick else 1000)
+    load = PaLoad(name, server, model, transport, rows, concurrency, result, round_)
+    loads.append(load)
+    label = f"{name} (round {round_})" if round_ else name
+    say(f"  {label + ', perf_analyzer':<45} {load.throughput_rps:>9,.0f} req/s  p50 {load.p50_ms:7.2f} ms  "
+        f"p99 {load.p99_ms:7.2f} ms")
+
+
+def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str], None] = print,
+              pa: PerfAnalyzer | None = None) -> BenchResult:
+    """The bench; with ``pa``, perf_analyzer drives the same loads too, in the same rounds, for its own targets."""
     say(f"in-process onnxruntime on {repository / 'mlp'} ...")
     model, seconds = repository / "mlp" / "1" / "model.onnx", 0.1 if quick else 0.3
     by_batch = inprocess_rows_per_s(model, seconds)
     say("  " + ", ".join(f"b={b}: {r:,.0f}" for b, r in by_batch.items()) + " rows/s")
     measure = _Measure(quick, processes, say)
     rounds = 2 if quick else 3
+    pa_loads: list[PaLoad] = []
     say(f"bare grpc.aio baseline (as add_one) and fleetserve (add_one, mlp), {rounds} interleaved rounds ...")
     with tempfile.TemporaryDirectory(prefix="fleetserve-bench-") as tmp, \
             servers.baseline("--model", "add_one") as bare, \
@@ -242,9 +268,16 @@ def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str]
             for name, which, served, transport in ROUND_LOADS:
                 address = bare.address if which == "bare" else server.address
                 measure(address, which, name, served, transport, 64, round_=round_)
+            if pa is not None:  # perf_analyzer drives the same loads in the same round
+                for name, which, served, transport in ROUND_LOADS:
+                    address = bare.address if which == "bare" else server.address
+                    _pa_measure(pa, quick, say, pa_loads, address, which, name, served, transport, 64, round_=round_)
         for c in (1, 8, 32):
             measure(server.address, "fleetserve", f"tiny unary c={c}", "add_one", "unary", c)
         measure(server.address, "fleetserve", "mlp 64-row unary c=8", "mlp", "unary", 8, rows=64)
+        if pa is not None:
+            _pa_measure(pa, quick, say, pa_loads, server.address, "fleetserve", "mlp 64-row unary c=8", "mlp", "unary",
+                        8, rows=64)
         memory = server.memory_mb()
         # The served model never runs batches above its max_batch_size: the fair in-process reference.
         limit = _max_batch_size(server.address, "mlp") or 1
@@ -259,7 +292,9 @@ def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str]
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_count=os.cpu_count() or 1,
         machine=f"{platform.system()} {platform.machine()}, Python {platform.python_version()}", quick=quick,
         inprocess_rows_per_s=by_batch, inprocess_best_batch=best, loads=measure.loads, server_rss_mb=rss,
-        server_peak_rss_mb=peak, targets=evaluate_targets(measure.loads, by_batch[best], rss),
+        server_peak_rss_mb=peak, perf_analyzer=pa.version() if pa is not None else None, pa_loads=pa_loads,
+        targets=evaluate_targets(measure.loads, by_batch[best], rss)
+        + (evaluate_targets(pa_loads, by_batch[best], None, "perf_analyzer") if pa is not None else []),
     )
 
 
@@ -279,6 +314,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--soak", type=float, metavar="SECONDS", default=None,
                    help="instead of the bench: cycle its loads on one server for SECONDS (e.g. 300), sampling the "
                         "server's resident memory; passes when it stays under 400 MB and does not grow")
+    p.add_argument("--no-perf-analyzer", action="store_true",
+                   help="drive the loads with the harness only (by default perf_analyzer drives them too, when found)")
     args = p.parse_args(argv)
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -290,7 +327,10 @@ def main(argv: list[str]) -> int:
         path.write_text(json.dumps(dataclasses.asdict(soak), indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {path} ({time.monotonic() - started:.0f} s)")
         return 0 if soak.passed else 1
-    result = run_bench(args.quick, args.processes, args.model_repository)
+    pa = None if args.no_perf_analyzer else perf_analyzer.locate()
+    if pa is None and not args.no_perf_analyzer:
+        print(f"perf_analyzer not found, so only the harness drives the loads; {perf_analyzer.INSTALL_HINT}")
+    result = run_bench(args.quick, args.processes, args.model_repository, pa=pa)
     print()
     print(format_bench(result))
     path = args.out / "bench.json"

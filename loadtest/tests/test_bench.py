@@ -3,8 +3,10 @@
 import pytest
 
 from loadtest.bench import (
-    BATCH_SIZES, BenchLoad, BenchResult, evaluate_targets, format_bench, inprocess_rows_per_s,
+    BATCH_SIZES, BenchLoad, BenchResult, PaLoad, format_bench, inprocess_rows_per_s,
 )
+from loadtest.bench_targets import evaluate_targets
+from loadtest.perf_analyzer import PaResult
 from loadtest.soak import soak_verdict
 from loadtest.stats import LatencyMs
 from loadtest.targets import Target
@@ -56,6 +58,39 @@ def test_table_lists_every_load_and_verdict(loads):
     assert "in-process onnxruntime mlp b=64" in text and "above max_batch_size" in text
     assert all(load.name in text for load in loads)
     assert text.count("PASS") == 4 and text.count("FAIL") == 2
+
+
+def test_perf_analyzers_loads_are_a_second_set_of_targets_and_table(loads):
+    def pa_load(name, rows_per_s, p50=10.0, p99=20.0, rows=1):
+        result = PaResult(64, rows_per_s, p50, p50, p99, p99, 500.0 if "bare" not in name else None, 100.0)
+        return PaLoad(name, "x", "m", "unary", rows, 64, result)
+
+    pa_loads = [
+        pa_load("bare unary c=64", 6000), pa_load("bare stream c=64", 12000),
+        pa_load("tiny unary c=64", 3600), pa_load("tiny stream c=64", 9000),
+        pa_load("mlp unary c=64", 3000), pa_load("mlp stream c=64", 6000, p50=10, p99=40),
+        pa_load("mlp 64-row unary c=8", 30000, rows=64),
+    ]
+    assert pa_loads[-1].throughput_rps == pytest.approx(30000 / 64)  # perf_analyzer counts rows
+    targets = evaluate_targets(pa_loads, 60000, None, "perf_analyzer")
+    assert [(t.name.endswith(", perf_analyzer"), round(t.measured, 3), t.passed) for t in targets] == [
+        (True, 0.6, False),  # 3600 / 6000
+        (True, 0.75, True),  # 9000 / 12000
+        (True, 0.833, True),  # 3000 / 3600
+        (True, 0.667, False),  # 6000 / 9000, and p99 4x p50
+        (True, 0.5, False),  # 30,000 rows/s / 60,000
+    ]
+    result = BenchResult(
+        created_utc="2025-01-01T00:00:00+00:00", cpu_count=2, machine="Linux", quick=True,
+        inprocess_rows_per_s={64: 60000.0}, inprocess_best_batch=64, loads=loads, server_rss_mb=250.0,
+        server_peak_rss_mb=260.0, targets=evaluate_targets(loads, 60000, 250) + targets,
+        perf_analyzer="Perf Analyzer Version 2.51.0", pa_loads=pa_loads,
+    )
+    text = format_bench(result)
+    assert "driven by Perf Analyzer Version 2.51.0" in text
+    section = text.split("driven by")[1].split("target")[0]
+    assert section.count("c=64") == 6 and "server queue 500 us" in section and " 3,600 " in section
+    assert text.count("PASS") == 6 and text.count("FAIL") == 5
 
 
 @pytest.mark.parametrize("measured, needed, decimals, scale, below, shown", [

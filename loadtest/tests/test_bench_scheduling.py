@@ -1,13 +1,12 @@
 """``fleetserve bench-scheduling``: its pure parts (schedules, configs, cells, targets, table) and a tiny run."""
 
 import json
-from functools import partial
 
 import pytest
 
 from loadtest.bench_scheduling import BenchSettings, Timing, format_report, run_bench_scheduling, write_json
 from loadtest.scheduling_report import (
-    LOADS, Cell, Schedule, cell_from_point, choose_objective_ms, evaluate_targets, format_cells, format_targets,
+    LOADS, Schedule, cell_from_point, choose_objective_ms, evaluate_targets, format_cells, format_targets,
     model_config, schedules, sustained_capacity,
 )
 from loadtest.server_view import server_buckets
