@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 
 from loadtest import servers
+from loadtest.servers import ServedProcess
 from loadtest import perf_analyzer
 from loadtest.perf_analyzer import PaResult, PerfAnalyzer
 from loadtest.bench_targets import by_name, evaluate_targets, median_load
@@ -61,6 +62,7 @@ class BenchLoad:
     concurrency: int
     point: PointResult
     round: int = 0  # 1.. for the loads measured in interleaved rounds; 0 for those measured once
+    server_cpu_us: float | None = None  # the server process's CPU time per request (/proc), warm-up included
 
     @property
     def throughput_rps(self) -> float:
@@ -91,6 +93,7 @@ class PaLoad:
     concurrency: int
     result: PaResult
     round: int = 0
+    server_cpu_us: float | None = None
 
     @property
     def throughput_rps(self) -> float:
@@ -166,11 +169,11 @@ class _Measure:
         self.say = say
         self.loads: list[BenchLoad] = []
 
-    def __call__(self, address: str, server: str, name: str, model: str, transport: str, concurrency: int,
+    def __call__(self, target: ServedProcess, server: str, name: str, model: str, transport: str, concurrency: int,
                  rows: int = 1, round_: int = 0) -> BenchLoad:
         window = 0.5 if self.quick else 1.0
         settings = RunSettings(
-            targets=(address,), model=model, transport=transport, rows=rows, processes=self.processes,
+            targets=(target.address,), model=model, transport=transport, rows=rows, processes=self.processes,
             warmup_s=window, window_s=window, stable_windows=2 if self.quick else 3,
             max_duration_s=2.5 if self.quick else 10.0, timeout_s=30.0,
         )
@@ -179,13 +182,46 @@ class _Measure:
             async with LoadRunner(settings) as runner:
                 return await runner.run_point("concurrency", concurrency)
 
-        point = run_event_loop(run())
-        load = BenchLoad(name, server, model, transport, rows, concurrency, point, round_)
+        with _ServerCpu(target) as cpu:
+            point = run_event_loop(run())
+        load = BenchLoad(name, server, model, transport, rows, concurrency, point, round_,
+                         cpu.per_request_us(point.throughput_rps))
         self.loads.append(load)
         label = f"{name} (round {round_})" if round_ else name
         self.say(f"  {label:<45} {point.throughput_rps:>9,.0f} req/s  p50 {point.latency_ms.p50:7.2f} ms  "
-                 f"p99 {point.latency_ms.p99:7.2f} ms  errors {sum(point.errors.values())}")
+                 f"p99 {point.latency_ms.p99:7.2f} ms  errors {sum(point.errors.values())}{_cpu_text(load.server_cpu_us)}")
         return load
+
+
+class _ServerCpu:
+    """The server process's CPU time (all its threads) over one load, as time per request at the load's rate.
+
+    The whole load counts, warm-up included, at the rate its measured windows saw: CPU time that
+    other processes' work does not inflate, so it compares servers more steadily than their rates."""
+
+    def __init__(self, server: ServedProcess) -> None:
+        self.server = server
+        self.cores: float | None = None
+
+    def __enter__(self) -> "_ServerCpu":
+        self._cpu, self._wall = self.server.cpu_seconds(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu, wall = self.server.cpu_seconds(), time.monotonic()
+        if cpu is not None and self._cpu is not None and wall > self._wall:
+            self.cores = (cpu - self._cpu) / (wall - self._wall)
+
+    def per_request_us(self, requests_per_s: float) -> float | None:
+        return self.cores / requests_per_s * 1e6 if self.cores is not None and requests_per_s > 0 else None
+
+
+def _cpu_cell(us: float | None) -> str:
+    return f"{us:>8,.0f}" if us is not None else f"{'-':>8}"
+
+
+def _cpu_text(us: float | None) -> str:
+    return f"  server cpu {us:,.0f} us/req" if us is not None else ""
 
 
 ROUND_LOADS = (
@@ -203,7 +239,8 @@ def format_bench(result: BenchResult) -> str:
     best = result.inprocess_best_batch
     lines = [f"fleetserve bench, {result.created_utc}, {result.cpu_count} cores, {result.machine}"
              f"{' (quick)' if result.quick else ''}", "",
-             f"{'load':<30}{'req/s':>10}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'errors':>8}{'stable':>8}",
+             f"{'load':<30}{'req/s':>10}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'errors':>8}{'stable':>8}"
+             f"{'cpu us':>8}",
              f"{'in-process onnxruntime mlp b=' + str(best):<30}{'-':>10}"
              f"{result.inprocess_rows_per_s[best]:>11,.0f}{'-':>9}{'-':>9}{best:>7}{'-':>8}"]
     top = max(result.inprocess_rows_per_s, key=lambda b: result.inprocess_rows_per_s[b])
@@ -211,11 +248,13 @@ def format_bench(result: BenchResult) -> str:
         lines.append(f"{'  (b=' + str(top) + ', above max_batch_size)':<30}{'-':>10}"
                      f"{result.inprocess_rows_per_s[top]:>11,.0f}{'-':>9}{'-':>9}{top:>7}{'-':>8}")
     for name, measured in by_name(result.loads).items():
-        p = median_load(measured).point
+        load = median_load(measured)
+        p = load.point
         batch = f"{p.mean_batch_size:.1f}" if p.mean_batch_size is not None else "-"
         label = f"{name} (median of {len(measured)})" if len(measured) > 1 else name
         lines.append(f"{label:<30}{p.throughput_rps:>10,.0f}{p.rows_per_s:>11,.0f}{p.latency_ms.p50:>9.2f}"
-                     f"{p.latency_ms.p99:>9.2f}{batch:>7}{sum(p.errors.values()):>8}{'yes' if p.stable else 'NO':>8}")
+                     f"{p.latency_ms.p99:>9.2f}{batch:>7}{sum(p.errors.values()):>8}{'yes' if p.stable else 'NO':>8}"
+                     f"{_cpu_cell(load.server_cpu_us)}")
     if result.server_rss_mb is not None:
         lines.append(f"fleetserve resident memory: {result.server_rss_mb:.0f} MB (peak {result.server_peak_rss_mb:.0f} MB)")
     if result.pa_loads:
@@ -225,7 +264,7 @@ def format_bench(result: BenchResult) -> str:
             label = f"{name} (median of {len(pa_measured)})" if len(pa_measured) > 1 else name
             queue = m.result.server_queue_us
             lines.append(f"{label:<30}{m.throughput_rps:>10,.0f}{m.rows_per_s:>11,.0f}{m.p50_ms:>9.2f}{m.p99_ms:>9.2f}"
-                         + (f"  server queue {queue:,.0f} us" if queue is not None else ""))
+                         f"{'':>23}{_cpu_cell(m.server_cpu_us)}" + (f"  queue {queue:,.0f} us" if queue is not None else ""))
     lines += ["", f"{'target':<59}{'measured':>9}{'needed':>9}  result"]
     for t in result.targets:
         below = "memory" in t.name
@@ -235,16 +274,18 @@ def format_bench(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def _pa_measure(pa: PerfAnalyzer, quick: bool, say: Callable[[str], None], loads: list[PaLoad], address: str,
+def _pa_measure(pa: PerfAnalyzer, quick: bool, say: Callable[[str], None], loads: list[PaLoad], target: ServedProcess,
                 server: str, name: str, model: str, transport: str, concurrency: int, rows: int = 1,
                 round_: int = 0) -> None:
-    result = perf_analyzer.run(pa, address, model, concurrency=concurrency, streaming=transport == "stream",
-                               batch=rows, window_ms=500 if quick else 1000)
-    load = PaLoad(name, server, model, transport, rows, concurrency, result, round_)
+    with _ServerCpu(target) as cpu:
+        result = perf_analyzer.run(pa, target.address, model, concurrency=concurrency,
+                                   streaming=transport == "stream", batch=rows, window_ms=500 if quick else 1000)
+    load = PaLoad(name, server, model, transport, rows, concurrency, result, round_,
+                  cpu.per_request_us(result.throughput / rows))
     loads.append(load)
     label = f"{name} (round {round_})" if round_ else name
     say(f"  {label + ', perf_analyzer':<45} {load.throughput_rps:>9,.0f} req/s  p50 {load.p50_ms:7.2f} ms  "
-        f"p99 {load.p99_ms:7.2f} ms")
+        f"p99 {load.p99_ms:7.2f} ms{_cpu_text(load.server_cpu_us)}")
 
 
 def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str], None] = print,
@@ -266,17 +307,16 @@ def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str]
         # of a ratio, and the median round's ratio counts.
         for round_ in range(1, rounds + 1):
             for name, which, served, transport in ROUND_LOADS:
-                address = bare.address if which == "bare" else server.address
-                measure(address, which, name, served, transport, 64, round_=round_)
+                measure(bare if which == "bare" else server, which, name, served, transport, 64, round_=round_)
             if pa is not None:  # perf_analyzer drives the same loads in the same round
                 for name, which, served, transport in ROUND_LOADS:
-                    address = bare.address if which == "bare" else server.address
-                    _pa_measure(pa, quick, say, pa_loads, address, which, name, served, transport, 64, round_=round_)
+                    _pa_measure(pa, quick, say, pa_loads, bare if which == "bare" else server, which, name, served,
+                                transport, 64, round_=round_)
         for c in (1, 8, 32):
-            measure(server.address, "fleetserve", f"tiny unary c={c}", "add_one", "unary", c)
-        measure(server.address, "fleetserve", "mlp 64-row unary c=8", "mlp", "unary", 8, rows=64)
+            measure(server, "fleetserve", f"tiny unary c={c}", "add_one", "unary", c)
+        measure(server, "fleetserve", "mlp 64-row unary c=8", "mlp", "unary", 8, rows=64)
         if pa is not None:
-            _pa_measure(pa, quick, say, pa_loads, server.address, "fleetserve", "mlp 64-row unary c=8", "mlp", "unary",
+            _pa_measure(pa, quick, say, pa_loads, server, "fleetserve", "mlp 64-row unary c=8", "mlp", "unary",
                         8, rows=64)
         memory = server.memory_mb()
         # The served model never runs batches above its max_batch_size: the fair in-process reference.

@@ -7,6 +7,7 @@ the OS and read back from the server's log.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ class ServedProcess:
 
     def start(self) -> "ServedProcess":
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=ROOT, env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._ready.wait(self.ready_timeout_s) or not self.port or self.proc.poll() is not None:
@@ -71,6 +72,16 @@ class ServedProcess:
         if len(values) < 2:
             return None
         return int(values["VmRSS"]) / 1024, int(values["VmHWM"]) / 1024
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server has used so far, user and system, all threads (/proc, Linux), or None."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.proc is not None:

@@ -63,7 +63,7 @@ def test_table_lists_every_load_and_verdict(loads):
 def test_perf_analyzers_loads_are_a_second_set_of_targets_and_table(loads):
     def pa_load(name, rows_per_s, p50=10.0, p99=20.0, rows=1):
         result = PaResult(64, rows_per_s, p50, p50, p99, p99, 500.0 if "bare" not in name else None, 100.0)
-        return PaLoad(name, "x", "m", "unary", rows, 64, result)
+        return PaLoad(name, "x", "m", "unary", rows, 64, result, server_cpu_us=123.0 if "tiny" in name else None)
 
     pa_loads = [
         pa_load("bare unary c=64", 6000), pa_load("bare stream c=64", 12000),
@@ -89,7 +89,8 @@ def test_perf_analyzers_loads_are_a_second_set_of_targets_and_table(loads):
     text = format_bench(result)
     assert "driven by Perf Analyzer Version 2.51.0" in text
     section = text.split("driven by")[1].split("target")[0]
-    assert section.count("c=64") == 6 and "server queue 500 us" in section and " 3,600 " in section
+    assert section.count("c=64") == 6 and "queue 500 us" in section and " 3,600 " in section
+    assert section.count(" 123 ") == 2  # the server's CPU per request, where it was read
     assert text.count("PASS") == 6 and text.count("FAIL") == 5
 
 

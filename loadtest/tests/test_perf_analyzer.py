@@ -78,10 +78,13 @@ def test_perf_analyzer_drives_fleetserve_and_every_request_is_served(pa, tiny_se
 
 def test_perf_analyzer_drives_the_bare_baseline(pa):
     with servers.baseline("--model", "add_one") as bare:
+        idle = bare.cpu_seconds()
         unary = perf_analyzer.run(pa, bare.address, "add_one", concurrency=8, window_ms=300)
         stream = perf_analyzer.run(pa, bare.address, "add_one", concurrency=8, streaming=True, window_ms=300)
+        busy = bare.cpu_seconds()
     assert unary.throughput > 100 and stream.throughput > 100
     assert unary.server_queue_us is None  # the bare server keeps no statistics
+    assert idle is not None and busy is not None and busy - idle > 0.1  # the bench's server CPU per request
 
 
 def test_a_failed_run_says_what_perf_analyzer_said(pa, tiny_server):
