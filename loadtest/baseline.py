@@ -2,9 +2,10 @@
 
 It serves ModelInfer and ModelStreamInfer for one pretend model, answering each request with a
 fixed, correctly shaped response (zeros; the id echoed; rows taken from the request's first
-input) built once per row count, plus ServerMetadata, ModelMetadata, ModelConfig, ServerLive/ServerReady
-and ModelReady so the load generator and Triton's perf_analyzer can drive it like any server. Requests are parsed (any real server must);
-responses go out as pre-serialised bytes. One process on uvloop, as fleetserve runs.
+input) built once per row count, plus ServerMetadata, ModelMetadata, ModelConfig,
+ServerLive/ServerReady and ModelReady so the load generator and Triton's perf_analyzer can drive
+it like any server. Requests are parsed (any real server must); responses go out as
+pre-serialised bytes. One process on uvloop, as fleetserve runs.
 ``fleetserve bench`` compares fleetserve against it; run it alone with
 ``python -m loadtest.baseline --port 8101``.
 """
@@ -21,10 +22,10 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from model_store.datatypes import BY_NAME
-from model_store.protos import model_config_pb2 as config_pb
 from loadtest.procpool import run_event_loop
 from loadtest.wire import SERVICE, encode_varint, with_id
+from model_store.datatypes import BY_NAME
+from model_store.protos import model_config_pb2 as config_pb
 from server.protos import grpc_service_pb2 as pb
 
 log = logging.getLogger("loadtest.baseline")

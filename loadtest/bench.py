@@ -36,17 +36,16 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from loadtest import servers
-from loadtest.servers import ServedProcess
-from loadtest import perf_analyzer
-from loadtest.perf_analyzer import PaResult, PerfAnalyzer
+from loadtest import perf_analyzer, servers
 from loadtest.bench_targets import by_name, evaluate_targets, median_load
+from loadtest.perf_analyzer import PaResult, PerfAnalyzer
 from loadtest.procpool import run_event_loop
-from loadtest.wire import max_batch_size
 from loadtest.results import PointResult
 from loadtest.runner import LoadRunner, RunSettings
+from loadtest.servers import ServedProcess
 from loadtest.soak import format_soak, run_soak
 from loadtest.targets import Target
+from loadtest.wire import max_batch_size
 
 BUNDLED = servers.BUNDLED
 BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
@@ -161,7 +160,7 @@ def _max_batch_size(address: str, model: str) -> int:
 
 
 class _Measure:
-    """Runs one load against an address with the bench's window settings and records it."""
+    """Runs one load against a server with the bench's window settings and records it, with the server's CPU."""
 
     def __init__(self, quick: bool, processes: int, say: Callable[[str], None]) -> None:
         self.quick = quick
