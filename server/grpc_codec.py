@@ -1,15 +1,29 @@
-"""ModelInferRequest / ModelInferResponse protobufs <-> the dataplane's types."""
+"""ModelInferRequest / ModelInferResponse protobufs <-> the dataplane's types.
+
+``RequestDecoder`` decodes a request straight from its bytes when an earlier request had the same
+structure: a client's requests usually differ only in their ``id`` and their raw input contents.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
 
 from model_store.datatypes import BY_NAME
 from ops.errors import InvalidInput
 from server.codec import CONTENTS_FIELD, checked_shape, datatype_of, from_contents, from_raw, to_raw
 from server.protos import grpc_service_pb2 as pb
 from server.types import InferRequest, InferResponse, InputTensor
+
+# ModelInferRequest's fields are 1-7, all length-delimited, so each tag is one byte: field << 3 | 2.
+_ID_TAG = 3 << 3 | 2
+_RAW_TAG = 7 << 3 | 2
+_TEMPLATES = 1024  # structures remembered per decoder; a full table starts over
+_TEMPLATE_KEY_BYTES = 4096  # longer structures (typed contents, many parameters) are decoded in full
 
 def _param_value(p: Any) -> Any:
     which = p.WhichOneof("parameter_choice")
@@ -69,3 +83,163 @@ def encode_infer_response(response: InferResponse, msg: pb.ModelInferResponse | 
         raws.append(to_raw(out.data, BY_NAME[out.datatype]))
     msg.raw_output_contents.extend(raws)
     return msg
+
+
+def parse_infer_request(data: bytes) -> pb.ModelInferRequest:
+    """The protobuf message, or InvalidInput when the bytes are not one."""
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError as exc:
+        raise InvalidInput(f"the request is not a valid ModelInferRequest message: {exc}") from None
+
+
+def request_names(data: bytes) -> tuple[str, str, str]:
+    """(model name, version, id) of a request that failed to decode, as far as its bytes tell; for error replies."""
+    try:
+        msg = pb.ModelInferRequest.FromString(data)
+    except DecodeError:
+        return "", "", ""
+    return msg.model_name, msg.model_version, msg.id
+
+
+@dataclass(frozen=True, slots=True)
+class _Input:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What a decoded request shares with every request of the same structure."""
+
+    model_name: str
+    model_version: str
+    inputs: tuple[_Input, ...]
+    requested_outputs: tuple[str, ...] | None
+    parameters: dict[str, Any]
+
+
+def _split(data: bytes) -> tuple[bytes, bytes, list[memoryview]] | None:
+    """(structure key, id, raw contents) of a serialised ModelInferRequest; None for anything unusual.
+
+    The key is every top-level field but ``id`` and ``raw_input_contents``, byte for byte, in order.
+    None (decode it in full) for a tag that is not a one-byte length-delimited field, or a length
+    that runs past the end: whatever is wrong, the full decoder says it.
+    """
+    view = memoryview(data)
+    key: list[bytes] = []
+    rid = b""
+    raws: list[memoryview] = []
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            start = pos
+            tag = data[pos]
+            if tag & 0x87 != 2:  # a multi-byte tag or another wire type
+                return None
+            length = data[pos + 1]
+            pos += 2
+            if length & 0x80:
+                length &= 0x7F
+                shift = 7
+                while True:
+                    byte = data[pos]
+                    pos += 1
+                    length |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        break
+                    shift += 7
+                    if shift > 35:
+                        return None
+            stop = pos + length
+            if stop > end:
+                return None
+            if tag == _RAW_TAG:
+                raws.append(view[pos:stop])
+            elif tag == _ID_TAG:
+                rid = data[pos:stop]
+            else:
+                key.append(data[start:stop])
+            pos = stop
+    except IndexError:
+        return None
+    return b"".join(key), rid, raws
+
+
+class RequestDecoder:
+    """Decodes serialised ModelInferRequests; one per server (loop-bound, not thread-safe).
+
+    The first request of a structure is decoded in full (``decode_infer_request``). When it has raw
+    contents for every input, all of fixed-size datatypes, its decoded form becomes a template, keyed
+    by the request's bytes without its ``id`` and raw contents. A later request with the same key is
+    then decoded from its bytes: the template's names, shapes, outputs and parameters, its own id,
+    and numpy views over its own raw contents. That skips the protobuf message and its accessors,
+    most of what decoding costs. Any mismatch (a raw content of another size, an id that is not
+    UTF-8) falls back to the full decoder, which names the error.
+    """
+
+    def __init__(self, capacity: int = _TEMPLATES) -> None:
+        self.capacity = capacity
+        self._templates: dict[bytes, _Template] = {}
+        self.reused = 0  # requests decoded from a template
+
+    def decode(self, data: bytes, timeout_s: float | None) -> InferRequest:
+        split = _split(data)
+        if split is not None:
+            key, rid, raws = split
+            template = self._templates.get(key)
+            if template is not None:
+                request = _from_template(template, rid, raws, timeout_s)
+                if request is not None:
+                    self.reused += 1
+                    return request
+        request = decode_infer_request(parse_infer_request(data), timeout_s)
+        if split is not None and len(split[0]) <= _TEMPLATE_KEY_BYTES:
+            self._remember(split[0], request, len(split[2]))
+        return request
+
+    def _remember(self, key: bytes, request: InferRequest, n_raw: int) -> None:
+        inputs = []
+        for tensor in request.inputs:
+            data = tensor.data
+            if data.dtype.kind == "O":  # BYTES: no fixed size to check a raw content against
+                return
+            inputs.append(_Input(tensor.name, tensor.datatype, tensor.shape, data.dtype, data.nbytes))
+        if not inputs or n_raw != len(inputs):  # typed contents live in the key: each request its own
+            return
+        if len(self._templates) >= self.capacity:
+            self._templates.clear()
+        outputs = request.requested_outputs
+        self._templates[key] = _Template(
+            request.model_name, request.model_version, tuple(inputs), tuple(outputs) if outputs is not None else None,
+            dict(request.parameters),
+        )
+
+
+def _from_template(template: _Template, rid: bytes, raws: list[memoryview], timeout_s: float | None) -> InferRequest | None:
+    """The request from a template and its own bytes; None when they do not fit (the full decoder explains)."""
+    specs = template.inputs
+    if len(raws) != len(specs):
+        return None
+    try:
+        request_id = rid.decode()
+    except UnicodeDecodeError:
+        return None
+    inputs = []
+    for spec, raw in zip(specs, raws):
+        if len(raw) != spec.nbytes:
+            return None
+        inputs.append(InputTensor(spec.name, spec.datatype, spec.shape, np.frombuffer(raw, spec.dtype).reshape(spec.shape)))
+    outputs = template.requested_outputs
+    return InferRequest(
+        model_name=template.model_name,
+        model_version=template.model_version,
+        id=request_id,
+        inputs=inputs,
+        requested_outputs=list(outputs) if outputs is not None else None,
+        parameters=dict(template.parameters) if template.parameters else {},
+        deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
+    )

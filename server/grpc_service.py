@@ -21,7 +21,7 @@ import grpc
 from ops.errors import ServingError
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
-from server.grpc_codec import decode_infer_request, encode_infer_response
+from server.grpc_codec import RequestDecoder, encode_infer_response, request_names
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.protos import grpc_service_pb2 as pb
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 _STREAM_WINDOW = 1024  # requests of one stream in flight at once; reading pauses beyond it
+# Methods whose requests reach the handler as bytes, for RequestDecoder (server/grpc_codec.py).
+_UNPARSED_REQUESTS = frozenset({"ModelInfer", "ModelStreamInfer"})
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:
@@ -73,6 +75,7 @@ class InferenceServicer:
     def __init__(self, dataplane: DataPlane, *, tracer: "RequestTracer | None" = None) -> None:
         self.dp = dataplane
         self._tracer = tracer
+        self.decoder = RequestDecoder()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
@@ -121,27 +124,30 @@ class InferenceServicer:
         await self.dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: bytes, context: Any) -> pb.ModelInferResponse:
+        """``request``: the serialised ModelInferRequest (``_UNPARSED_REQUESTS``)."""
         if self._tracer is not None:
             return await self._traced_infer(request, context, self._tracer)
         try:
-            infer = decode_infer_request(request, context.time_remaining())
+            infer = self.decoder.decode(request, context.time_remaining())
         except ServingError as exc:
-            self.dp.reject(request.model_name, request.model_version, request.id, exc)
+            self.dp.reject(*request_names(request), exc)
             raise
         if self.dp.tenant_aware:
             infer.tenant = _tenant(context)
         return encode_infer_response(await self.dp.infer(infer))
 
-    async def _traced_infer(self, request: pb.ModelInferRequest, context: Any, tracer: "RequestTracer") -> Any:
+    async def _traced_infer(self, request: bytes, context: Any, tracer: "RequestTracer") -> Any:
         metadata = dict(context.invocation_metadata() or ())
         with tracer.begin(metadata.get("traceparent"), metadata.get("tracestate")) as trace:
-            trace.model = request.model_name
             try:
-                infer = decode_infer_request(request, context.time_remaining())
+                infer = self.decoder.decode(request, context.time_remaining())
             except ServingError as exc:
-                self.dp.reject(request.model_name, request.model_version, request.id, exc)
+                model, version, request_id = request_names(request)
+                trace.model = model
+                self.dp.reject(model, version, request_id, exc)
                 raise
+            trace.model = infer.model_name
             infer.trace = trace
             if self.dp.tenant_aware:
                 infer.tenant = _tenant(context)
@@ -159,6 +165,7 @@ class InferenceServicer:
         Reading pauses while ``_STREAM_WINDOW`` requests of the stream are unanswered.
         """
         dp = self.dp
+        decode = self.decoder.decode
         ready: deque[pb.ModelStreamInferResponse] = deque()
         wake = asyncio.Event()
         room = asyncio.Event()
@@ -168,14 +175,18 @@ class InferenceServicer:
         read_error: Exception | None = None
         tenant = _tenant(context) if dp.tenant_aware else ""
 
-        def answer(request: pb.ModelInferRequest, response: Any = None, exc: BaseException | None = None) -> None:
+        def answer(request: Any, response: Any = None, exc: BaseException | None = None) -> None:
+            """``request``: the decoded InferRequest, or the request's bytes when it failed to decode."""
             out = pb.ModelStreamInferResponse()
             if exc is None:
                 encode_infer_response(response, out.infer_response)
             else:
                 _, out.error_message = status_of(exc)
-                out.infer_response.id = request.id
-                out.infer_response.model_name = request.model_name
+                if isinstance(request, bytes):
+                    out.infer_response.model_name, _, out.infer_response.id = request_names(request)
+                else:
+                    out.infer_response.id = request.id
+                    out.infer_response.model_name = request.model_name
             ready.append(out)
             wake.set()
 
@@ -184,35 +195,39 @@ class InferenceServicer:
             if len(pending) < _STREAM_WINDOW:
                 room.set()
 
-        def settled(request: pb.ModelInferRequest, call: Any, future: asyncio.Future[Any]) -> None:
+        def settled(infer: Any, call: Any, future: asyncio.Future[Any]) -> None:
             released(future)
             try:
-                answer(request, dp.finish(call, future))
+                answer(infer, dp.finish(call, future))
             except asyncio.CancelledError:
                 pass  # the stream is closing
             except Exception as exc:
-                answer(request, exc=exc)
+                answer(infer, exc=exc)
 
-        async def awaited(request: pb.ModelInferRequest, infer: Any) -> None:
+        async def awaited(infer: Any) -> None:
             try:
-                answer(request, await dp.infer(infer))
+                answer(infer, await dp.infer(infer))
             except Exception as exc:
-                answer(request, exc=exc)
+                answer(infer, exc=exc)
 
-        def one(request: pb.ModelInferRequest) -> None:
+        def one(request: bytes) -> None:
             try:
-                infer = decode_infer_request(request, context.time_remaining())
-                infer.tenant = tenant
-                started = dp.start(infer)
+                infer = decode(request, context.time_remaining())
             except Exception as exc:
                 answer(request, exc=exc)
                 return
+            try:
+                infer.tenant = tenant
+                started = dp.start(infer)
+            except Exception as exc:
+                answer(infer, exc=exc)
+                return
             if started is None:
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(request, infer))
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(infer))
                 future.add_done_callback(released)
             else:
                 future, call = started
-                future.add_done_callback(functools.partial(settled, request, call))
+                future.add_done_callback(functools.partial(settled, infer, call))
             pending.add(future)
             if len(pending) >= _STREAM_WINDOW:
                 room.clear()
@@ -255,15 +270,14 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         fn = getattr(servicer, method.name)
         request_cls = _message_class(method.input_type.name)
         response_cls = _message_class(method.output_type.name)
+        deserializer = None if method.name in _UNPARSED_REQUESTS else request_cls.FromString
         if method.client_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                wrap_stream(fn), request_deserializer=request_cls.FromString,
-                response_serializer=response_cls.SerializeToString,
+                wrap_stream(fn), request_deserializer=deserializer, response_serializer=response_cls.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                wrap_unary(fn), request_deserializer=request_cls.FromString,
-                response_serializer=response_cls.SerializeToString,
+                wrap_unary(fn), request_deserializer=deserializer, response_serializer=response_cls.SerializeToString,
             )
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 

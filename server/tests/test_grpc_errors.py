@@ -122,3 +122,33 @@ def test_unimplemented_protocol_rpcs_answer_unimplemented(server):
         with pytest.raises(grpc.RpcError) as err:
             call(b"")
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_bytes_that_are_no_request_get_invalid_argument_and_the_server_keeps_serving(server, stub):
+    """The decoder reads requests from their bytes (server/grpc_codec.py): what cannot be parsed is the caller's."""
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            infer(b"\x0a\x05ab")  # a model name that runs past the end
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid ModelInferRequest" in err.value.details()
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                       response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+        good = request(model="dense")
+        good.id = "good"
+        answers = list(stream(iter([good.SerializeToString(), b"\x0a\x05ab", good.SerializeToString()]), timeout=30))
+    assert len(answers) == 3
+    failed = [a for a in answers if a.error_message]
+    assert len(failed) == 1 and "not a valid ModelInferRequest" in failed[0].error_message
+    assert [a.infer_response.id for a in answers if not a.error_message] == ["good", "good"]
+    assert stub.ModelInfer(request()).outputs[0].name == "OUTPUT0"
+
+
+def test_a_request_shaped_like_earlier_ones_is_checked_as_fully_as_the_first(stub):
+    """Requests of one structure are decoded from a template after the first; a bad one still gets its error."""
+    for _ in range(3):
+        assert stub.ModelInfer(request()).outputs[0].name == "OUTPUT0"
+    fails(stub, request(inputs=[("INPUT0", "FP32", [1, 16], bytes(63))]), grpc.StatusCode.INVALID_ARGUMENT,
+          "INPUT0", "raw contents hold 63 bytes", "needs 64 bytes")
+    fails(stub, request(outputs=["NOPE"]), grpc.StatusCode.INVALID_ARGUMENT, "no output 'NOPE'")
+    fails(stub, request(outputs=["NOPE"]), grpc.StatusCode.INVALID_ARGUMENT, "no output 'NOPE'")
