@@ -202,14 +202,14 @@ class RequestDecoder:
         return request
 
     def _remember(self, key: bytes, request: InferRequest, n_raw: int) -> None:
+        if not n_raw or n_raw != len(request.inputs):  # typed contents live in the key: each request its own
+            return
         inputs = []
         for tensor in request.inputs:
             data = tensor.data
             if data.dtype.kind == "O":  # BYTES: no fixed size to check a raw content against
                 return
             inputs.append(_Input(tensor.name, tensor.datatype, tensor.shape, data.dtype, data.nbytes))
-        if not inputs or n_raw != len(inputs):  # typed contents live in the key: each request its own
-            return
         if len(self._templates) >= self.capacity:
             self._templates.clear()
         outputs = request.requested_outputs
