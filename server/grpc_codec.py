@@ -2,6 +2,8 @@
 
 ``RequestDecoder`` decodes a request straight from its bytes when an earlier request had the same
 structure: a client's requests usually differ only in their ``id`` and their raw input contents.
+``ResponseEncoder`` writes a response's bytes from parts serialised once, byte for byte what
+protobuf writes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _ID_TAG = 3 << 3 | 2
 _RAW_TAG = 7 << 3 | 2
 _TEMPLATES = 1024  # structures remembered per decoder; a full table starts over
 _TEMPLATE_KEY_BYTES = 4096  # longer structures (typed contents, many parameters) are decoded in full
+_ENCODED_PARTS = 4096  # serialised headers and output descriptions remembered; a full table starts over
 
 def _param_value(p: Any) -> Any:
     which = p.WhichOneof("parameter_choice")
@@ -64,25 +67,6 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
         parameters=params,
         deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
     )
-
-
-def encode_infer_response(response: InferResponse, msg: pb.ModelInferResponse | None = None) -> pb.ModelInferResponse:
-    """Raw output contents, always (tritonclient and perf_analyzer read them).
-
-    ``msg``, when given, is an empty message to fill (a stream response's ``infer_response``,
-    filled in place rather than copied there)."""
-    if msg is None:
-        msg = pb.ModelInferResponse()
-    msg.model_name = response.model_name
-    msg.model_version = response.model_version
-    msg.id = response.id
-    outputs = msg.outputs
-    raws = []
-    for out in response.outputs:
-        outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        raws.append(to_raw(out.data, BY_NAME[out.datatype]))
-    msg.raw_output_contents.extend(raws)
-    return msg
 
 
 def parse_infer_request(data: bytes) -> pb.ModelInferRequest:
@@ -243,3 +227,60 @@ def _from_template(template: _Template, rid: bytes, raws: list[memoryview], time
         parameters=dict(template.parameters) if template.parameters else {},
         deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
     )
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field; empty ones are left out, as proto3 writes singular fields."""
+    return tag + _varint(len(payload)) + payload if payload else b""
+
+
+class ResponseEncoder:
+    """ModelInferResponse (and ModelStreamInferResponse) bytes, without building the messages.
+
+    The header (model name and version) and each output's description (name, datatype, shape) are
+    serialised once and reused; a response is then its header, its id, its outputs' descriptions
+    and its raw contents joined. The bytes equal what protobuf writes for the same message
+    (``server/tests/test_grpc_codec.py`` checks), so any client reads them. Loop-bound.
+    """
+
+    def __init__(self, capacity: int = _ENCODED_PARTS) -> None:
+        self.capacity = capacity
+        self._parts: dict[tuple[Any, ...], bytes] = {}
+
+    def _part(self, key: tuple[Any, ...], make: Any) -> bytes:
+        part = self._parts.get(key)
+        if part is None:
+            if len(self._parts) >= self.capacity:
+                self._parts.clear()
+            part = self._parts[key] = make()
+        return part
+
+    def encode(self, response: InferResponse) -> bytes:
+        """The serialised ModelInferResponse, with raw output contents always (tritonclient and perf_analyzer read them)."""
+        head = self._part((response.model_name, response.model_version), lambda: (
+            _field(b"\x0a", response.model_name.encode()) + _field(b"\x12", response.model_version.encode())))
+        parts = [head, _field(b"\x1a", response.id.encode())]
+        raws: list[bytes] = []
+        for out in response.outputs:
+            parts.append(self._part((out.name, out.datatype, out.shape), lambda out=out: _field(b"\x2a", (
+                _field(b"\x0a", out.name.encode()) + _field(b"\x12", out.datatype.encode())
+                + _field(b"\x1a", b"".join(_varint(d) for d in out.shape))))))
+            raw = to_raw(out.data, BY_NAME[out.datatype])
+            raws += (b"\x32", _varint(len(raw)), raw)  # repeated: written even when empty
+        return b"".join(parts + raws)
+
+    def encode_stream(self, response: InferResponse) -> bytes:
+        """The serialised ModelStreamInferResponse carrying ``response`` (its field 2)."""
+        inner = self.encode(response)
+        return b"\x12" + _varint(len(inner)) + inner

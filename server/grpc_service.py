@@ -21,7 +21,7 @@ import grpc
 from ops.errors import ServingError
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
-from server.grpc_codec import RequestDecoder, encode_infer_response, request_names
+from server.grpc_codec import RequestDecoder, ResponseEncoder, request_names
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.protos import grpc_service_pb2 as pb
 
@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 _STREAM_WINDOW = 1024  # requests of one stream in flight at once; reading pauses beyond it
-# Methods whose requests reach the handler as bytes, for RequestDecoder (server/grpc_codec.py).
-_UNPARSED_REQUESTS = frozenset({"ModelInfer", "ModelStreamInfer"})
+# Methods whose requests reach the handler as bytes and whose responses leave it as bytes
+# (RequestDecoder and ResponseEncoder, server/grpc_codec.py).
+_BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:
@@ -76,6 +77,7 @@ class InferenceServicer:
         self.dp = dataplane
         self._tracer = tracer
         self.decoder = RequestDecoder()
+        self.encoder = ResponseEncoder()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
@@ -124,8 +126,8 @@ class InferenceServicer:
         await self.dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def ModelInfer(self, request: bytes, context: Any) -> pb.ModelInferResponse:
-        """``request``: the serialised ModelInferRequest (``_UNPARSED_REQUESTS``)."""
+    async def ModelInfer(self, request: bytes, context: Any) -> bytes:
+        """``request`` and the result: the serialised ModelInferRequest and ModelInferResponse (``_BYTES_METHODS``)."""
         if self._tracer is not None:
             return await self._traced_infer(request, context, self._tracer)
         try:
@@ -135,9 +137,9 @@ class InferenceServicer:
             raise
         if self.dp.tenant_aware:
             infer.tenant = _tenant(context)
-        return encode_infer_response(await self.dp.infer(infer))
+        return self.encoder.encode(await self.dp.infer(infer))
 
-    async def _traced_infer(self, request: bytes, context: Any, tracer: "RequestTracer") -> Any:
+    async def _traced_infer(self, request: bytes, context: Any, tracer: "RequestTracer") -> bytes:
         metadata = dict(context.invocation_metadata() or ())
         with tracer.begin(metadata.get("traceparent"), metadata.get("tracestate")) as trace:
             try:
@@ -154,9 +156,9 @@ class InferenceServicer:
             response = await self.dp.infer(infer)
             trace.done_ns = time.perf_counter_ns()
             trace.version, trace.request_id = response.model_version, response.id
-            return encode_infer_response(response)
+            return self.encoder.encode(response)
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[bytes]:
         """Requests of one stream run concurrently (so they batch); responses go out as they finish.
 
         No task per request: each request is queued as it is read (``DataPlane.start``) and its
@@ -166,7 +168,8 @@ class InferenceServicer:
         """
         dp = self.dp
         decode = self.decoder.decode
-        ready: deque[pb.ModelStreamInferResponse] = deque()
+        encode_stream = self.encoder.encode_stream
+        ready: deque[bytes] = deque()  # serialised ModelStreamInferResponses
         wake = asyncio.Event()
         room = asyncio.Event()
         room.set()
@@ -177,17 +180,17 @@ class InferenceServicer:
 
         def answer(request: Any, response: Any = None, exc: BaseException | None = None) -> None:
             """``request``: the decoded InferRequest, or the request's bytes when it failed to decode."""
-            out = pb.ModelStreamInferResponse()
             if exc is None:
-                encode_infer_response(response, out.infer_response)
+                ready.append(encode_stream(response))
             else:
+                out = pb.ModelStreamInferResponse()
                 _, out.error_message = status_of(exc)
                 if isinstance(request, bytes):
                     out.infer_response.model_name, _, out.infer_response.id = request_names(request)
                 else:
                     out.infer_response.id = request.id
                     out.infer_response.model_name = request.model_name
-            ready.append(out)
+                ready.append(out.SerializeToString())
             wake.set()
 
         def released(future: asyncio.Future[Any]) -> None:
@@ -270,14 +273,16 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         fn = getattr(servicer, method.name)
         request_cls = _message_class(method.input_type.name)
         response_cls = _message_class(method.output_type.name)
-        deserializer = None if method.name in _UNPARSED_REQUESTS else request_cls.FromString
+        as_bytes = method.name in _BYTES_METHODS
+        deserializer = None if as_bytes else request_cls.FromString
+        serializer = None if as_bytes else response_cls.SerializeToString
         if method.client_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                wrap_stream(fn), request_deserializer=deserializer, response_serializer=response_cls.SerializeToString,
+                wrap_stream(fn), request_deserializer=deserializer, response_serializer=serializer,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                wrap_unary(fn), request_deserializer=deserializer, response_serializer=response_cls.SerializeToString,
+                wrap_unary(fn), request_deserializer=deserializer, response_serializer=serializer,
             )
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 

@@ -1,4 +1,5 @@
-"""RequestDecoder: a request decoded from a template is the request the full decoder makes."""
+"""RequestDecoder: a request decoded from a template is the request the full decoder makes.
+ResponseEncoder: a response's bytes are the bytes protobuf writes for the same message."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import numpy as np
 import pytest
 
 from ops.errors import InvalidInput
-from server.grpc_codec import RequestDecoder, _split, decode_infer_request, parse_infer_request
+from model_store.datatypes import BY_NAME
+from server.codec import to_raw
+from server.grpc_codec import RequestDecoder, ResponseEncoder, _split, decode_infer_request, parse_infer_request
 from server.protos import grpc_service_pb2 as pb
+from server.types import InferResponse, OutputTensor
 
 
 def _request(rid: str, seed: int, *, inputs=(("INPUT0", "FP32", (1, 16)),), outputs=(), parameters=None,
@@ -124,3 +128,46 @@ def test_the_structure_key_leaves_out_the_id_and_raw_contents_only():
     unknown_field_16 = _request("a", 1) + b"\x82\x01\x00"
     assert _split(unknown_field_16) is None  # a two-byte tag: decoded in full
     assert RequestDecoder().decode(unknown_field_16, None).id == "a"
+
+
+def _response(rid: str, rows: int, version: str = "1") -> InferResponse:
+    rng = np.random.default_rng(rows)
+    return InferResponse("model", version, rid, [
+        OutputTensor("OUTPUT0", "FP32", (rows, 16), rng.standard_normal((rows, 16)).astype(np.float32)),
+        OutputTensor("IDS", "INT64", (rows,), rng.integers(-5, 5, rows)),
+        OutputTensor("BIG", "FP32", (rows, 300), np.ones((rows, 300), ">f4")),  # big-endian in, little-endian out
+        OutputTensor("TEXT", "BYTES", (rows,), np.array([b"x" * i for i in range(rows)], dtype=object)),
+        OutputTensor("NONE", "FP32", (0, 4), np.zeros((0, 4), np.float32)),  # an empty raw content
+        OutputTensor("SCALAR", "INT32", (), np.array(7, np.int32)),  # no shape at all
+    ])
+
+
+def _protobuf(response: InferResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for out in response.outputs:
+        msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        msg.raw_output_contents.append(to_raw(out.data, BY_NAME[out.datatype]))
+    return msg
+
+
+@pytest.mark.parametrize("rid, rows, version", [
+    ("r1", 1, "1"), ("", 3, "1"), ("a" * 200, 64, "12"), ("r2", 1, ""),  # a 200-byte id: a two-byte length
+])
+def test_a_response_is_written_as_protobuf_writes_it(rid, rows, version):
+    encoder = ResponseEncoder()
+    response = _response(rid, rows, version)
+    for _ in range(2):  # the first serialises its parts, the second reuses them
+        assert encoder.encode(response) == _protobuf(response).SerializeToString()
+        stream = pb.ModelStreamInferResponse()
+        stream.infer_response.CopyFrom(_protobuf(response))
+        assert encoder.encode_stream(response) == stream.SerializeToString()
+    decoded = pb.ModelInferResponse.FromString(encoder.encode(response))
+    assert decoded.id == rid and list(decoded.outputs[0].shape) == [rows, 16]
+    assert np.array_equal(np.frombuffer(decoded.raw_output_contents[2], "<f4"), np.ones(rows * 300))
+
+
+def test_the_encoders_table_starts_over_when_full():
+    encoder = ResponseEncoder(capacity=4)
+    for rows in range(1, 20):  # a new shape per row count: the table fills and empties, the bytes stay right
+        assert encoder.encode(_response("r", rows)) == _protobuf(_response("r", rows)).SerializeToString()
+    assert len(encoder._parts) <= 4
