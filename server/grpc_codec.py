@@ -258,22 +258,23 @@ class ResponseEncoder:
         self.capacity = capacity
         self._parts: dict[tuple[Any, ...], bytes] = {}
 
-    def _part(self, key: tuple[Any, ...], make: Any) -> bytes:
-        part = self._parts.get(key)
-        if part is None:
-            if len(self._parts) >= self.capacity:
-                self._parts.clear()
-            part = self._parts[key] = make()
+    def _store(self, key: tuple[Any, ...], part: bytes) -> bytes:
+        if len(self._parts) >= self.capacity:
+            self._parts.clear()
+        self._parts[key] = part
         return part
 
     def encode(self, response: InferResponse) -> bytes:
         """The serialised ModelInferResponse, with raw output contents always (tritonclient and perf_analyzer read them)."""
-        head = self._part((response.model_name, response.model_version), lambda: (
-            _field(b"\x0a", response.model_name.encode()) + _field(b"\x12", response.model_version.encode())))
+        known = self._parts
+        key: tuple[Any, ...] = (response.model_name, response.model_version)
+        head = known.get(key) or self._store(key, _field(b"\x0a", response.model_name.encode())
+                                             + _field(b"\x12", response.model_version.encode()))
         parts = [head, _field(b"\x1a", response.id.encode())]
         raws: list[bytes] = []
         for out in response.outputs:
-            parts.append(self._part((out.name, out.datatype, out.shape), lambda out=out: _field(b"\x2a", (
+            key = (out.name, out.datatype, out.shape)
+            parts.append(known.get(key) or self._store(key, _field(b"\x2a", (
                 _field(b"\x0a", out.name.encode()) + _field(b"\x12", out.datatype.encode())
                 + _field(b"\x1a", b"".join(_varint(d) for d in out.shape))))))
             raw = to_raw(out.data, BY_NAME[out.datatype])
