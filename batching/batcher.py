@@ -296,9 +296,9 @@ class DynamicBatcher(Generic[T, R]):
 
     def _dispatch(self, now: float, head: Entry[T, R], rows: int) -> bool:
         """Take a batch from the queues and run it; True when it ran (and finished) right here."""
-        curve = self._estimator.curve
-        slo = self._planner is not None and curve is not None
-        expected = curve.predict(rows) if slo and curve is not None else 0.0  # at the quantile: deadlines are hard
+        # Only SLO mode plans with the curve; reading it rebuilds the snapshot after every batch.
+        curve = self._estimator.curve if self._planner is not None else None
+        expected = curve.predict(rows) if curve is not None else 0.0  # at the quantile: deadlines are hard
         doomed: list[Entry[T, R]] = []
         batch = self._queues.take(head, rows, now + expected, doomed)
         for entry in doomed:
@@ -306,7 +306,7 @@ class DynamicBatcher(Generic[T, R]):
         if not batch:
             return False
         assert self._event_loop is not None
-        end = now + (curve.mean(rows) if slo and curve is not None else 0.0)  # when admission expects it free
+        end = now + (curve.mean(rows) if curve is not None else 0.0)  # when admission expects it free
         self._ends.append(end)
         self._update_free_at()
         started = self._clock()
