@@ -48,6 +48,10 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
         dt = datatype_of(name, tensor.datatype)
         shape = checked_shape(name, tensor.shape)
         if n_raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{name}': contents must not be set when the request uses raw_input_contents"
+                )
             data = from_raw(name, raw[i], dt, shape)
         elif tensor.HasField("contents"):
             field = CONTENTS_FIELD.get(dt.name)

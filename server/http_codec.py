@@ -6,7 +6,9 @@ header then gives the JSON's length, and each input with a ``binary_data_size``
 parameter takes that many bytes, in input order, from what follows. Binary
 contents are decoded by server/codec.py exactly as gRPC raw contents are
 (numeric inputs stay zero-copy views over the body). JSON ``data`` may be flat
-or nested. Outputs are returned as binary when the output's ``binary_data``
+or nested; its elements are JSON values of the datatype, as Triton reads them
+(true/false for BOOL, integers for integer types, numbers for FP16/32/64,
+strings for BYTES). Outputs are returned as binary when the output's ``binary_data``
 parameter or the request's ``binary_data_output`` parameter asks for it, else
 as flat JSON ``data``. Request parameters other than ``binary_data_output``
 reach the dataplane as gRPC's do (``priority``, ``timeout``: Triton's queue
@@ -86,9 +88,14 @@ def decode_infer_request(
         name = t.get("name")
         if not isinstance(name, str):
             raise InvalidInput(f"inputs[{i}] needs a 'name' string")
-        dt = datatype_of(name, t.get("datatype", ""))
+        datatype = t.get("datatype")
+        if not isinstance(datatype, str):
+            raise InvalidInput(
+                f"input '{name}': 'datatype' must be a string such as \"FP32\", got {json.dumps(datatype)}"
+            )
+        dt = datatype_of(name, datatype)
         shape = _shape(name, t.get("shape"))
-        params = _object(t.get("parameters") or {}, f"input '{name}' parameters")
+        params = _parameters(t, f"input '{name}' parameters")
         size = params.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -107,30 +114,46 @@ def decode_infer_request(
         inputs.append(InputTensor(name, dt.name, shape, data))
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data follow the inputs' binary_data_size total")
-    params = _object(msg.get("parameters") or {}, "the request's parameters")
-    choice = OutputChoice(default_binary=bool(params.get("binary_data_output", False)))
+    params = _parameters(msg, "the request's parameters")
+    choice = OutputChoice(default_binary=_flag(params, "binary_data_output", "the request's"))
     requested = None
-    if msg.get("outputs") is not None:
-        if not isinstance(msg["outputs"], list):
-            raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+    outputs = msg.get("outputs")
+    if outputs is not None and not isinstance(outputs, list):
+        raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+    if outputs:  # absent, null or []: every output, as over gRPC (and in Triton)
         requested = []
-        for i, out in enumerate(msg["outputs"]):
+        for i, out in enumerate(outputs):
             o = _object(out, f"outputs[{i}]")
             if not isinstance(o.get("name"), str):
                 raise InvalidInput(f"outputs[{i}] needs a 'name' string")
             requested.append(o["name"])
-            binary_flag = _object(o.get("parameters") or {}, f"output '{o['name']}' parameters").get("binary_data")
-            if binary_flag is not None:
-                choice.binary[o["name"]] = bool(binary_flag)
+            out_params = _parameters(o, f"output '{o['name']}' parameters")
+            if out_params.get("binary_data") is not None:
+                choice.binary[o["name"]] = _flag(out_params, "binary_data", f"output '{o['name']}'")
     request_id = msg.get("id", "")
+    if not isinstance(request_id, str):
+        raise InvalidInput(f"the request's 'id' must be a string, got {json.dumps(request_id)}")
     return InferRequest(
         model_name=model,
         model_version=version,
-        id=request_id if isinstance(request_id, str) else str(request_id),
+        id=request_id,
         inputs=inputs,
         requested_outputs=requested,
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
     ), choice
+
+
+def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
+    """``holder``'s "parameters" object; absent or null is none."""
+    params = holder.get("parameters")
+    return {} if params is None else _object(params, what)
+
+
+def _flag(params: dict[str, Any], name: str, whose: str) -> bool:
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{whose} parameter '{name}' must be true or false, got {json.dumps(value)}")
+    return value
 
 
 def _shape(name: str, shape: Any) -> tuple[int, ...]:
@@ -145,6 +168,8 @@ def _from_json(name: str, data: Any, dt: Datatype, shape: tuple[int, ...]) -> np
         raise InvalidInput(f"input '{name}': BF16 has no JSON form; send it as binary data")
     if not isinstance(data, list):
         data = [data]
+    if dt.itemsize:
+        _check_json_types(name, data, dt)
     try:
         if dt.itemsize == 0:
             flat = np.asarray(data, dtype=object).reshape(-1)
@@ -157,6 +182,32 @@ def _from_json(name: str, data: Any, dt: Datatype, shape: tuple[int, ...]) -> np
     if arr.size != count:
         raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, but 'data' holds {arr.size}")
     return arr.reshape(shape)
+
+
+# The JSON values each datatype takes, as Triton reads them: true/false for BOOL, integers for the
+# integer types, any number for the floating-point ones. numpy alone would read null as NaN,
+# "false" as True, "1.5" as 1.5 and 1.5 as 1 for an integer type.
+_INTEGERS = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
+_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "BOOL": (frozenset({bool}), "true or false"),
+    **{n: (frozenset({int}), "integers") for n in _INTEGERS},
+    **{n: (frozenset({int, float}), "numbers") for n in ("FP16", "FP32", "FP64")},
+}
+
+
+def _check_json_types(name: str, data: list[Any], dt: Datatype) -> None:
+    """InvalidInput unless every element of ``data`` (nested lists walked) is a JSON value of ``dt``."""
+    allowed, what = _JSON_TYPES[dt.name]
+    stack = [data]
+    while stack:
+        values = stack.pop()
+        kinds = set(map(type, values))  # exact types: a JSON true is a bool, never an int
+        if list in kinds:
+            stack.extend(v for v in values if type(v) is list)
+            kinds.discard(list)
+        if not kinds <= allowed:
+            bad = next(v for v in values if type(v) is not list and type(v) not in allowed)
+            raise InvalidInput(f"input '{name}': 'data' of {dt.name} must hold {what}, got {json.dumps(bad)[:40]}")
 
 
 def _not_a_string(name: str, value: Any) -> bytes:

@@ -65,6 +65,7 @@ F32 = np.float32().itemsize
     (request(inputs=[("INPUT0", "FP32", [1, -16], bytes(64))]), grpc.StatusCode.INVALID_ARGUMENT,
      ["INPUT0", "[1, -16]", "negative dimension"]),
     (request(outputs=["NOPE"]), grpc.StatusCode.INVALID_ARGUMENT, ["no output 'NOPE'", "OUTPUT0"]),
+    (request(outputs=["OUTPUT0", "OUTPUT0"]), grpc.StatusCode.INVALID_ARGUMENT, ["output 'OUTPUT0'", "more than once"]),
     (request(model="nobatch", inputs=[("INPUT0", "FP32", [2, 16], bytes(128))]), grpc.StatusCode.INVALID_ARGUMENT,
      ["[2, 16]", "[1, 16]"]),
 ])
@@ -76,6 +77,14 @@ def test_raw_and_input_counts_must_agree(stub):
     msg = request()
     msg.raw_input_contents.append(b"")
     fails(stub, msg, grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents")
+
+
+def test_typed_contents_beside_raw_contents_are_refused_not_ignored(stub):
+    """As in Triton: a request with raw_input_contents must not also carry typed contents (they would be dropped)."""
+    msg = request()
+    msg.inputs[0].contents.fp32_contents.extend([1.0] * 16)
+    fails(stub, msg, grpc.StatusCode.INVALID_ARGUMENT, "input 'INPUT0'", "contents", "raw_input_contents")
+    assert stub.ModelInfer(request()).outputs[0].name == "OUTPUT0"
 
 
 def test_backend_failure_is_internal_and_server_keeps_serving(stub):

@@ -110,6 +110,37 @@ def test_json_data_flat_or_nested_and_json_outputs(server):
     assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == ["a", "", "\u00e9"]
 
 
+@pytest.mark.parametrize("model, data", [
+    ("identity_bool", ["false", "no", "0"]),  # numpy reads any non-empty string as True
+    ("identity_bool", [1, 0, 1]),
+    ("identity_int32", [1.5, 2, 3]),  # numpy truncates to 1
+    ("identity_int32", ["1", "2", "3"]),
+    ("identity_fp32", [None, 1.0, 2.0]),  # numpy reads null as NaN
+])
+def test_json_data_of_the_wrong_json_type_is_refused_not_coerced(server, model, data):
+    datatype = model.split("_")[1].upper()
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": datatype, "data": data}]}
+    reply = post(server, f"/v2/models/{model}/infer", json.dumps(body))
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"].startswith(f"input 'INPUT0': 'data' of {datatype} must hold "), reply.text
+    assert server_still_serves(server)
+
+
+def server_still_serves(server):
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BOOL", "data": [True, False, True]}]}
+    reply = post(server, "/v2/models/identity_bool/infer", json.dumps(body))
+    return reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [True, False, True]
+
+
+def test_an_empty_outputs_list_asks_for_every_output_as_over_grpc(server):
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                       {"name": "INPUT1", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}],
+            "outputs": []}
+    reply = post(server, "/v2/models/simple/infer", json.dumps(body))
+    assert reply.status_code == 200, reply.text
+    assert [o["name"] for o in reply.json()["outputs"]] == ["OUTPUT0", "OUTPUT1"]
+
+
 def test_binary_output_chosen_per_request(server):
     head = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "INT32",
                                    "parameters": {"binary_data_size": 12}}],
@@ -136,6 +167,23 @@ def test_binary_output_chosen_per_request(server):
     (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
                              "parameters": {"binary_data_size": 64}}]}).encode() + bytes(70), "@", 400, "6 bytes"),
     (b"{}", "999", 400, "Inference-Header-Content-Length is 999"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": ["FP32"], "data": [0] * 16}]}).encode(),
+     None, 400, "'datatype' must be a string"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [None] * 16}]}).encode(),
+     None, 400, "'data' of FP32 must hold numbers, got null"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [[True] * 16]}]}).encode(),
+     None, 400, "'data' of FP32 must hold numbers, got true"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
+                 "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": "false"}}]}).encode(),
+     None, 400, "parameter 'binary_data' must be true or false, got \"false\""),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
+                 "parameters": {"binary_data_output": 1}}).encode(), None, 400, "'binary_data_output' must be true"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
+                 "parameters": 0}).encode(), None, 400, "parameters must be a JSON object"),
+    (json.dumps({"id": None, "inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}]}
+                ).encode(), None, 400, "'id' must be a string, got null"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
+                 "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT0"}]}).encode(), None, 400, "more than once"),
 ])
 def test_malformed_bodies_are_400_with_a_reason(server, body, header, status, fragment):
     headers = {}
