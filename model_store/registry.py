@@ -8,8 +8,12 @@ Contract:
   its policy selects that are new or changed, then swaps them in atomically;
   versions no longer selected are removed from lookup first and closed after
   (closing drains their queued requests). A failed version load leaves any
-  previous copy of that version serving and records the reason.
-- Loads and unloads of one model are serialised by a per-model lock.
+  previous copy of that version serving and records the reason (the version
+  stays READY, with the reason in ``index``). A model with no version to
+  serve (no version folders, or none its policy selects) is UNAVAILABLE with
+  why; ``poll`` retries a failed model or version only once its files change.
+- Loads and unloads of one model are serialised by a per-model lock, in the
+  order they were called: a load that waited for an unload loads afterwards.
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
   state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
 - Loop-bound: call from the event loop.
@@ -30,6 +34,7 @@ from model_store.repository import ModelRepository, ModelSource
 from ops.errors import ModelNotFound, ModelNotReady, ServingError
 
 log = logging.getLogger(__name__)
+_KEPT = "serving the copy loaded earlier"  # a READY version's reason when its files in the repository fail
 
 
 class ModelState(enum.Enum):
@@ -66,7 +71,8 @@ class _Model(Generic[S]):
         self.latest: S | None = None
         self.status: dict[int, VersionStatus] = {}
         self.fingerprints: dict[int, object] = {}
-        self.reason = ""  # a model-level failure (bad config), when no version could even be tried
+        self.reason = ""  # a model-level failure (bad config, no version to serve), when no version could be tried
+        self.reason_fingerprint: object = None  # the repository files that failed so: polls retry once they change
         self.lock = asyncio.Lock()
 
     def publish(self) -> None:
@@ -128,24 +134,41 @@ class ModelRegistry(Generic[S]):
     async def load(self, name: str) -> None:
         """Load or reload ``name`` from the repository. Raises ServingError when nothing serves."""
         self.repository.validate_name(name)
-        model = self._models.setdefault(name, _Model())
-        async with model.lock:
-            try:
-                source = self.repository.read(name)
-            except ServingError as exc:
-                model.reason = exc.message
-                log.error("model '%s' cannot load: %s", name, exc.message)
-                if not isinstance(exc, ModelNotFound):
-                    self._on_load_failed(name)
-                if isinstance(exc, ModelNotFound) and not model.servables:
-                    self._models.pop(name, None)
-                self._on_change()
-                raise
-            model.reason = ""
-            await self._apply(model, source)
+        while True:
+            model = self._models.setdefault(name, _Model())
+            async with model.lock:
+                if self._models.get(name) is not model:
+                    continue  # unloaded while we waited for the lock: load into the current entry
+                await self._load_locked(name, model)
+                return
+
+    async def _load_locked(self, name: str, model: _Model[S]) -> None:
+        fingerprint: object = None
+        try:
+            fingerprint = self.repository.fingerprint_of(name)  # before the read: a change meanwhile shows next poll
+            source = self.repository.read(name)
+        except ServingError as exc:
+            model.reason = exc.message
+            model.reason_fingerprint = fingerprint
+            log.error("model '%s' cannot load: %s", name, exc.message)
+            if not isinstance(exc, ModelNotFound):
+                self._on_load_failed(name)
+            if isinstance(exc, ModelNotFound) and not model.servables:
+                self._forget(name, model)
             self._on_change()
-            if not model.servables:
-                raise ModelNotReady(f"model '{name}' did not load: {self._why(model, None)}")
+            raise
+        model.reason = ""
+        await self._apply(model, source)
+        if model.reason:
+            log.error("model '%s' cannot load: %s", name, model.reason)
+            self._on_load_failed(name)
+        self._on_change()
+        if not model.servables:
+            raise ModelNotReady(f"model '{name}' did not load: {self._why(model, None)}")
+
+    def _forget(self, name: str, model: _Model[S]) -> None:
+        if self._models.get(name) is model:  # not a newer entry a load made meanwhile
+            del self._models[name]
 
     def pin(self, name: str, versions: frozenset[int] | set[int] | None) -> None:
         """From the next ``load(name)``, serve exactly ``versions`` (those the repository has) instead of what
@@ -164,6 +187,9 @@ class ModelRegistry(Generic[S]):
 
     async def _apply(self, model: _Model[S], source: ModelSource) -> None:
         wanted = self._wanted(source)
+        if not wanted:
+            model.reason = self._nothing_to_serve(source)
+            model.reason_fingerprint = source.fingerprint
         for version in sorted(wanted):
             if version in source.missing:
                 model.status[version] = VersionStatus(ModelState.UNAVAILABLE, source.missing[version])
@@ -203,11 +229,27 @@ class ModelRegistry(Generic[S]):
                 del model.status[version]
                 model.fingerprints.pop(version, None)
 
+    def _nothing_to_serve(self, source: ModelSource) -> str:
+        """Why no version of ``source`` is selected: no version folders, or none the policy (or pin) names."""
+        present = sorted(set(source.versions) | set(source.missing))
+        if not present:
+            filename = source.config_message.default_model_filename if source.config_message else ""
+            return (f"{source.path} has no version folders: each version is a folder named by an integer "
+                    f"holding {filename or 'model.onnx'}")
+        pinned = self._pins.get(source.name)
+        if pinned is not None:
+            chosen = f"this server is pinned to versions {sorted(pinned)} (a fleet rollout)"
+        else:
+            chosen = f"version_policy selects versions {list(source.version_policy().versions)}"
+        return f"{chosen}, but the repository has versions {present} only"
+
     @staticmethod
     def _record_failure(model: _Model[S], version: int, fingerprint: object, reason: str) -> None:
         """Remember the failed files so polls do not retry them until they change."""
         model.fingerprints[version] = fingerprint
-        if version not in model.servables:  # else the previous copy of this version keeps serving
+        if version in model.servables:  # the previous copy of this version keeps serving: say why it is old
+            model.status[version] = VersionStatus(ModelState.READY, f"{_KEPT}; reloading it failed: {reason}")
+        else:
             model.status[version] = VersionStatus(ModelState.UNAVAILABLE, reason)
 
     async def _retire(self, model: _Model[S], version: int) -> None:
@@ -227,11 +269,14 @@ class ModelRegistry(Generic[S]):
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"unknown model '{name}': it is not loaded on this server")
-        async with model.lock:
-            for version in sorted(model.servables):
-                await self._retire(model, version)
-            model.status.clear()
-            self._models.pop(name, None)
+        while model is not None:
+            async with model.lock:
+                if self._models.get(name) is model:
+                    for version in sorted(model.servables):
+                        await self._retire(model, version)
+                    model.status.clear()
+                    self._forget(name, model)
+            model = self._models.get(name)  # loaded again while we waited: that load came first, unload it too
         self._on_change()
 
     async def load_all(self) -> None:
@@ -247,7 +292,7 @@ class ModelRegistry(Generic[S]):
         present = set(self.repository.model_names())
         for name in sorted(present):
             model = self._models.get(name)
-            if model is not None and not model.reason and not self._changed(name, model):
+            if model is not None and not self._changed(name, model):
                 continue
             try:
                 await self.load(name)
@@ -257,6 +302,11 @@ class ModelRegistry(Generic[S]):
             await self.unload(name)
 
     def _changed(self, name: str, model: _Model[S]) -> bool:
+        if model.reason:  # failed as a whole: try again once its files change
+            try:
+                return self.repository.fingerprint_of(name) != model.reason_fingerprint
+            except ServingError:
+                return True
         try:
             source = self.repository.read(name)
         except ServingError:
@@ -285,7 +335,10 @@ class ModelRegistry(Generic[S]):
             if model.reason and not model.status:
                 entries.append(IndexEntry(name, "", ModelState.UNAVAILABLE, model.reason))
             for version, status in sorted(model.status.items()):
-                entries.append(IndexEntry(name, str(version), status.state, status.reason))
+                reason = status.reason
+                if model.reason and status.state is ModelState.READY and not reason:
+                    reason = f"{_KEPT}; the repository's files do not load: {model.reason}"
+                entries.append(IndexEntry(name, str(version), status.state, reason))
         return entries
 
     def _version_list(self, model: _Model[S]) -> str:

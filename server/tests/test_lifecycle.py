@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 
-from model_store.testing import ModelSpec, write_add_constant_model, write_dense_model, write_model_repository
-from server.testing import ServerProcess
+from model_store.testing import (
+    ModelSpec,
+    write_add_constant_model,
+    write_config,
+    write_dense_model,
+    write_model_repository,
+    write_slow_model,
+)
+from server.testing import ServerProcess, scrape_metrics
 
 
 def add_input(value: float, features: int = 16) -> list[tc.InferInput]:
@@ -62,6 +69,83 @@ def test_explicit_load_of_a_broken_model_reports_why(tmp_path: Path):
         assert "model.onnx" in err.value.message()
         state, reason = index(client)[("broken", "1")]
         assert state == "UNAVAILABLE" and "model.onnx" in reason
+        client.close()
+
+
+def test_models_with_no_version_to_serve_are_listed_with_the_reason(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {
+        "add": ModelSpec(write_add_constant_model),
+        "pinned": ModelSpec(write_add_constant_model, config="version_policy: { specific: { versions: [ 3 ] } }"),
+    })
+    (repo / "empty").mkdir()
+    with ServerProcess(repo) as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        entries = index(client)
+        state, reason = entries[("empty", "")]
+        assert state == "UNAVAILABLE" and "has no version folders" in reason, entries
+        state, reason = entries[("pinned", "")]
+        assert state == "UNAVAILABLE" and "selects versions [3], but the repository has versions [1]" in reason
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.infer("pinned", add_input(1.0))
+        assert err.value.status() == "StatusCode.UNAVAILABLE" and "selects versions [3]" in err.value.message()
+        samples = scrape_metrics(server.metrics_url)
+        assert samples[("fleetserve_models", frozenset({("state", "UNAVAILABLE")}))] == 2
+        assert "model 'empty' cannot load" in server.log
+        assert client.is_model_ready("add")
+        client.close()
+
+
+def test_a_broken_config_of_a_serving_model_is_reported_once_and_the_old_copy_serves(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model)})
+    with ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        failures = ("fleetserve_model_load_failures_total", frozenset({("model", "add")}))
+        write_config(repo / "add", "max_batch_size: 4 {")  # a syntax error: the config cannot be read at all
+        assert wait_until(lambda: "config.pbtxt" in index(client)[("add", "1")][1]), server.log
+        time.sleep(1.0)  # several polls: the same broken file is not tried again
+        state, reason = index(client)[("add", "1")]
+        assert state == "READY" and reason.startswith("serving the copy loaded earlier") and "1:19" in reason
+        assert server.log.count("model 'add' cannot load") == 1, server.log
+        assert scrape_metrics(server.metrics_url)[failures] == 1
+        assert client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 2.0
+        write_config(repo / "add", "max_batch_size: -1")  # readable, but wrong: version 1's reload fails
+        assert wait_until(lambda: "reloading it failed" in index(client)[("add", "1")][1]), server.log
+        assert "max_batch_size" in index(client)[("add", "1")][1]
+        assert client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 2.0
+        (repo / "add" / "config.pbtxt").unlink()  # fixed: the reason goes
+        assert wait_until(lambda: index(client)[("add", "1")] == ("READY", "")), server.log
+        assert scrape_metrics(server.metrics_url)[failures] == 2
+        client.close()
+
+
+def test_a_load_sent_while_the_model_unloads_loads_it_again(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"slow": ModelSpec(partial(write_slow_model, features=1024, repeats=500))})
+    with ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "slow") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        inflight = ("fleetserve_inflight_requests", frozenset({("model", "slow"), ("version", "1")}))
+        results: dict[str, object] = {}
+
+        def infer() -> None:
+            inp = tc.InferInput("INPUT0", [64, 1024], "FP32")
+            inp.set_data_from_numpy(np.ones((64, 1024), np.float32))
+            results["infer"] = client.infer("slow", [inp]).as_numpy("OUTPUT0").shape
+
+        def unload() -> None:
+            client.unload_model("slow")
+            results["unload"] = "ok"
+
+        caller = threading.Thread(target=infer)
+        caller.start()
+        assert wait_until(lambda: scrape_metrics(server.metrics_url).get(inflight, 0) >= 1), server.log
+        unloader = threading.Thread(target=unload)
+        unloader.start()  # drains the running request first
+        assert wait_until(lambda: index(client).get(("slow", "1"), ("", ""))[0] == "UNLOADING", 10), server.log
+        client.load_model("slow")  # waits for the unload, then loads
+        caller.join(30)
+        unloader.join(30)
+        assert results == {"infer": (64, 1024), "unload": "ok"}
+        assert client.is_model_ready("slow"), index(client)
+        assert index(client)[("slow", "1")] == ("READY", "")
         client.close()
 
 
