@@ -103,7 +103,8 @@ class DynamicBatcher(Generic[T, R]):
 
     @property
     def queue_depth(self) -> int:
-        return self._queues.count
+        """Requests waiting now (a caller's cancellation leaves at once; O(queue): for gauges, not the hot path)."""
+        return self._queues.waiting()
 
     @property
     def batches_in_flight(self) -> int:
@@ -269,7 +270,8 @@ class DynamicBatcher(Generic[T, R]):
 
     def _decide(self, now: float, oldest_wait_s: float) -> Decision:
         if self._planner is None:
-            return decide(self.config.policy, self._queues.rows, oldest_wait_s, self._payoff.pays(now))
+            self._last = decide(self.config.policy, self._queues.rows, oldest_wait_s, self._payoff.pays(now))
+            return self._last
         self._last = self._planner.decide(now, self._estimator.curve, self._queues.rows, oldest_wait_s,
                                           self._admitted_rows, self._offered_rows)
         return self._last

@@ -332,6 +332,17 @@ class PriorityQueues(Generic[T, R]):
     def __len__(self) -> int:
         return self.count
 
+    def waiting(self) -> int:
+        """Live entries, without callers' cancellations that no sweep has reached yet: O(queue), for gauges.
+
+        Safe from another thread (a scrape): each deque is copied in one C-level step.
+        """
+        n = 0
+        for lv in self._levels:
+            for dq, in_fifo in ((lv.fifo, True), (lv.delayed, False)):
+                n += sum(1 for entry in list(dq) if _live(entry, in_fifo))
+        return n
+
 
 
 def expiry_error(name: str, entry: Entry[Any, Any], why: Expiry, now: float, expected_s: float = 0.0) -> DeadlineExceeded:

@@ -217,6 +217,8 @@ class InferenceServicer:
             try:
                 infer = decode(request, context.time_remaining())
             except Exception as exc:
+                if isinstance(exc, ServingError):  # counted as ModelInfer counts it
+                    dp.reject(*request_names(request), exc)
                 answer(request, exc=exc)
                 return
             try:

@@ -75,6 +75,21 @@ async def test_preferred_size_dispatches_before_the_delay():
     await b.stop()
 
 
+async def test_the_estimate_reports_the_static_policys_last_decision():
+    """The fleetserve_scheduler_target_batch_rows and _wait_seconds gauges read it for every batching model."""
+    rec = FakeKernel()
+    b = make(rec, max_batch_size=8, delay_s=5.0, preferred=(4,))
+    await b.start()
+    futures = [b.submit(i) for i in range(2)]
+    await asyncio.sleep(0.01)
+    assert b.estimate.target_rows == 4  # waiting for the next preferred size ...
+    assert 4.9 < b.estimate.wait_s <= 5.0  # ... for at most the rest of the delay
+    futures += [b.submit(i) for i in range(2, 4)]
+    await asyncio.gather(*futures)
+    assert (b.estimate.target_rows, b.estimate.wait_s) == (0, 0.0)  # the preferred size went at once
+    await b.stop()
+
+
 async def test_rows_count_against_max_batch_size_not_requests():
     rec = FakeKernel()
     b = make(rec, max_batch_size=8, delay_s=0.02)
@@ -172,6 +187,24 @@ async def test_cancelled_items_are_dropped_before_execution():
     assert await kept == 20
     await blocker
     assert [1] not in rec.batches
+    await b.stop()
+
+
+async def test_a_cancelled_item_leaves_the_queue_depth_at_once():
+    """The fleetserve_queue_depth gauge counts requests waiting, not cancelled ones no sweep has reached yet."""
+    gate = asyncio.Event()
+    b = make(FakeKernel(gate=gate), max_batch_size=1)
+    await b.start()
+    blocker = b.submit(0)
+    await asyncio.sleep(0.01)
+    gone, kept = b.submit(1), b.submit(2)
+    assert b.queue_depth == 2
+    gone.cancel()
+    await asyncio.sleep(0.01)  # the loop sleeps until the running batch ends: nothing sweeps the queue
+    assert b.queue_depth == 1
+    gate.set()
+    assert (await blocker, await kept) == (0, 20)
+    assert b.queue_depth == 0
     await b.stop()
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ops.errors import Code
 from ops.gpu import GpuCollector, gpu_collector
@@ -177,6 +179,22 @@ def test_live_server_exports_every_family_with_real_values(fleetserve, traffic):
         assert not (gpu & names), "GPU families must be absent on a host without a GPU"
     else:
         assert gpu <= names
+
+
+def test_a_request_that_fails_to_decode_is_counted_on_a_stream_as_on_a_unary_call(fleetserve):
+    """Both gRPC methods count it once, under the model it names and version "" (it reached no version)."""
+    request = service_pb2.ModelInferRequest(model_name="dense")
+    request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16]).contents.fp32_contents.extend([0.0] * 15)
+    key = ("fleetserve_inference_requests_total", L(model="dense", version="", code="INVALID_ARGUMENT"))
+    before = scrape_metrics(fleetserve.metrics_url).get(key, 0)
+    with grpc.insecure_channel(fleetserve.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(request, timeout=10)
+        answers = list(stub.ModelStreamInfer(iter([request, request]), timeout=10))
+    wrong = "input 'INPUT0': shape [1, 16] needs 16 elements, but fp32_contents holds 15"
+    assert [a.error_message for a in answers] == [wrong, wrong]
+    assert scrape_metrics(fleetserve.metrics_url).get(key, 0) - before == 3
 
 
 def test_readme_documents_every_exported_family():
