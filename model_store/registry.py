@@ -105,10 +105,9 @@ class ModelRegistry(Generic[S]):
             if model.latest is None:
                 raise ModelNotReady(f"model '{name}' is not ready: {self._why(model, None)}")
             return model.latest
-        try:
-            number = int(version)
-        except ValueError:
-            raise ModelNotFound(f"model '{name}' has no version '{version}': versions are integers") from None
+        if not (version.isascii() and version.isdigit()):  # int() would also take " 1", "1_0" and "１"
+            raise ModelNotFound(f"model '{name}' has no version '{version}': versions are whole numbers such as '1'")
+        number = int(version)
         servable = model.servables.get(number)
         if servable is None:
             if number not in model.status:

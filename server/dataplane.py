@@ -137,7 +137,8 @@ class DataPlane:
     def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, ModelStats]]:
         if name:
             if version:
-                servables = {int(version): self.registry.get(name, version)}
+                servable = self.registry.get(name, version)  # raises NOT_FOUND for a version that is not one
+                servables = {servable.version: servable}
             else:
                 servables = self.registry.ready_servables(name)
                 if not servables:

@@ -40,7 +40,10 @@ F32 = np.float32().itemsize
 @pytest.mark.parametrize("msg, code, fragments", [
     (request(model="nope"), grpc.StatusCode.NOT_FOUND, ["unknown model 'nope'"]),
     (request(version="7"), grpc.StatusCode.NOT_FOUND, ["no version 7"]),
-    (request(version="abc"), grpc.StatusCode.NOT_FOUND, ["versions are integers"]),
+    (request(version="abc"), grpc.StatusCode.NOT_FOUND, ["no version 'abc'", "whole numbers"]),
+    (request(version=" 1"), grpc.StatusCode.NOT_FOUND, ["no version ' 1'", "whole numbers"]),  # int() takes it
+    (request(version="1_0"), grpc.StatusCode.NOT_FOUND, ["no version '1_0'"]),  # int() reads 10
+    (request(version="\uff11"), grpc.StatusCode.NOT_FOUND, ["whole numbers"]),  # a full-width 1: int() reads 1
     (request(model="../dense"), grpc.StatusCode.NOT_FOUND, []),
     (request(model="corrupt"), grpc.StatusCode.UNAVAILABLE, ["corrupt", "not ready"]),
     (request(model="badconfig"), grpc.StatusCode.UNAVAILABLE, ["max_batch_sise"]),
@@ -71,6 +74,16 @@ F32 = np.float32().itemsize
 ])
 def test_error_codes_and_messages(stub, msg, code, fragments):
     fails(stub, msg, code, *fragments)
+
+
+@pytest.mark.parametrize("version", ["abc", "1_0", "7"])
+def test_statistics_of_a_version_that_is_not_one_is_not_found(stub, version):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="dense", version=version))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
+    assert "dense" in err.value.details() and version in err.value.details()
+    reply = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="dense", version="1"))
+    assert [s.version for s in reply.model_stats] == ["1"]
 
 
 def test_raw_and_input_counts_must_agree(stub):

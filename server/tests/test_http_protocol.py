@@ -25,6 +25,13 @@ def post(server, path, body, headers=None):
     return requests.post(server.http_url + path, data=body, headers=headers or {}, timeout=30)
 
 
+def test_statistics_of_a_version_that_is_not_one_is_404(server):
+    reply = requests.get(server.http_url + "/v2/models/dense/versions/abc/stats", timeout=30)
+    assert reply.status_code == 404 and "no version 'abc'" in reply.json()["error"], reply.text
+    reply = requests.get(server.http_url + "/v2/models/dense/versions/1/stats", timeout=30)
+    assert reply.status_code == 200 and reply.json()["model_stats"][0]["version"] == "1"
+
+
 def test_health_metadata_config_index_and_stats(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("dense") and not client.is_model_ready("corrupt")
