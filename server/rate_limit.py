@@ -69,7 +69,8 @@ class Limit:
             raise ValueError(f"a rate limit needs requests/s > 0 and a burst >= 1, got {self.rps:g}/s, burst {self.burst}")
 
     def text(self) -> str:
-        return f"{self.rps:g} {self.burst}"
+        """As stored in Redis: the rate in full (``:g`` would keep 6 digits, turning 1234567/s into 1234570/s)."""
+        return f"{self.rps!r} {self.burst}"
 
     @classmethod
     def parse(cls, text: str) -> "Limit":
@@ -126,10 +127,10 @@ class TenantLimiter:
         if limits != self.limits:
             log.info("rate limits: %s", ", ".join(f"{t}/{m} {lim.rps:g}/s burst {lim.burst}"
                                                   for (t, m), lim in sorted(limits.items())) or "none")
-        self.limits = limits
         for key in list(self._buckets):
-            if key not in limits:
+            if limits.get(key) != self.limits.get(key):  # removed or changed: its lease and refusals were the old limit's
                 del self._buckets[key]
+        self.limits = limits
 
     async def stop(self) -> None:
         """Leases under way are left to finish (within the Redis timeout): a request may be waiting on one."""

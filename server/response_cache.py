@@ -83,7 +83,7 @@ class LocalTier:
         return entry[1]
 
     def put(self, key: bytes, outputs: Outputs, expires_at: float) -> None:
-        size = sum(a.nbytes for a in outputs.values())
+        size = outputs_bytes(outputs)
         if size > self.max_bytes:
             return
         if key in self._entries:
@@ -212,7 +212,7 @@ class ResponseCache:
 
     def _put(self, version: _Version, key: bytes, outputs: Outputs) -> None:
         self.local.put(key, outputs, self._clock() + version.ttl_s)
-        if sum(a.nbytes for a in outputs.values()) > MAX_SHARED_ENTRY_BYTES:
+        if outputs_bytes(outputs) > MAX_SHARED_ENTRY_BYTES:
             return
         if not self._link.up or len(self._writes) >= MAX_PENDING_WRITES:
             version.metrics.errors[_SET] += 1
@@ -228,6 +228,19 @@ class ResponseCache:
             await self._link.call(lambda c: c.set(redis_key, blob, px=ttl_ms))
         except RedisUnavailable:
             version.metrics.errors[_SET] += 1
+
+
+def outputs_bytes(outputs: Outputs) -> int:
+    """The outputs' size as the wire's raw format holds them: a BYTES (object) array's ``nbytes`` counts
+    only its pointers, so its elements are measured, each with its 4-byte length prefix."""
+    total = 0
+    for array in outputs.values():
+        if array.dtype != object:
+            total += array.nbytes
+        else:
+            total += sum(4 + (len(item) if isinstance(item, (bytes, bytearray)) else len(str(item).encode()))
+                         for item in array.reshape(-1))
+    return total
 
 
 def _owned(array: np.ndarray) -> np.ndarray:

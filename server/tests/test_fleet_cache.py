@@ -46,6 +46,7 @@ def pair(tmp_path_factory):
         # finished, and they found its answer in memory instead of in flight
         "slow": ModelSpec(partial(write_slow_model, features=1024, repeats=256), config=CACHED),
         "flex": ModelSpec(partial(write_identity_model, datatype="FP32", dims=(-1,)), config=CACHED),
+        "text": ModelSpec(partial(write_identity_model, datatype="BYTES", dims=(-1,)), config=CACHED),
         "plain": ModelSpec(write_add_constant_model),
     })
     with RedisServer() as redis:
@@ -104,6 +105,23 @@ def test_the_same_bytes_in_another_shape_is_another_entry(pair):
     assert [list(r.outputs[0].shape) for r in replies] == [list(s) for s in shapes]
     s = stats(stub_a, "flex")
     assert s.execution_count == 2 and s.inference_stats.cache_miss.count == 2 and s.inference_stats.cache_hit.count == 1
+
+
+def test_bytes_answers_count_their_elements_against_the_local_tiers_bound(pair):
+    a, _, (stub_a, _) = pair
+
+    def local_bytes() -> float:
+        return scrape_metrics(a.metrics_url)[("fleetserve_response_cache_local_bytes", frozenset())]
+
+    before = local_bytes()
+    request = pb.ModelInferRequest(model_name="text")
+    request.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, 1])
+    request.inputs[0].contents.bytes_contents.append(b"x" * 256 * 1024)
+    stub_a.ModelInfer(request)
+    assert stats(stub_a, "text").inference_stats.cache_miss.count == 1
+    # numpy's nbytes of an object array counts 8-byte pointers: a 256 KiB answer weighed 8 bytes, so the
+    # tier held many times --response-cache-local-bytes and sent answers over 16 MiB to Redis
+    assert local_bytes() - before == 4 + 256 * 1024
 
 
 def test_entries_expire_after_the_models_ttl_in_redis_and_in_memory(pair):

@@ -166,3 +166,30 @@ def test_a_limit_needs_a_rate_and_a_burst(pair):
     assert result.returncode == 1 and "requests/s > 0" in result.stderr
     result = fleet_cli(redis.url, "limit", "acme", "add", "--rps", "5")
     assert result.returncode == 1 and "give --rps and --burst" in result.stderr
+
+
+def test_a_limit_is_stored_with_every_digit_of_its_rate(pair):
+    redis, _, _ = pair
+    try:
+        result = fleet_cli(redis.url, "limit", "precise", "add", "--rps", "1234567", "--burst", "10")
+        assert result.returncode == 0
+        limits = json.loads(fleet_cli(redis.url, "status", "--json").stdout)["limits"]
+        assert limits["precise/add"] == {"rps": 1234567.0, "burst": 10}  # was 1234570.0: six significant digits
+    finally:
+        fleet_cli(redis.url, "limit", "precise", "add", "--remove")
+
+
+def test_raising_a_limit_lifts_a_refusal_made_under_the_old_one(pair):
+    redis, a, _ = pair
+    send = grpc_sender(a.grpc_address, "raised")
+    try:
+        assert fleet_cli(redis.url, "limit", "raised", "add", "--rps", "0.01", "--burst", "1").returncode == 0
+        assert a.wait_for_log("raised/add 0.01/s burst 1")
+        assert send()[0] == "ok"
+        assert send()[0] == "refused"  # the next token is 100 s away
+        assert fleet_cli(redis.url, "limit", "raised", "add", "--rps", "100", "--burst", "100").returncode == 0
+        assert a.wait_for_log("raised/add 100/s burst 100")
+        # the replica used to keep refusing locally until the old limit's next token (100 s)
+        assert [send()[0] for _ in range(5)] == ["ok"] * 5
+    finally:
+        fleet_cli(redis.url, "limit", "raised", "add", "--remove")
