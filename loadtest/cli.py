@@ -10,6 +10,7 @@ Exit status of ``loadtest``: 0 when the run completed (and every ``--assert`` cl
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -29,8 +30,8 @@ def _numbers(kind: Callable[[str], float]) -> Callable[[str], list[float]]:
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-        if not values or any(v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+        if not values or not all(0 < v < math.inf for v in values):  # nan is neither
+            raise argparse.ArgumentTypeError(f"expected positive, finite numbers, got {text!r}")
         return values
 
     return parse
@@ -151,6 +152,7 @@ def run_loadtest(argv: list[str]) -> int:
 
     async def run() -> LoadtestResult:
         async with LoadRunner(settings, _progress(args.quiet)) as runner:
+            await runner.probe()  # a request the targets refuse is a run that cannot be made, not a sweep of errors
             return await runner.run(concurrency, rates, label=args.label or "", command=["fleetserve", "loadtest", *argv])
 
     try:

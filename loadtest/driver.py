@@ -42,6 +42,8 @@ _DEADLINE_EXCEEDED, _UNAVAILABLE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], g
 _TICK_NS = 50_000_000  # how often the driver checks its stop conditions
 _DRAIN_S = 0.2  # after stopping, in-flight requests get this long before being cancelled
 
+CONNECT_TIMEOUT_S = 10.0  # at least this long to connect to a target, whatever the requests' deadline
+
 
 @dataclass(frozen=True)
 class DriveSpec:
@@ -134,7 +136,8 @@ class LoadDriver:
             self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in spec.targets]
         try:
             for channel in self._channels:
-                await asyncio.wait_for(channel.channel_ready(), timeout=spec.timeout_s)
+                # Connecting is not a request: a short --timeout-s (measuring deadlines) must not fail it.
+                await asyncio.wait_for(channel.channel_ready(), timeout=max(spec.timeout_s, CONNECT_TIMEOUT_S))
             senders = self._senders()
             # The collector's full passes stall this loop for as long as they take to walk every object
             # the process holds (99 ms in one at twice an SLO model's capacity), and each stall adds to
@@ -155,8 +158,11 @@ class LoadDriver:
             running = [*workers, *self._tasks]
             for task in running:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            outcomes = await asyncio.gather(*running, return_exceptions=True)
             cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
+            for outcome in outcomes[:len(workers)]:  # a sender that failed: the level did not run, say why
+                if isinstance(outcome, Exception):
+                    raise outcome
         finally:
             gc.unfreeze()
             for channel in self._channels:

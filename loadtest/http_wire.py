@@ -97,19 +97,26 @@ def _values(tensor: InputTensor) -> list[Any]:
     return items
 
 
+def _error_detail(text: str, reason: str | None) -> str:
+    try:
+        detail = json.loads(text).get("error", text)
+    except (ValueError, AttributeError):
+        detail = text
+    return str(detail).strip() or (reason or "")
+
+
 async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Any:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
-        text = await response.text()
-        if response.status != 200:
-            try:
-                detail = json.loads(text).get("error", text)
-            except (ValueError, AttributeError):
-                detail = text
-            raise RuntimeError(f"GET {url}: HTTP {response.status}: {str(detail).strip() or response.reason}")
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise RuntimeError(f"GET {url}: the answer is not JSON: {text[:200]!r}") from None
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            text = await response.text()
+    except aiohttp.ClientConnectionError as exc:  # named like gRPC's, as the per-request outcomes are
+        raise RuntimeError(f"GET {url}: UNAVAILABLE: {exc}") from exc
+    if response.status != 200:
+        raise RuntimeError(f"GET {url}: HTTP {response.status}: {_error_detail(text, response.reason)}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise RuntimeError(f"GET {url}: the answer is not JSON: {text[:200]!r}") from None
 
 
 async def model_metadata(session: aiohttp.ClientSession, target: str, model: str, version: str,
@@ -123,6 +130,23 @@ async def model_metadata(session: aiohttp.ClientSession, target: str, model: str
     except (KeyError, TypeError, ValueError) as exc:
         raise RuntimeError(f"GET {url}: the model metadata has no usable inputs ({exc!r})") from None
     return ModelMetadata(inputs)
+
+
+async def infer_once(session: aiohttp.ClientSession, target: str, request: HttpRequest, timeout_s: float,
+                     fatal: frozenset[int]) -> None:
+    """POST ``request`` to ``target`` once; raises RuntimeError with the server's answer when it cannot be
+    reached or answers a status in ``fatal``."""
+    url = f"http://{target}{request.path}"
+    try:
+        async with session.post(url, data=request.body, headers=dict(request.headers),
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            text = await response.text(errors="replace")
+    except TimeoutError:
+        return  # a slow answer is what a load test measures, not a reason not to run it
+    except aiohttp.ClientConnectionError as exc:
+        raise RuntimeError(f"POST {url}: UNAVAILABLE: {exc}") from exc
+    if response.status in fatal:
+        raise RuntimeError(f"POST {url}: HTTP {response.status}: {_error_detail(text, response.reason)}")
 
 
 async def batch_statistics(session: aiohttp.ClientSession, target: str, model: str, version: str,

@@ -46,8 +46,8 @@ def parse_rate(text: str) -> tuple[float, float]:
     if period not in _PERIODS_S:
         raise PlanError(f"rate {text!r}: unknown period {period!r}; use s, min, h or day")
     count = float(match["count"])
-    if count <= 0:
-        raise PlanError(f"rate {text!r} must be positive")
+    if not 0 < count < math.inf:
+        raise PlanError(f"rate {text!r} must be a positive, finite number")
     return count, float(_PERIODS_S[period])
 
 
@@ -62,6 +62,10 @@ class PlanInputs:
 
     def __post_init__(self) -> None:
         parse_rate(self.target)
+        for flag, value in (("--peak-to-average", self.peak_to_average), ("--p99-ms", self.p99_ms),
+                            ("--headroom", self.headroom), ("--cores-per-replica", self.cores_per_replica)):
+            if value is not None and not math.isfinite(value):
+                raise PlanError(f"{flag} must be a finite number, got {value}")
         if self.peak_to_average < 1:
             raise PlanError(f"--peak-to-average is peak / average, so >= 1; got {self.peak_to_average}")
         if not 0 <= self.headroom < 1:
@@ -98,9 +102,11 @@ def choose_capacity(points: Sequence[PointResult], p99_ms: float | None) -> Poin
     meeting = [p for p in ok if p99_ms is None or p.latency_ms.p99 <= p99_ms]
     if not meeting:
         best = min((p.latency_ms.p99 for p in ok), default=None)
-        detail = f"the lowest measured p99 is {best:.1f} ms" if best is not None else "no level ran without errors"
-        raise PlanError(f"no measured load level meets p99 <= {p99_ms} ms with <= 0.1% errors ({detail}); "
-                        "measure lower load levels or relax --p99-ms")
+        if best is None:
+            raise PlanError("no measured load level had a successful request and at most 0.1% errors; "
+                            "measure lower load levels")
+        raise PlanError(f"no measured load level meets p99 <= {p99_ms:g} ms with <= 0.1% errors (the lowest measured "
+                        f"p99 is {best:.1f} ms); measure lower load levels or relax --p99-ms")
     return max(meeting, key=lambda p: p.throughput_rps)
 
 
@@ -116,9 +122,12 @@ def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
     peak_requests = peak / rows
     chosen = choose_capacity(result.points, inputs.p99_ms)
     measured = max(1, len(result.targets))  # a run against N targets (replicas) measured N replicas together
-    capacity = float(math.floor(chosen.throughput_rps / measured))  # whole requests/s: the arithmetic shown is exact
+    # Whole requests/s (below 1/s, the 3 significant digits shown), so the arithmetic shown is exact.
+    per_replica = chosen.throughput_rps / measured
+    capacity = float(math.floor(per_replica)) if per_replica >= 1 else float(f"{per_replica:.3g}")
     usable = capacity * (1 - inputs.headroom)
-    replicas = math.ceil(peak_requests / usable)
+    # The epsilon keeps float error (325 x (1 - 0.3) = 227.49999999999997) from adding a replica.
+    replicas = math.ceil(peak_requests / usable * (1 - 1e-12))
     cores_each = inputs.cores_per_replica or float(result.host_cpu_count) / measured
     cores = replicas * cores_each
     objective = f"p99 <= {inputs.p99_ms:g} ms" if inputs.p99_ms is not None else "no p99 objective"

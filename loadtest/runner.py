@@ -28,12 +28,19 @@ from loadtest.driver import DriveRecord, DriveSpec, LoadDriver, WindowReport
 from loadtest.procpool import LoadProcesses
 from loadtest.results import LoadtestResult, PointResult
 from loadtest.wire import (
-    CHANNEL_OPTIONS, Batch, add_batches, batch_delta, batch_statistics, encode_request, file_inputs, model_metadata,
-    random_inputs,
+    CHANNEL_OPTIONS, MODEL_INFER, Batch, add_batches, batch_delta, batch_statistics, encode_request, file_inputs,
+    model_metadata, random_inputs,
 )
 
 TRANSPORTS = ("unary", "stream", *http_wire.TRANSPORTS)
 _LEAD_S = {True: 0.5, False: 0.05}  # from spec to first request: spawned processes must connect first
+
+
+# A probe answered so means every request of the run would be: the run is not made (``LoadRunner.probe``).
+_FATAL_GRPC = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
+                         grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED,
+                         grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION})
+_FATAL_HTTP = frozenset({400, 401, 403, 404, 405, 501, 503})
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,9 @@ class RunSettings:
         for name in ("rows", "processes", "streams", "stable_windows", "max_requests", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("slo_ms", "warmup_s", "window_s", "tolerance", "max_duration_s", "timeout_s", "burstiness"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         for name in ("window_s", "max_duration_s", "timeout_s", "burstiness"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -128,6 +138,28 @@ class LoadRunner:
         if s.processes > 1:
             self._pool = LoadProcesses(s.processes)
             self._pool.start()
+
+    async def probe(self) -> None:
+        """Send one request to every target; raise, naming the target and the server's answer, when one
+        refuses it in a way every request of the run would be refused.
+
+        A request the targets cannot take (an input file or ``rows`` the model refuses, an unknown
+        model, an unreachable target) would otherwise be measured as a sweep of errors; the command
+        calls this first. Answers that depend on load (RESOURCE_EXHAUSTED from shedding or a rate
+        limit, a deadline, an internal error) are what a load test measures, so they do not stop it.
+        """
+        s = self.settings
+        for i, target in enumerate(s.targets):
+            if self._session is not None:
+                assert self.http_request is not None
+                await http_wire.infer_once(self._session, target, self.http_request, s.timeout_s, _FATAL_HTTP)
+                continue
+            infer = self._channels[i].unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+            try:
+                await infer(self.body, timeout=s.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _FATAL_GRPC:
+                    raise RuntimeError(f"ModelInfer on {target}: {exc.code().name}: {exc.details()}") from exc
 
     async def stop(self) -> None:
         if self._pool is not None:

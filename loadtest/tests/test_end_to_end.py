@@ -2,6 +2,8 @@
 
 import gc
 import json
+import math
+import socket
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from loadtest.cli import main
 from loadtest.runner import LoadRunner, RunSettings
 
 QUICK = dict(warmup_s=0.2, window_s=0.3, stable_windows=2, tolerance=0.5, max_duration_s=1.5)
+QUICK_ARGS = ["--warmup-s", "0.2", "--window-s", "0.3", "--stable-windows", "2", "--tolerance", "0.5",
+              "--max-duration-s", "1.5", "--quiet"]
 
 
 def settings(address, **overrides):
@@ -135,6 +139,12 @@ def test_command_reports_an_unknown_model_in_one_line(tiny_server, capsys, trans
     assert ("HTTP 404" if transport == "http" else "NOT_FOUND") in err
 
 
+async def test_a_sender_that_fails_fails_the_level_rather_than_reporting_it_empty(tiny_server):
+    async with LoadRunner(settings(tiny_server.grpc_address)) as runner:
+        with pytest.raises(RuntimeError, match="arrival rate must be a positive number, got inf"):
+            await runner.run_point("rate", math.inf)  # the command refuses it; here the sender's schedule fails
+
+
 @pytest.mark.parametrize("transport", ["unary", "http", "http-binary"])
 async def test_rejected_requests_are_counted_by_status(tiny_server, tmp_path, transport):
     wrong = tmp_path / "wrong.npz"
@@ -144,6 +154,48 @@ async def test_rejected_requests_are_counted_by_status(tiny_server, tmp_path, tr
         point = await runner.run_point("concurrency", 2)
     assert point.ok == 0 and point.requests > 0
     assert point.errors == {("HTTP 400" if transport.startswith("http") else "INVALID_ARGUMENT"): point.requests}
+
+
+@pytest.mark.parametrize("transport", ["unary", "stream", "http", "http-binary"])
+def test_command_refuses_to_measure_requests_the_server_rejects(tiny_server, tmp_path, capsys, transport):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, INPUT0=np.ones((1, 16), dtype=np.int32))  # the model takes FP32
+    assert main(["--target", address(tiny_server, transport), "--transport", transport, "--model", "add_one",
+                 "--input-file", str(wrong), "--concurrency", "1", *QUICK_ARGS]) == 2
+    captured = capsys.readouterr()
+    assert "c=1" not in captured.out and captured.err.count("\n") <= 2 and "loadtest failed" in captured.err
+    assert ("HTTP 400" if transport.startswith("http") else "INVALID_ARGUMENT") in captured.err
+    assert "FP32" in captured.err  # the server's own reason
+
+
+@pytest.mark.parametrize("transport", ["unary", "http"])
+def test_an_answer_that_depends_on_load_does_not_stop_the_run(tiny_server, tmp_path, capsys, transport):
+    """The probe's deadline passes (as it may under load): the run is made and counts the deadlines."""
+    inputs = tmp_path / "inputs.npz"  # no metadata call: only the requests carry the 1 us deadline
+    np.savez(inputs, INPUT0=np.ones((1, 16), dtype=np.float32))
+    assert main(["--target", address(tiny_server, transport), "--transport", transport, "--model", "add_one",
+                 "--input-file", str(inputs), "--timeout-s", "0.000001", "--concurrency", "1", *QUICK_ARGS]) == 0
+    assert "DEADLINE_EXCEEDED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("transport", ["unary", "http"])
+def test_command_names_an_unreachable_target(tiny_server, capsys, transport):
+    with socket.socket() as unused:  # bound, never listening: connections to it are refused
+        unused.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{unused.getsockname()[1]}"
+        targets = f"{address(tiny_server, transport)},{dead}"
+        assert main(["--target", targets, "--transport", transport, "--model", "add_one", "--concurrency", "2",
+                     *QUICK_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and "loadtest failed" in err and dead in err and "UNAVAILABLE" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--rate", "100,inf"), ("--rate", "nan"), ("--slo-ms", "nan"),
+                                         ("--warmup-s", "nan")])
+def test_command_rejects_numbers_that_are_not_finite(capsys, flag, value):
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", "127.0.0.1:1", "--model", "m", flag, value, "--quiet"])
+    assert exited.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_command_rejects_inconsistent_windows(capsys):

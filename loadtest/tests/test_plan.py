@@ -22,6 +22,7 @@ def test_parse_rate(text, expected):
 
 @pytest.mark.parametrize("text, message", [
     ("lots/day", "cannot parse"), ("1e12/week", "unknown period 'week'"), ("0/s", "positive"), ("-5/s", "cannot parse"),
+    ("1e400/day", "finite"),
 ])
 def test_bad_rates(text, message):
     with pytest.raises(PlanError, match=message):
@@ -47,6 +48,28 @@ def test_capacity_is_the_highest_error_free_throughput_meeting_the_p99(measured,
 def test_no_level_meeting_the_objective_is_an_error(measured):
     with pytest.raises(PlanError, match="lowest measured p99 is 8.0 ms"):
         choose_capacity(measured.points, 5)
+
+
+def test_no_level_without_errors_says_so_without_an_objective(make_result, make_point):
+    failing = make_result([make_point(errors={"INTERNAL": 10}, error_rate=0.01)])
+    with pytest.raises(PlanError, match="no measured load level had a successful request") as raised:
+        choose_capacity(failing.points, None)
+    assert "None" not in str(raised.value)
+
+
+def test_replicas_are_the_ceiling_of_the_arithmetic_shown(make_result, make_point):
+    # 325 x (1 - 0.3) is 227.49999999999997 in floating point: 2,275 / it must still be 10 replicas, not 11.
+    result = make_result([make_point(throughput_rps=325.4)])
+    plan = make_plan(result, PlanInputs("2275/s", headroom=0.3))
+    assert plan.replicas == 10
+    assert "ceil(2,275 / 227.50)" in format_plan(plan) and "= 10\n" in format_plan(plan)
+
+
+def test_a_replica_slower_than_one_request_a_second(make_result, make_point):
+    result = make_result([make_point(throughput_rps=0.6, rows_per_s=0.6)])
+    plan = make_plan(result, PlanInputs("86400/day", headroom=0.5))  # 1/s; 0.3/s usable per replica
+    assert plan.usable_per_replica == pytest.approx(0.3) and plan.replicas == 4
+    assert "= 0.6 requests/s" in format_plan(plan)
 
 
 def test_one_trillion_a_day(measured):
@@ -84,6 +107,8 @@ def test_a_run_against_several_replicas_is_divided_among_them(measured):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(peak_to_average=0.5), "peak-to-average"), (dict(headroom=1.0), "headroom"), (dict(headroom=-0.1), "headroom"),
     (dict(p99_ms=0), "p99-ms"), (dict(rows_per_request=0), "rows-per-request"), (dict(cores_per_replica=0), "cores"),
+    (dict(peak_to_average=math.nan), "peak-to-average"), (dict(p99_ms=math.nan), "p99-ms"),
+    (dict(cores_per_replica=math.inf), "cores"),
 ])
 def test_bad_inputs(kwargs, message):
     with pytest.raises(PlanError, match=message):
