@@ -7,7 +7,9 @@ For one model whose desired state (revision r, split D) is newer than what this 
 2. if any version of D is not READY (it failed to load, or this replica's repository lacks it):
    stop here. The replica keeps serving the revision it had, and reports r as not applied with
    the reason (``status``); it tries again at each full reconcile, and the registry reloads a
-   failed version only once its files change;
+   failed version only once its files change. A replica that serves nothing of the model (it
+   started during the rollout, pinned to D) serves D's previous split instead, else its version
+   policy;
 3. shift: the router takes D's split (only READY versions are ever routed to);
 4. retire: pin the registry to D exactly and load, which drains and unloads the other versions.
 
@@ -181,6 +183,8 @@ class Reconciler:
         missing = wanted - set(registry.ready_servables(name))
         if missing:  # 2. keep serving the revision we had
             error = "; ".join(self._why(name, v) for v in sorted(missing))
+            if not registry.ready_servables(name):
+                await self._fall_back(name, desired)  # nothing to keep: it started here during the rollout
             if status.error != error or status.desired_revision != desired.revision:
                 log.error("model '%s': cannot apply revision %d (%s): %s; still serving %s", name, desired.revision,
                           describe_split(desired.split), error, describe_split(self._router.split(name)) or "latest")
@@ -192,6 +196,23 @@ class Reconciler:
         with contextlib.suppress(ServingError):
             await registry.load(name)
         self._applied(name, desired, start)
+
+    async def _fall_back(self, name: str, desired: DesiredModel) -> None:
+        """Nothing of ``name`` serves here and ``desired`` cannot load (a replica that started during the rollout):
+        serve the split before it, else the version policy, rather than nothing. The next reconcile tries again."""
+        registry = self._registry
+        previous = frozenset(v for v, _ in desired.previous)
+        if previous:
+            registry.pin(name, previous)
+            with contextlib.suppress(ServingError):
+                await registry.load(name)
+            if previous <= set(registry.ready_servables(name)):
+                self._router.set(name, desired.previous)
+                return
+        self._router.clear(name)
+        registry.pin(name, None)
+        with contextlib.suppress(ServingError):
+            await registry.load(name)
 
     def _applied(self, name: str, desired: DesiredModel, start: float) -> None:
         self._status[name] = RolloutStatus(desired.revision, desired.revision, "")

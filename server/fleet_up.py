@@ -113,15 +113,13 @@ def run(args: argparse.Namespace, serve_args: list[str], out: TextIO = sys.stdou
             print(f"fleetserve fleet up: a replica did not start: {failure}", file=err)
             return 1
         print(describe(servers, redis_url, redis), file=out, flush=True)
-        shown = [0] * len(servers)
         while not stopping.wait(0.2):
-            if not args.quiet:
-                for i, (rid, s) in enumerate(servers):
-                    lines = s.lines[shown[i]:]
-                    shown[i] += len(lines)
-                    for line in lines:
-                        err.write(f"[{rid}] {line}")
-                err.flush()
+            for rid, s in servers:  # forwarded (or, --quiet, dropped): a fleet up running for days keeps none
+                lines = s.lines[:]
+                del s.lines[:len(lines)]  # the reader thread only appends
+                if not args.quiet:
+                    err.writelines(f"[{rid}] {line}" for line in lines)
+            err.flush()
             dead = [(rid, s.proc.returncode) for rid, s in servers if s.proc is not None and s.proc.poll() is not None]
             if dead:
                 print("fleetserve fleet up: " + ", ".join(f"{rid} exited with status {rc}" for rid, rc in dead)

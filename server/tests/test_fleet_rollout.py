@@ -142,3 +142,31 @@ def test_a_replica_that_cannot_load_keeps_serving_and_rollback_restores(fleet, c
     total = sum(len(load.answers) for load in loads)
     report(capsys, f"rollback (reloading version 2 on a and b) converged in {rollback_s:.2f} s; "
                    f"{total} requests, 0 failed")
+
+
+def test_a_replica_that_starts_mid_rollout_it_cannot_load_serves_the_previous_split(tmp_path):
+    """A replica (re)started while the fleet rolls out a version it cannot load: pinned to that version, it used
+    to serve nothing (UNAVAILABLE) where the replica before the restart served the previous version."""
+    good = write_model_repository(tmp_path / "good", {"add": ModelSpec(_add_version, versions=(1, 2, 3))})
+    bad = write_model_repository(tmp_path / "bad", {"add": ModelSpec(_add_version, versions=(1, 2))})
+    write_model_repository(bad, {"add": ModelSpec(_corrupt, versions=(3,))})
+    with RedisServer() as redis:
+        for version in ("2", "3"):
+            result = fleet_cli(redis.url, "rollout", "add", "--version", version, "--model-repository", str(good))
+            assert result.returncode == 0, result.stdout + result.stderr
+        [c] = start_replicas([(bad, fleet_args(redis.url, "c"))])
+        try:
+            load = LoadThread(c.grpc_address, "add", prefix="c", pause_s=0.01)
+            load.start()
+            time.sleep(1.5)  # past a full reconcile (1 s), which tries version 3 again
+            load.stop()
+            assert load.answers and not load.errors, load.errors[:3]
+            assert {a.version for a in load.answers} == {"2"}
+            [replica] = status(redis)["replicas"]
+            model = replica["models"]["add"]
+            assert model["route"] == [[2, 10000]] and model["applied_revision"] == 0
+            assert model["error"].startswith("version 3 UNAVAILABLE"), model
+            back = fleet_cli(redis.url, "rollback", "add", "--wait", "30")
+            assert back.returncode == 0 and "1 of 1 replicas applied" in back.stdout, back.stdout + back.stderr
+        finally:
+            c.stop()

@@ -5,6 +5,7 @@ Needs Debian's redis-server (the test command installs it); fails, never skips, 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -122,3 +123,50 @@ def test_fleet_up_serves_on_every_replica_and_stops_cleanly() -> None:
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_fleet_up_does_not_keep_the_replicas_logs(monkeypatch, quiet: bool) -> None:
+    """fleet up runs for days: a replica's log lines (one per request with --log-format json) are forwarded or
+    dropped, not kept in memory. In this process: run() installs its handlers, a SIGTERM to us stops it."""
+    from server import fleet_up
+    from server.testing import ServerProcess
+
+    started: list[ServerProcess] = []
+
+    class Recorded(ServerProcess):
+        def start(self) -> ServerProcess:
+            started.append(self)
+            return super().start()
+
+    monkeypatch.setattr(fleet_up, "ServerProcess", Recorded)
+    args = fleet_up.parser().parse_args(["--replicas", "1"] + (["--quiet"] if quiet else []))
+    out, err = io.StringIO(), io.StringIO()
+    answered: list[int] = []
+
+    def drive() -> None:
+        deadline = time.monotonic() + 30
+        while not (started and started[0].grpc_port and "fleet up: 1 replica(s) ready" in out.getvalue()):
+            if time.monotonic() > deadline or "replicas exited" in err.getvalue():
+                return  # run() failed on its own and says why; no signal for a process without its handler
+            time.sleep(0.05)
+        try:
+            with grpc.insecure_channel(started[0].grpc_address) as channel:
+                stub = rpc.GRPCInferenceServiceStub(channel)
+                for i in range(300):
+                    stub.ModelInfer(infer_request("mlp", f"log-{i}", features=256), timeout=10)
+                    answered.append(i)
+            time.sleep(1.0)  # the last lines reach fleet up, which forwards them every 0.2 s
+        finally:
+            if "replicas exited" not in err.getvalue():  # run() still waits for its stop signal
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    assert fleet_up.run(args, ["--log-format", "json"], out=out, err=err) == 0, err.getvalue()[-2000:]
+    driver.join(10)
+    assert len(answered) == 300, err.getvalue()[-2000:]
+    kept = len(started[0].lines)
+    assert kept < 50, f"fleet up holds {kept} log lines of a replica after 300 requests"
+    forwarded = err.getvalue().count('"request_id": "log-') + err.getvalue().count('"request_id":"log-')
+    assert forwarded == (0 if quiet else 300), forwarded
