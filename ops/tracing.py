@@ -74,7 +74,10 @@ class RequestTracer:
         off = self._epoch_offset_ns
         attributes = {"fleetserve.model": t.model, "fleetserve.version": t.version,
                       "fleetserve.request_id": t.request_id, "fleetserve.outcome": code.name}
-        root = self._tracer.start_span(f"infer {t.model}", context=parent, kind=SpanKind.SERVER,
+        # Span names stay as bounded as the metrics' labels: a request that reached no model version
+        # (an unknown model, bytes that are no request) is "infer", its model name an attribute only.
+        name = f"infer {t.model}" if t.version else "infer"
+        root = self._tracer.start_span(name, context=parent, kind=SpanKind.SERVER,
                                        attributes=attributes, start_time=t.received_ns + off)
         if code is not Code.OK:
             root.set_status(Status(StatusCode.ERROR, code.name))
@@ -92,7 +95,7 @@ class RequestTrace:
     """Timestamps of one request (``perf_counter_ns``; 0 until reached). A context manager:
     on exit the spans are emitted with the outcome of the exception that left the block, if any."""
 
-    __slots__ = ("_tracer", "traceparent", "tracestate", "model", "version", "request_id",
+    __slots__ = ("_tracer", "traceparent", "tracestate", "model", "version", "request_id", "outcome",
                  "received_ns", "enqueued_ns", "started_ns", "done_ns")
 
     def __init__(self, tracer: RequestTracer, traceparent: str | None, tracestate: str | None) -> None:
@@ -102,6 +105,9 @@ class RequestTrace:
         self.model = ""
         self.version = ""
         self.request_id = ""
+        # Set by the dataplane when it counts a failure: the code the metrics and the request log
+        # have (a gRPC call cancelled at its deadline is DEADLINE_EXCEEDED there, not CANCELLED).
+        self.outcome: Code | None = None
         self.received_ns = time.perf_counter_ns()
         self.enqueued_ns = 0  # set by the dataplane when the request is handed to the batcher
         self.started_ns = 0  # set by the servable when its batch starts running
@@ -114,5 +120,6 @@ class RequestTrace:
         now = time.perf_counter_ns()
         if not self.done_ns:
             self.done_ns = now
-        self._tracer._emit(self, Code.OK if exc is None else code_of(exc), now)
+        code = Code.OK if exc is None else self.outcome if self.outcome is not None else code_of(exc)
+        self._tracer._emit(self, code, now)
 

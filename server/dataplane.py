@@ -241,6 +241,8 @@ class DataPlane:
     def _begin(self, request: InferRequest, servable: Servable) -> "Call":
         """From here the request is in flight: it ends in ``_succeed`` or ``_fail``."""
         servable.metrics.inflight += 1
+        if request.trace is not None:
+            request.trace.version = servable.version_str
         return Call(request, servable, time.perf_counter_ns())
 
     def _submitter(self, call: "Call") -> "Callable[[], asyncio.Future[dict[str, np.ndarray]]]":
@@ -262,6 +264,8 @@ class DataPlane:
         metrics = servable.metrics
         metrics.inflight -= 1
         metrics.record_failure(code)
+        if request.trace is not None:
+            request.trace.outcome = code
         if self._request_log is not None:
             self._request_log.record(request.id, servable.config.name, servable.version_str, code, elapsed)
 

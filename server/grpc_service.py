@@ -146,10 +146,10 @@ class InferenceServicer:
                 infer = self.decoder.decode(request, context.time_remaining())
             except ServingError as exc:
                 model, version, request_id = request_names(request)
-                trace.model = model
+                trace.model, trace.request_id = model, request_id
                 self.dp.reject(model, version, request_id, exc)
                 raise
-            trace.model = infer.model_name
+            trace.model, trace.request_id = infer.model_name, infer.id
             infer.trace = trace
             if self.dp.tenant_aware:
                 infer.tenant = _tenant(context)

@@ -160,6 +160,8 @@ class HttpService:
             self.dp.reject(model, version, "", exc)
             raise
         infer.trace = trace
+        if trace is not None:
+            trace.request_id = infer.id
         if self.dp.tenant_aware:
             infer.tenant = request.headers.get(TENANT_HEADER, "")
         response = await self.dp.infer(infer)

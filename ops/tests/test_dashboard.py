@@ -57,3 +57,28 @@ def test_every_query_uses_metrics_the_server_exports(fleetserve, traffic):
 def test_the_query_parser_finds_names_in_every_position():
     assert metric_names('sum by (le) (rate(a_bucket{job=~"$job"}[$__rate_interval])) / sum(b) + c[5m] '
                         '- histogram_quantile(0.5, d{x="rate(e)"})') == {"a_bucket", "b", "c", "d"}
+
+
+def unit_of(panel: dict, ref: str) -> str:
+    """The unit Grafana shows a query's values in: its refId's override, else the panel's default."""
+    for override in panel["fieldConfig"].get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            return next(p["value"] for p in override["properties"] if p["id"] == "unit")
+    return panel["fieldConfig"]["defaults"].get("unit", "")
+
+
+def test_seconds_and_bytes_are_shown_in_their_units():
+    for panel in panels():
+        if panel["type"] == "table":
+            continue  # a table's columns carry their units by name (checked below)
+        for target in panel.get("targets", []):
+            expr, unit = target["expr"], unit_of(panel, target["refId"])
+            if expr.startswith("histogram_quantile(") and "_seconds_bucket" in expr:
+                assert unit == "s", (panel["title"], target["refId"], unit)
+            if re.fullmatch(r"sum by \([a-z, ]+\) \([a-z_]+_bytes\{[^}]*\}\)", expr):
+                assert unit == "bytes", (panel["title"], target["refId"], unit)
+    table = next(p for p in panels() if p["title"] == "Per-model breakdown")
+    assert all(t.get("format") == "table" and t.get("instant") for t in table["targets"]), "one row per version"
+    assert any(t["id"] == "merge" for t in table.get("transformations", []))
+    units = {o["matcher"]["options"]: o["properties"][0]["value"] for o in table["fieldConfig"]["overrides"]}
+    assert units.get("errors") == "percentunit" and units.get("p99") == "s"

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from model_store.testing import ModelSpec, write_dense_model, write_model_repository
+from model_store.testing import ModelSpec, write_dense_model, write_model_repository, write_slow_model
 from server.app import App
 from server.settings import Settings
 
@@ -118,3 +118,46 @@ def test_tracing_off_loads_no_opentelemetry(repo: Path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0 and "clean" in result.stdout, result.stdout + result.stderr
+
+
+async def test_failed_requests_spans_carry_the_request_and_the_outcome_the_metrics_count(tmp_path: Path):
+    """A failed request's span names its request id and version, and a gRPC call cut at its deadline is
+    DEADLINE_EXCEEDED there as in the metrics and the request log, not CANCELLED."""
+    repo = write_model_repository(tmp_path, {
+        "dense": ModelSpec(write_dense_model),
+        "slow": ModelSpec(lambda p: write_slow_model(p, features=1024, repeats=256), config="max_batch_size: 16\n"),
+    })
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = App(settings(repo, trace=True), tracer_provider=provider)
+    await app.start()
+    try:
+        body = json.dumps({"id": "h-bad", "inputs": [{"name": "INPUT0", "shape": [1, 15], "datatype": "FP32",
+                                                      "data": [0.5] * 15}]})
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{app.http_port}/v2/models/dense/infer", data=body) as reply:
+                assert reply.status == 400
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = service_pb2.ModelInferRequest(model_name="slow", id="g-late")
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[16, 1024])
+            request.raw_input_contents.append(bytes(16 * 1024 * 4))
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await stub.ModelInfer(request, timeout=0.02)  # the batch runs far longer
+            assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            request.model_name, request.id = "nosuch", "g-unknown"
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ModelInfer(request)
+    finally:
+        await app.stop()
+    roots = {s.attributes["fleetserve.request_id"]: s for s in exporter.get_finished_spans() if s.name.startswith("infer")}
+    unknown = roots.pop("g-unknown")  # named like the metrics' label for it: no unbounded span names
+    assert unknown.name == "infer" and unknown.attributes["fleetserve.model"] == "nosuch"
+    assert unknown.attributes["fleetserve.outcome"] == "NOT_FOUND"
+    assert sorted(roots) == ["g-late", "h-bad"]
+    assert roots["h-bad"].attributes["fleetserve.outcome"] == "INVALID_ARGUMENT"
+    late_span = roots["g-late"]
+    assert late_span.attributes["fleetserve.outcome"] == "DEADLINE_EXCEEDED"
+    assert late_span.status.status_code is StatusCode.ERROR and late_span.status.description == "DEADLINE_EXCEEDED"
+    assert all(s.attributes["fleetserve.version"] == "1" for s in roots.values())
