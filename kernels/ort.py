@@ -45,6 +45,11 @@ _ORT_TYPES: dict[str, np.dtype] = {
 }
 
 
+# Triton's optimization.graph.level -> onnxruntime GraphOptimizationLevel value (as Triton's onnxruntime
+# backend maps it: -1 basic, 1 basic and extended, 2 none; 0, the default, all). Not ort's own numbering.
+GRAPH_LEVELS: dict[int, int] = {-1: 1, 0: 99, 1: 2, 2: 0}
+
+
 @dataclass(frozen=True)
 class TensorSignature:
     """A tensor the model file declares: name, numpy dtype, shape (None = dynamic)."""
@@ -63,7 +68,7 @@ class KernelOptions:
     device_id: int = 0
     instances: int = 1  # concurrent runs (threads in the executor)
     intra_op_threads: int = 0  # 0: default_intra_op_threads(instances), the cores shared by the instances
-    graph_optimization_level: int | None = None  # onnxruntime GraphOptimizationLevel value; None: ENABLE_ALL
+    graph_optimization_level: int | None = None  # optimization.graph.level, Triton's meaning (GRAPH_LEVELS); None: all
     extra_session_config: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -192,9 +197,9 @@ class OrtKernel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         level = self.options.graph_optimization_level
-        opts.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else ort.GraphOptimizationLevel(level)
-        )
+        if level is not None and level not in GRAPH_LEVELS:
+            raise ConfigError(f"optimization.graph.level {level} is not one of {sorted(GRAPH_LEVELS)}")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel(GRAPH_LEVELS[0 if level is None else level])
         # Spinning worker threads would steal the cores the event loop needs to
         # decode the next requests; the server's batches keep them busy instead.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -109,7 +109,6 @@ def build_config(
     model_out = tuple(_normalise(t, "output", where) for t in outputs)
     max_batch_size, completed = _max_batch_size(msg, model_in, model_out, "max_batch_size" in stated, where)
     instances = options.instances(msg, where)
-    graph = msg.optimization.graph if msg.optimization.HasField("graph") else None
     return ModelConfig(
         name=model_name,
         max_batch_size=max_batch_size,
@@ -121,7 +120,7 @@ def build_config(
         gpus=instances.gpus,
         version_policy=options.version_policy(msg, where),
         execution_accelerators=options.accelerators(msg, where),
-        graph_optimization_level=graph.level if graph is not None else None,
+        graph_optimization_level=options.graph_level(msg, where),
         default_model_filename=model_filename(msg, source),
         parameters={key: msg.parameters[key].string_value for key in sorted(msg.parameters)},
         response_cache=msg.response_cache.enable,

@@ -31,6 +31,7 @@ from ops.errors import ConfigError
 
 GPU_ACCELERATORS = ("tensorrt", "cuda")  # gpu_execution_accelerator names, matched case-insensitively
 CPU_ACCELERATORS = ("cpu",)  # cpu_execution_accelerator names
+GRAPH_LEVELS = (-1, 0, 1, 2)  # optimization.graph.level, as Triton: basic, all (the default), extended, none
 MAX_PRIORITY_LEVELS = 64  # each level is a queue the scheduler looks at per batch
 
 
@@ -251,3 +252,16 @@ def accelerators(msg: pb.ModelConfig, where: Where) -> tuple[str, ...]:
             if name not in names:
                 names.append(name)
     return tuple(names)
+
+
+def graph_level(msg: pb.ModelConfig, where: Where) -> int | None:
+    """optimization.graph.level with Triton's meaning (GRAPH_LEVELS); None when the config has no graph section."""
+    if not msg.optimization.HasField("graph"):
+        return None
+    level = msg.optimization.graph.level
+    if level not in GRAPH_LEVELS:
+        raise where.error(
+            "optimization.graph.level",
+            f"is {level}; use -1 (basic), 1 (basic and extended), 2 (none) or 0 (all, the default)",
+        )
+    return level

@@ -188,7 +188,12 @@ class RepositoryMirror:
             if group in failed:
                 continue  # the version is failing anyway: don't fetch the rest of it
             target = build / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:  # the listing has "m/1" as a file and "m/1/model.onnx": one of them cannot be
+                failed[group] = f"{self._store.location(f'{name}/{rel}')}: a folder of its path is listed as a file"
+                log.error("model '%s': %s", name, failed[group])
+                continue
             if current is not None and old.get(rel) == wanted[rel] and _size(current / rel) == file.size:
                 _link_or_copy(current / rel, target)
             else:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ops.errors import Code, ServingError
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("s3", "http", "https")
 INDEX_FILENAME = "index.json"
@@ -223,16 +226,18 @@ class RemoteStore:
             )
         base = self._remote("").rstrip("/")
         try:
-            found = fs.find(base, detail=True)
-        except FileNotFoundError:
-            found = {}  # an empty or missing prefix: a repository with no models
-        except Exception as exc:
+            found = fs.find(base, detail=True)  # an empty or missing prefix: {}, a repository with no models
+        except Exception as exc:  # FileNotFoundError: no such bucket, never "no models" (that would unload all)
             raise RemoteStoreError(f"cannot list {self.url}: {_describe(exc)}") from exc
         files: dict[str, RemoteFile] = {}
         for key, info in found.items():
             if info.get("type") != "file" or not key.startswith(base + "/") or key.endswith("/"):
                 continue  # folder markers ("dense/", as consoles create them) hold no file
-            rel = relative_path(key[len(base) + 1:], self.url)
+            try:
+                rel = relative_path(key[len(base) + 1:], self.url)
+            except RemoteStoreError as exc:  # one stray key ("a//b") must not hide every model
+                log.warning("%s; skipped", exc.message)
+                continue
             if rel is not None:
                 files[rel] = RemoteFile(rel, int(info["size"]), etag=str(info.get("ETag", "")).strip('"'))
         return files
@@ -244,12 +249,24 @@ class RemoteStore:
         what arrived; ``dest`` may then hold the bad bytes (the caller discards it).
         """
         where = self.location(file.path)
+        listed_by = "the index" if file.sha256 else "the store's listing"
         try:
-            self._filesystem().get_file(self._remote(file.path), str(dest))
+            if self.scheme == "s3":
+                self._filesystem().get_file(self._remote(file.path), str(dest))
+            elif self._fetch_at_most(file, dest) > file.size:
+                raise RemoteStoreError(
+                    f"{where}: size mismatch: {listed_by} says {file.size} bytes, the server sent more; the download "
+                    "was stopped there and the file was not used"
+                )
+        except RemoteStoreError:
+            raise
+        except FileNotFoundError as exc:  # its text is the URL alone
+            raise RemoteStoreError(
+                f"cannot download {where}: not found (listed, but the server has no such file)"
+            ) from exc
         except Exception as exc:
             raise RemoteStoreError(f"cannot download {where}: {_describe(exc)}") from exc
         size = dest.stat().st_size
-        listed_by = "the index" if file.sha256 else "the store's listing"
         if size != file.size:
             raise RemoteStoreError(
                 f"{where}: size mismatch: {listed_by} says {file.size} bytes, {size} were downloaded; "
@@ -265,6 +282,16 @@ class RemoteStore:
             raise RemoteStoreError(
                 f"{where}: MD5 mismatch: the ETag is {file.etag}, the download hashes to {md5}; the file was not used"
             )
+
+    def _fetch_at_most(self, file: RemoteFile, dest: Path) -> int:
+        """Stream ``file`` into ``dest``, stopping once more than the listed size arrived (an index that
+        is wrong, or a file replaced by a huge one, must not fill the disk); the bytes received."""
+        received = 0
+        with self._filesystem().open(self._remote(file.path), "rb", block_size=0) as source, dest.open("wb") as out:
+            while received <= file.size and (chunk := source.read(min(_CHUNK, file.size + 1 - received))):
+                received += len(chunk)
+                out.write(chunk)
+        return received
 
     def _etag_not_md5(self, file: RemoteFile) -> bool:
         """Whether the object's ETag is legitimately not its MD5 (SSE-KMS, SSE-C). Raises when it changed."""

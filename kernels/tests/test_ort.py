@@ -41,6 +41,32 @@ def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
         OrtKernel(path, KernelOptions()).load()
 
 
+@pytest.mark.parametrize("level, expected", [
+    (None, "ORT_ENABLE_ALL"),
+    (0, "ORT_ENABLE_ALL"),
+    (-1, "ORT_ENABLE_BASIC"),  # Triton's numbering, not onnxruntime's
+    (1, "ORT_ENABLE_EXTENDED"),
+    (2, "ORT_DISABLE_ALL"),
+])
+def test_the_graph_level_has_tritons_meaning(tmp_path, level, expected):
+    kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4),
+                       KernelOptions(graph_optimization_level=level))
+    kernel.load()
+    try:
+        options = kernel._session.get_session_options()  # type: ignore[attr-defined]
+        assert options.graph_optimization_level.name == expected
+        np.testing.assert_array_equal(kernel.run({"INPUT0": np.zeros((1, 4), np.float32)})["OUTPUT0"], np.ones((1, 4)))
+    finally:
+        kernel.close()
+
+
+def test_an_unknown_graph_level_is_a_config_error(tmp_path):
+    model = write_add_constant_model(tmp_path / "model.onnx", features=4)
+    kernel = OrtKernel(model, KernelOptions(graph_optimization_level=5))
+    with pytest.raises(ConfigError, match="optimization.graph.level 5"):
+        kernel.load()
+
+
 @pytest.mark.parametrize("instances, cores, threads", [
     (1, 2, 2),
     (2, 16, 8),  # instances x threads fits the cores

@@ -157,6 +157,54 @@ def test_a_download_whose_md5_is_not_the_listed_etag_is_refused(s3: S3Server, tm
         store.download(RemoteFile(listed.path, 5, etag="0" * 32), tmp_path / "bad")
 
 
+def test_a_stray_key_that_is_no_relative_path_is_skipped_not_fatal(s3: S3Server, tmp_path: Path):
+    s3.upload(repository(tmp_path / "repo"), "g")
+    s3.put(b"notes", "g/dense//notes.txt")  # S3 allows empty key components; a path cannot have them
+    mirror = mirror_of(s3, "g", tmp_path / "cache")
+    report = mirror.sync()
+    assert sorted(report.downloaded) == ["add_one/1/model.onnx", "add_one/config.pbtxt", "dense/1/model.onnx"]
+    assert report.failures == {}
+
+
+def test_a_missing_bucket_is_an_error_not_an_empty_repository(s3: S3Server, tmp_path: Path):
+    s3.filesystem().mkdir("doomed")
+    model = write_add_constant_model(tmp_path / "m.onnx").read_bytes()
+    s3.filesystem().pipe_file("doomed/r/add_one/1/model.onnx", model)
+    mirror = RepositoryMirror(MirrorConfig("s3://doomed/r", tmp_path / "cache", s3.endpoint_url))
+    assert mirror.sync().downloaded == ("add_one/1/model.onnx",)
+    s3.filesystem().rm("doomed", recursive=True)
+    with pytest.raises(RemoteStoreError, match="cannot list s3://doomed/r: .*bucket does not exist"):
+        mirror.sync()
+    assert mirror.has_copy() and (mirror.root / "add_one/1/model.onnx").is_file()  # the copy keeps serving
+
+
+def test_a_file_and_a_folder_of_one_name_fail_that_version_only(s3: S3Server, tmp_path: Path):
+    s3.upload(repository(tmp_path / "repo"), "h")
+    s3.put(b"stray", "h/dense/1")  # a key "dense/1" beside "dense/1/model.onnx"
+    mirror = mirror_of(s3, "h", tmp_path / "cache")
+    report = mirror.sync()
+    assert "a folder of its path is listed as a file" in report.failures["dense"].versions[1]
+    assert "add_one" in report.updated and (mirror.root / "add_one/1/model.onnx").is_file()
+
+
+def test_a_download_longer_than_its_index_entry_is_stopped(tmp_path: Path):
+    local = repository(tmp_path / "repo")
+    write_index(local)
+    with (local / "dense/1/model.onnx").open("r+b") as model:
+        model.truncate(64 << 20)  # the server now sends 64 MiB where the index promises under 1 KiB
+    with HttpServer(local) as http:
+        mirror = RepositoryMirror(MirrorConfig(http.url, tmp_path / "cache"))
+        reason = mirror.sync().failures["dense"].versions[1]
+    assert "dense/1/model.onnx: size mismatch: the index says" in reason
+    assert "the server sent more; the download was stopped there" in reason
+
+    (local / "add_one/1/model.onnx").unlink()  # listed in the index, gone from the server (404)
+    with HttpServer(local) as http:
+        mirror = RepositoryMirror(MirrorConfig(http.url, tmp_path / "cache2"))
+        reason = mirror.sync().failures["add_one"].versions[1]
+    assert reason.endswith("add_one/1/model.onnx: not found (listed, but the server has no such file)")
+
+
 def test_an_unreachable_store_raises_and_leaves_the_mirror_alone(tmp_path: Path):
     mirror = RepositoryMirror(MirrorConfig("s3://models/x", tmp_path / "cache", "http://127.0.0.1:9"))
     with pytest.raises(RemoteStoreError, match="cannot read s3://models/x/index.json: Could not connect"):

@@ -335,6 +335,11 @@ ERRORS = [
         id="accelerator-parameters",
     ),
     pytest.param(
+        "dense", "optimization { graph { level: 99 } }",
+        ["optimization.graph.level:", "is 99", "-1 (basic)", "2 (none)"],
+        id="graph-level-not-tritons",
+    ),
+    pytest.param(
         "dense", "version_policy { latest { } }", ["version_policy.latest.num_versions:", "at least 1"],
         id="latest-zero",
     ),
