@@ -210,8 +210,10 @@ class OrtKernel:
             # The default chain tries GPUs where present; only a chain the config asked for warns.
             log.log(
                 logging.WARNING if self.options.providers else logging.INFO,
-                "%s: execution providers %s are not available in this onnxruntime build; using %s",
-                self.model_path, ", ".join(choice.skipped), ", ".join(choice.providers),
+                "%s: execution providers %s are not used (%s); using %s",
+                self.model_path, ", ".join(choice.skipped),
+                "the instance group is KIND_CPU" if not self.options.allow_gpu else "not in this onnxruntime build",
+                ", ".join(choice.providers),
             )
         provider_options = [
             {"device_id": str(self.options.device_id)} if p != "CPUExecutionProvider" else {} for p in choice.providers

@@ -75,3 +75,17 @@ def test_an_unknown_graph_level_is_a_config_error(tmp_path):
 ])
 def test_default_threads_share_the_cores_among_the_instances(instances, cores, threads):
     assert default_intra_op_threads(instances, cores) == threads
+
+
+@pytest.mark.parametrize("allow_gpu, reason", [(True, "not in this onnxruntime build"),
+                                               (False, "the instance group is KIND_CPU")])
+def test_a_requested_gpu_provider_left_out_is_logged_with_the_reason(tmp_path, caplog, allow_gpu, reason):
+    """The test install (.[dev]) has the CPU build of onnxruntime, with no CUDA: a KIND_GPU model falls back for the build's sake, a KIND_CPU one
+    for its own config's; the warning must not blame the build for what the config chose."""
+    path = write_add_constant_model(tmp_path / "model.onnx", features=4)
+    kernel = OrtKernel(path, KernelOptions(providers=("cuda",), allow_gpu=allow_gpu))
+    with caplog.at_level("WARNING", logger="kernels.ort"):
+        kernel.load()
+    kernel.close()
+    assert kernel.provider_choice is not None and kernel.provider_choice.providers == ("CPUExecutionProvider",)
+    assert f"execution providers cuda are not used ({reason}); using CPUExecutionProvider" in caplog.text
