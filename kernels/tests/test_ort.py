@@ -80,8 +80,8 @@ def test_default_threads_share_the_cores_among_the_instances(instances, cores, t
 @pytest.mark.parametrize("allow_gpu, reason", [(True, "not in this onnxruntime build"),
                                                (False, "the instance group is KIND_CPU")])
 def test_a_requested_gpu_provider_left_out_is_logged_with_the_reason(tmp_path, caplog, allow_gpu, reason):
-    """The test install (.[dev]) has the CPU build of onnxruntime, with no CUDA: a KIND_GPU model falls back for the build's sake, a KIND_CPU one
-    for its own config's; the warning must not blame the build for what the config chose."""
+    """The test install (.[dev]) has onnxruntime's CPU build, with no CUDA: a KIND_GPU model falls back for
+    the build's sake, a KIND_CPU one for its own config's; the warning must not blame the build for the config."""
     path = write_add_constant_model(tmp_path / "model.onnx", features=4)
     kernel = OrtKernel(path, KernelOptions(providers=("cuda",), allow_gpu=allow_gpu))
     with caplog.at_level("WARNING", logger="kernels.ort"):
