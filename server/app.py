@@ -12,6 +12,10 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
   5. drain each model's queue and close its kernel; close the Redis link;
   6. flush traces, close the metrics endpoint, exit 0. A second signal exits at once with status 1.
 
+A server that cannot start (a port in use, an unreachable remote repository with no copy, --trace
+without OpenTelemetry) raises ``StartupError``: ``serve`` closes what did open, logs one line
+``cannot start: ...`` and returns 1.
+
 Fleet mode (``settings.fleet``, ``--redis-url``) adds server/fleet.py, imported only then: it
 connects before the models load (so they load the fleet's desired versions) and applies the
 desired state before readiness.
@@ -52,6 +56,10 @@ if TYPE_CHECKING:
     from server.fleet import Fleet
 
 log = logging.getLogger("fleetserve")
+
+
+class StartupError(Exception):
+    """The server cannot start, for a reason its operator can fix; the message says which."""
 
 
 def _version() -> str:
@@ -122,10 +130,15 @@ class App:
     def _tracer(self) -> "RequestTracer | None":
         if not self.settings.trace:
             return None
-        from ops.tracing import RequestTracer, build_tracer_provider  # OpenTelemetry only when asked for
-
+        try:
+            from ops.tracing import RequestTracer, build_tracer_provider  # OpenTelemetry only when asked for
+        except ImportError as exc:
+            raise StartupError(f"--trace needs OpenTelemetry ({exc}): pip install 'fleetserve[tracing]'") from exc
         if self._tracer_provider is None:
-            self._tracer_provider = build_tracer_provider(self.settings.trace_exporter, _version())
+            try:
+                self._tracer_provider = build_tracer_provider(self.settings.trace_exporter, _version())
+            except RuntimeError as exc:  # its message names the missing package
+                raise StartupError(str(exc)) from exc
             self._owns_tracer_provider = True
         return RequestTracer(self._tracer_provider)
 
@@ -153,9 +166,12 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)
         address = f"{s.host}:{s.grpc_port}"
-        self.grpc_port = server.add_insecure_port(address)
+        try:
+            self.grpc_port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.6x raises where older releases returned 0
+            self.grpc_port = 0
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {address}")
+            raise StartupError(f"cannot listen for gRPC on {address}: the address is in use or not available here")
         await server.start()
         self._grpc = server
         log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
@@ -191,7 +207,8 @@ class App:
         try:
             return await listener.start()
         except OSError as exc:
-            raise OSError(f"cannot listen for {what} on {self.settings.host}:{port}: {exc.strerror or exc}") from exc
+            why = exc.strerror or exc
+            raise StartupError(f"cannot listen for {what} on {self.settings.host}:{port}: {why}") from exc
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -217,8 +234,7 @@ class App:
             await asyncio.get_running_loop().run_in_executor(None, self.mirror.sync)
         except RemoteStoreError as exc:
             if starting and not self.mirror.has_copy():
-                log.error("cannot start: model repository %s: %s", self.mirror.config.url, exc.message)
-                raise
+                raise StartupError(f"model repository {self.mirror.config.url}: {exc.message}") from exc
             log.error("model repository %s: %s; serving the copy from the last sync",
                       self.mirror.config.url, exc.message)
 
@@ -254,8 +270,8 @@ class App:
         log.info("fleetserve stopped")
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM, then shut down cleanly (a second signal forces exit)."""
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM, then shut down cleanly (a second signal forces exit); the exit status."""
     app = App(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -269,17 +285,24 @@ async def serve(settings: Settings) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    failure: StartupError | None = None
     try:
         await app.start()
         await stop.wait()
+    except StartupError as exc:
+        failure = exc
     finally:
         await app.stop()
+    if failure is not None:
+        log.error("cannot start: %s", failure)  # one line, the last one: no traceback for an operator's error
+        return 1
+    return 0
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     else:
-        uvloop.run(serve(settings))
+        return uvloop.run(serve(settings))

@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"model repository {settings.model_repository} is not a folder")
         from server.app import run
 
-        run(settings)
-        return 0
+        return run(settings)
     from server.inspect import print_models
 
     return print_models(args.model_repository)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,11 @@ class FleetSettings:
             raise ValueError(f"--redis-url must be a URL such as redis://host:6379/0, got {self.redis_url!r}")
         if not self.replica_id or any(c.isspace() for c in self.replica_id):
             raise ValueError(f"--replica-id must be a non-empty word, got {self.replica_id!r}")
-        for name in ("redis_timeout_s", "heartbeat_interval_s", "reconcile_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for flag, seconds in (("--redis-timeout", self.redis_timeout_s),
+                              ("--fleet-heartbeat-secs", self.heartbeat_interval_s),
+                              ("--fleet-reconcile-secs", self.reconcile_interval_s)):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"{flag} must be a finite number of seconds > 0, got {seconds}")
         if self.cache_local_bytes < 0:
             raise ValueError(f"--response-cache-local-bytes must be >= 0, got {self.cache_local_bytes}")
 
@@ -71,17 +74,20 @@ class Settings:
         for name in ("grpc_port", "http_port", "metrics_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
-                raise ValueError(f"{name.replace('_', '-')} must be in 0..65535, got {port}")
-        if self.grpc_max_connection_age_s < 0:
-            raise ValueError(f"grpc-max-connection-age must be >= 0, got {self.grpc_max_connection_age_s}")
-        if self.poll_interval_s <= 0:
-            raise ValueError(f"poll interval must be positive, got {self.poll_interval_s}")
+                raise ValueError(f"--{name.replace('_', '-')} must be in 0..65535, got {port}")
+        # Durations must be finite: NaN passes every comparison and inf never ends (a shutdown that
+        # never exits, a poller that dies, an overflowing gRPC option).
+        for flag, seconds, zero_ok in (("--repository-poll-secs", self.poll_interval_s, False),
+                                       ("--drain-timeout", self.drain_timeout_s, True),
+                                       ("--grpc-max-connection-age", self.grpc_max_connection_age_s, True),
+                                       ("--shutdown-delay", self.shutdown_delay_s, True)):
+            if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+                raise ValueError(f"{flag} must be a finite number of seconds {'>= 0' if zero_ok else '> 0'}, "
+                                 f"got {seconds}")
         if self.max_queue_size < 1:
-            raise ValueError(f"max queue size must be >= 1, got {self.max_queue_size}")
+            raise ValueError(f"--max-queue-size must be >= 1, got {self.max_queue_size}")
         if self.http_max_body_bytes < 1:
-            raise ValueError(f"http max body bytes must be >= 1, got {self.http_max_body_bytes}")
-        if self.shutdown_delay_s < 0:
-            raise ValueError(f"shutdown delay must be >= 0 seconds, got {self.shutdown_delay_s}")
+            raise ValueError(f"--http-max-body-bytes must be >= 1, got {self.http_max_body_bytes}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.trace_exporter not in TRACE_EXPORTERS:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from model_store.testing import ModelSpec, write_dense_model, write_model_repository
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=120,
+LOOPBACK = ("--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
+
+
+def run(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=timeout_s,
                           cwd=Path(__file__).resolve().parents[2])
 
 
@@ -41,3 +47,30 @@ def test_serve_rejects_bad_flags_with_a_clear_message(tmp_path: Path):
     assert result.returncode == 2 and "is not a folder" in result.stderr
     result = run("serve", "--load-model", "x")
     assert result.returncode == 2 and "explicit" in result.stderr
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--drain-timeout", "-1"),  # was accepted
+    ("--drain-timeout", "nan"),  # was accepted; the shutdown then crashed with a traceback
+    ("--shutdown-delay", "inf"),  # was accepted; SIGTERM then never ended the server
+    ("--repository-poll-secs", "nan"),  # was accepted; the poller died at its first sleep
+    ("--grpc-max-connection-age", "inf"),  # was accepted; start-up crashed with an OverflowError
+])
+def test_serve_rejects_durations_that_are_negative_or_not_finite(flag: str, value: str):
+    result = run("serve", *LOOPBACK, flag, value, timeout_s=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{flag} must be a finite number of seconds" in result.stderr
+
+
+@pytest.mark.parametrize("listener, flag", [("metrics", "--metrics-port"), ("gRPC", "--grpc-port"),
+                                            ("HTTP", "--http-port")])
+def test_serve_that_cannot_listen_exits_1_with_one_line_and_no_traceback(listener: str, flag: str):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", *LOOPBACK, flag, str(port), timeout_s=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert f"cannot start: cannot listen for {listener} on 127.0.0.1:{port}" in result.stdout.splitlines()[-1], output

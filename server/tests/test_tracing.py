@@ -7,6 +7,7 @@ requests go over real HTTP and gRPC connections.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -161,3 +162,18 @@ async def test_failed_requests_spans_carry_the_request_and_the_outcome_the_metri
     assert late_span.attributes["fleetserve.outcome"] == "DEADLINE_EXCEEDED"
     assert late_span.status.status_code is StatusCode.ERROR and late_span.status.description == "DEADLINE_EXCEEDED"
     assert all(s.attributes["fleetserve.version"] == "1" for s in roots.values())
+
+
+def test_trace_without_opentelemetry_installed_refuses_to_start_in_one_line(repo: Path, tmp_path: Path):
+    hidden = tmp_path / "no_otel" / "opentelemetry"  # shadows the installed package, as if it were missing
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'opentelemetry'\")\n")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hidden.parent), str(root)]))
+    result = subprocess.run([sys.executable, "-m", "server", "serve", "--model-repository", str(repo), "--host",
+                             "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--trace"],
+                            capture_output=True, text=True, timeout=60, cwd=root, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    last = result.stdout.splitlines()[-1]
+    assert "cannot start: --trace needs OpenTelemetry" in last and "fleetserve[tracing]" in last, output
