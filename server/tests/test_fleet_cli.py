@@ -147,7 +147,9 @@ def test_fleet_flags_are_validated():
     result = serve("--redis-url", "localhost:6379")
     assert result.returncode == 2 and "--redis-url must be a URL such as redis://host:6379/0" in result.stderr
     result = serve("--redis-url", "redis://x/0", "--fleet-heartbeat-secs", "0")
-    assert result.returncode == 2 and "heartbeat_interval_s must be positive" in result.stderr
+    assert result.returncode == 2 and "--fleet-heartbeat-secs must be a finite number of seconds > 0" in result.stderr
+    result = serve("--redis-url", "redis://x/0", "--redis-timeout", "nan")
+    assert result.returncode == 2 and "--redis-timeout must be a finite number of seconds > 0, got nan" in result.stderr
 
 
 def test_the_cache_ttl_is_a_checked_model_parameter():
