@@ -217,10 +217,18 @@ def _tensors(
             raise where.error(field, f"the model has no {kind} of that name; its {kind}s are: {known}")
         if entry.HasField("reshape"):
             raise where.error(f"{field}.reshape", "is not supported by fleetserve; give dims as the model's shape")
+        if isinstance(entry, pb.ModelInput) and entry.optional:
+            # The model's inputs are its session's, and onnxruntime runs only with every one of them given:
+            # a request leaving this one out would fail inside onnxruntime instead of being refused up front.
+            raise where.error(f"{field}.optional", "is true, but the ONNX model needs this input on every run; "
+                                                   "remove optional (or the input from the model)")
         datatype = _datatype(entry.data_type, tensor, field, where)
         dims = _dims(tuple(entry.dims), tensor, max_batch_size, field, where)
-        optional = isinstance(entry, pb.ModelInput) and entry.optional
-        specs.append(TensorSpec(entry.name, datatype, dims, optional=optional))
+        if isinstance(entry, pb.ModelInput):
+            layout = pb.ModelInput.Format.Name(entry.format)
+            specs.append(TensorSpec(entry.name, datatype, dims, optional=entry.optional, format=layout))
+        else:
+            specs.append(TensorSpec(entry.name, datatype, dims))
     if every:
         named = {spec.name for spec in specs}
         missing = [t.describe() for t in model if t.name not in named]

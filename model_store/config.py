@@ -37,6 +37,7 @@ class TensorSpec:
     datatype: Datatype
     dims: tuple[int, ...]  # without the batch dimension when the model batches
     optional: bool = False
+    format: str = "FORMAT_NONE"  # an input's stated layout (Triton's ModelInput.Format): reported, not used
 
     def shape_with_batch(self, max_batch_size: int) -> tuple[int, ...]:
         """The full shape a client sees in metadata (-1 for the batch dimension)."""
@@ -163,6 +164,7 @@ class ModelConfig:
                 data_type=pb.DataType.Value(spec.datatype.config_name),
                 dims=spec.dims,
                 optional=spec.optional,
+                format=pb.ModelInput.Format.Value(spec.format),
             )
         for spec in self.outputs:
             msg.output.add(name=spec.name, data_type=pb.DataType.Value(spec.datatype.config_name), dims=spec.dims)
@@ -183,11 +185,15 @@ class ModelConfig:
             _queue_policy_proto(db.default_queue_policy, msg.dynamic_batching.default_queue_policy)
             for level, level_policy in sorted(db.priority_queue_policy.items()):
                 _queue_policy_proto(level_policy, msg.dynamic_batching.priority_queue_policy[level])
-        msg.instance_group.add(
-            count=self.instance_count,
-            kind=pb.ModelInstanceGroup.Kind.Value(self.instance_kind.value),
-            gpus=self.gpus,
-        )
+        kind = pb.ModelInstanceGroup.Kind.Value(self.instance_kind.value)
+        if not self.gpus:
+            msg.instance_group.add(count=self.instance_count, kind=kind)
+        else:
+            # A group's count is per listed GPU: split the total so that reading this back gives it again.
+            per_gpu, extra = divmod(self.instance_count, len(self.gpus))
+            for count, gpus in ((per_gpu + 1, self.gpus[:extra]), (per_gpu, self.gpus[extra:])):
+                if gpus and count:
+                    msg.instance_group.add(count=count, kind=kind, gpus=gpus)
         for name in self.execution_accelerators:
             target = (
                 msg.optimization.execution_accelerators.cpu_execution_accelerator

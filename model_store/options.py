@@ -88,6 +88,8 @@ def dynamic_batching(msg: pb.ModelConfig, max_batch_size: int, completed: bool, 
                                  default=DEFAULT_PRIORITY_AGING_MS, positive=False) or 0.0
     if not msg.HasField("dynamic_batching"):
         if completed:
+            if slo is not None:  # the objective decides how long requests wait, as when written out
+                return DynamicBatching(max_queue_delay_us=0, priority_aging_ms=aging_ms, latency_slo=slo)
             return DynamicBatching(priority_aging_ms=aging_ms, latency_slo=slo)
         if slo is not None:
             if max_batch_size == 0:

@@ -286,8 +286,10 @@ _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescript
 
 
 def message_json(msg: Message) -> dict[str, Any]:
-    """A protobuf message as Triton's REST API writes it: proto field names, 64-bit integers as numbers."""
-    out = MessageToDict(msg, preserving_proto_field_name=True)
+    """A protobuf message as Triton's REST API writes it: proto field names, 64-bit integers as numbers,
+    and fields at their default value written out (``"max_batch_size": 0``), as Triton writes them and
+    its clients read them."""
+    out = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     _numbers(msg.DESCRIPTOR, out)
     return out
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import pytest
+from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
 from model_store.complete import ModelTensor, build_config
@@ -21,6 +22,7 @@ from model_store.config import (
     VersionPolicy,
 )
 from model_store.pbtxt import parse_config_text, stated_fields
+from model_store.protos import model_config_pb2
 from model_store.testing import write_dense_model, write_identity_model, write_two_io_model
 from ops.errors import ConfigError
 
@@ -214,6 +216,31 @@ def test_serving_options_are_read_from_a_full_config(signatures: dict[str, Signa
     assert [a.name for a in proto.optimization.execution_accelerators.cpu_execution_accelerator] == ["cpu"]
 
 
+READ_BACK = [
+    pytest.param("dense", None, id="completed"),
+    pytest.param("dense", "instance_group [ { count: 2 kind: KIND_GPU gpus: [ 0, 1 ] } ]", id="count-per-gpu"),
+    pytest.param(
+        "dense",
+        "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] }, { count: 2 kind: KIND_GPU gpus: [ 1 ] } ]",
+        id="uneven-gpu-groups",
+    ),
+    pytest.param("two_io", 'input [ { name: "INPUT1" format: FORMAT_NCHW }, { name: "INPUT0" } ]', id="format"),
+]
+
+
+@pytest.mark.parametrize(("model", "text"), READ_BACK)
+def test_reported_config_written_as_config_pbtxt_gives_the_same_config(
+    signatures: dict[str, Signature], model: str, text: str | None
+) -> None:
+    config = build(signatures, model, text)
+
+    reported = text_format.MessageToString(config.to_proto())
+
+    assert build(signatures, model, reported) == config
+    if text and "format" in text:
+        assert config.to_proto().input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW  # as image clients read it
+
+
 def test_signature_may_be_built_by_hand_with_symbolic_dims() -> None:
     inputs = [ModelTensor("x", np.dtype(np.int64), (None, 3))]
     outputs = [ModelTensor("y", np.dtype(np.float32), (None,))]
@@ -279,6 +306,11 @@ ERRORS = [
         "dense", 'input [ { name: "INPUT0" dims: [ 16 ] reshape { shape: [ 16 ] } } ]',
         ['input "INPUT0".reshape:', "not supported"],
         id="reshape",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" optional: true } ]',
+        ['input "INPUT0".optional:', "needs this input on every run"],
+        id="optional-input-the-model-needs",
     ),
     pytest.param(
         "dense", 'input [ { name: "INPUT0" data_type: 99 } ]', ["data_type:", "99 is not a known data type"],

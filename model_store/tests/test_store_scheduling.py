@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from model_store.complete import ModelTensor, build_config
 from model_store.config import DynamicBatching, LatencySlo, ModelConfig, ModelQueuePolicy, TimeoutAction
@@ -72,6 +73,15 @@ def test_latency_objective_is_read_from_parameters(text, expected):
     assert config.dynamic_batching is not None
     assert config.dynamic_batching.latency_slo == expected
     assert config.parameters["latency_slo_ms"]  # still visible as a model parameter
+
+
+def test_a_completed_latency_objective_reads_back_from_the_reported_config():
+    config = build(slo("25"))  # batching completed from the model: its queue delay is the objective's
+
+    reported = text_format.MessageToString(config.to_proto())
+
+    assert config.dynamic_batching.max_queue_delay_us == 0
+    assert build(reported) == config
 
 
 @pytest.mark.parametrize(

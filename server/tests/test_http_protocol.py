@@ -46,6 +46,9 @@ def test_health_metadata_config_index_and_stats(client):
     config = client.get_model_config("simple")
     assert config["max_batch_size"] == 8 and config["input"][0]["dims"] == [4]  # numbers, as Triton writes them
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    config = client.get_model_config("nobatch")  # fields at their default are written out, as Triton does
+    assert config["max_batch_size"] == 0 and config["input"][0]["optional"] is False
+    assert config["input"][0]["format"] == "FORMAT_NONE" and config["instance_group"][0]["kind"] == "KIND_AUTO"
     index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
     assert index[("dense", "1")]["state"] == "READY"
     assert any(m["state"] == "UNAVAILABLE" and "max_batch_sise" in m["reason"] for m in index.values())
