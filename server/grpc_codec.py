@@ -249,6 +249,12 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload if payload else b""
 
 
+# ModelInferResponse.parameters (field 4) holding {"triton_final_response": bool_param true}: a stream
+# response is its request's only one and so its last; Triton marks it so on a stream (clients that set
+# enable_empty_final_response wait for it).
+FINAL_RESPONSE = _field(b"\x22", _field(b"\x0a", b"triton_final_response") + b"\x12\x02\x08\x01")
+
+
 class ResponseEncoder:
     """ModelInferResponse (and ModelStreamInferResponse) bytes, without building the messages.
 
@@ -268,13 +274,15 @@ class ResponseEncoder:
         self._parts[key] = part
         return part
 
-    def encode(self, response: InferResponse) -> bytes:
-        """The serialised ModelInferResponse, with raw output contents always (tritonclient and perf_analyzer read them)."""
+    def encode(self, response: InferResponse, parameters: bytes = b"") -> bytes:
+        """The serialised ModelInferResponse, with raw output contents always (tritonclient and perf_analyzer read them).
+
+        ``parameters``: the serialised ``parameters`` field, if any (``FINAL_RESPONSE``)."""
         known = self._parts
         key: tuple[Any, ...] = (response.model_name, response.model_version)
         head = known.get(key) or self._store(key, _field(b"\x0a", response.model_name.encode())
                                              + _field(b"\x12", response.model_version.encode()))
-        parts = [head, _field(b"\x1a", response.id.encode())]
+        parts = [head, _field(b"\x1a", response.id.encode()), parameters]
         raws: list[bytes] = []
         for out in response.outputs:
             key = (out.name, out.datatype, out.shape)
@@ -286,6 +294,6 @@ class ResponseEncoder:
         return b"".join(parts + raws)
 
     def encode_stream(self, response: InferResponse) -> bytes:
-        """The serialised ModelStreamInferResponse carrying ``response`` (its field 2)."""
-        inner = self.encode(response)
+        """The serialised ModelStreamInferResponse carrying ``response`` (its field 2), marked final."""
+        inner = self.encode(response, FINAL_RESPONSE)
         return b"\x12" + _varint(len(inner)) + inner

@@ -164,12 +164,17 @@ class InferenceServicer:
         No task per request: each request is queued as it is read (``DataPlane.start``) and its
         response is built by a callback on its batcher future; only a request that must await
         something before it queues (fleet mode's rate limit or response cache) gets a task.
+        Responses to requests without an id leave in the order those requests came (``unnamed``).
         Reading pauses while ``_STREAM_WINDOW`` requests of the stream are unanswered.
         """
         dp = self.dp
         decode = self.decoder.decode
         encode_stream = self.encoder.encode_stream
         ready: deque[bytes] = deque()  # serialised ModelStreamInferResponses
+        # Requests without an id, in arrival order: [future or None, response bytes once answered]. Their
+        # responses leave in that order (as Triton sends a stream's responses), the client's only way to
+        # tell them apart; requests with an id are answered as they finish.
+        unnamed: deque[list[Any]] = deque()
         wake = asyncio.Event()
         room = asyncio.Event()
         room.set()
@@ -178,40 +183,60 @@ class InferenceServicer:
         read_error: Exception | None = None
         tenant = _tenant(context) if dp.tenant_aware else ""
 
-        def answer(request: Any, response: Any = None, exc: BaseException | None = None) -> None:
-            """``request``: the decoded InferRequest, or the request's bytes when it failed to decode."""
+        def answer(request: Any, response: Any = None, exc: BaseException | None = None,
+                   slot: list[Any] | None = None) -> None:
+            """``request``: the decoded InferRequest, or the request's bytes when it failed to decode;
+            ``slot``: its place in ``unnamed`` when it has no id."""
             if exc is None:
-                ready.append(encode_stream(response))
+                data = encode_stream(response)
             else:
                 out = pb.ModelStreamInferResponse()
                 _, out.error_message = status_of(exc)
+                reply = out.infer_response
                 if isinstance(request, bytes):
-                    out.infer_response.model_name, _, out.infer_response.id = request_names(request)
+                    reply.model_name, reply.model_version, reply.id = request_names(request)
                 else:
-                    out.infer_response.id = request.id
-                    out.infer_response.model_name = request.model_name
-                ready.append(out.SerializeToString())
+                    reply.id = request.id
+                    reply.model_name = request.model_name
+                    reply.model_version = request.model_version
+                reply.parameters["triton_final_response"].bool_param = True
+                data = out.SerializeToString()
+            if slot is None:
+                ready.append(data)
+            else:
+                slot[1] = data
+                while unnamed and unnamed[0][1] is not None:
+                    future, data = unnamed.popleft()
+                    ready.append(data)
+                    if future is not None:
+                        released(future)
             wake.set()
+
+        def hold() -> list[Any]:
+            slot: list[Any] = [None, None]
+            unnamed.append(slot)
+            return slot
 
         def released(future: asyncio.Future[Any]) -> None:
             pending.discard(future)
             if len(pending) < _STREAM_WINDOW:
                 room.set()
 
-        def settled(infer: Any, call: Any, future: asyncio.Future[Any]) -> None:
-            released(future)
+        def settled(infer: Any, call: Any, slot: list[Any] | None, future: asyncio.Future[Any]) -> None:
+            if slot is None:  # else it leaves ``pending`` with its response, in turn
+                released(future)
             try:
-                answer(infer, dp.finish(call, future))
+                answer(infer, dp.finish(call, future), slot=slot)
             except asyncio.CancelledError:
                 pass  # the stream is closing
             except Exception as exc:
-                answer(infer, exc=exc)
+                answer(infer, exc=exc, slot=slot)
 
-        async def awaited(infer: Any) -> None:
+        async def awaited(infer: Any, slot: list[Any] | None) -> None:
             try:
-                answer(infer, await dp.infer(infer))
+                answer(infer, await dp.infer(infer), slot=slot)
             except Exception as exc:
-                answer(infer, exc=exc)
+                answer(infer, exc=exc, slot=slot)
 
         def one(request: bytes) -> None:
             try:
@@ -219,20 +244,24 @@ class InferenceServicer:
             except Exception as exc:
                 if isinstance(exc, ServingError):  # counted as ModelInfer counts it
                     dp.reject(*request_names(request), exc)
-                answer(request, exc=exc)
+                answer(request, exc=exc, slot=None if request_names(request)[2] else hold())
                 return
+            slot = None if infer.id else hold()
             try:
                 infer.tenant = tenant
                 started = dp.start(infer)
             except Exception as exc:
-                answer(infer, exc=exc)
+                answer(infer, exc=exc, slot=slot)
                 return
             if started is None:
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(infer))
-                future.add_done_callback(released)
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(infer, slot))
+                if slot is None:
+                    future.add_done_callback(released)
             else:
                 future, call = started
-                future.add_done_callback(functools.partial(settled, infer, call))
+                future.add_done_callback(functools.partial(settled, infer, call, slot))
+            if slot is not None:
+                slot[0] = future
             pending.add(future)
             if len(pending) >= _STREAM_WINDOW:
                 room.clear()

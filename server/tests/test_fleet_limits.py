@@ -189,7 +189,9 @@ def test_raising_a_limit_lifts_a_refusal_made_under_the_old_one(pair):
         assert send()[0] == "refused"  # the next token is 100 s away
         assert fleet_cli(redis.url, "limit", "raised", "add", "--rps", "100", "--burst", "100").returncode == 0
         assert a.wait_for_log("raised/add 100/s burst 100")
-        # the replica used to keep refusing locally until the old limit's next token (100 s)
+        # The shared bucket was empty when the limit rose and refills at the new rate, a token every 10 ms:
+        # 0.1 s gives ten. The replica used to keep refusing locally until the old limit's next token (100 s).
+        time.sleep(0.1)
         assert [send()[0] for _ in range(5)] == ["ok"] * 5
     finally:
         fleet_cli(redis.url, "limit", "raised", "add", "--remove")

@@ -160,6 +160,7 @@ def test_a_response_is_written_as_protobuf_writes_it(rid, rows, version):
         assert encoder.encode(response) == _protobuf(response).SerializeToString()
         stream = pb.ModelStreamInferResponse()
         stream.infer_response.CopyFrom(_protobuf(response))
+        stream.infer_response.parameters["triton_final_response"].bool_param = True  # each is its request's last
         assert encoder.encode_stream(response) == stream.SerializeToString()
     decoded = pb.ModelInferResponse.FromString(encoder.encode(response))
     assert decoded.id == rid and list(decoded.outputs[0].shape) == [rows, 16]

@@ -210,6 +210,45 @@ def test_stream_infer(client):
     assert after.fail.count - before.fail.count == 1
 
 
+def test_stream_answers_requests_without_an_id_in_their_order(client):
+    """Without an id the order is all a client can match by (Triton keeps it); requests with one are not held."""
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        for model, features, request_id in (("held", 4, ""), ("add_one", 16, ""), ("add_one", 16, "named")):
+            inp = tc.InferInput("INPUT0", [1, features], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, features), np.float32))
+            client.async_stream_infer(model, [inp], request_id=request_id)  # "held" waits 0.4 s in its queue
+        got = []
+        for _ in range(3):
+            result, error = responses.get(timeout=30)
+            assert error is None
+            got.append((result.get_response().id, result.get_response().model_name))
+    finally:
+        client.stop_stream()
+    assert got == [("named", "add_one"), ("", "held"), ("", "add_one")]
+
+
+def test_stream_responses_say_they_are_final_and_errors_name_their_request(stub):
+    """Each response is its request's only one: marked ``triton_final_response`` as Triton marks it on a stream
+    (clients that set enable_empty_final_response wait for it); an error carries the request's id, model and version."""
+    good = service_pb2.ModelInferRequest(model_name="add_one", id="good")
+    good.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    good.raw_input_contents.append(np.zeros((1, 16), np.float32).tobytes())
+    good.parameters["triton_enable_empty_final_response"].bool_param = True
+    bad = service_pb2.ModelInferRequest()
+    bad.CopyFrom(good)
+    bad.id, bad.model_version = "bad", "9"
+    replies = {r.infer_response.id: r for r in stub.ModelStreamInfer(iter([good, bad]), timeout=30)}
+    assert set(replies) == {"good", "bad"}
+    for reply in replies.values():
+        assert reply.infer_response.parameters["triton_final_response"].bool_param
+    assert replies["good"].error_message == "" and replies["good"].infer_response.model_version == "2"
+    failed = replies["bad"]
+    assert "no version '9'" in failed.error_message or "no version 9" in failed.error_message
+    assert (failed.infer_response.model_name, failed.infer_response.model_version) == ("add_one", "9")
+
+
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):
     def call(i: int) -> tuple[int, np.ndarray]:
         c = tc.InferenceServerClient(server.grpc_address)

@@ -49,3 +49,30 @@ async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeyp
         out = np.frombuffer(answered[str(i)].infer_response.raw_output_contents[0], np.float32)
         assert out.tolist() == [i + 1.0] * 16
     assert "unknown model 'nope'" in answered["bad"].error_message
+
+
+async def test_requests_without_an_id_are_answered_in_order_through_a_full_window(repo, monkeypatch):
+    """Their responses wait their turn inside the window: none is lost or reordered while reading pauses."""
+    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+    app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
+    await app.start()
+    try:
+        def requests():
+            for i in range(60):
+                msg = service_pb2.ModelInferRequest(model_name="add_one" if i % 7 else "nope")
+                msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+                msg.raw_input_contents.append(np.full((1, 16), i, np.float32).tobytes())
+                yield msg
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            replies = [r async for r in stub.ModelStreamInfer(requests(), timeout=30)]
+    finally:
+        await app.stop()
+    assert len(replies) == 60
+    for i, reply in enumerate(replies):
+        if i % 7:
+            out = np.frombuffer(reply.infer_response.raw_output_contents[0], np.float32)
+            assert out.tolist() == [i + 1.0] * 16
+        else:
+            assert "unknown model 'nope'" in reply.error_message
