@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from model_store.datatypes import BY_NAME, NAMES, Datatype
-from ops.errors import InvalidInput
+from ops.errors import InvalidInput, Unsupported
 
 _LEN = struct.Struct("<I")
 
@@ -37,6 +37,15 @@ def checked_shape(tensor_name: str, shape: Sequence[int]) -> tuple[int, ...]:
 
 def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+def refuse_classification(output_name: str) -> Unsupported:
+    """Triton's classification extension (an output's ``classification`` parameter, tritonclient's
+    ``class_count``) is not implemented: refused, never answered with the plain tensor."""
+    return Unsupported(
+        f"output '{output_name}': classification (the 'classification' parameter, tritonclient's class_count) "
+        "is not supported by this server; request the output without it and take the top classes from the tensor"
+    )
 
 
 def from_raw(tensor_name: str, raw: bytes, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:

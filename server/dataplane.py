@@ -17,7 +17,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Collection
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
@@ -157,8 +157,18 @@ class DataPlane:
             entries = [e for e in entries if e.state.value == "READY"]
         return entries
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, parameters: Collection[str] = ()) -> None:
+        """``parameters``: the names of the request's parameters. Triton's config override (``config``)
+        and model files (``file:<path>``) are refused, never ignored: the model would load as it is
+        in the repository while the caller believes otherwise."""
         self._check_explicit("load")
+        overrides = sorted(p for p in parameters if p == "config" or p.startswith("file:"))
+        if overrides:
+            raise Unsupported(
+                f"model '{name}': loading with {', '.join(repr(p) for p in overrides)} (a config override or "
+                "model files sent with the request) is not supported; change the model repository and load it "
+                "without parameters"
+            )
         await self.registry.load(name)
 
     async def unload_model(self, name: str) -> None:

@@ -17,7 +17,15 @@ from google.protobuf.message import DecodeError
 
 from model_store.datatypes import BY_NAME
 from ops.errors import InvalidInput
-from server.codec import CONTENTS_FIELD, checked_shape, datatype_of, from_contents, from_raw, to_raw
+from server.codec import (
+    CONTENTS_FIELD,
+    checked_shape,
+    datatype_of,
+    from_contents,
+    from_raw,
+    refuse_classification,
+    to_raw,
+)
 from server.protos import grpc_service_pb2 as pb
 from server.types import InferRequest, InferResponse, InputTensor
 
@@ -61,6 +69,9 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
         else:
             raise InvalidInput(f"input '{name}': no data; set contents or raw_input_contents")
         inputs.append(InputTensor(name, dt.name, shape, data))
+    for output in msg.outputs:
+        if "classification" in output.parameters and _param_value(output.parameters["classification"]):
+            raise refuse_classification(output.name)
     params = {k: _param_value(v) for k, v in msg.parameters.items()} if msg.parameters else {}
     return InferRequest(
         model_name=msg.model_name,

@@ -117,7 +117,7 @@ class InferenceServicer:
         return msg
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
-        await self.dp.load_model(request.model_name)
+        await self.dp.load_model(request.model_name, request.parameters.keys())
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

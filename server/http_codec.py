@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from model_store.datatypes import BY_NAME, Datatype
 from ops.errors import InvalidInput
 from ops.statistics import Duration, ModelStats
-from server.codec import checked_shape, datatype_of, element_count, from_raw, to_raw
+from server.codec import checked_shape, datatype_of, element_count, from_raw, refuse_classification, to_raw
 from server.types import InferRequest, InferResponse, InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -128,6 +128,8 @@ def decode_infer_request(
                 raise InvalidInput(f"outputs[{i}] needs a 'name' string")
             requested.append(o["name"])
             out_params = _parameters(o, f"output '{o['name']}' parameters")
+            if out_params.get("classification"):
+                raise refuse_classification(o["name"])
             if out_params.get("binary_data") is not None:
                 choice.binary[o["name"]] = _flag(out_params, "binary_data", f"output '{o['name']}'")
     request_id = msg.get("id", "")

@@ -70,6 +70,9 @@ class HttpService:
             web.post("/v2/repository/models/{model}/unload", self.unload),
             web.route("*", "/v2/systemsharedmemory{tail:.*}", self.shared_memory),
             web.route("*", "/v2/cudasharedmemory{tail:.*}", self.shared_memory),
+            web.route("*", "/v2/trace/setting", self.unimplemented_settings),
+            web.route("*", m + "/trace/setting", self.unimplemented_settings),
+            web.route("*", "/v2/logging", self.unimplemented_settings),
         ]
 
     async def _body(self, request: web.Request) -> bytes:
@@ -130,8 +133,11 @@ class HttpService:
                       for e in entries])
 
     async def load(self, request: web.Request) -> web.Response:
-        await self._json_body(request)  # parameters (config overrides, files) are not supported; read and drop
-        await self.dp.load_model(request.match_info["model"])
+        body = await self._json_body(request)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("the load request's 'parameters' must be a JSON object")
+        await self.dp.load_model(request.match_info["model"], parameters.keys())
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
@@ -141,6 +147,10 @@ class HttpService:
 
     async def shared_memory(self, request: web.Request) -> web.Response:
         raise Unsupported(f"{request.path}: shared-memory tensors are not supported; send tensors in the request")
+
+    async def unimplemented_settings(self, request: web.Request) -> web.Response:
+        raise Unsupported(f"{request.path}: trace and log settings cannot be read or changed over the API; "
+                          "use the server's command-line options (fleetserve serve --help)")
 
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:

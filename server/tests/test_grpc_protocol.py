@@ -249,6 +249,37 @@ def test_stream_responses_say_they_are_final_and_errors_name_their_request(stub)
     assert (failed.infer_response.model_name, failed.infer_response.model_version) == ("add_one", "9")
 
 
+def test_every_stream_response_is_marked_final_as_triton_marks_it(client):
+    """Clients of Triton streams (enable_empty_final_response, decoupled-style loops) wait for
+    triton_final_response; each of our requests has one response, so each is the last."""
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        client.async_stream_infer("add_one", [inp], request_id="plain")
+        client.async_stream_infer("add_one", [inp], request_id="asked", enable_empty_final_response=True)
+        got = {}
+        for _ in range(2):
+            result, error = responses.get(timeout=30)
+            assert error is None, error
+            response = result.get_response()
+            got[response.id] = response.parameters["triton_final_response"].bool_param
+    finally:
+        client.stop_stream()
+    assert got == {"plain": True, "asked": True}
+
+
+def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(client):
+    inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    with pytest.raises(tc.InferenceServerException) as err:
+        client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=3)])
+    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "output 'OUTPUT0': classification" in err.value.message()
+    assert client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0")]).as_numpy("OUTPUT0").shape == (1, 16)
+
+
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):
     def call(i: int) -> tuple[int, np.ndarray]:
         c = tc.InferenceServerClient(server.grpc_address)

@@ -225,3 +225,23 @@ def test_body_over_the_limit_is_refused_with_413_before_it_is_read(server):
         conn.close()
     assert error == (f"the request body of {1 << 30} bytes is over this server's limit of {64 << 20} bytes "
                      "(--http-max-body-bytes)")
+
+
+def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(client):
+    x = {"INPUT0": np.zeros((1, 16), np.float32)}
+    inp = th.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(x["INPUT0"])
+    with pytest.raises(th.InferenceServerException) as err:
+        client.infer("add_one", [inp], outputs=[th.InferRequestedOutput("OUTPUT0", class_count=3)])
+    assert err.value.status() == "501" and "output 'OUTPUT0': classification" in err.value.message()
+    assert infer(client, "add_one", x, outputs=["OUTPUT0"]).as_numpy("OUTPUT0").shape == (1, 16)
+
+
+def test_trace_and_log_settings_are_501_as_over_grpc(client):
+    calls = [client.get_trace_settings, lambda: client.get_trace_settings(model_name="dense"),
+             lambda: client.update_trace_settings(settings={"trace_rate": "1"}),
+             client.get_log_settings, lambda: client.update_log_settings({"log_verbose_level": 1})]
+    for call in calls:
+        with pytest.raises(th.InferenceServerException) as err:
+            call()
+        assert err.value.status() == "501" and "trace and log settings" in err.value.message()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as tc
+import tritonclient.http as th
 
 from model_store.testing import (
     ModelSpec,
@@ -57,6 +58,27 @@ def test_explicit_mode_load_and_unload(tmp_path: Path):
             client.load_model("../etc")
         assert err.value.status() == "StatusCode.NOT_FOUND"
         client.close()
+
+
+def test_a_load_with_a_config_override_or_files_is_refused_not_ignored(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
+    with ServerProcess(repo, "--model-control-mode", "explicit") as server:
+        grpc_client = tc.InferenceServerClient(server.grpc_address)
+        http_client = th.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        for client, unimplemented in ((grpc_client, "StatusCode.UNIMPLEMENTED"), (http_client, "501")):
+            for kwargs in ({"config": '{"max_batch_size": 2}'},
+                           {"config": '{"max_batch_size": 2}', "files": {"file:1/model.onnx": b"onnx"}}):
+                with pytest.raises(Exception) as err:
+                    client.load_model("dense", **kwargs)
+                assert err.value.status() == unimplemented, err.value
+                assert "model 'dense': loading with 'config'" in err.value.message()
+                assert not client.is_model_ready("dense")
+            client.load_model("dense")  # without parameters, as before
+            assert client.is_model_ready("dense")
+            client.unload_model("dense")
+            assert wait_until(lambda: not client.is_model_ready("dense"))
+        grpc_client.close()
+        http_client.close()
 
 
 def test_explicit_load_of_a_broken_model_reports_why(tmp_path: Path):
