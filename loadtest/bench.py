@@ -1,6 +1,6 @@
 """``fleetserve bench``: fleetserve against the transport's ceiling and in-process onnxruntime, in one run.
 
-One command, bounded (about 2-3 minutes; ``--quick`` about 30 s), load generator on the same
+One command, bounded (about 3 minutes; ``--quick`` about 1), load generator on the same
 machine. In order:
 
 1. in-process onnxruntime rows/s on the bundled ``mlp`` at each batch size (again at the end; the
@@ -345,7 +345,7 @@ def _json_default(value: Any) -> Any:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="fleetserve bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="short windows: about 30 s instead of 2-3 minutes")
+    p.add_argument("--quick", action="store_true", help="short windows: about 1 minute instead of about 3")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for bench.json (default .)")
     p.add_argument("--processes", type=int, default=1, help="load-generator processes (default 1)")
     p.add_argument("--model-repository", type=Path, default=BUNDLED,

@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         from server.app import run
 
         return run(settings)
+    if not args.model_repository.is_dir():
+        parser.error(f"model repository {args.model_repository} is not a folder")
     from server.inspect import print_models
 
     return print_models(args.model_repository)

@@ -40,6 +40,12 @@ def test_models_reports_a_broken_model_and_exits_nonzero(tmp_path: Path):
     assert bad and "UNAVAILABLE" in bad[0] and "max_batch_size" in bad[0]
 
 
+def test_models_of_a_folder_that_does_not_exist_is_a_usage_error(tmp_path: Path):
+    result = run("models", "--model-repository", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"model repository {tmp_path / 'nowhere'} is not a folder" in result.stderr
+
+
 def test_serve_rejects_bad_flags_with_a_clear_message(tmp_path: Path):
     result = run("serve", "--grpc-port", "70000")
     assert result.returncode == 2 and "grpc-port must be in 0..65535" in result.stderr
