@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-_STREAM_WINDOW = 1024  # requests of one stream in flight at once; reading pauses beyond it
+_STREAM_WINDOW = 1024  # requests of one stream not yet answered on the wire; reading pauses beyond it
 # Methods whose requests reach the handler as bytes and whose responses leave it as bytes
 # (RequestDecoder and ResponseEncoder, server/grpc_codec.py).
 _BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
@@ -165,7 +165,8 @@ class InferenceServicer:
         response is built by a callback on its batcher future; only a request that must await
         something before it queues (fleet mode's rate limit or response cache) gets a task.
         Responses to requests without an id leave in the order those requests came (``unnamed``).
-        Reading pauses while ``_STREAM_WINDOW`` requests of the stream are unanswered.
+        Reading pauses while ``_STREAM_WINDOW`` requests of the stream have no response sent yet, so
+        a client that stops reading its responses holds at most that many, not every response it asked for.
         """
         dp = self.dp
         decode = self.decoder.decode
@@ -179,6 +180,7 @@ class InferenceServicer:
         room = asyncio.Event()
         room.set()
         pending: set[asyncio.Future[Any]] = set()
+        unsent = 0  # requests read whose responses have not been yielded (the window counts these)
         reading_done = False
         read_error: Exception | None = None
         tenant = _tenant(context) if dp.tenant_aware else ""
@@ -219,8 +221,6 @@ class InferenceServicer:
 
         def released(future: asyncio.Future[Any]) -> None:
             pending.discard(future)
-            if len(pending) < _STREAM_WINDOW:
-                room.set()
 
         def settled(infer: Any, call: Any, slot: list[Any] | None, future: asyncio.Future[Any]) -> None:
             if slot is None:  # else it leaves ``pending`` with its response, in turn
@@ -239,6 +239,10 @@ class InferenceServicer:
                 answer(infer, exc=exc, slot=slot)
 
         def one(request: bytes) -> None:
+            nonlocal unsent
+            unsent += 1
+            if unsent >= _STREAM_WINDOW:
+                room.clear()
             try:
                 infer = decode(request, context.time_remaining())
             except Exception as exc:
@@ -263,8 +267,6 @@ class InferenceServicer:
             if slot is not None:
                 slot[0] = future
             pending.add(future)
-            if len(pending) >= _STREAM_WINDOW:
-                room.clear()
 
         async def read() -> None:
             nonlocal reading_done, read_error
@@ -284,6 +286,9 @@ class InferenceServicer:
             while True:
                 while ready:
                     yield ready.popleft()
+                    unsent -= 1
+                    if unsent < _STREAM_WINDOW:
+                        room.set()
                 if reading_done and not pending:
                     if read_error is not None:
                         raise read_error

@@ -6,6 +6,7 @@ model; the window is shrunk to 4 so that a 60-request stream fills it many times
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -76,3 +77,37 @@ async def test_requests_without_an_id_are_answered_in_order_through_a_full_windo
             assert out.tolist() == [i + 1.0] * 16
         else:
             assert "unknown model 'nope'" in reply.error_message
+
+
+async def test_a_client_that_stops_reading_holds_at_most_a_window_of_responses(repo, monkeypatch):
+    """Responses wait to be sent inside the window too: a client that writes on and never reads does not make
+    the server read (and answer, and buffer) every request it sends."""
+    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+    app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
+    await app.start()
+    started = 0
+    start = app.dataplane.start
+
+    def counted(request):
+        nonlocal started
+        started += 1
+        return start(request)
+
+    monkeypatch.setattr(app.dataplane, "start", counted)
+    msg = service_pb2.ModelInferRequest(model_name="add_one", id="r")
+    msg.inputs.add(name="INPUT0", datatype="FP32", shape=[64, 16])
+    msg.raw_input_contents.append(np.zeros((64, 16), np.float32).tobytes())  # a 4 KiB response each
+    try:
+        # No BDP probing: the client's receive window stays at 64 KiB, so unread responses back up at once.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}", options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+            for _ in range(300):
+                try:
+                    await asyncio.wait_for(call.write(msg), 0.5)
+                except asyncio.TimeoutError:  # the server stopped reading: the stream is full
+                    break
+            await asyncio.sleep(0.5)
+            assert started < 100  # a window's worth plus what the transport holds, not all 300
+            call.cancel()
+    finally:
+        await app.stop()
