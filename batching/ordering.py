@@ -3,8 +3,10 @@
 With ordering, a request whose batch finished early (a higher priority, or a
 batch on a faster instance) is held until every request that arrived before it
 has its outcome or was cancelled by its caller, as Triton's
-``preserve_ordering`` does. Holding costs one deque append per request; the
-release is O(1) per outcome, amortised.
+``preserve_ordering`` does. A caller's cancellation releases what it held back
+at once (a done callback), not only at the next batch's end: the batch it was
+in may run for long, or never end. Holding costs one deque append and one done
+callback per request; the release is O(1) per outcome, amortised.
 
 Loop-bound. Must not import server, kernels, model_store or grpc.
 """
@@ -40,6 +42,12 @@ class InOrderRelease:
     def add(self, entry: Entry[Any, Any]) -> None:
         """Register ``entry`` at submission (arrival order)."""
         self._pending.append(entry)
+        entry.future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Any) -> None:
+        """A caller's cancellation holds nothing back: release what waited behind it."""
+        if future.cancelled():
+            self.release()
 
     def settle(self, entry: Entry[Any, Any], result: Any, error: BaseException | None) -> None:
         """Store ``entry``'s outcome; it is delivered by ``release`` once its turn comes."""

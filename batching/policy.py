@@ -44,7 +44,10 @@ def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float, wait_pay
     """Decide for the rows that can share a batch with the oldest request.
 
     - a full batch (``max_batch_size`` rows) goes at once;
-    - before the delay, reaching exactly a preferred size dispatches it at once;
+    - before the delay, reaching exactly a preferred size dispatches it at once; so does
+      queueing more than the largest preferred size (a burst, or a request of several rows
+      that overshoots it): waiting can no longer form a preferred size, so a batch of up to
+      the largest one goes at once (as Triton does) instead of the whole queue after the delay;
     - once the oldest request has waited ``max_queue_delay_s``, whatever is queued goes
       (as Triton does when no preferred size can be formed); so does it at once when
       ``wait_pays`` is False (recent waits gathered nothing: ``WaitPayoff``);
@@ -56,12 +59,15 @@ def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float, wait_pay
     cap = policy.max_batch_size
     if queued_rows >= cap:
         return Decision(rows=cap)
-    if queued_rows in policy.preferred_batch_sizes:
+    preferred = policy.preferred_batch_sizes
+    if queued_rows in preferred:
         return Decision(rows=queued_rows)
     remaining = policy.max_queue_delay_s - oldest_wait_s
+    if remaining > 0 and preferred and queued_rows > max(preferred):
+        return Decision(rows=max(preferred))
     if remaining <= 0 or not wait_pays:
         return Decision(rows=queued_rows)
-    wake = min((p for p in policy.preferred_batch_sizes if p > queued_rows), default=cap)
+    wake = min((p for p in preferred if p > queued_rows), default=cap)
     return Decision(wait_s=remaining, wake_rows=wake)
 
 

@@ -176,7 +176,8 @@ def predicted_latency(
     ``rows_ahead``: rows queued before it (its level and higher ones);
     ``busy_for_s``: until an instance is free (0 if one is), at the mean;
     ``batch``: from ``batch_rows``. The rows ahead run in full batches,
-    ``instances`` at a time; then its own batch runs. Every batch counts at
+    ``instances`` at a time; then its own batch runs (a request of more
+    than ``batch`` rows alone: its batch is as large as it is). Every batch counts at
     its mean, plus the tail: each batch on the request's path (the running
     one, those ahead, its own) may overrun its mean by up to ``margin`` of it,
     and independent overruns add in quadrature, so the tail of the sum is the
@@ -194,8 +195,12 @@ def predicted_latency(
     if curve is None:
         return 0.0
     total = rows_ahead + rows
-    rounds_ahead = ((total - 1) // batch) // plan.instances
-    full, own = curve.mean(batch), curve.mean(min(total, batch))
+    if rows > batch:  # a request is never split: it runs alone, in a batch of its own rows, after those ahead
+        rounds_ahead = -(-rows_ahead // batch) // plan.instances
+        full, own = curve.mean(batch), curve.mean(rows)
+    else:
+        rounds_ahead = ((total - 1) // batch) // plan.instances
+        full, own = curve.mean(batch), curve.mean(min(total, batch))
     ahead_sq = rounds_ahead * full * full
     if busy_for_s > 0:
         ahead_sq += full * full  # the running batch may overrun too

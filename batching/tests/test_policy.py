@@ -4,6 +4,7 @@ from batching.policy import FRUITLESS_WAITS, WAIT_PROBE_S, BatchPolicy, Decision
 
 P = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.010)
 PREF = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.010, preferred_batch_sizes=(4, 8))
+SMALL_PREF = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.010, preferred_batch_sizes=(2, 4))
 NO_DELAY = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0)
 
 
@@ -20,6 +21,10 @@ NO_DELAY = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.0)
         (PREF, 5, 0.001, Decision(wait_s=pytest.approx(0.009), wake_rows=8)),  # past 4 but not 8: wait for more
         (PREF, 2, 0.001, Decision(wait_s=pytest.approx(0.009), wake_rows=4)),  # the next preferred size wakes it
         (PREF, 5, 0.010, Decision(rows=5)),  # delay over: send all
+        (SMALL_PREF, 5, 0.001, Decision(rows=4)),  # past the largest preferred size: no wait forms one, send it now
+        (SMALL_PREF, 3, 0.001, Decision(wait_s=pytest.approx(0.009), wake_rows=4)),  # between sizes: wait for 4
+        (SMALL_PREF, 8, 0.0, Decision(rows=8)),  # a full batch still goes whole
+        (SMALL_PREF, 5, 0.010, Decision(rows=5)),  # delay over: send all
         (NO_DELAY, 1, 0.0, Decision(rows=1)),  # no delay: eager
     ],
 )

@@ -241,6 +241,26 @@ async def test_preserve_ordering_releases_in_arrival_order():
     await b.stop()
 
 
+async def test_preserve_ordering_releases_what_a_cancelled_request_held_back_at_once():
+    """A caller that goes away while its batch still runs (a hung or slow instance) holds nothing back."""
+    gate = asyncio.Event()  # request 0's batch does not finish while the test looks
+
+    async def kernel(items):
+        if 0 in items:
+            await gate.wait()
+        return [i * 10 for i in items]
+
+    b = batcher(kernel, concurrent=2, ordered=True)
+    await b.start()
+    first, second = b.submit(0), b.submit(1)
+    await asyncio.sleep(0.01)  # 1 ran on the second instance and finished; it is held behind 0
+    assert not second.done()
+    first.cancel()
+    assert await asyncio.wait_for(second, 1.0) == 10
+    gate.set()
+    await b.stop()
+
+
 async def test_preserve_ordering_with_a_failing_kernel_leaves_no_future_pending():
     kernel = FakeKernel(fail_with=RuntimeError("boom"))
     b = batcher(kernel, max_batch_size=2, concurrent=2, ordered=True)

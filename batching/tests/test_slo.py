@@ -120,6 +120,21 @@ def test_the_calibrated_tail_scales_only_the_overruns_of_the_batches_ahead(tail_
     assert busy == approx(0.004 + SLOW.mean(1) + (SLOW.mean(1) ** 2 + (tail_scale * 0.0066) ** 2) ** 0.5)
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_a_request_larger_than_the_planned_batch_is_priced_at_its_own_rows(instances):
+    """It is never split, so it runs as one batch of its own rows after the batches ahead of it: not as
+    several planned batches (over the budget though it fits), nor spread over the instances (within it
+    though it misses)."""
+    plan = SloPlan(budget_s=0.009, max_batch_size=16, instances=instances)
+    curve = RunTimeCurve(0.001, 0.001)  # 1 ms + 1 ms per row
+    batch = batch_rows(plan, curve)
+    assert batch == 3
+    assert predicted_latency(plan, curve, 0, 7, 0.0, batch) == approx(0.008)  # fits the 9 ms budget
+    assert predicted_latency(plan, curve, 0, 12, 0.0, batch) == approx(0.013)  # does not
+    behind = predicted_latency(plan, curve, 2, 12, 0.0, batch)  # 2 rows queued ahead: their batch goes first
+    assert behind == approx(0.013 + (0.004 if instances == 1 else 0.0))
+
+
 def test_a_lone_request_on_an_idle_instance_is_priced_at_its_own_quantile_whatever_the_scale():
     batch = batch_rows(PLAN, SLOW)
     alone = predicted_latency(PLAN, SLOW, 0, 1, 0.0, batch, tail_scale=3.0)
