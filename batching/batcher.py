@@ -107,6 +107,11 @@ class DynamicBatcher(Generic[T, R]):
         return self._queues.waiting()
 
     @property
+    def accepting(self) -> bool:
+        """Whether ``submit`` takes requests: started and not stopping."""
+        return self._accepting
+
+    @property
     def batches_in_flight(self) -> int:
         return len(self._running)
 

@@ -9,6 +9,8 @@ In fleet mode (server/fleet.py) an inference also passes, in this order: the tra
 router (a request without a version gets the version the rollout's split gives its id),
 the tenant's rate limit (``RateLimited``, RESOURCE_EXHAUSTED), validation, and the
 response cache (before the request is queued). Standalone, each is one ``is None`` check.
+A request whose version is swapped out while it awaits the rate limit or the cache has not
+queued anywhere yet: it is resolved again, so a swap fails none of them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from model_store.config import ModelConfig, TensorSpec
 from model_store.registry import IndexEntry, ModelRegistry
-from ops.errors import Code, InvalidInput, ServingError, Unsupported, code_of
+from ops.errors import Code, InvalidInput, ModelNotReady, ServingError, Unsupported, code_of
 from ops.logs import RequestLog
 from ops.metrics import MetricsConfig, ServerMetrics
 from ops.statistics import ModelStats
@@ -185,20 +187,34 @@ class DataPlane:
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, admit, validate, queue and answer one request; raises ``ServingError``."""
-        call = self._begin(request, self._servable(request))
-        servable, config = call.servable, call.servable.config
-        try:
-            if self._limiter is not None:
-                await self._admit(request, config.name)
-            if self._cache is not None and config.response_cache:
-                outputs = await self._cache.fetch(servable, request.inputs, request.requested_outputs,
-                                                  self._submitter(call))
-            else:
-                outputs = await self._submitter(call)()
-        except BaseException as exc:
-            self._fail(call, exc)
-            raise
-        return self._succeed(call, outputs)
+        admitted = self._limiter is None
+        retired: Servable | None = None
+        while True:
+            call = self._begin(request, self._servable(request))
+            servable, config = call.servable, call.servable.config
+            try:
+                if not admitted:
+                    await self._admit(request, config.name)
+                    admitted = True
+                if self._cache is not None and config.response_cache:
+                    outputs = await self._cache.fetch(servable, request.inputs, request.requested_outputs,
+                                                      self._submitter(call))
+                else:
+                    outputs = await self._submitter(call)()
+            except _Retired as exc:
+                # Its version was swapped out while it awaited its rate limit or the cache; it never queued
+                # there, so it is resolved again (a request without a version goes to the one serving now).
+                # Once only: a lookup that still gives a stopped version (a server shutting down) fails it.
+                if retired is not None:
+                    self._fail(call, exc)
+                    raise
+                retired = call.servable
+                call.servable.metrics.inflight -= 1
+                continue
+            except BaseException as exc:
+                self._fail(call, exc)
+                raise
+            return self._succeed(call, outputs)
 
     def start(self, request: InferRequest) -> "tuple[asyncio.Future[dict[str, np.ndarray]], Call] | None":
         """The first, synchronous half of ``infer`` for callers that answer from a callback (the stream).
@@ -262,7 +278,14 @@ class DataPlane:
         if request.trace is not None:
             request.trace.enqueued_ns = time.perf_counter_ns()
         priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
-        return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+
+        def submit() -> "asyncio.Future[dict[str, np.ndarray]]":
+            if not servable.batcher.accepting:  # retired (removed from lookup, draining) since it was resolved
+                raise _Retired(f"model '{servable.config.name}' version {servable.version} is not accepting requests "
+                               "(unloaded or stopping)")
+            return servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+
+        return submit
 
     def _fail(self, call: "Call", exc: BaseException) -> None:
         servable, request = call.servable, call.request
@@ -321,6 +344,10 @@ class DataPlane:
         self._metrics.record_unresolved(model if model in self.registry.names() else "", exc.code)
         if self._request_log is not None:
             self._request_log.record(request_id, model, version, exc.code, 0)
+
+
+class _Retired(ModelNotReady):
+    """A request's servable stopped accepting before the request queued there: ``infer`` resolves it again."""
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:

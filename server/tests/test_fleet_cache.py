@@ -7,7 +7,9 @@ REST) and in the fleet metrics.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -159,3 +161,39 @@ def test_a_fleet_replica_exports_every_fleet_family_and_the_readme_lists_them(pa
         assert re.search(rf"^# TYPE {name}(_total)? {kind}$", text, re.M), name
         assert name in readme, f"README.md does not document {name}"
     assert re.search(r"^fleetserve_redis_up 1\.0$", text, re.M)
+
+
+def test_a_request_waiting_on_redis_while_its_version_is_swapped_out_is_answered_by_the_new_one(tmp_path):
+    """A cache lookup is awaited before the request queues: a version retired meanwhile must not fail it."""
+    repo = write_model_repository(tmp_path, {"cached": ModelSpec(write_add_constant_model, config=CACHED)})
+    with RedisServer() as redis:
+        args = fleet_args(redis.url, "a", redis_timeout_s=5.0)
+        (server,) = start_replicas([(repo, [*args, "--model-control-mode", "poll", "--repository-poll-secs", "0.2"])])
+        channel = grpc.insecure_channel(server.grpc_address)
+        try:
+            stub = rpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(infer_request("cached")).model_version == "1"
+            assert redis.proc is not None
+            os.kill(redis.proc.pid, signal.SIGSTOP)  # lookups now wait (up to the Redis timeout)
+            try:
+                waiting = [stub.ModelInfer.future(infer_request("cached", value=10.0 + i), timeout=30) for i in range(4)]
+                time.sleep(0.5)  # they have resolved version 1 (new inputs: no answer in memory) and wait on Redis
+                write_add_constant_model(repo / "cached" / "2", constant=2.0)
+
+                def retired() -> bool:
+                    index = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+                    return {m.version for m in index if m.name == "cached"} == {"2"}
+
+                deadline = time.monotonic() + 20
+                while not retired() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert retired(), server.log
+            finally:
+                os.kill(redis.proc.pid, signal.SIGCONT)
+            for i, future in enumerate(waiting):
+                reply = future.result()  # before the fix: UNAVAILABLE "version 1 is not accepting requests"
+                assert reply.model_version == "2"
+                assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [12.0 + i] * 16
+        finally:
+            channel.close()
+            server.stop()
