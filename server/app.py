@@ -156,6 +156,7 @@ class App:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
         ]
         if s.grpc_max_connection_age_s > 0:
             # GOAWAY after the age; calls in flight get the drain timeout to finish.

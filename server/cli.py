@@ -72,6 +72,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-max-connection-age", type=float, default=0.0, metavar="SECONDS",
                    help="close each gRPC connection after this long so clients rebalance onto new replicas "
                         "(0: never; calls in flight get --drain-timeout to finish)")
+    p.add_argument("--grpc-max-concurrent-streams", type=int, default=1024, metavar="N",
+                   help="calls one gRPC connection may have open at once; its client queues the rest (default 1024)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish on shutdown")
     p.add_argument("--http-max-body-bytes", type=int, default=64 * 1024 * 1024,
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_queue_size=args.max_queue_size,
                 drain_timeout_s=args.drain_timeout,
                 grpc_max_connection_age_s=args.grpc_max_connection_age,
+                grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
                 http_max_body_bytes=args.http_max_body_bytes,
                 shutdown_delay_s=args.shutdown_delay,
                 log_format=args.log_format,

@@ -49,6 +49,19 @@ def error_response(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
 
 
+def body_too_large(request: web.BaseRequest) -> web.Response:
+    """413 for a body over ``client_max_size``: its declared length, or what it grew to once decompressed."""
+    length, encoding = request.content_length, request.headers.get("Content-Encoding")
+    if length is not None and length > request.client_max_size:
+        body = f"the request body of {length} bytes"
+    elif encoding:  # a few compressed bytes can inflate far past the limit: it applies to what they inflate to
+        body = f"the request body, decompressed (Content-Encoding: {encoding}),"
+    else:
+        body = "the request body"
+    return error_response(413, f"{body} is over this server's limit of {request.client_max_size} bytes "
+                               "(--http-max-body-bytes)")
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -58,9 +71,7 @@ async def error_middleware(
     except ServingError as exc:
         return error_response(HTTP_STATUS[exc.code], exc.message)
     except web.HTTPRequestEntityTooLarge:
-        size = f"of {request.content_length} bytes " if request.content_length is not None else ""
-        return error_response(413, f"the request body {size}is over this server's limit of "
-                                   f"{request.client_max_size} bytes (--http-max-body-bytes)")
+        return body_too_large(request)
     except web.HTTPNotFound:
         return error_response(404, f"no such endpoint: {request.method} {request.path}")
     except web.HTTPMethodNotAllowed as exc:

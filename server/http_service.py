@@ -1,7 +1,8 @@
 """The Open Inference Protocol REST endpoints and Triton's REST extensions: decode, delegate, encode.
 
 Every endpoint only converts and calls the ``DataPlane`` the gRPC service uses;
-errors are mapped by server/http_errors.py's middleware, never here. Health
+errors are mapped by server/http_errors.py's middleware, never here (the one
+exception: a 413 answered to ``Expect: 100-continue``, before any middleware runs). Health
 answers 200 ``{"ready": true}`` or 503 ``{"ready": false}`` so probes can use
 the status alone (tritonclient.http reads the status too).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ops.errors import InvalidInput, ServingError, Unsupported
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
@@ -23,6 +24,7 @@ from server.http_codec import (
     parse_json,
     stats_json,
 )
+from server.http_errors import body_too_large
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTrace, RequestTracer
@@ -36,6 +38,21 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
+
+
+async def _expect_body(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: a body declared over the limit gets its 413 instead of the 100 that
+    would invite the client to send it (aiohttp's default handler always answers 100)."""
+    length = request.content_length
+    if length is not None and length > request.client_max_size:
+        return body_too_large(request)
+    if request.version != HttpVersion11:  # as aiohttp's own handler: only HTTP/1.1 has an interim response
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler: the response proper has not begun
+        return None
+    raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
 
 
 class HttpService:
@@ -62,12 +79,12 @@ class HttpService:
             web.get(v + "/config", self.model_config),
             web.get(m + "/stats", self.statistics),
             web.get(v + "/stats", self.statistics),
-            web.post(m + "/infer", self.infer),
-            web.post(v + "/infer", self.infer),
-            web.post("/v2/repository/index", self.repository_index),
+            web.post(m + "/infer", self.infer, expect_handler=_expect_body),
+            web.post(v + "/infer", self.infer, expect_handler=_expect_body),
+            web.post("/v2/repository/index", self.repository_index, expect_handler=_expect_body),
             web.get("/v2/repository/index", self.repository_index),
-            web.post("/v2/repository/models/{model}/load", self.load),
-            web.post("/v2/repository/models/{model}/unload", self.unload),
+            web.post("/v2/repository/models/{model}/load", self.load, expect_handler=_expect_body),
+            web.post("/v2/repository/models/{model}/unload", self.unload, expect_handler=_expect_body),
             web.route("*", "/v2/systemsharedmemory{tail:.*}", self.shared_memory),
             web.route("*", "/v2/cudasharedmemory{tail:.*}", self.shared_memory),
             web.route("*", "/v2/trace/setting", self.unimplemented_settings),

@@ -61,6 +61,10 @@ class Settings:
     # Close each gRPC connection after this long (0: never), so round-robin clients spread onto
     # replicas added by a scale-out instead of staying pinned to the old ones.
     grpc_max_connection_age_s: float = 0.0
+    # HTTP/2 streams (calls) one gRPC connection may have open at once; the client queues the rest.
+    # Each open stream costs the server about 25 KB, so without a cap one connection holding idle
+    # streams grew it without bound (20,000 streams: 370 MB).
+    grpc_max_concurrent_streams: int = 1024
     max_message_bytes: int = 64 * 1024 * 1024
     http_max_body_bytes: int = 64 * 1024 * 1024  # REST request bodies; larger ones get 413
     shutdown_delay_s: float = 0.0  # shutdown: serve on, not ready, so load balancers stop routing here first
@@ -86,6 +90,8 @@ class Settings:
                                  f"got {seconds}")
         if self.max_queue_size < 1:
             raise ValueError(f"--max-queue-size must be >= 1, got {self.max_queue_size}")
+        if self.grpc_max_concurrent_streams < 1:
+            raise ValueError(f"--grpc-max-concurrent-streams must be >= 1, got {self.grpc_max_concurrent_streams}")
         if self.http_max_body_bytes < 1:
             raise ValueError(f"--http-max-body-bytes must be >= 1, got {self.http_max_body_bytes}")
         if self.log_format not in LOG_FORMATS:

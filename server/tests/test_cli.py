@@ -53,6 +53,8 @@ def test_serve_rejects_bad_flags_with_a_clear_message(tmp_path: Path):
     assert result.returncode == 2 and "is not a folder" in result.stderr
     result = run("serve", "--load-model", "x")
     assert result.returncode == 2 and "explicit" in result.stderr
+    result = run("serve", "--grpc-max-concurrent-streams", "0")
+    assert result.returncode == 2 and "--grpc-max-concurrent-streams must be >= 1, got 0" in result.stderr
 
 
 @pytest.mark.parametrize("flag, value", [

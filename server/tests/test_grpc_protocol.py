@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -227,6 +228,23 @@ def test_stream_answers_requests_without_an_id_in_their_order(client):
     finally:
         client.stop_stream()
     assert got == [("named", "add_one"), ("", "held"), ("", "add_one")]
+
+
+async def test_one_connection_has_at_most_1024_calls_open_and_its_client_queues_the_rest(server):
+    # Each open call costs the server memory: one connection holding idle streams grew it without bound.
+    async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        streams = [stub.ModelStreamInfer() for _ in range(1024)]  # opened, never written to
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as waited:
+                await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=2)
+            assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # queued by the client, not refused
+            streams.pop().cancel()
+            assert (await stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10)).live
+        finally:
+            for call in streams:
+                call.cancel()
+        await asyncio.sleep(0)
 
 
 def test_stream_responses_say_they_are_final_and_errors_name_their_request(stub):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -225,6 +227,32 @@ def test_body_over_the_limit_is_refused_with_413_before_it_is_read(server):
         conn.close()
     assert error == (f"the request body of {1 << 30} bytes is over this server's limit of {64 << 20} bytes "
                      "(--http-max-body-bytes)")
+
+
+def test_an_oversize_body_announced_with_expect_100_continue_gets_413_not_an_invitation_to_send_it(server):
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/dense/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (1 << 30))
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply
+    # a body within the limit is still invited, and answered
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        conn.request("POST", "/v2/repository/index", body=b"{}", headers={"Expect": "100-continue"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def test_a_compressed_body_is_held_to_the_limit_once_inflated_and_the_413_says_so(server):
+    bomb = gzip.compress(b" " * (65 << 20))  # 64 KiB that inflate past the 64 MiB limit
+    reply = post(server, "/v2/models/dense/infer", bomb, {"Content-Encoding": "gzip"})
+    assert reply.status_code == 413
+    assert reply.json()["error"] == ("the request body, decompressed (Content-Encoding: gzip), is over this "
+                                     f"server's limit of {64 << 20} bytes (--http-max-body-bytes)")
+    assert server_still_serves(server)
 
 
 def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(client):
