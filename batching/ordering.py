@@ -4,9 +4,10 @@ With ordering, a request whose batch finished early (a higher priority, or a
 batch on a faster instance) is held until every request that arrived before it
 has its outcome or was cancelled by its caller, as Triton's
 ``preserve_ordering`` does. A caller's cancellation releases what it held back
-at once (a done callback), not only at the next batch's end: the batch it was
-in may run for long, or never end. Holding costs one deque append and one done
-callback per request; the release is O(1) per outcome, amortised.
+at once, not only at the next batch's end: the batch it was in may run for
+long, or never end. So when a release stops at an unsettled entry while later
+ones wait, that entry's future gets one done callback (once per entry). Holding
+costs one deque append per request; the release is O(1) per outcome, amortised.
 
 Loop-bound. Must not import server, kernels, model_store or grpc.
 """
@@ -35,6 +36,7 @@ class InOrderRelease:
 
     def __init__(self) -> None:
         self._pending: collections.deque[Entry[Any, Any]] = collections.deque()
+        self._watched: set[Entry[Any, Any]] = set()  # entries whose cancellation already calls release
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -42,7 +44,6 @@ class InOrderRelease:
     def add(self, entry: Entry[Any, Any]) -> None:
         """Register ``entry`` at submission (arrival order)."""
         self._pending.append(entry)
-        entry.future.add_done_callback(self._on_done)
 
     def _on_done(self, future: Any) -> None:
         """A caller's cancellation holds nothing back: release what waited behind it."""
@@ -62,15 +63,21 @@ class InOrderRelease:
             entry = pending[0]
             if entry.settled:
                 pending.popleft()
+                self._watched.discard(entry)
                 deliver(entry, entry.result, entry.error)
                 entry.result = entry.error = None
             elif entry.future.done():  # cancelled by its caller: nothing to wait for
                 pending.popleft()
+                self._watched.discard(entry)
             else:
+                if len(pending) > 1 and entry not in self._watched:  # it holds others back: hear its cancel
+                    self._watched.add(entry)
+                    entry.future.add_done_callback(self._on_done)
                 return
 
     def fail_all(self, error: BaseException) -> None:
         """Deliver what is settled and fail the rest (shutdown): no future is left pending."""
+        self._watched.clear()
         while self._pending:
             entry = self._pending.popleft()
             if entry.settled:

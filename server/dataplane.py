@@ -201,15 +201,15 @@ class DataPlane:
                                                       self._submitter(call))
                 else:
                     outputs = await self._submitter(call)()
-            except _Retired as exc:
-                # Its version was swapped out while it awaited its rate limit or the cache; it never queued
+            except ModelNotReady as exc:
+                # Its version was swapped out while it awaited its rate limit or the cache: it never queued
                 # there, so it is resolved again (a request without a version goes to the one serving now).
                 # Once only: a lookup that still gives a stopped version (a server shutting down) fails it.
-                if retired is not None:
+                if retired is not None or servable.batcher.accepting:
                     self._fail(call, exc)
                     raise
-                retired = call.servable
-                call.servable.metrics.inflight -= 1
+                retired = servable
+                servable.metrics.inflight -= 1
                 continue
             except BaseException as exc:
                 self._fail(call, exc)
@@ -278,14 +278,7 @@ class DataPlane:
         if request.trace is not None:
             request.trace.enqueued_ns = time.perf_counter_ns()
         priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
-
-        def submit() -> "asyncio.Future[dict[str, np.ndarray]]":
-            if not servable.batcher.accepting:  # retired (removed from lookup, draining) since it was resolved
-                raise _Retired(f"model '{servable.config.name}' version {servable.version} is not accepting requests "
-                               "(unloaded or stopping)")
-            return servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
-
-        return submit
+        return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
 
     def _fail(self, call: "Call", exc: BaseException) -> None:
         servable, request = call.servable, call.request
@@ -344,10 +337,6 @@ class DataPlane:
         self._metrics.record_unresolved(model if model in self.registry.names() else "", exc.code)
         if self._request_log is not None:
             self._request_log.record(request_id, model, version, exc.code, 0)
-
-
-class _Retired(ModelNotReady):
-    """A request's servable stopped accepting before the request queued there: ``infer`` resolves it again."""
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:

@@ -80,11 +80,13 @@ def _stop_all(servers: list[ServerProcess], drain_s: float) -> list[int]:
         return list(pool.map(lambda s: s.stop(signal.SIGTERM, drain_s), servers))
 
 
-def run(args: argparse.Namespace, serve_args: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, serve_args: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+        stop: threading.Event | None = None) -> int:
+    """Start the fleet and serve until SIGINT/SIGTERM (or ``stop`` is set, for callers in the same process)."""
     if args.replicas < 1:
         print("fleetserve fleet up: --replicas must be at least 1", file=err)
         return 2
-    stopping = threading.Event()
+    stopping = stop if stop is not None else threading.Event()
     received: list[int] = []
 
     def on_signal(sig: int, _frame: object) -> None:

@@ -82,8 +82,10 @@ class LocalTier:
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: bytes, outputs: Outputs, expires_at: float) -> None:
-        size = outputs_bytes(outputs)
+    def put(self, key: bytes, outputs: Outputs, expires_at: float, size: int | None = None) -> None:
+        """``size``: ``outputs_bytes(outputs)`` when the caller has it already."""
+        if size is None:
+            size = outputs_bytes(outputs)
         if size > self.max_bytes:
             return
         if key in self._entries:
@@ -211,8 +213,9 @@ class ResponseCache:
         return outputs
 
     def _put(self, version: _Version, key: bytes, outputs: Outputs) -> None:
-        self.local.put(key, outputs, self._clock() + version.ttl_s)
-        if outputs_bytes(outputs) > MAX_SHARED_ENTRY_BYTES:
+        size = outputs_bytes(outputs)
+        self.local.put(key, outputs, self._clock() + version.ttl_s, size)
+        if size > MAX_SHARED_ENTRY_BYTES:
             return
         if not self._link.up or len(self._writes) >= MAX_PENDING_WRITES:
             version.metrics.errors[_SET] += 1

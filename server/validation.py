@@ -28,11 +28,13 @@ def output_spec(config: ModelConfig, name: str) -> TensorSpec:
 
 def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple]:
     """Check the request against the model; return the feeds, the batch rows and the merge key."""
-    if request.requested_outputs is not None:
-        for i, name in enumerate(request.requested_outputs):
+    wanted = request.requested_outputs
+    if wanted is not None:
+        for name in wanted:
             output_spec(config, name)
-            if name in request.requested_outputs[:i]:
-                raise InvalidInput(f"output '{name}' is requested more than once")
+        if len(set(wanted)) != len(wanted):
+            twice = next(name for i, name in enumerate(wanted) if name in wanted[:i])
+            raise InvalidInput(f"output '{twice}' is requested more than once")
     mbs = config.max_batch_size
     feeds: dict[str, np.ndarray] = {}
     rows = -1

@@ -128,7 +128,7 @@ def test_fleet_up_serves_on_every_replica_and_stops_cleanly() -> None:
 @pytest.mark.parametrize("quiet", [True, False])
 def test_fleet_up_does_not_keep_the_replicas_logs(monkeypatch, quiet: bool) -> None:
     """fleet up runs for days: a replica's log lines (one per request with --log-format json) are forwarded or
-    dropped, not kept in memory. In this process: run() installs its handlers, a SIGTERM to us stops it."""
+    dropped, not kept in memory. In this process, stopped by the event a SIGTERM would set."""
     from server import fleet_up
     from server.testing import ServerProcess
 
@@ -144,13 +144,15 @@ def test_fleet_up_does_not_keep_the_replicas_logs(monkeypatch, quiet: bool) -> N
     out, err = io.StringIO(), io.StringIO()
     answered: list[int] = []
 
+    stop = threading.Event()
+
     def drive() -> None:
-        deadline = time.monotonic() + 30
-        while not (started and started[0].grpc_port and "fleet up: 1 replica(s) ready" in out.getvalue()):
-            if time.monotonic() > deadline or "replicas exited" in err.getvalue():
-                return  # run() failed on its own and says why; no signal for a process without its handler
-            time.sleep(0.05)
         try:
+            deadline = time.monotonic() + 90  # past fleet up's own --ready-timeout (60 s)
+            while not (started and started[0].grpc_port and "fleet up: 1 replica(s) ready" in out.getvalue()):
+                if time.monotonic() > deadline or "replicas exited" in err.getvalue():
+                    return
+                time.sleep(0.05)
             with grpc.insecure_channel(started[0].grpc_address) as channel:
                 stub = rpc.GRPCInferenceServiceStub(channel)
                 for i in range(300):
@@ -158,12 +160,11 @@ def test_fleet_up_does_not_keep_the_replicas_logs(monkeypatch, quiet: bool) -> N
                     answered.append(i)
             time.sleep(1.0)  # the last lines reach fleet up, which forwards them every 0.2 s
         finally:
-            if "replicas exited" not in err.getvalue():  # run() still waits for its stop signal
-                os.kill(os.getpid(), signal.SIGTERM)
+            stop.set()  # as a SIGTERM would, without signalling the test process
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
-    assert fleet_up.run(args, ["--log-format", "json"], out=out, err=err) == 0, err.getvalue()[-2000:]
+    assert fleet_up.run(args, ["--log-format", "json"], out=out, err=err, stop=stop) == 0, err.getvalue()[-2000:]
     driver.join(10)
     assert len(answered) == 300, err.getvalue()[-2000:]
     kept = len(started[0].lines)
