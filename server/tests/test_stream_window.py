@@ -25,6 +25,14 @@ def repo(tmp_path: Path) -> Path:
     return write_model_repository(tmp_path, {"add_one": ModelSpec(write_add_constant_model)})
 
 
+def add_one_request(i: int, model: str, request_id: str) -> service_pb2.ModelInferRequest:
+    """One row of ``i``s for ``model`` (add_one answers ``i + 1``)."""
+    msg = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+    msg.raw_input_contents.append(np.full((1, 16), i, np.float32).tobytes())
+    return msg
+
+
 async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeypatch):
     monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
     app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
@@ -32,10 +40,7 @@ async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeyp
     try:
         def requests():
             for i in range(60):
-                msg = service_pb2.ModelInferRequest(model_name="add_one", id=str(i))
-                msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
-                msg.raw_input_contents.append(np.full((1, 16), i, np.float32).tobytes())
-                yield msg
+                yield add_one_request(i, "add_one", str(i))
             bad = service_pb2.ModelInferRequest(model_name="nope", id="bad")
             yield bad
 
@@ -60,10 +65,7 @@ async def test_requests_without_an_id_are_answered_in_order_through_a_full_windo
     try:
         def requests():
             for i in range(60):
-                msg = service_pb2.ModelInferRequest(model_name="add_one" if i % 7 else "nope")
-                msg.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
-                msg.raw_input_contents.append(np.full((1, 16), i, np.float32).tobytes())
-                yield msg
+                yield add_one_request(i, "add_one" if i % 7 else "nope", "")
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)

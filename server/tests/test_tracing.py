@@ -39,6 +39,16 @@ def settings(repo: Path, **kwargs) -> Settings:
     return Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, **kwargs)
 
 
+async def traced_app(repo: Path) -> tuple[App, InMemorySpanExporter]:
+    """A started server whose spans are kept in memory."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = App(settings(repo, trace=True), tracer_provider=provider)
+    await app.start()
+    return app, exporter
+
+
 def by_trace(exporter: InMemorySpanExporter) -> dict[int, dict[str, object]]:
     out: dict[int, dict[str, object]] = {}
     for span in exporter.get_finished_spans():
@@ -58,11 +68,7 @@ def check_request_trace(spans: dict[str, object], model: str, outcome: str) -> N
 
 
 async def test_http_and_grpc_requests_become_spans_under_the_callers_trace(repo: Path):
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = App(settings(repo, trace=True), tracer_provider=provider)
-    await app.start()
+    app, exporter = await traced_app(repo)
     try:
         body = json.dumps({"id": "h-1", "inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
                                                     "data": [0.5] * 16}]})
@@ -128,11 +134,7 @@ async def test_failed_requests_spans_carry_the_request_and_the_outcome_the_metri
         "dense": ModelSpec(write_dense_model),
         "slow": ModelSpec(lambda p: write_slow_model(p, features=1024, repeats=256), config="max_batch_size: 16\n"),
     })
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = App(settings(repo, trace=True), tracer_provider=provider)
-    await app.start()
+    app, exporter = await traced_app(repo)
     try:
         body = json.dumps({"id": "h-bad", "inputs": [{"name": "INPUT0", "shape": [1, 15], "datatype": "FP32",
                                                       "data": [0.5] * 15}]})
