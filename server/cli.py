@@ -78,6 +78,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="seconds in-flight requests may take to finish on shutdown")
     p.add_argument("--http-max-body-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest REST request body accepted; larger ones are answered 413 (default 64 MiB)")
+    p.add_argument("--http-body-idle-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a REST request body of 1 MiB or more, or chunked, that stops arriving for this long is "
+                        "answered 408 and its connection closed (default 30)")
     p.add_argument("--shutdown-delay", type=float, default=0.0,
                    help="on shutdown, seconds to keep serving while reporting not ready, so load balancers "
                         "stop routing here before the listeners close (default 0)")
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 grpc_max_connection_age_s=args.grpc_max_connection_age,
                 grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
                 http_max_body_bytes=args.http_max_body_bytes,
+                http_body_idle_timeout_s=args.http_body_idle_timeout,
                 shutdown_delay_s=args.shutdown_delay,
                 log_format=args.log_format,
                 trace=args.trace,

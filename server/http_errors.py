@@ -5,8 +5,8 @@ HTTP mapping (the same codes the gRPC transport sends). ``error_middleware``
 wraps every route of the REST application when it is built
 (server/http_server.py), so no endpoint can forget it. Every error body is
 ``{"error": "<message>"}``. Protocol-level errors of the HTTP layer itself (no
-such endpoint 404, wrong method 405, body over the limit 413) keep their status
-and get the same body. Unknown exceptions become 500 with a generic message
+such endpoint 404, wrong method 405, body over the limit 413, body that stopped
+arriving 408) keep their status and get the same body. Unknown exceptions become 500 with a generic message
 and a logged traceback.
 """
 
@@ -62,6 +62,20 @@ def body_too_large(request: web.BaseRequest) -> web.Response:
                                "(--http-max-body-bytes)")
 
 
+def body_stalled(request: web.BaseRequest, idle_timeout_s: float, received: int) -> web.HTTPRequestTimeout:
+    """408 for a body that stopped arriving for ``idle_timeout_s``; the middleware answers it and closes the
+    connection (what the client sent is dropped)."""
+    length, encoding = request.content_length, request.headers.get("Content-Encoding")
+    if encoding:
+        got = f"{received} bytes of it, decompressed (Content-Encoding: {encoding})"
+    elif length is not None:
+        got = f"{received} of its {length} bytes"
+    else:
+        got = f"{received} bytes of it"
+    return web.HTTPRequestTimeout(text=f"the request body stopped arriving: nothing came for {idle_timeout_s:g} s "
+                                       f"after {got} (--http-body-idle-timeout); send the whole body without pausing")
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,6 +86,10 @@ async def error_middleware(
         return error_response(HTTP_STATUS[exc.code], exc.message)
     except web.HTTPRequestEntityTooLarge:
         return body_too_large(request)
+    except web.HTTPRequestTimeout as exc:
+        response = error_response(408, exc.text or exc.reason)
+        response.force_close()  # the rest of the body was never read: this connection cannot carry another request
+        return response
     except web.HTTPNotFound:
         return error_response(404, f"no such endpoint: {request.method} {request.path}")
     except web.HTTPMethodNotAllowed as exc:

@@ -9,6 +9,7 @@ the status alone (tritonclient.http reads the status too).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +25,15 @@ from server.http_codec import (
     parse_json,
     stats_json,
 )
-from server.http_errors import body_too_large
+from server.http_errors import body_stalled, body_too_large
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTrace, RequestTracer
 
 _JSON = "application/json"
+# Bodies declared smaller than this are read in one ``request.read()``; larger or chunked ones are read
+# chunk by chunk, each read bounded by the idle timeout, so a client that stalls mid-body cannot pin them.
+STREAMED_BODY_BYTES = 1 << 20
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -58,9 +62,11 @@ async def _expect_body(request: web.Request) -> web.StreamResponse | None:
 class HttpService:
     """The REST endpoints over one ``DataPlane``. Loop-bound; ``routes()`` lists them for the app."""
 
-    def __init__(self, dataplane: DataPlane, *, max_body_bytes: int, tracer: "RequestTracer | None" = None) -> None:
+    def __init__(self, dataplane: DataPlane, *, max_body_bytes: int, body_idle_timeout_s: float,
+                 tracer: "RequestTracer | None" = None) -> None:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
+        self.body_idle_timeout_s = body_idle_timeout_s
         self._tracer = tracer
 
     def routes(self) -> list[web.RouteDef]:
@@ -93,11 +99,32 @@ class HttpService:
         ]
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request body, refused with 413 before reading when its declared length is over the limit."""
+        """The request body, refused with 413 before reading when its declared length is over the limit.
+
+        A large or chunked body is read with an idle timeout (``_streamed_body``); aiohttp has none."""
         length = request.content_length
-        if length is not None and length > self.max_body_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body_bytes, actual_size=length)
-        return await request.read()  # aiohttp enforces the same limit on chunked bodies
+        if length is not None:
+            if length > self.max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=self.max_body_bytes, actual_size=length)
+            if length < STREAMED_BODY_BYTES:
+                return await request.read()  # aiohttp holds a compressed body to the limit as it inflates
+        return await self._streamed_body(request)
+
+    async def _streamed_body(self, request: web.Request) -> bytes:
+        """The body read chunk by chunk: 408 once no byte arrives for ``body_idle_timeout_s`` (its bytes are
+        dropped, its connection closed), 413 once it grows past ``client_max_size`` (as ``request.read()``)."""
+        limit, idle, content = request.client_max_size, self.body_idle_timeout_s, request.content
+        body = bytearray()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(content.readany(), idle)
+            except asyncio.TimeoutError:
+                raise body_stalled(request, idle, len(body)) from None
+            if not chunk:
+                return bytes(body)
+            body.extend(chunk)
+            if limit and len(body) > limit:  # 0: no limit, as aiohttp's
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         body = await self._body(request)

@@ -67,6 +67,8 @@ class Settings:
     grpc_max_concurrent_streams: int = 1024
     max_message_bytes: int = 64 * 1024 * 1024
     http_max_body_bytes: int = 64 * 1024 * 1024  # REST request bodies; larger ones get 413
+    # A large or chunked REST body that stops arriving for this long is answered 408, its bytes released.
+    http_body_idle_timeout_s: float = 30.0
     shutdown_delay_s: float = 0.0  # shutdown: serve on, not ready, so load balancers stop routing here first
     log_format: str = "text"  # "json" adds one structured line per inference request
     trace: bool = False  # OpenTelemetry spans per inference request (the [tracing] extra)
@@ -84,7 +86,8 @@ class Settings:
         for flag, seconds, zero_ok in (("--repository-poll-secs", self.poll_interval_s, False),
                                        ("--drain-timeout", self.drain_timeout_s, True),
                                        ("--grpc-max-connection-age", self.grpc_max_connection_age_s, True),
-                                       ("--shutdown-delay", self.shutdown_delay_s, True)):
+                                       ("--shutdown-delay", self.shutdown_delay_s, True),
+                                       ("--http-body-idle-timeout", self.http_body_idle_timeout_s, False)):
             if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
                 raise ValueError(f"{flag} must be a finite number of seconds {'>= 0' if zero_ok else '> 0'}, "
                                  f"got {seconds}")

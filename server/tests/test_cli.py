@@ -63,6 +63,8 @@ def test_serve_rejects_bad_flags_with_a_clear_message(tmp_path: Path):
     ("--shutdown-delay", "inf"),  # was accepted; SIGTERM then never ended the server
     ("--repository-poll-secs", "nan"),  # was accepted; the poller died at its first sleep
     ("--grpc-max-connection-age", "inf"),  # was accepted; start-up crashed with an OverflowError
+    ("--http-body-idle-timeout", "0"),
+    ("--http-body-idle-timeout", "inf"),
 ])
 def test_serve_rejects_durations_that_are_negative_or_not_finite(flag: str, value: str):
     result = run("serve", *LOOPBACK, flag, value, timeout_s=60)

@@ -6,6 +6,7 @@ import gzip
 import http.client
 import json
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import tritonclient.http as th
 
 from model_store.datatypes import BY_NAME
 from model_store.testing import IDENTITY_DATATYPES, reference_outputs
+from server.testing import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +275,75 @@ def test_trace_and_log_settings_are_501_as_over_grpc(client):
         with pytest.raises(th.InferenceServerException) as err:
             call()
         assert err.value.status() == "501" and "trace and log settings" in err.value.message()
+
+
+# ---- a body that stops arriving ----------------------------------------------------------------
+IDLE_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def impatient_server(repository):
+    """A body idle timeout short enough to test, and a limit small enough to cross by streaming."""
+    with ServerProcess(repository, "--http-body-idle-timeout", str(IDLE_S), "--http-max-body-bytes", str(4 << 20)) as s:
+        yield s
+
+
+def read_reply(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a reply: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", 0)):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the reply's body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def identity_body(request_id: str) -> bytes:
+    return json.dumps({"id": request_id, "inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BOOL",
+                                                     "data": [True, False, True]}]}).encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_that_stops_arriving_is_answered_408_and_released_while_others_are_served(
+        impatient_server, chunked):
+    sent = bytes(100_000)
+    with socket.create_connection(("127.0.0.1", impatient_server.http_port), timeout=10) as sock:
+        head = b"POST /v2/models/identity_bool/infer HTTP/1.1\r\nHost: x\r\n"
+        if chunked:
+            sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(sent) + sent + b"\r\n")
+        else:
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % (2 << 20) + sent)
+        stalled_at = time.monotonic()
+        assert server_still_serves(impatient_server)  # another connection, while this one stalls
+        status, headers, body = read_reply(sock)
+        waited = time.monotonic() - stalled_at
+        assert status == 408, (status, body)
+        assert headers["connection"].lower() == "close" and headers["content-type"].startswith("application/json")
+        got = "100000 bytes of it" if chunked else f"100000 of its {2 << 20} bytes"
+        assert json.loads(body) == {"error": f"the request body stopped arriving: nothing came for {IDLE_S:g} s "
+                                             f"after {got} (--http-body-idle-timeout); send the whole body "
+                                             "without pausing"}
+        assert IDLE_S <= waited < IDLE_S + 5
+    assert server_still_serves(impatient_server)
+
+
+def test_large_bodies_sent_without_pausing_are_read_whole_and_held_to_the_limit(impatient_server):
+    request_id = "x" * (2 << 20)  # the id comes back: the body was read whole
+    body = identity_body(request_id)
+    reply = post(impatient_server, "/v2/models/identity_bool/infer", body)  # Content-Length, at once
+    assert reply.status_code == 200 and reply.json()["id"] == request_id, reply.text[:200]
+    chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    reply = post(impatient_server, "/v2/models/identity_bool/infer", chunks)  # chunked
+    assert reply.status_code == 200 and reply.json()["id"] == request_id, reply.text[:200]
+    oversize = (bytes(1 << 20) for _ in range(5))  # 5 MiB chunked, over the 4 MiB limit
+    reply = post(impatient_server, "/v2/models/identity_bool/infer", oversize)
+    assert reply.status_code == 413
+    assert reply.json() == {"error": f"the request body is over this server's limit of {4 << 20} bytes "
+                                     "(--http-max-body-bytes)"}
+    assert server_still_serves(impatient_server)
