@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -33,22 +34,27 @@ def add_one_request(i: int, model: str, request_id: str) -> service_pb2.ModelInf
     return msg
 
 
-async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeypatch):
-    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+async def stream_replies(repo: Path, requests: Iterator[service_pb2.ModelInferRequest]) -> list[Any]:
+    """Every reply of one ModelStreamInfer stream carrying ``requests``, from a server started for it."""
     app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
     await app.start()
     try:
-        def requests():
-            for i in range(60):
-                yield add_one_request(i, "add_one", str(i))
-            bad = service_pb2.ModelInferRequest(model_name="nope", id="bad")
-            yield bad
-
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            replies = [r async for r in stub.ModelStreamInfer(requests(), timeout=30)]
+            return [r async for r in stub.ModelStreamInfer(requests, timeout=30)]
     finally:
         await app.stop()
+
+
+async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeypatch):
+    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+
+    def requests():
+        for i in range(60):
+            yield add_one_request(i, "add_one", str(i))
+        yield service_pb2.ModelInferRequest(model_name="nope", id="bad")
+
+    replies = await stream_replies(repo, requests())
     answered = {r.infer_response.id: r for r in replies}
     assert len(replies) == 61 and len(answered) == 61  # every request answered once, none lost in the pauses
     for i in range(60):
@@ -60,18 +66,7 @@ async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeyp
 async def test_requests_without_an_id_are_answered_in_order_through_a_full_window(repo, monkeypatch):
     """Their responses wait their turn inside the window: none is lost or reordered while reading pauses."""
     monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
-    app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
-    await app.start()
-    try:
-        def requests():
-            for i in range(60):
-                yield add_one_request(i, "add_one" if i % 7 else "nope", "")
-
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-            replies = [r async for r in stub.ModelStreamInfer(requests(), timeout=30)]
-    finally:
-        await app.stop()
+    replies = await stream_replies(repo, (add_one_request(i, "add_one" if i % 7 else "nope", "") for i in range(60)))
     assert len(replies) == 60
     for i, reply in enumerate(replies):
         if i % 7:
