@@ -47,6 +47,7 @@ _ORT_TYPES: dict[str, np.dtype] = {
 
 # Triton's optimization.graph.level -> onnxruntime GraphOptimizationLevel value (as Triton's onnxruntime
 # backend maps it: -1 basic, 1 basic and extended, 2 none; 0, the default, all). Not ort's own numbering.
+# The one list of levels: model_store/options.py refuses a config that states any other.
 GRAPH_LEVELS: dict[int, int] = {-1: 1, 0: 99, 1: 2, 2: 0}
 
 

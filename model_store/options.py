@@ -6,8 +6,10 @@ file (``source``) and the field and saying what is accepted. Pure functions;
 used by model_store/complete.py, and ``version_policy`` also by
 model_store/repository.py (the registry selects versions before it loads any).
 
-Imports model_store.config, the generated config messages and ops.errors only;
-must not import server, batching, kernels or grpc.
+Imports model_store.config, the generated config messages, ops.errors and, from kernels.ort,
+``GRAPH_LEVELS`` only (the optimization.graph.level values the kernel maps to onnxruntime's, so that
+a config is refused at load for exactly the levels the kernel cannot apply); must not import server,
+batching or grpc, nor anything else of kernels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kernels.ort import GRAPH_LEVELS
 from model_store.config import (
     DEFAULT_PRIORITY_AGING_MS,
     DEFAULT_RESPONSE_CACHE_TTL_S,
@@ -31,7 +34,6 @@ from ops.errors import ConfigError
 
 GPU_ACCELERATORS = ("tensorrt", "cuda")  # gpu_execution_accelerator names, matched case-insensitively
 CPU_ACCELERATORS = ("cpu",)  # cpu_execution_accelerator names
-GRAPH_LEVELS = (-1, 0, 1, 2)  # optimization.graph.level, as Triton: basic, all (the default), extended, none
 MAX_PRIORITY_LEVELS = 64  # each level is a queue the scheduler looks at per batch
 
 
@@ -257,7 +259,8 @@ def accelerators(msg: pb.ModelConfig, where: Where) -> tuple[str, ...]:
 
 
 def graph_level(msg: pb.ModelConfig, where: Where) -> int | None:
-    """optimization.graph.level with Triton's meaning (GRAPH_LEVELS); None when the config has no graph section."""
+    """optimization.graph.level with Triton's meaning (kernels.ort.GRAPH_LEVELS); None when the config has no
+    graph section."""
     if not msg.optimization.HasField("graph"):
         return None
     level = msg.optimization.graph.level

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
+from kernels.ort import GRAPH_LEVELS
 from model_store.complete import ModelTensor, build_config
 from model_store.config import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -398,6 +399,21 @@ def test_errors_name_the_file_and_field_and_say_what_was_expected(
     assert message.startswith(f"{SOURCE}: ")
     for part in expected:
         assert part in message
+
+
+def test_the_graph_levels_accepted_are_the_ones_the_kernel_maps(
+    signatures: dict[str, Signature], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def level(n: int) -> int | None:
+        return build(signatures, "dense", f"optimization {{ graph {{ level: {n} }} }}").graph_optimization_level
+
+    assert [level(n) for n in sorted(GRAPH_LEVELS)] == [-1, 0, 1, 2]
+    # one table: a level the kernel learns to map is accepted, one it drops is refused
+    monkeypatch.setitem(GRAPH_LEVELS, 3, GRAPH_LEVELS[2])
+    monkeypatch.delitem(GRAPH_LEVELS, -1)
+    assert level(3) == 3
+    with pytest.raises(ConfigError, match="optimization.graph.level: is -1"):
+        level(-1)
 
 
 def test_a_model_type_without_a_protocol_datatype_is_an_error() -> None:
