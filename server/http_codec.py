@@ -10,7 +10,9 @@ or nested; its elements are JSON values of the datatype, as Triton reads them
 (true/false for BOOL, integers for integer types, numbers for FP16/32/64,
 strings for BYTES). Outputs are returned as binary when the output's ``binary_data``
 parameter or the request's ``binary_data_output`` parameter asks for it, else
-as flat JSON ``data``. Request parameters other than ``binary_data_output``
+as flat JSON ``data``; BF16 has no JSON form, so a request that asks for a BF16 output
+as JSON is refused once its model version is known, before it queues (``OutputChoice.check``,
+run by validation). Request parameters other than ``binary_data_output``
 reach the dataplane as gRPC's do (``priority``, ``timeout``: Triton's queue
 parameters, applied by the scheduler the same way for both transports).
 
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from model_store.config import TensorSpec
 from model_store.datatypes import BY_NAME, Datatype
 from ops.errors import InvalidInput
 from ops.statistics import Duration, ModelStats
@@ -47,6 +50,23 @@ class OutputChoice:
 
     def is_binary(self, name: str) -> bool:
         return self.binary.get(name, self.default_binary)
+
+    def all_binary(self) -> bool:
+        return self.default_binary and all(self.binary.values())
+
+    def check(self, outputs: Sequence[TensorSpec]) -> None:
+        """InvalidInput for an output asked for as JSON that has no JSON form (BF16); see the module docstring."""
+        for spec in outputs:
+            if spec.datatype.name == "BF16" and not self.is_binary(spec.name):
+                raise _no_json_output(spec.name)
+
+
+def _no_json_output(name: str) -> InvalidInput:
+    return InvalidInput(
+        f"output '{name}': BF16 has no JSON form; ask for it as binary data: "
+        f'"parameters": {{"binary_data": true}} on the output, or "binary_data_output": true '
+        "in the request's parameters"
+    )
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -142,6 +162,7 @@ def decode_infer_request(
         inputs=inputs,
         requested_outputs=requested,
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
+        check_outputs=None if choice.all_binary() else choice.check,
     ), choice
 
 
@@ -240,8 +261,8 @@ def encode_infer_response(response: InferResponse, choice: OutputChoice) -> tupl
 
 
 def _to_json(name: str, data: np.ndarray, dt: Datatype) -> list[Any]:
-    if dt.name == "BF16":
-        raise InvalidInput(f"output '{name}': BF16 has no JSON form; request it with the binary_data parameter")
+    if dt.name == "BF16":  # refused before the request ran (OutputChoice.check); never answered as numbers
+        raise _no_json_output(name)
     if dt.itemsize:
         return data.reshape(-1).tolist()
     try:

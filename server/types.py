@@ -7,9 +7,12 @@ request bytes where possible); BYTES tensors are object arrays of ``bytes``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from model_store.config import TensorSpec
 
 
 @dataclass(slots=True)
@@ -39,6 +42,10 @@ class InferRequest:
     deadline: float | None = None  # time.monotonic() seconds; None: no deadline
     trace: Any = None  # an ops.tracing.RequestTrace when tracing is on, else None
     tenant: str = ""  # from the transport's tenant header (fleet mode); else the `tenant` parameter is read
+    # The transport's check that it can encode the outputs as the caller asked (REST: BF16 has no JSON
+    # form). Validation calls it with the specs of the outputs the response will hold, once the model
+    # version is known and before the request queues; it raises InvalidInput. None: nothing to check.
+    check_outputs: "Callable[[Sequence[TensorSpec]], None] | None" = None
 
 
 @dataclass(slots=True)

@@ -1,7 +1,9 @@
 """An inference request checked against its model's config: inputs, shapes, outputs, scheduling parameters.
 
 Pure functions over the dataplane's types (server/types.py) and the model config; every error is
-``InvalidInput`` naming the tensor or parameter, what the model expects and what came.
+``InvalidInput`` naming the tensor or parameter, what the model expects and what came. A transport
+that cannot encode every output as the caller asked checks them here too (``InferRequest.check_outputs``),
+so that such a request fails before it queues, as any other invalid request.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ def output_spec(config: ModelConfig, name: str) -> TensorSpec:
 def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.ndarray], int, tuple]:
     """Check the request against the model; return the feeds, the batch rows and the merge key."""
     wanted = request.requested_outputs
+    outputs = config.outputs
     if wanted is not None:
-        for name in wanted:
-            output_spec(config, name)
+        outputs = tuple(output_spec(config, name) for name in wanted)
         if len(set(wanted)) != len(wanted):
             twice = next(name for i, name in enumerate(wanted) if name in wanted[:i])
             raise InvalidInput(f"output '{twice}' is requested more than once")
+    if request.check_outputs is not None:
+        request.check_outputs(outputs)
     mbs = config.max_batch_size
     feeds: dict[str, np.ndarray] = {}
     rows = -1

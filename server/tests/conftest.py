@@ -71,6 +71,32 @@ def write_reshape_model(path: Path) -> None:
     onnx.save(model, str(path / "model.onnx"))
 
 
+# INPUT0 UINT16 [batch, 3] -> OUTPUT0, the same words, which the config declares BF16, and OUTPUT1 = FP32 of them.
+BF16_CONFIG = """
+max_batch_size: 8
+output [
+  { name: "OUTPUT0", data_type: TYPE_BF16, dims: [ 3 ] },
+  { name: "OUTPUT1", data_type: TYPE_FP32, dims: [ 3 ] }
+]
+"""
+
+
+def write_bf16_output_model(path: Path) -> None:
+    import onnx
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"]),
+         helper.make_node("Cast", ["INPUT0"], ["OUTPUT1"], to=TensorProto.FLOAT)],
+        "bf16_output",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.UINT16, ["batch", 3])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.UINT16, ["batch", 3]),
+         helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"))
+
+
 def _corrupt(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "model.onnx").write_bytes(b"this is not an onnx model \x00\x01\x02" * 10)
@@ -87,6 +113,7 @@ def build_repository(root: Path) -> Path:
         "corrupt": ModelSpec(_corrupt),
         "badconfig": ModelSpec(write_dense_model, config="max_batch_sise: 4"),
         "held": ModelSpec(partial(write_add_constant_model, features=4), config=HELD_CONFIG),
+        "bf16": ModelSpec(write_bf16_output_model, config=BF16_CONFIG),
     }
     for datatype in IDENTITY_DATATYPES:
         models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))

@@ -15,7 +15,7 @@ import tritonclient.http as th
 
 from model_store.datatypes import BY_NAME
 from model_store.testing import IDENTITY_DATATYPES, reference_outputs
-from server.testing import ServerProcess
+from server.testing import ServerProcess, scrape_metrics
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,59 @@ def test_binary_output_chosen_per_request(server):
     out = json.loads(reply.content[:n])["outputs"][0]
     assert out["parameters"] == {"binary_data_size": 12}
     assert np.frombuffer(reply.content[n:], "<i4").tolist() == [1, -2, 3]
+
+
+def bf16_counts(server):
+    """The bf16 model's (success, fail, executions) statistics and (OK, INVALID_ARGUMENT) request metrics."""
+    stats = requests.get(server.http_url + "/v2/models/bf16/stats", timeout=30).json()["model_stats"][0]
+    inference = stats["inference_stats"]
+    metrics = scrape_metrics(server.metrics_url)
+    outcome = {code: metrics.get(("fleetserve_inference_requests_total",
+                                  frozenset({"model": "bf16", "version": "1", "code": code}.items())), 0.0)
+               for code in ("OK", "INVALID_ARGUMENT")}
+    return (inference["success"]["count"], inference["fail"]["count"], stats["execution_count"],
+            outcome["OK"], outcome["INVALID_ARGUMENT"])
+
+
+@pytest.mark.parametrize("outputs, parameters", [
+    (None, {}),  # every output, as JSON
+    ([{"name": "OUTPUT0"}], {}),
+    ([{"name": "OUTPUT0", "parameters": {"binary_data": False}}], {"binary_data_output": True}),
+], ids=["all-outputs", "named", "binary-by-default-but-not-this-one"])
+def test_a_bf16_output_asked_for_as_json_is_refused_before_it_runs_and_counted_as_a_failure(
+        server, outputs, parameters):
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "UINT16", "data": [0x3F80, 0xBF80, 0]}],
+            "parameters": parameters}
+    if outputs is not None:
+        body["outputs"] = outputs
+    before = bf16_counts(server)
+    reply = post(server, "/v2/models/bf16/infer", json.dumps(body))
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error.startswith("output 'OUTPUT0': BF16 has no JSON form; ask for it as binary data"), error
+    assert '"parameters": {"binary_data": true}' in error and "binary_data_output" in error, error
+    success, fail, executions, ok, invalid = bf16_counts(server)
+    assert (success, executions, ok) == (before[0], before[2], before[3])  # the model did not run
+    assert (fail, invalid) == (before[1] + 1, before[4] + 1)
+
+
+def test_a_bf16_output_is_answered_as_binary_data_beside_json_outputs(server):
+    words = [0x3F80, 0xBF80, 0]  # bfloat16 1, -1, 0
+    head = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "UINT16", "data": words}],
+                       "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}},
+                                   {"name": "OUTPUT1"}]}).encode()
+    reply = post(server, "/v2/models/bf16/infer", head)
+    assert reply.status_code == 200, reply.text
+    n = int(reply.headers["Inference-Header-Content-Length"])
+    out0, out1 = json.loads(reply.content[:n])["outputs"]
+    assert out0 == {"name": "OUTPUT0", "datatype": "BF16", "shape": [1, 3], "parameters": {"binary_data_size": 6}}
+    assert np.frombuffer(reply.content[n:], "<u2").tolist() == words
+    assert out1["datatype"] == "FP32" and out1["data"] == [float(w) for w in words]
+    # a request that leaves the BF16 output out needs no binary data at all
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "UINT16", "data": words}],
+            "outputs": [{"name": "OUTPUT1"}]}
+    reply = post(server, "/v2/models/bf16/infer", json.dumps(body))
+    assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [float(w) for w in words], reply.text
 
 
 @pytest.mark.parametrize("body, header, status, fragment", [
