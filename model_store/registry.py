@@ -9,7 +9,8 @@ Contract:
   versions no longer selected are removed from lookup first and closed after
   (closing drains their queued requests). A failed version load leaves any
   previous copy of that version serving and records the reason (the version
-  stays READY, with the reason in ``index``). A model with no version to
+  stays READY, with the reason in ``index``); so does a version folder whose
+  model file was deleted, logged once. A model with no version to
   serve (no version folders, or none its policy selects) is UNAVAILABLE with
   why; ``poll`` retries a failed model or version only once its files change.
 - Loads and unloads of one model are serialised by a per-model lock, in the
@@ -190,12 +191,18 @@ class ModelRegistry(Generic[S]):
             model.reason = self._nothing_to_serve(source)
             model.reason_fingerprint = source.fingerprint
         for version in sorted(wanted):
-            if version in source.missing:
-                model.status[version] = VersionStatus(ModelState.UNAVAILABLE, source.missing[version])
-                continue
             fingerprint = source.version_fingerprint(version)
             if model.fingerprints.get(version) == fingerprint:
                 continue  # loaded, or failed, from exactly these files: nothing new to try
+            if version in source.missing:
+                if version in model.servables:  # its model file was deleted: the loaded copy keeps serving
+                    log.error("model '%s' version %d failed to load: %s", source.name, version, source.missing[version])
+                    self._on_load_failed(source.name)
+                    self._record_failure(model, version, fingerprint, source.missing[version])
+                else:
+                    model.fingerprints[version] = fingerprint
+                    model.status[version] = VersionStatus(ModelState.UNAVAILABLE, source.missing[version])
+                continue
             if version not in model.servables:  # a reload keeps reporting READY while the new copy loads
                 model.status[version] = VersionStatus(ModelState.LOADING)
             try:
@@ -313,8 +320,8 @@ class ModelRegistry(Generic[S]):
         wanted = self._wanted(source)
         if wanted - set(model.status):
             return True  # versions not tried yet
-        if any(model.fingerprints.get(v) != source.version_fingerprint(v) for v in wanted if v in source.versions):
-            return True  # files changed since the last attempt
+        if any(model.fingerprints.get(v) != source.version_fingerprint(v) for v in wanted):
+            return True  # files changed (or the model file went) since the last attempt
         retired = set(model.servables) - wanted
         return bool(retired) and (bool(wanted & set(model.servables)) or not wanted)
 

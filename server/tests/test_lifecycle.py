@@ -140,6 +140,29 @@ def test_a_broken_config_of_a_serving_model_is_reported_once_and_the_old_copy_se
         client.close()
 
 
+def test_a_deleted_model_file_is_reported_once_and_the_loaded_copy_serves(tmp_path: Path):
+    """As Triton: a reload that fails leaves the loaded model serving. The version folder stays, its model.onnx
+    goes: the index says why the copy is old, the log says it once (not at every poll), and a new file reloads."""
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model)})
+    with ServerProcess(repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        failures = ("fleetserve_model_load_failures_total", frozenset({("model", "add")}))
+        (repo / "add" / "1" / "model.onnx").unlink()
+        assert wait_until(lambda: "reloading it failed" in index(client)[("add", "1")][1]), server.log
+        time.sleep(1.0)  # several polls: the missing file is reported once
+        state, reason = index(client)[("add", "1")]
+        assert state == "READY" and reason.startswith("serving the copy loaded earlier"), reason
+        assert "version 1 has no model file" in reason and "model.onnx is missing" in reason, reason
+        assert server.log.count("model 'add' version 1 failed to load: version 1 has no model file") == 1, server.log
+        assert scrape_metrics(server.metrics_url)[failures] == 1
+        assert client.is_model_ready("add", "1")
+        assert client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 2.0
+        write_add_constant_model(repo / "add" / "1" / "model.onnx", constant=2.0)  # a new file: reloaded
+        assert wait_until(lambda: index(client)[("add", "1")] == ("READY", "")), server.log
+        assert client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 3.0
+        client.close()
+
+
 def test_a_load_sent_while_the_model_unloads_loads_it_again(tmp_path: Path):
     repo = write_model_repository(tmp_path, {"slow": ModelSpec(partial(write_slow_model, features=1024, repeats=500))})
     with ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "slow") as server:
