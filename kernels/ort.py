@@ -1,12 +1,15 @@
 """The onnxruntime kernel: one model version's session(s) and the threads that run them.
 
 Contract:
-- ``OrtKernel(...)`` does no I/O; ``load()`` creates the session and is slow and
+- ``OrtKernel(...)`` does no I/O; ``load()`` creates the sessions and is slow and
   GIL-heavy, so callers run it off the event loop.
 - ``run_batch(requests)`` concatenates the requests' inputs along the batch
-  dimension, runs the session once, and splits the outputs back. It is
+  dimension, runs a session once, and splits the outputs back. It is
   synchronous, thread-safe, and meant to run in ``executor``, a pool with one
   thread per model instance (onnxruntime's ``run()`` releases the GIL).
+- With a GPU provider there is one session per GPU the instances are on
+  (``plan_sessions``), and each run goes to the session with the fewest runs in
+  flight for its instance count; on the CPU one session serves every instance.
 - onnxruntime exceptions are translated here into ``BackendError`` /
   ``InvalidInput`` (for shape/type errors the runtime detects).
 """
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -66,8 +70,8 @@ class KernelOptions:
 
     providers: tuple[str, ...] = ()  # short names; empty: TensorRT, CUDA, CPU as available
     allow_gpu: bool = True
-    device_id: int = 0
     instances: int = 1  # concurrent runs (threads in the executor)
+    device_ids: tuple[int, ...] = ()  # the GPU (provider option device_id) of each instance; empty: all on GPU 0
     intra_op_threads: int = 0  # 0: default_intra_op_threads(instances), the cores shared by the instances
     graph_optimization_level: int | None = None  # optimization.graph.level, Triton's meaning (GRAPH_LEVELS); None: all
     extra_session_config: Mapping[str, str] = field(default_factory=dict)
@@ -172,6 +176,44 @@ def default_intra_op_threads(instances: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, instances))
 
 
+@dataclass(frozen=True)
+class SessionPlan:
+    """One session to create: the GPU it runs on (None: CPU only), how many instances it serves, and the
+    options of each of its providers (in the order of the providers)."""
+
+    device_id: int | None
+    instances: int
+    provider_options: tuple[dict[str, str], ...]
+
+
+def plan_sessions(providers: Sequence[str], device_ids: Sequence[int]) -> tuple[SessionPlan, ...]:
+    """The sessions for instances on ``device_ids`` (one id per instance) with ``providers`` (onnxruntime names).
+
+    With a GPU provider in the chain: one session per GPU, in the order the instances name them, serving
+    that GPU's instances, each GPU provider told its ``device_id``. With the CPU provider alone (a KIND_CPU
+    group, or a build or machine without a GPU provider): one session serving every instance.
+    """
+    if not device_ids:
+        raise ValueError("plan_sessions needs at least one instance")
+    if all(p == "CPUExecutionProvider" for p in providers):
+        return (SessionPlan(None, len(device_ids), tuple({} for _ in providers)),)
+    per_gpu: dict[int, int] = {}
+    for gpu in device_ids:
+        per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
+
+    def options(gpu: int) -> tuple[dict[str, str], ...]:
+        return tuple({} if p == "CPUExecutionProvider" else {"device_id": str(gpu)} for p in providers)
+
+    return tuple(SessionPlan(gpu, count, options(gpu)) for gpu, count in per_gpu.items())
+
+
+def describe_plans(plans: Sequence[SessionPlan]) -> str:
+    """For the log: "4 instances" on the CPU, "instances: 2 on GPU 0, 2 on GPU 1" with a GPU provider."""
+    if len(plans) == 1 and plans[0].device_id is None:
+        return f"{plans[0].instances} instance{'' if plans[0].instances == 1 else 's'}"
+    return "instances: " + ", ".join(f"{p.instances} on GPU {p.device_id}" for p in plans)
+
+
 class OrtKernel:
     """One ONNX model file served by onnxruntime. See the module docstring."""
 
@@ -179,7 +221,11 @@ class OrtKernel:
         self.model_path = model_path
         self.options = options
         self.executor = ThreadPoolExecutor(max_workers=max(1, options.instances), thread_name_prefix="ort")
-        self._session: object | None = None
+        self._sessions: list[object] = []
+        self._capacity: list[int] = []  # instances per session
+        self._busy: list[int] = []  # runs in flight per session (used when there are several)
+        self._lock = threading.Lock()
+        self.plans: tuple[SessionPlan, ...] = ()
         self.provider_choice: ProviderChoice | None = None
         self.inputs: tuple[TensorSignature, ...] = ()
         self.outputs: tuple[TensorSignature, ...] = ()
@@ -216,32 +262,67 @@ class OrtKernel:
                 "the instance group is KIND_CPU" if not self.options.allow_gpu else "not in this onnxruntime build",
                 ", ".join(choice.providers),
             )
-        provider_options = [
-            {"device_id": str(self.options.device_id)} if p != "CPUExecutionProvider" else {} for p in choice.providers
-        ]
-        try:
-            session = ort.InferenceSession(
-                str(self.model_path), sess_options=opts, providers=list(choice.providers), provider_options=provider_options
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
-            raise ConfigError(f"cannot load {self.model_path}: {exc}") from exc
-        self.provider_choice = ProviderChoice(tuple(session.get_providers()), choice.skipped)
+        device_ids = self.options.device_ids or (0,) * instances
+        if len(device_ids) != instances:
+            raise ValueError(f"{len(device_ids)} device ids for {instances} instances")
+        plans = plan_sessions(choice.providers, device_ids)
+        session = self._create(ort, opts, choice.providers, plans[0])
+        actual = tuple(session.get_providers())
+        if plans[0].device_id is not None and actual == ("CPUExecutionProvider",):
+            # A GPU build without a usable GPU: onnxruntime fell back to the CPU (and said so). One CPU
+            # session serves every instance, rather than one CPU session per GPU named.
+            plans = plan_sessions(actual, device_ids)
+            log.warning("%s: the GPU providers did not start; one CPU session serves all %d instances",
+                        self.model_path, instances)
+        sessions = [session] + [self._create(ort, opts, choice.providers, plan) for plan in plans[1:]]
+        self.provider_choice = ProviderChoice(actual, choice.skipped)
         self.inputs = _signature(session.get_inputs())
         self.outputs = _signature(session.get_outputs())
         self._output_names = [o.name for o in self.outputs]
         self._string_inputs = frozenset(i.name for i in self.inputs if i.dtype == object)
         self._string_outputs = frozenset(o.name for o in self.outputs if o.dtype == object)
-        self._session = session
+        self.plans = plans
+        self._capacity = [plan.instances for plan in plans]
+        self._busy = [0] * len(plans)
+        self._sessions = sessions
+
+    def _create(self, ort: Any, opts: Any, providers: Sequence[str], plan: SessionPlan) -> Any:
+        try:
+            return ort.InferenceSession(
+                str(self.model_path), sess_options=opts, providers=list(providers),
+                provider_options=[dict(o) for o in plan.provider_options],
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            where = f" on GPU {plan.device_id}" if plan.device_id is not None else ""
+            raise ConfigError(f"cannot load {self.model_path}{where}: {exc}") from exc
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session once on already-merged inputs; all outputs by name."""
-        if self._session is None:
+        """Run a session once on already-merged inputs; all outputs by name."""
+        sessions = self._sessions
+        if not sessions:
             raise BackendError(f"{self.model_path} is not loaded")
+        if len(sessions) == 1:
+            return self._run_on(sessions[0], inputs)
+        with self._lock:  # the session with the fewest runs in flight for its instances
+            index = min(range(len(sessions)), key=lambda i: self._busy[i] / self._capacity[i])
+            self._busy[index] += 1
+        try:
+            return self._run_on(sessions[index], inputs)
+        finally:
+            with self._lock:
+                self._busy[index] -= 1
+
+    def warm_up(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Run every session once (each GPU's session initialises lazily on its first run)."""
+        for session in self._sessions:
+            self._run_on(session, inputs)
+
+    def _run_on(self, session: object, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = dict(inputs)
         for name in self._string_inputs & feeds.keys():
             feeds[name] = _bytes_to_str(name, feeds[name])
         try:
-            results = self._session.run(self._output_names, feeds)  # type: ignore[attr-defined]
+            results = session.run(self._output_names, feeds)  # type: ignore[attr-defined]
         except Exception as exc:
             text = str(exc)
             if "INVALID_ARGUMENT" in text or "Invalid rank" in text or "Got invalid dimensions" in text:
@@ -282,4 +363,4 @@ class OrtKernel:
     def close(self) -> None:
         """Release the session and threads; runs already submitted finish first."""
         self.executor.shutdown(wait=True)
-        self._session = None
+        self._sessions = []

@@ -51,6 +51,19 @@ class InstanceKind(enum.Enum):
 
 
 @dataclass(frozen=True)
+class InstanceGroup:
+    """One instance_group entry, as Triton reads it: ``count`` instances on each GPU ``gpus`` lists, or
+    ``count`` in all when it lists none."""
+
+    count: int = 1  # at least 1 (a config's 0 means 1)
+    gpus: tuple[int, ...] = ()
+
+    @property
+    def instances(self) -> int:
+        return self.count * max(1, len(self.gpus))
+
+
+@dataclass(frozen=True)
 class VersionPolicy:
     """Which version folders are served: latest N, all, or a specific list."""
 
@@ -131,9 +144,8 @@ class ModelConfig:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     dynamic_batching: DynamicBatching | None = None
-    instance_count: int = 1
+    instance_groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     instance_kind: InstanceKind = InstanceKind.AUTO
-    gpus: tuple[int, ...] = ()
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     # Execution providers in preference order, e.g. ("tensorrt", "cuda", "cpu"); empty: the default chain.
     execution_accelerators: tuple[str, ...] = ()
@@ -142,6 +154,24 @@ class ModelConfig:
     parameters: Mapping[str, str] = field(default_factory=dict)
     response_cache: bool = False
     response_cache_ttl_s: float = DEFAULT_RESPONSE_CACHE_TTL_S  # parameter response_cache_ttl_s
+
+    @property
+    def instance_count(self) -> int:
+        """Model instances in all: batches that may run at once."""
+        return sum(group.instances for group in self.instance_groups)
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        """The GPUs the instance groups list, ascending."""
+        return tuple(sorted({gpu for group in self.instance_groups for gpu in group.gpus}))
+
+    @property
+    def instance_gpus(self) -> tuple[int, ...]:
+        """The GPU of each instance, in config order: a group's ``count`` on each GPU it lists in turn, a
+        group that lists none on GPU 0. Where only the CPU runs the model, these mean nothing."""
+        return tuple(
+            gpu for group in self.instance_groups for gpu in (group.gpus or (0,)) for _ in range(group.count)
+        )
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:
@@ -186,14 +216,8 @@ class ModelConfig:
             for level, level_policy in sorted(db.priority_queue_policy.items()):
                 _queue_policy_proto(level_policy, msg.dynamic_batching.priority_queue_policy[level])
         kind = pb.ModelInstanceGroup.Kind.Value(self.instance_kind.value)
-        if not self.gpus:
-            msg.instance_group.add(count=self.instance_count, kind=kind)
-        else:
-            # A group's count is per listed GPU: split the total so that reading this back gives it again.
-            per_gpu, extra = divmod(self.instance_count, len(self.gpus))
-            for count, gpus in ((per_gpu + 1, self.gpus[:extra]), (per_gpu, self.gpus[extra:])):
-                if gpus and count:
-                    msg.instance_group.add(count=count, kind=kind, gpus=gpus)
+        for group in self.instance_groups:
+            msg.instance_group.add(count=group.count, kind=kind, gpus=group.gpus)
         for name in self.execution_accelerators:
             target = (
                 msg.optimization.execution_accelerators.cpu_execution_accelerator

@@ -23,6 +23,7 @@ from model_store.config import (
     DEFAULT_RESPONSE_CACHE_TTL_S,
     DEFAULT_SLO_PERCENTILE,
     DynamicBatching,
+    InstanceGroup,
     InstanceKind,
     LatencySlo,
     ModelQueuePolicy,
@@ -50,11 +51,10 @@ class Where:
 
 @dataclass(frozen=True)
 class Instances:
-    """The instance_group section, summed: how many model instances, of what kind, on which GPUs."""
+    """The instance_group section: its groups (each count per listed GPU) and their one kind."""
 
-    count: int = 1
+    groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     kind: InstanceKind = InstanceKind.AUTO
-    gpus: tuple[int, ...] = ()
 
 
 def version_policy(msg: pb.ModelConfig, where: Where) -> VersionPolicy:
@@ -206,12 +206,11 @@ def _queue_policy(policy: pb.ModelQueuePolicy) -> ModelQueuePolicy:
 
 
 def instances(msg: pb.ModelConfig, where: Where) -> Instances:
-    """instance_group summed; a group's ``count`` (0 means 1) is per listed GPU, as in Triton."""
+    """instance_group checked; a group's ``count`` (0 means 1) is per listed GPU, as in Triton."""
     if not msg.instance_group:
         return Instances()
-    count = 0
+    groups: list[InstanceGroup] = []
     kinds: set[InstanceKind] = set()
-    gpus: set[int] = set()
     for index, group in enumerate(msg.instance_group):
         field = f"instance_group[{index}]"
         if group.count < 0:
@@ -227,13 +226,12 @@ def instances(msg: pb.ModelConfig, where: Where) -> Instances:
             raise where.error(f"{field}.gpus", f"are {list(group.gpus)}; GPU ids are 0 or more")
         if group.gpus and kind is InstanceKind.CPU:
             raise where.error(f"{field}.gpus", "are given for a KIND_CPU group; remove them or use KIND_GPU")
-        count += max(group.count, 1) * max(len(group.gpus), 1)
+        groups.append(InstanceGroup(max(group.count, 1), tuple(group.gpus)))
         kinds.add(kind)
-        gpus.update(group.gpus)
     if len(kinds) > 1:
         names = ", ".join(sorted(k.value for k in kinds))
         raise where.error("instance_group", f"mixes kinds {names}; fleetserve runs one kind of instance per model")
-    return Instances(count, kinds.pop(), tuple(sorted(gpus)))
+    return Instances(tuple(groups), kinds.pop())
 
 
 def accelerators(msg: pb.ModelConfig, where: Where) -> tuple[str, ...]:

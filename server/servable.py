@@ -18,7 +18,7 @@ from typing import Any, Awaitable
 import numpy as np
 
 from batching.batcher import DynamicBatcher, ScheduleEstimate
-from kernels.ort import BatchResult, KernelOptions, OrtKernel, read_signature
+from kernels.ort import BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
 from model_store.config import InstanceKind, ModelConfig
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
@@ -185,8 +185,8 @@ def kernel_options(config: ModelConfig) -> KernelOptions:
     return KernelOptions(
         providers=config.execution_accelerators,
         allow_gpu=config.instance_kind is not InstanceKind.CPU,
-        device_id=config.gpus[0] if config.gpus else 0,
         instances=config.instance_count,
+        device_ids=config.instance_gpus,
         intra_op_threads=_int_parameter(config, "intra_op_thread_count", 0),
         graph_optimization_level=config.graph_optimization_level,
     )
@@ -203,7 +203,7 @@ def _warm_up(kernel: OrtKernel, config: ModelConfig) -> None:
         else:
             feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
     try:
-        kernel.run(feeds)
+        kernel.warm_up(feeds)
     except Exception as exc:  # a model may reject zeros or unit dims; warm-up is best effort
         log.info("%s: warm-up run skipped: %s", config.name, exc)
 
@@ -234,5 +234,6 @@ async def load_servable(
     servable = Servable(config, version, kernel, defaults, handle)
     await servable.start()
     choice = kernel.provider_choice
-    log.info("model '%s' version %d ready on %s", source.name, version, ", ".join(choice.providers) if choice else "?")
+    log.info("model '%s' version %d ready on %s (%s)", source.name, version,
+             ", ".join(choice.providers) if choice else "?", describe_plans(kernel.plans))
     return servable

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
-from kernels.ort import KernelOptions, OrtKernel, default_intra_op_threads
+import kernels.ort as ort_module
+from kernels.ort import KernelOptions, OrtKernel, SessionPlan, default_intra_op_threads, describe_plans, plan_sessions
+from kernels.providers import ProviderChoice
 from model_store.testing import write_add_constant_model
 from ops.errors import ConfigError
 
@@ -53,7 +57,7 @@ def test_the_graph_level_has_tritons_meaning(tmp_path, level, expected):
                        KernelOptions(graph_optimization_level=level))
     kernel.load()
     try:
-        options = kernel._session.get_session_options()  # type: ignore[attr-defined]
+        options = kernel._sessions[0].get_session_options()  # type: ignore[attr-defined]
         assert options.graph_optimization_level.name == expected
         np.testing.assert_array_equal(kernel.run({"INPUT0": np.zeros((1, 4), np.float32)})["OUTPUT0"], np.ones((1, 4)))
     finally:
@@ -89,3 +93,96 @@ def test_a_requested_gpu_provider_left_out_is_logged_with_the_reason(tmp_path, c
     kernel.close()
     assert kernel.provider_choice is not None and kernel.provider_choice.providers == ("CPUExecutionProvider",)
     assert f"execution providers cuda are not used ({reason}); using CPUExecutionProvider" in caplog.text
+
+
+GPU_CHAIN = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_each_gpu_gets_a_session_serving_its_instances_with_its_device_id():
+    """instance_group { count: 2 gpus: [0, 1] }: four instances, two on each GPU (Triton's meaning)."""
+    assert plan_sessions(GPU_CHAIN, (0, 0, 1, 1)) == (
+        SessionPlan(0, 2, ({"device_id": "0"}, {"device_id": "0"}, {})),
+        SessionPlan(1, 2, ({"device_id": "1"}, {"device_id": "1"}, {})),
+    )
+    assert plan_sessions(("CUDAExecutionProvider", "CPUExecutionProvider"), (3, 1, 1)) == (
+        SessionPlan(3, 1, ({"device_id": "3"}, {})),
+        SessionPlan(1, 2, ({"device_id": "1"}, {})),
+    )
+
+
+def test_on_the_cpu_alone_one_session_serves_every_instance():
+    plans = plan_sessions(("CPUExecutionProvider",), (0, 0, 1, 1))
+    assert plans == (SessionPlan(None, 4, ({},)),)
+    assert describe_plans(plans) == "4 instances"
+    assert describe_plans(plan_sessions(GPU_CHAIN, (0, 0, 1, 1))) == "instances: 2 on GPU 0, 2 on GPU 1"
+
+
+def test_gpu_instances_without_a_gpu_provider_fall_back_to_one_cpu_session(tmp_path):
+    """The test install has onnxruntime's CPU build: two GPUs' worth of instances still load, once, and all run."""
+    path = write_add_constant_model(tmp_path / "model.onnx", features=4)
+    kernel = OrtKernel(path, KernelOptions(instances=4, device_ids=(0, 0, 1, 1)))
+    kernel.load()
+    try:
+        assert kernel.provider_choice is not None and kernel.provider_choice.providers == ("CPUExecutionProvider",)
+        assert kernel.plans == (SessionPlan(None, 4, ({},)),) and len(kernel._sessions) == 1
+        assert kernel.executor._max_workers == 4
+        np.testing.assert_array_equal(kernel.run({"INPUT0": np.zeros((1, 4), np.float32)})["OUTPUT0"], np.ones((1, 4)))
+    finally:
+        kernel.close()
+
+
+def test_runs_go_to_the_session_with_the_fewest_runs_in_flight(tmp_path, monkeypatch):
+    """Two sessions of two instances each (as two GPUs would have; CPU sessions here): four runs at once use both."""
+    monkeypatch.setattr(ort_module, "plan_sessions", lambda providers, ids: (SessionPlan(None, 2, ({},)),) * 2)
+    kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4), KernelOptions(instances=4))
+    kernel.load()
+    inside = threading.Barrier(5)
+    used: list[int] = []
+    hold = [True]
+
+    class Held:
+        def __init__(self, index: int, session: object) -> None:
+            self.index, self.session = index, session
+
+        def run(self, names, feeds):
+            used.append(self.index)
+            if hold[0]:
+                inside.wait(10)  # all four runs in flight at once
+            return self.session.run(names, feeds)
+
+    kernel._sessions = [Held(i, s) for i, s in enumerate(kernel._sessions)]
+    try:
+        feeds = {"INPUT0": np.zeros((1, 4), np.float32)}
+        threads = [threading.Thread(target=kernel.run, args=(feeds,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        inside.wait(10)
+        for t in threads:
+            t.join(10)
+        assert sorted(used) == [0, 0, 1, 1]
+        assert kernel._busy == [0, 0]
+        used.clear()
+        hold[0] = False
+        kernel.warm_up({"INPUT0": np.zeros((1, 4), np.float32)})
+        assert used == [0, 1]  # every session warmed, not the first one twice
+    finally:
+        kernel.close()
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
+def test_a_gpu_build_that_falls_back_to_the_cpu_makes_one_session_for_every_instance(tmp_path, monkeypatch, caplog):
+    """onnxruntime-gpu on a machine without a usable GPU: asked for CUDA on GPUs 0 and 1, the first session
+    comes up on the CPU (onnxruntime falls back by itself). The instances then share that one session."""
+    monkeypatch.setattr(ort_module, "choose_providers", lambda *a, **k: ProviderChoice(
+        ("CUDAExecutionProvider", "CPUExecutionProvider"), ()))
+    kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4),
+                       KernelOptions(instances=4, device_ids=(0, 0, 1, 1)))
+    with caplog.at_level("WARNING", logger="kernels.ort"):
+        kernel.load()
+    try:
+        assert kernel.plans == (SessionPlan(None, 4, ({},)),) and len(kernel._sessions) == 1
+        assert kernel.provider_choice is not None and kernel.provider_choice.providers == ("CPUExecutionProvider",)
+        assert "the GPU providers did not start; one CPU session serves all 4 instances" in caplog.text
+        np.testing.assert_array_equal(kernel.run({"INPUT0": np.zeros((1, 4), np.float32)})["OUTPUT0"], np.ones((1, 4)))
+    finally:
+        kernel.close()
