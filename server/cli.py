@@ -46,7 +46,7 @@ def _repository(args: argparse.Namespace) -> tuple[Path, MirrorConfig | None]:
     return remote.root, remote
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:
+def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the models of a repository over gRPC and HTTP/REST")
     p.add_argument("--model-repository", default=str(EXAMPLE_REPOSITORY),
                    help="repository folder <repo>/<model>/<version>/model.onnx, or a remote one: s3://bucket/prefix, "
@@ -114,6 +114,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        help="seconds between full reads of the desired state, beside change events (default 10)")
     fleet.add_argument("--response-cache-local-bytes", type=int, default=64 * 1024 * 1024,
                        help="the response cache's in-process tier, in tensor bytes (default 64 MiB)")
+    return p
 
 
 def _fleet(args: argparse.Namespace) -> FleetSettings | None:
@@ -130,16 +131,18 @@ def _fleet(args: argparse.Namespace) -> FleetSettings | None:
     )
 
 
-def _add_models(sub: argparse._SubParsersAction) -> None:
+def _add_models(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list a repository's models, versions and whether they load")
     p.add_argument("--model-repository", type=Path, default=EXAMPLE_REPOSITORY)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleetserve", description="Open Inference Protocol server for ONNX models")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve(sub)
-    _add_models(sub)
+    # A flag's value refused after parsing is reported by its subcommand's parser: its usage, not the top level's.
+    serve_parser = _add_serve(sub)
+    models_parser = _add_models(sub)
     for name, help_text in LOADTEST_COMMANDS.items():  # listed in --help; they parse their own arguments
         sub.add_parser(name, help=help_text, add_help=False)
     sub.add_parser("fleet", help="a fleet's state in Redis: status, rollout, promote, rollback, limit; up: a local fleet", add_help=False)
@@ -180,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                 fleet=_fleet(args),
             )
         except ValueError as exc:
-            parser.error(str(exc))
+            serve_parser.error(str(exc))
         if remote_repository is None and not settings.model_repository.is_dir():
-            parser.error(f"model repository {settings.model_repository} is not a folder")
+            serve_parser.error(f"model repository {settings.model_repository} is not a folder")
         from server.app import run
 
         return run(settings)
     if not args.model_repository.is_dir():
-        parser.error(f"model repository {args.model_repository} is not a folder")
+        models_parser.error(f"model repository {args.model_repository} is not a folder")
     from server.inspect import print_models
 
     return print_models(args.model_repository)

@@ -57,6 +57,18 @@ def test_serve_rejects_bad_flags_with_a_clear_message(tmp_path: Path):
     assert result.returncode == 2 and "--grpc-max-concurrent-streams must be >= 1, got 0" in result.stderr
 
 
+def test_a_refused_value_is_reported_by_its_subcommand_with_its_usage(tmp_path: Path):
+    """Was the top-level usage and 'fleetserve: error:', which lists subcommands, not the flag refused."""
+    result = run("serve", *LOOPBACK, "--drain-timeout", "-1", timeout_s=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("usage: fleetserve serve "), result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "fleetserve serve: error: --drain-timeout must be a finite number of seconds >= 0, got -1.0")
+    result = run("models", "--model-repository", str(tmp_path / "nowhere"))
+    assert result.returncode == 2 and result.stderr.startswith("usage: fleetserve models "), result.stderr
+    assert result.stderr.splitlines()[-1] == f"fleetserve models: error: model repository {tmp_path / 'nowhere'} is not a folder"
+
+
 @pytest.mark.parametrize("flag, value", [
     ("--drain-timeout", "-1"),  # was accepted
     ("--drain-timeout", "nan"),  # was accepted; the shutdown then crashed with a traceback
