@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import grpc
 
 
-from ops.errors import ServingError
+from ops.errors import ServingError, Unsupported
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
 from server.grpc_codec import RequestDecoder, ResponseEncoder, request_names
@@ -35,6 +35,17 @@ _STREAM_WINDOW = 1024  # requests of one stream not yet answered on the wire; re
 # Methods whose requests reach the handler as bytes and whose responses leave it as bytes
 # (RequestDecoder and ResponseEncoder, server/grpc_codec.py).
 _BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
+# Triton's methods of the service that fleetserve does not serve: answered UNIMPLEMENTED with the reason and
+# what to do instead (as their REST endpoints answer 501), rather than grpc's bare "Method not found!".
+_SHARED_MEMORY = "shared-memory tensors are not supported; send tensors in the request"
+_SETTINGS = ("trace and log settings cannot be read or changed over the API; use the server's command-line "
+             "options (fleetserve serve --help)")
+_NOT_SERVED = {
+    **{f"{kind}SharedMemory{verb}": _SHARED_MEMORY
+       for kind in ("System", "Cuda") for verb in ("Status", "Register", "Unregister")},
+    "TraceSetting": _SETTINGS,
+    "LogSettings": _SETTINGS,
+}
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:
@@ -320,7 +331,13 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 wrap_unary(fn), request_deserializer=deserializer, response_serializer=serializer,
             )
+    for name, reason in _NOT_SERVED.items():
+        handlers[name] = grpc.unary_unary_rpc_method_handler(wrap_unary(functools.partial(_not_served, name, reason)))
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+async def _not_served(method: str, reason: str, request: bytes, context: Any) -> bytes:
+    raise Unsupported(f"{method}: {reason}")
 
 
 def _message_class(name: str) -> Any:

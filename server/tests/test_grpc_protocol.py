@@ -298,6 +298,21 @@ def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(c
     assert client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0")]).as_numpy("OUTPUT0").shape == (1, 16)
 
 
+@pytest.mark.parametrize("call, says", [
+    (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus: shared-memory tensors are not supported"),
+    (lambda c: c.register_system_shared_memory("r", "/k", 64), "SystemSharedMemoryRegister: shared-memory"),
+    (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister: shared-memory"),
+    (lambda c: c.get_trace_settings(), "TraceSetting: trace and log settings cannot be read or changed"),
+    (lambda c: c.update_log_settings({"log_verbose_level": 1}), "LogSettings: trace and log settings"),
+], ids=["shm-status", "shm-register", "cuda-unregister", "trace", "log"])
+def test_tritons_methods_not_served_say_why_and_what_to_do_instead(client, call, says):
+    """As their REST endpoints answer 501: UNIMPLEMENTED with the reason, not grpc's bare "Method not found!"."""
+    with pytest.raises(tc.InferenceServerException) as err:
+        call(client)
+    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert says in err.value.message(), err.value.message()
+
+
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):
     def call(i: int) -> tuple[int, np.ndarray]:
         c = tc.InferenceServerClient(server.grpc_address)
