@@ -5,7 +5,9 @@ becomes ``{"ts", "level", "logger", "message", ...fields}``; a record's
 ``extra={"fields": {...}}`` adds structured fields. ``RequestLog`` writes one
 such record per inference request (request id, model, version, outcome,
 latency); the dataplane holds one only when JSON logs are on, so plain-text
-servers pay nothing per request.
+servers pay nothing per request. What callers choose (the request id; the model
+name and version of a request that reached no model version) is written through
+``capped``, so a client cannot make one log line as long as its request.
 
 Imports nothing from fleetserve but ``ops.errors``.
 """
@@ -20,6 +22,7 @@ import time
 from ops.errors import Code
 
 LOG_FORMATS = ("text", "json")
+LOGGED_TEXT_MAX_CHARS = 256  # of a caller's string in a log line or trace attribute
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -52,6 +55,14 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
 
 
+def capped(text: str, limit: int = LOGGED_TEXT_MAX_CHARS) -> str:
+    """``text`` as logs and traces write it: unchanged up to ``limit`` characters, else its first
+    ``limit`` characters and a marker with its full length. A longer result is always a cut one."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[cut: {len(text)} characters]"
+
+
 class RequestLog:
     """Writes one INFO record per inference request to the ``fleetserve.request`` logger."""
 
@@ -61,6 +72,6 @@ class RequestLog:
     def record(self, request_id: str, model: str, version: str, code: Code, duration_ns: int) -> None:
         self._log.info(
             "inference %s", code.name,
-            extra={"fields": {"request_id": request_id, "model": model, "version": version, "outcome": code.name,
-                              "latency_ms": round(duration_ns / 1e6, 3)}},
+            extra={"fields": {"request_id": capped(request_id), "model": capped(model), "version": capped(version),
+                              "outcome": code.name, "latency_ms": round(duration_ns / 1e6, 3)}},
         )

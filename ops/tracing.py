@@ -10,7 +10,8 @@ end to end: ``receive`` (decode and validate), ``queue`` (waiting for a batch),
 along the way; spans are created all at once when the request finishes, so the
 batcher and the kernel never touch OpenTelemetry.
 
-Imports nothing from fleetserve but ``ops.errors``.
+Caller-chosen attributes (request id, model name) are cut like the request log's
+(``ops.logs.capped``). Imports nothing from fleetserve but ``ops.errors`` and ``ops.logs``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ops.errors import Code, code_of
+from ops.logs import capped
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -72,8 +74,8 @@ class RequestTracer:
             carrier["tracestate"] = t.tracestate
         parent = _PROPAGATOR.extract(carrier)
         off = self._epoch_offset_ns
-        attributes = {"fleetserve.model": t.model, "fleetserve.version": t.version,
-                      "fleetserve.request_id": t.request_id, "fleetserve.outcome": code.name}
+        attributes = {"fleetserve.model": capped(t.model), "fleetserve.version": t.version,
+                      "fleetserve.request_id": capped(t.request_id), "fleetserve.outcome": code.name}
         # Span names stay as bounded as the metrics' labels: a request that reached no model version
         # (an unknown model, bytes that are no request) is "infer", its model name an attribute only.
         name = f"infer {t.model}" if t.version else "infer"

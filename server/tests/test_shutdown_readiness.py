@@ -74,3 +74,33 @@ def test_plain_text_logs_have_no_per_request_lines(tmp_path: Path):
         client.infer("dense", [inp], request_id="quiet")
         client.close()
     assert "quiet" not in server.log and "fleetserve.request" not in server.log
+
+
+def test_json_request_log_cuts_long_request_ids_and_the_reply_still_echoes_them(tmp_path: Path):
+    """A client choosing a megabyte id (or model name) per request cannot make each log line a megabyte."""
+    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
+    http_id, grpc_id, model = "h" * 1_000_000, "g" * 1_000_000, "m" * 5_000
+    with ServerProcess(repo, "--log-format", "json") as server:
+        body = {"id": http_id, "inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}]}
+        reply = requests.post(server.http_url + "/v2/models/dense/infer", json=body, timeout=30)
+        assert reply.status_code == 200 and reply.json()["id"] == http_id
+        client = tc.InferenceServerClient(server.grpc_address)
+        try:
+            inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+            assert client.infer("dense", [inp], request_id=grpc_id).get_response().id == grpc_id
+            try:
+                client.infer(model, [inp], request_id="unknown-model")
+            except tc.InferenceServerException as exc:
+                assert exc.status() == "StatusCode.NOT_FOUND"
+            else:
+                raise AssertionError("an unknown model was served")
+        finally:
+            client.close()
+        assert server.wait_for_log('"request_id": "unknown-model"')
+    logged = [json.loads(line) for line in server.lines if '"fleetserve.request"' in line]
+    assert len(logged) == 3 and all(len(line) < 2_000 for line in server.lines if '"fleetserve.request"' in line)
+    by_id = {r["request_id"][:1]: r for r in logged}
+    assert by_id["h"]["request_id"] == "h" * 256 + "...[cut: 1000000 characters]"
+    assert by_id["g"]["request_id"] == "g" * 256 + "...[cut: 1000000 characters]"
+    assert by_id["u"]["model"] == "m" * 256 + "...[cut: 5000 characters]" and by_id["u"]["outcome"] == "NOT_FOUND"

@@ -166,6 +166,27 @@ async def test_failed_requests_spans_carry_the_request_and_the_outcome_the_metri
     assert all(s.attributes["fleetserve.version"] == "1" for s in roots.values())
 
 
+async def test_span_attributes_cut_long_request_ids_and_model_names(repo: Path):
+    """Ids and unknown model names are the caller's: a span carries at most their first 256 characters."""
+    app, exporter = await traced_app(repo)
+    long_id = "i" * 100_000
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = service_pb2.ModelInferRequest(model_name="dense", id=long_id)
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.append(bytes(64))
+            assert (await stub.ModelInfer(request)).id == long_id
+            request.model_name, request.id = "n" * 5_000, "unknown"
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.ModelInfer(request)
+    finally:
+        await app.stop()
+    roots = {s.name: s for s in exporter.get_finished_spans() if s.name.startswith("infer")}
+    assert roots["infer dense"].attributes["fleetserve.request_id"] == "i" * 256 + "...[cut: 100000 characters]"
+    assert roots["infer"].attributes["fleetserve.model"] == "n" * 256 + "...[cut: 5000 characters]"
+
+
 def test_trace_without_opentelemetry_installed_refuses_to_start_in_one_line(repo: Path, tmp_path: Path):
     hidden = tmp_path / "no_otel" / "opentelemetry"  # shadows the installed package, as if it were missing
     hidden.mkdir(parents=True)
