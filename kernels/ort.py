@@ -159,6 +159,14 @@ def _str_to_bytes(data: np.ndarray) -> np.ndarray:
     return out.reshape(data.shape)
 
 
+# The most intra_op_thread_count may ask for. onnxruntime starts that many threads (less one) when the
+# session is created, with no bound of its own: 16,000 took 8 s and 1.3 GB here, 100,000 was still
+# allocating (1.4 GB after 30 s, no thread started yet), and a thread it cannot start hangs the load.
+# 1,024 is above the hardware threads of today's largest servers (768 on two 192-core EPYCs with SMT)
+# and the same on every machine, so a config loads, or not, alike across a fleet.
+MAX_INTRA_OP_THREADS = 1024
+
+
 def default_intra_op_threads(instances: int, cores: int | None = None) -> int:
     """onnxruntime threads per instance when the config does not say: the cores, shared by the instances.
 

@@ -227,7 +227,7 @@ def _tensors(
             layout = pb.ModelInput.Format.Name(entry.format)
             specs.append(TensorSpec(entry.name, datatype, dims, optional=entry.optional, format=layout))
         else:
-            specs.append(TensorSpec(entry.name, datatype, dims))
+            specs.append(TensorSpec(entry.name, datatype, dims, label_filename=entry.label_filename))
     if every:
         named = {spec.name for spec in specs}
         missing = [t.describe() for t in model if t.name not in named]

@@ -38,6 +38,7 @@ class TensorSpec:
     dims: tuple[int, ...]  # without the batch dimension when the model batches
     optional: bool = False
     format: str = "FORMAT_NONE"  # an input's stated layout (Triton's ModelInput.Format): reported, not used
+    label_filename: str = ""  # an output's class labels file, in the model folder: reported, not used
 
     def shape_with_batch(self, max_batch_size: int) -> tuple[int, ...]:
         """The full shape a client sees in metadata (-1 for the batch dimension)."""
@@ -197,7 +198,8 @@ class ModelConfig:
                 format=pb.ModelInput.Format.Value(spec.format),
             )
         for spec in self.outputs:
-            msg.output.add(name=spec.name, data_type=pb.DataType.Value(spec.datatype.config_name), dims=spec.dims)
+            msg.output.add(name=spec.name, data_type=pb.DataType.Value(spec.datatype.config_name), dims=spec.dims,
+                           label_filename=spec.label_filename)
         policy = self.version_policy
         if policy.kind == "all":
             msg.version_policy.all.SetInParent()

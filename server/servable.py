@@ -18,7 +18,7 @@ from typing import Any, Awaitable
 import numpy as np
 
 from batching.batcher import DynamicBatcher, ScheduleEstimate
-from kernels.ort import BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
+from kernels.ort import MAX_INTRA_OP_THREADS, BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
 from model_store.config import InstanceKind, ModelConfig
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
@@ -181,13 +181,24 @@ def _int_parameter(config: ModelConfig, key: str, default: int) -> int:
     return value
 
 
+def _intra_op_threads(config: ModelConfig) -> int:
+    threads = _int_parameter(config, "intra_op_thread_count", 0)
+    if threads > MAX_INTRA_OP_THREADS:
+        raise ConfigError(
+            f"model '{config.name}': parameter intra_op_thread_count is {threads}, but onnxruntime starts that many "
+            f"threads for the model version: use at most {MAX_INTRA_OP_THREADS}, or 0 (or leave it out) to share "
+            "this machine's cores among the instances"
+        )
+    return threads
+
+
 def kernel_options(config: ModelConfig) -> KernelOptions:
     return KernelOptions(
         providers=config.execution_accelerators,
         allow_gpu=config.instance_kind is not InstanceKind.CPU,
         instances=config.instance_count,
         device_ids=config.instance_gpus,
-        intra_op_threads=_int_parameter(config, "intra_op_thread_count", 0),
+        intra_op_threads=_intra_op_threads(config),
         graph_optimization_level=config.graph_optimization_level,
     )
 
@@ -208,10 +219,23 @@ def _warm_up(kernel: OrtKernel, config: ModelConfig) -> None:
         log.info("%s: warm-up run skipped: %s", config.name, exc)
 
 
+def _warn_of_missing_label_files(source: ModelSource, config: ModelConfig) -> None:
+    """Triton refuses to load a model whose output names a label file the model folder lacks. fleetserve never
+    reads labels (they serve only classification, which it refuses), so it loads the model and says so."""
+    for spec in config.outputs:
+        if spec.label_filename and not (source.path / spec.label_filename).is_file():
+            log.warning(
+                "model '%s' output '%s': label_filename %r is not a file in %s; fleetserve does not use labels "
+                "and serves the model, but Triton would refuse to load it", config.name, spec.name,
+                spec.label_filename, source.path,
+            )
+
+
 def _load_sync(source: ModelSource, version: int, model_path: Path, defaults: ServingDefaults) -> tuple[ModelConfig, OrtKernel]:
     inputs, outputs = read_signature(model_path)
     config = source.build_config(inputs, outputs)
     _int_parameter(config, "inline_run_max_us", 0)  # checked before a session exists to leak
+    _warn_of_missing_label_files(source, config)
     kernel = OrtKernel(model_path, kernel_options(config))
     kernel.load()
     if defaults.warmup:

@@ -246,6 +246,7 @@ READ_BACK = [
         id="uneven-gpu-groups",
     ),
     pytest.param("two_io", 'input [ { name: "INPUT1" format: FORMAT_NCHW }, { name: "INPUT0" } ]', id="format"),
+    pytest.param("two_io", 'output [ { name: "OUTPUT1" label_filename: "labels.txt" } ]', id="label_filename"),
 ]
 
 
@@ -260,6 +261,8 @@ def test_reported_config_written_as_config_pbtxt_gives_the_same_config(
     assert build(signatures, model, reported) == config
     if text and "format" in text:
         assert config.to_proto().input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW  # as image clients read it
+    if text and "label_filename" in text:
+        assert config.to_proto().output[0].label_filename == "labels.txt"
 
 
 def test_signature_may_be_built_by_hand_with_symbolic_dims() -> None:

@@ -53,6 +53,15 @@ dynamic_batching {
 }
 """
 
+# An intra_op_thread_count refused at load: over MAX_INTRA_OP_THREADS (2048), or negative.
+THREADS_CONFIG = 'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{count}" }} }}'
+
+# Label files are reported in the config, never read: one is there, the other missing (a warning; Triton
+# would refuse the model).
+LABELLED_CONFIG = """
+output [ { name: "OUTPUT0", label_filename: "labels.txt" }, { name: "OUTPUT1", label_filename: "gone.txt" } ]
+"""
+
 
 def write_reshape_model(path: Path) -> None:
     """INPUT0 FP32 [batch, n] reshaped to [-1, 3]: fails at run time unless batch*n % 3 == 0."""
@@ -112,12 +121,17 @@ def build_repository(root: Path) -> Path:
         "fragile": ModelSpec(write_reshape_model, config="max_batch_size: 0"),
         "corrupt": ModelSpec(_corrupt),
         "badconfig": ModelSpec(write_dense_model, config="max_batch_sise: 4"),
+        "threads": ModelSpec(write_dense_model, config=THREADS_CONFIG.format(count=2048)),
+        "negative_threads": ModelSpec(write_dense_model, config=THREADS_CONFIG.format(count=-2)),
+        "labelled": ModelSpec(partial(write_two_io_model, features=4), config=LABELLED_CONFIG),
         "held": ModelSpec(partial(write_add_constant_model, features=4), config=HELD_CONFIG),
         "bf16": ModelSpec(write_bf16_output_model, config=BF16_CONFIG),
     }
     for datatype in IDENTITY_DATATYPES:
         models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))
-    return write_model_repository(root, models)
+    repository = write_model_repository(root, models)
+    (repository / "labelled" / "labels.txt").write_text("cat\ndog\nfish\nbird\n")
+    return repository
 
 
 @pytest.fixture(scope="session")

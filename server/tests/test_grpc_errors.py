@@ -118,6 +118,13 @@ def test_repository_index_reports_failures_with_reasons(stub):
     bad = [m for m in index.models if m.name == "badconfig"]
     assert bad and bad[0].state == "UNAVAILABLE"
     assert "config.pbtxt" in bad[0].reason and "max_batch_sise" in bad[0].reason
+    threads = by_name[("threads", "1")]
+    assert threads.state == "UNAVAILABLE" and threads.reason.startswith(
+        "model 'threads': parameter intra_op_thread_count is 2048, but onnxruntime starts that many threads"), threads
+    assert "use at most 1024" in threads.reason
+    negative = by_name[("negative_threads", "1")]
+    assert negative.state == "UNAVAILABLE"
+    assert "intra_op_thread_count must be a whole number >= 0, got '-2'" in negative.reason
     ready = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True))
     assert all(m.state == "READY" for m in ready.models)
 

@@ -75,6 +75,15 @@ def test_model_metadata_and_config(client):
     assert nobatch.max_batch_size == 0 and list(nobatch.input[0].dims) == [1, 16]
 
 
+def test_label_files_are_reported_as_configured_and_a_missing_one_only_warns(client, server):
+    assert client.is_model_ready("labelled")
+    config = client.get_model_config("labelled").config
+    assert [(o.name, o.label_filename) for o in config.output] == [("OUTPUT0", "labels.txt"), ("OUTPUT1", "gone.txt")]
+    warned = [line for line in server.lines if "label_filename" in line]
+    assert len(warned) == 1, warned
+    assert "model 'labelled' output 'OUTPUT1': label_filename 'gone.txt' is not a file" in warned[0]
+
+
 @pytest.mark.parametrize("model, arrays", [
     ("dense", {"INPUT0": np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32)}),
     ("simple", {"INPUT0": np.arange(8, dtype=np.float32).reshape(2, 4),

@@ -53,6 +53,7 @@ def test_health_metadata_config_index_and_stats(client):
     config = client.get_model_config("nobatch")  # fields at their default are written out, as Triton does
     assert config["max_batch_size"] == 0 and config["input"][0]["optional"] is False
     assert config["input"][0]["format"] == "FORMAT_NONE" and config["instance_group"][0]["kind"] == "KIND_AUTO"
+    assert [o["label_filename"] for o in client.get_model_config("labelled")["output"]] == ["labels.txt", "gone.txt"]
     index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
     assert index[("dense", "1")]["state"] == "READY"
     assert any(m["state"] == "UNAVAILABLE" and "max_batch_sise" in m["reason"] for m in index.values())
