@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from server.grpc_errors import STATUS_TEXT_BYTES, status_text
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +147,27 @@ def test_unknown_model_metadata_and_config(stub):
         with pytest.raises(grpc.RpcError) as err:
             call(req)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("name", ["x" * 100_000, "\u00e9" * 5_000], ids=["ascii", "two-byte"])
+def test_an_unknown_model_with_a_huge_name_is_still_not_found(stub, name):
+    """The status message quotes the name; grpc's clients refuse a trailer of more than 16 KiB
+    (percent-encoded), which would turn NOT_FOUND into RESOURCE_EXHAUSTED. The message is cut to fit."""
+    details = fails(stub, request(model=name), grpc.StatusCode.NOT_FOUND, "unknown model '", "...[cut: ")
+    cut = re.search(r"\.\.\.\[cut: (\d+) characters\]$", details)
+    assert cut and int(cut.group(1)) > len(name), details[-80:]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=name))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_status_text_fits_its_encoded_limit():
+    assert status_text("short") == "short"
+    for text in ("%" * 5000, "\u00e9" * 5000, "\U0001f600" * 2000, "a" * 4096):
+        cut = status_text(text)
+        encoded = sum(1 if 0x20 <= ord(c) <= 0x7E and c != "%" else 3 * len(c.encode()) for c in cut)
+        assert encoded <= STATUS_TEXT_BYTES, (text[:3], encoded)
+    assert status_text("a" * 4096) == "a" * 4096  # exactly the limit: unchanged
 
 
 def test_unimplemented_protocol_rpcs_answer_unimplemented(server):
