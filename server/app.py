@@ -178,7 +178,8 @@ class App:
         log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
         service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
                               body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer)
-        self._http = HttpListener(rest_app(service), s.host, s.http_port, shutdown_timeout_s=s.drain_timeout_s)
+        self._http = HttpListener(rest_app(service), s.host, s.http_port, shutdown_timeout_s=s.drain_timeout_s,
+                                  auto_decompress=False)  # HttpService decodes request bodies itself
         self.http_port = await self._listen(self._http, "HTTP", s.http_port)
         log.info("HTTP listening on %s:%d", s.host, self.http_port)
         if self.fleet is not None:

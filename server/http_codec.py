@@ -16,7 +16,14 @@ run by validation). Request parameters other than ``binary_data_output``
 reach the dataplane as gRPC's do (``priority``, ``timeout``: Triton's queue
 parameters, applied by the scheduler the same way for both transports).
 
-Errors are ``InvalidInput`` naming the field, what was expected and what came.
+The framing is read strictly, as Triton reads it or stricter where Triton would misread: the header
+length is ASCII digits, given once (repeated only with the same value); an input gives exactly one of
+``data`` and ``binary_data_size``; the binary sizes must account for every byte after the JSON. Triton's
+raw binary request (header length 0: the body is one input's bytes, no JSON) and shared-memory tensors
+are refused as unsupported, never read as something else.
+
+Errors are ``InvalidInput`` naming the field, what was expected and what came, or ``Unsupported``
+for what Triton offers and this server does not.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from google.protobuf.message import Message
 
 from model_store.config import TensorSpec
 from model_store.datatypes import BY_NAME, Datatype
-from ops.errors import InvalidInput
+from ops.errors import InvalidInput, Unsupported
 from ops.statistics import Duration, ModelStats
 from server.codec import checked_shape, datatype_of, element_count, from_raw, refuse_classification, to_raw
 from server.types import InferRequest, InferResponse, InputTensor
@@ -76,29 +83,83 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def parse_json(data: bytes | memoryview, what: str) -> Any:
+    """``data`` as JSON: UTF-8 text (RFC 8259; json.loads would also take UTF-16 and UTF-32), nested to
+    any depth the parser allows; InvalidInput otherwise."""
+    raw = bytes(data) if isinstance(data, memoryview) else data
     try:
-        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not valid JSON: it is not UTF-8 text "
+                           f"(byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"{what} is not valid JSON: it is nested too deeply") from None
+
+
+def header_length(value: str | None, body_size: int) -> int | None:
+    """The value of ``Inference-Header-Content-Length`` (None when absent): digits only, in 1..body_size.
+
+    ``value`` is every occurrence of the header, comma-joined (as a proxy folds repeated headers);
+    repeats must agree. 0 is Triton's raw binary request, refused as unsupported."""
+    if value is None:
+        return None
+    values = {v.strip(" \t") for v in value.split(",")}
+    if len(values) > 1:
+        shown = ", ".join(sorted(repr(v[:20]) for v in values))
+        raise InvalidInput(f"{HEADER_LENGTH} is given more than once with different values ({shown}); send it once")
+    (text,) = values
+    if not (text.isascii() and text.isdigit()):  # int() would also take "+1", "1_0" and non-ASCII digits
+        raise InvalidInput(f"{HEADER_LENGTH} must be the JSON's length in bytes, as digits only, "
+                           f"got {text[:40]!r}")
+    n = int(text) if len(text) <= 20 else body_size + 1  # int() refuses 4300 digits and more with ValueError
+    if n == 0:
+        raise Unsupported(
+            f"{HEADER_LENGTH}: 0 (Triton's raw binary request: the body is one input's bytes, with no JSON) "
+            "is not supported by this server; send the JSON inference request first and give its length in "
+            f"{HEADER_LENGTH}"
+        )
+    if n > body_size:
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise InvalidInput(f"{HEADER_LENGTH} is {shown} but the request body holds {body_size} bytes")
+    return n
+
+
+def _trailing_bytes(body: bytes) -> int:
+    """How many bytes follow a JSON value at the start of ``body`` (0 when none do, or there is no JSON)."""
+    text = body.decode("utf-8", "surrogateescape")  # one character per undecodable byte
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return 0
+    if not text[end:].strip():
+        return 0
+    return len(body) - len(text[:end].encode("utf-8", "surrogateescape"))
 
 
 def decode_infer_request(
-    model: str, version: str, body: bytes, header_length: str | None
+    model: str, version: str, body: bytes, header_value: str | None
 ) -> tuple[InferRequest, OutputChoice]:
-    """Decode one inference request; see the module docstring."""
+    """Decode one inference request; ``header_value``: every ``Inference-Header-Content-Length`` given,
+    comma-joined, or None. See the module docstring."""
     head: bytes | memoryview
-    if header_length is None:
+    n = header_length(header_value, len(body))
+    if n is None:
         head, binary = body, memoryview(b"")
     else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got '{header_length}'") from None
-        if not 0 <= n <= len(body):
-            raise InvalidInput(f"{HEADER_LENGTH} is {n} but the request body holds {len(body)} bytes")
         view = memoryview(body)
         head, binary = view[:n], view[n:]
-    msg = _object(parse_json(head, "the inference request"), "the inference request")
+    try:
+        parsed = parse_json(head, "the inference request")
+    except InvalidInput as exc:
+        trailing = _trailing_bytes(body) if n is None else 0
+        if not trailing:
+            raise
+        raise InvalidInput(f"{exc.message}; {trailing} bytes follow the JSON object: binary tensor data needs "
+                           f"the {HEADER_LENGTH} header giving the JSON's length in bytes") from None
+    msg = _object(parsed, "the inference request")
     raw_inputs = msg.get("inputs")
     if not isinstance(raw_inputs, list):
         raise InvalidInput("the inference request needs 'inputs': a list of tensors")
@@ -116,10 +177,19 @@ def decode_infer_request(
         dt = datatype_of(name, datatype)
         shape = _shape(name, t.get("shape"))
         params = _parameters(t, f"input '{name}' parameters")
-        size = params.get("binary_data_size")
-        if size is not None:
+        if "shared_memory_region" in params:
+            raise _refuse_shared_memory(f"input '{name}'")
+        if "binary_data_size" in params:
+            if "data" in t:  # as Triton: exactly one of the two, never one silently preferred
+                raise InvalidInput(
+                    f"input '{name}' has both 'data' and a binary_data_size parameter; give one: 'data' for "
+                    "JSON values, or binary_data_size for that many bytes after the JSON"
+                )
+            size = params["binary_data_size"]
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer, got {size!r}")
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size must be a non-negative integer, got {json.dumps(size)[:40]}"
+                )
             if offset + size > len(binary):
                 raise InvalidInput(
                     f"input '{name}': binary_data_size {size} runs past the end of the binary data "
@@ -150,6 +220,8 @@ def decode_infer_request(
             out_params = _parameters(o, f"output '{o['name']}' parameters")
             if out_params.get("classification"):
                 raise refuse_classification(o["name"])
+            if "shared_memory_region" in out_params:
+                raise _refuse_shared_memory(f"output '{o['name']}'")
             if out_params.get("binary_data") is not None:
                 choice.binary[o["name"]] = _flag(out_params, "binary_data", f"output '{o['name']}'")
     request_id = msg.get("id", "")
@@ -164,6 +236,15 @@ def decode_infer_request(
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
         check_outputs=None if choice.all_binary() else choice.check,
     ), choice
+
+
+def _refuse_shared_memory(tensor: str) -> Unsupported:
+    """A tensor in a shared-memory region (tritonclient's ``set_shared_memory``): refused, never answered
+    in the body while the caller reads the region, nor read from ``data`` beside it."""
+    return Unsupported(
+        f"{tensor}: shared-memory tensors (the 'shared_memory_region' parameter) are not supported by this "
+        "server; send the tensor in the request, as JSON 'data' or binary data"
+    )
 
 
 def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:

@@ -6,8 +6,8 @@ wraps every route of the REST application when it is built
 (server/http_server.py), so no endpoint can forget it. Every error body is
 ``{"error": "<message>"}``. Protocol-level errors of the HTTP layer itself (no
 such endpoint 404, wrong method 405, body over the limit 413, body that stopped
-arriving 408) keep their status and get the same body. Unknown exceptions become 500 with a generic message
-and a logged traceback.
+arriving 408, a content coding this server does not decode 415) keep their status and get the
+same body. Unknown exceptions become 500 with a generic message and a logged traceback.
 """
 
 from __future__ import annotations
@@ -49,26 +49,41 @@ def error_response(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
 
 
-def body_too_large(request: web.BaseRequest) -> web.Response:
+class InflatedTooLarge(web.HTTPRequestEntityTooLarge):
+    """A compressed body whose own bytes were within ``client_max_size`` but that inflates past it."""
+
+
+def body_too_large(request: web.BaseRequest, *, inflated: bool = False) -> web.Response:
     """413 for a body over ``client_max_size``: its declared length, or what it grew to once decompressed."""
     length, encoding = request.content_length, request.headers.get("Content-Encoding")
-    if length is not None and length > request.client_max_size:
-        body = f"the request body of {length} bytes"
-    elif encoding:  # a few compressed bytes can inflate far past the limit: it applies to what they inflate to
+    if inflated:  # a few compressed bytes can inflate far past the limit: it applies to what they inflate to
         body = f"the request body, decompressed (Content-Encoding: {encoding}),"
+    elif length is not None and length > request.client_max_size:
+        body = f"the request body of {length} bytes"
     else:
         body = "the request body"
     return error_response(413, f"{body} is over this server's limit of {request.client_max_size} bytes "
                                "(--http-max-body-bytes)")
 
 
+ACCEPTED_ENCODINGS = "gzip, deflate"
+
+
+def unsupported_encoding(encoding: str) -> web.HTTPUnsupportedMediaType:
+    """415 for a request body in a content coding this server does not decode, naming those it does in
+    ``Accept-Encoding`` (RFC 9110 15.5.16), as Triton answers."""
+    return web.HTTPUnsupportedMediaType(
+        text=f"Content-Encoding {encoding[:60]!r} is not supported; send the body uncompressed, or compressed "
+             f"once with one of: {ACCEPTED_ENCODINGS}",
+        headers={"Accept-Encoding": ACCEPTED_ENCODINGS},
+    )
+
+
 def body_stalled(request: web.BaseRequest, idle_timeout_s: float, received: int) -> web.HTTPRequestTimeout:
     """408 for a body that stopped arriving for ``idle_timeout_s``; the middleware answers it and closes the
-    connection (what the client sent is dropped)."""
-    length, encoding = request.content_length, request.headers.get("Content-Encoding")
-    if encoding:
-        got = f"{received} bytes of it, decompressed (Content-Encoding: {encoding})"
-    elif length is not None:
+    connection (what the client sent is dropped). Counts are of the bytes as sent (compressed or not)."""
+    length = request.content_length
+    if length is not None:
         got = f"{received} of its {length} bytes"
     else:
         got = f"{received} bytes of it"
@@ -84,8 +99,8 @@ async def error_middleware(
         return await handler(request)
     except ServingError as exc:
         return error_response(HTTP_STATUS[exc.code], exc.message)
-    except web.HTTPRequestEntityTooLarge:
-        return body_too_large(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return body_too_large(request, inflated=isinstance(exc, InflatedTooLarge))
     except web.HTTPRequestTimeout as exc:
         response = error_response(408, exc.text or exc.reason)
         response.force_close()  # the rest of the body was never read: this connection cannot carry another request
@@ -98,7 +113,10 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.text or exc.reason)
+        response = error_response(exc.status, exc.text or exc.reason)
+        if "Accept-Encoding" in exc.headers:  # 415: the content codings this server decodes
+            response.headers["Accept-Encoding"] = exc.headers["Accept-Encoding"]
+        return response
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -2,12 +2,17 @@
 
 ``HttpListener`` runs one aiohttp application on a socket it binds itself (so
 port 0 works and the real port is known at once) on the running loop, the
-same loop as grpc.aio. ``rest_app`` builds the REST application with the one
-error middleware; ``metrics_app`` serves a ``CollectorRegistry`` in the text
-format Prometheus asks for (OpenMetrics or 0.0.4), gzip-compressed when
-accepted. Collecting and encoding run in a worker thread (ops/metrics.py's
-collection is safe there): a scrape of many model versions takes tens of
-milliseconds, which must not stall the loop that answers requests.
+same loop as grpc.aio. The REST listener leaves request bodies as sent
+(``auto_decompress=False``): server/http_service.py decodes them, refusing
+codings it does not decode (415) and corrupt or truncated compressed data (400),
+where aiohttp would pass an unknown coding through as is, read a truncated gzip
+body as a shorter one, and fail a corrupt one with a 500. ``rest_app`` builds
+the REST application with the one error middleware; ``metrics_app`` serves a
+``CollectorRegistry`` in the text format Prometheus asks for (OpenMetrics or
+0.0.4), gzip-compressed when accepted. Collecting and encoding run in a worker
+thread (ops/metrics.py's collection is safe there): a scrape of many model
+versions takes tens of milliseconds, which must not stall the loop that answers
+requests.
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ def metrics_app(registry: CollectorRegistry) -> web.Application:
 class HttpListener:
     """One aiohttp application on ``host:port``. ``start``/``stop`` from the loop that serves it."""
 
-    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout_s: float = 30.0) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout_s: float = 30.0,
+                 auto_decompress: bool = True) -> None:
         self._app = app
         self._host = host
         self._port = port
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._auto_decompress = auto_decompress
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -59,7 +66,7 @@ class HttpListener:
         # A handler is cancelled when its client disconnects, so a request whose caller is gone
         # leaves the batch queue before it runs (the dataplane records it as CANCELLED).
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None, handler_cancellation=True,
-                               shutdown_timeout=self._shutdown_timeout_s)
+                               shutdown_timeout=self._shutdown_timeout_s, auto_decompress=self._auto_decompress)
         await runner.setup()
         family, kind, proto, _, address = socket.getaddrinfo(
             self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
@@ -25,7 +26,7 @@ from server.http_codec import (
     parse_json,
     stats_json,
 )
-from server.http_errors import body_stalled, body_too_large
+from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTrace, RequestTracer
@@ -34,6 +35,61 @@ _JSON = "application/json"
 # Bodies declared smaller than this are read in one ``request.read()``; larger or chunked ones are read
 # chunk by chunk, each read bounded by the idle timeout, so a client that stalls mid-body cannot pin them.
 STREAMED_BODY_BYTES = 1 << 20
+# Content codings of a request body this server decodes (Triton's: gzip and deflate); x-gzip is gzip (RFC 9110).
+_CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
+
+
+def content_coding(request: web.BaseRequest) -> str | None:
+    """The one content coding of the request body ("gzip" or "deflate"), None for none; 415 for any other,
+    or for more than one (every ``Content-Encoding`` header, each a comma-separated list; identity is none)."""
+    values = request.headers.getall("Content-Encoding", ())
+    codings = [c.strip(" \t").lower() for value in values for c in value.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _CODINGS:
+        return _CODINGS[codings[0]]
+    raise unsupported_encoding(", ".join(values))
+
+
+def inflate(data: bytes, coding: str, limit: int) -> bytes:
+    """``data`` decoded from ``coding``, held to ``limit`` bytes (0: none) as it inflates (InflatedTooLarge).
+
+    InvalidInput for bytes that are not that coding, or that end before its end (a truncated body is never
+    read as a shorter one). gzip may hold several members, as gzip.decompress reads them; deflate is zlib's
+    format, or raw deflate when the bytes do not start with a zlib header (as aiohttp and browsers read it)."""
+    if not data:
+        return b""
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    while rest:  # one gzip member, or the one deflate stream, per pass
+        if coding == "gzip":
+            wbits = 16 + zlib.MAX_WBITS
+        else:
+            zlib_header = len(rest) >= 2 and rest[0] & 0x0F == 8 and (rest[0] << 8 | rest[1]) % 31 == 0
+            wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+        decoder = zlib.decompressobj(wbits)
+        chunk = rest
+        try:
+            while chunk:
+                piece = decoder.decompress(chunk, limit + 1 - size if limit else 0)
+                size += len(piece)
+                if limit and size > limit:
+                    raise InflatedTooLarge(max_size=limit, actual_size=size)
+                out.append(piece)
+                chunk = decoder.unconsumed_tail
+        except zlib.error as exc:
+            raise InvalidInput(f"the request body is not valid {coding} data (Content-Encoding: {coding}): "
+                               f"{exc}; was it compressed as the header says?") from None
+        if not decoder.eof:
+            raise InvalidInput(f"the request body ends before the end of its {coding} data (Content-Encoding: "
+                               f"{coding}): it was cut short; send the whole compressed body")
+        rest = decoder.unused_data
+        if rest and coding != "gzip":
+            raise InvalidInput(f"{len(rest)} bytes follow the end of the request body's deflate data "
+                               "(Content-Encoding: deflate)")
+    return b"".join(out)
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -99,16 +155,24 @@ class HttpService:
         ]
 
     async def _body(self, request: web.Request) -> bytes:
-        """The request body, refused with 413 before reading when its declared length is over the limit.
+        """The request body, decoded from its ``Content-Encoding``; refused with 415 before reading when the
+        coding is not one this server decodes, and with 413 when its declared length is over the limit.
 
-        A large or chunked body is read with an idle timeout (``_streamed_body``); aiohttp has none."""
+        A large or chunked body is read with an idle timeout (``_streamed_body``); aiohttp has none. The
+        listener leaves bodies as sent (``auto_decompress=False``, server/http_server.py): a compressed one
+        is decoded here, in a worker thread, held to the limit as it inflates (``inflate``)."""
+        coding = content_coding(request)
         length = request.content_length
-        if length is not None:
-            if length > self.max_body_bytes:
-                raise web.HTTPRequestEntityTooLarge(max_size=self.max_body_bytes, actual_size=length)
-            if length < STREAMED_BODY_BYTES:
-                return await request.read()  # aiohttp holds a compressed body to the limit as it inflates
-        return await self._streamed_body(request)
+        if length is not None and length > self.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body_bytes, actual_size=length)
+        if length is not None and length < STREAMED_BODY_BYTES:
+            body = await request.read()
+        else:
+            body = await self._streamed_body(request)
+        if coding is None:
+            return body
+        return await asyncio.get_running_loop().run_in_executor(
+            None, inflate, body, coding, request.client_max_size)
 
     async def _streamed_body(self, request: web.Request) -> bytes:
         """The body read chunk by chunk: 408 once no byte arrives for ``body_idle_timeout_s`` (its bytes are
@@ -209,7 +273,8 @@ class HttpService:
         model, version = _model(request)
         body = await self._body(request)
         try:
-            infer, choice = decode_infer_request(model, version, body, request.headers.get(HEADER_LENGTH))
+            lengths = request.headers.getall(HEADER_LENGTH, ())  # every one given: repeats must agree
+            infer, choice = decode_infer_request(model, version, body, ", ".join(lengths) if lengths else None)
         except ServingError as exc:
             self.dp.reject(model, version, "", exc)
             raise

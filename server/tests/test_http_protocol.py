@@ -7,6 +7,7 @@ import http.client
 import json
 import socket
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -252,6 +253,23 @@ def test_a_bf16_output_is_answered_as_binary_data_beside_json_outputs(server):
                 ).encode(), None, 400, "'id' must be a string, got null"),
     (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}],
                  "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT0"}]}).encode(), None, 400, "more than once"),
+    # json.loads raised RecursionError (a 500), and read UTF-16 and UTF-32 as readily as UTF-8
+    pytest.param(b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", None, 400,
+                 "not valid JSON: it is nested too deeply", id="nested-5000-deep"),
+    pytest.param(json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}]}
+                            ).encode("utf-16"), None, 400,
+                 "not valid JSON: it is not UTF-8 text (byte 0xff at offset 0)", id="utf-16"),
+    # int() refused the 5000 digits with a ValueError the codec did not expect (a 500)
+    pytest.param(b"{}", "9" * 5000, 400,
+                 "Inference-Header-Content-Length is 99999999999999999999... but the request body holds 2",
+                 id="header-length-of-5000-digits"),
+    # binary_data_size: null was taken for no binary data, and 'data' read instead
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16,
+                             "parameters": {"binary_data_size": None}}]}).encode(), None, 400,
+     "input 'INPUT0' has both 'data' and a binary_data_size parameter"),
+    (json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
+                             "parameters": {"binary_data_size": True}}]}).encode(), None, 400,
+     "binary_data_size must be a non-negative integer, got true"),
 ])
 def test_malformed_bodies_are_400_with_a_reason(server, body, header, status, fragment):
     headers = {}
@@ -261,6 +279,165 @@ def test_malformed_bodies_are_400_with_a_reason(server, body, header, status, fr
         headers["Inference-Header-Content-Length"] = header
     reply = post(server, "/v2/models/dense/infer", body, headers)
     assert reply.status_code == status and fragment in reply.json()["error"], reply.text
+
+
+# ---- the binary tensor data extension's framing -------------------------------------------------
+def int32_request(values=(1, -2, 3), **input_fields):
+    """An identity_int32 request with its input as binary data: (JSON part, body)."""
+    tensor = {"name": "INPUT0", "shape": [1, len(values)], "datatype": "INT32",
+              "parameters": {"binary_data_size": 4 * len(values)}, **input_fields}
+    head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return head, head + np.array(values, "<i4").tobytes()
+
+
+def post_raw(server, path, body, headers):
+    """POST with headers as given, repeats and non-Latin-1 bytes included (requests would merge or refuse them)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Length", str(len(body)))
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        reply = conn.getresponse()
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        conn.close()
+
+
+def int32_outputs(headers, body):
+    n = int(headers["Inference-Header-Content-Length"])
+    return np.frombuffer(body[n:], "<i4").tolist()
+
+
+@pytest.mark.parametrize("value", [
+    lambda n: f"+{n}",  # int() read these three as n, Triton's atoi reads "1_0" as 1: neither is a length
+    lambda n: f"{n // 10}_{n % 10}",
+    lambda n: "".join(chr(0x660 + int(d)) for d in str(n)).encode(),  # ARABIC-INDIC digits, sent as UTF-8
+    lambda n: f"0x{n:x}",
+], ids=["plus", "underscore", "arabic-indic", "hex"])
+def test_the_inference_header_length_is_ascii_digits_only(server, value):
+    head, body = int32_request()
+    status, _, reply = post_raw(server, "/v2/models/identity_int32/infer", body,
+                                [("Inference-Header-Content-Length", value(len(head)))])
+    assert status == 400, reply
+    assert "Inference-Header-Content-Length must be the JSON's length in bytes, as digits only" in \
+        json.loads(reply)["error"]
+    # digits, with the spaces HTTP allows around a header value, are read
+    status, headers, reply = post_raw(server, "/v2/models/identity_int32/infer", body,
+                                      [("Inference-Header-Content-Length", f"  {len(head)} ")])
+    assert status == 200 and int32_outputs(headers, reply) == [1, -2, 3], reply
+
+
+def test_an_inference_header_length_given_twice_must_agree(server):
+    head, body = int32_request()
+    status, _, reply = post_raw(server, "/v2/models/identity_int32/infer", body,
+                                [("Inference-Header-Content-Length", str(len(head))),
+                                 ("Inference-Header-Content-Length", str(len(head) - 1))])
+    assert status == 400, reply  # the first was used, the second ignored
+    assert json.loads(reply)["error"] == (
+        f"Inference-Header-Content-Length is given more than once with different values ('{len(head) - 1}', "
+        f"'{len(head)}'); send it once")
+    status, headers, reply = post_raw(server, "/v2/models/identity_int32/infer", body,
+                                      [("Inference-Header-Content-Length", str(len(head)))] * 2)
+    assert status == 200 and int32_outputs(headers, reply) == [1, -2, 3], reply
+
+
+def test_a_raw_binary_request_is_refused_as_unsupported_not_parsed_as_json(server):
+    """Triton's raw binary request: header length 0, the body one input's bytes with no JSON."""
+    body = np.array([1, -2, 3], "<i4").tobytes()
+    reply = post(server, "/v2/models/identity_int32/infer", body, {"Inference-Header-Content-Length": "0"})
+    assert reply.status_code == 501, reply.text  # was 400 "the inference request is not valid JSON"
+    assert reply.json()["error"].startswith("Inference-Header-Content-Length: 0 (Triton's raw binary request")
+
+
+def test_binary_data_sent_without_the_header_length_is_400_saying_what_is_missing(server):
+    _, body = int32_request()
+    reply = post(server, "/v2/models/identity_int32/infer", body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"].endswith(
+        "; 12 bytes follow the JSON object: binary tensor data needs the Inference-Header-Content-Length header "
+        "giving the JSON's length in bytes"), reply.text
+
+
+@pytest.mark.parametrize("data", [[7, 8, 9], []], ids=["data", "empty-data"])
+def test_an_input_with_both_data_and_binary_data_size_is_refused_not_read_one_way(server, data):
+    head, body = int32_request(data=data)  # the binary bytes were read and 'data' ignored
+    reply = post(server, "/v2/models/identity_int32/infer", body, {"Inference-Header-Content-Length": str(len(head))})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] == (
+        "input 'INPUT0' has both 'data' and a binary_data_size parameter; give one: 'data' for JSON values, or "
+        "binary_data_size for that many bytes after the JSON")
+
+
+def test_shared_memory_tensors_are_refused_not_ignored(client):
+    x = th.InferInput("INPUT0", [1, 3], "INT32")
+    x.set_data_from_numpy(np.array([[1, -2, 3]], np.int32))
+    out = th.InferRequestedOutput("OUTPUT0")
+    out.set_shared_memory("region", 12)  # the output was answered in the body while the caller read the region
+    with pytest.raises(th.InferenceServerException) as err:
+        client.infer("identity_int32", [x], outputs=[out])
+    assert err.value.status() == "501", err.value.message()
+    assert err.value.message().startswith("output 'OUTPUT0': shared-memory tensors (the 'shared_memory_region' "
+                                          "parameter) are not supported by this server")
+    x.set_shared_memory("region", 12)  # was 400 "no data"
+    with pytest.raises(th.InferenceServerException) as err:
+        client.infer("identity_int32", [x])
+    assert err.value.status() == "501" and err.value.message().startswith("input 'INPUT0': shared-memory tensors")
+
+
+# ---- Content-Encoding ----------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests_with_binary_data_round_trip(client, algorithm):
+    arr = np.array([[b"a", b"", "\u00e9t\u00e9".encode()], [b"x" * 100, b"\x00z", b"q"]], dtype=object)
+    x = th.InferInput("INPUT0", list(arr.shape), "BYTES")
+    x.set_data_from_numpy(arr)
+    result = client.infer("identity_bytes", [x], request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)  # answered uncompressed: allowed, and read
+    assert result.as_numpy("OUTPUT0").tolist() == arr.tolist()
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, gzip", "bogus"])
+def test_a_content_encoding_the_server_does_not_decode_is_415_naming_those_it_does(server, encoding):
+    head, body = int32_request()  # an unknown coding was read as if the body were not encoded
+    reply = post(server, "/v2/models/identity_int32/infer", body,
+                 {"Inference-Header-Content-Length": str(len(head)), "Content-Encoding": encoding})
+    assert reply.status_code == 415, reply.text  # br and zstd were a 500 or a plain-text 400
+    assert reply.headers["Accept-Encoding"] == "gzip, deflate"
+    assert reply.json()["error"] == (f"Content-Encoding '{encoding}' is not supported; send the body uncompressed, "
+                                     "or compressed once with one of: gzip, deflate")
+    assert server_still_serves(server)
+
+
+@pytest.mark.parametrize("encoding, compress", [
+    ("gzip", gzip.compress), ("x-gzip", gzip.compress), ("GZIP", gzip.compress), ("deflate", zlib.compress),
+    ("deflate", lambda b: zlib.compress(b)[2:-4]),  # raw deflate, as some clients send it
+    ("gzip, identity", gzip.compress), ("gzip", lambda b: gzip.compress(b[:50]) + gzip.compress(b[50:])),
+], ids=["gzip", "x-gzip", "GZIP", "deflate", "raw-deflate", "identity-too", "two-members"])
+def test_a_compressed_binary_request_is_inflated_before_its_framing_is_read(server, encoding, compress):
+    head, body = int32_request()
+    reply = post(server, "/v2/models/identity_int32/infer", compress(body),
+                 {"Inference-Header-Content-Length": str(len(head)), "Content-Encoding": encoding})
+    assert reply.status_code == 200, reply.text
+    assert int32_outputs(reply.headers, reply.content) == [1, -2, 3]
+
+
+@pytest.mark.parametrize("encoding, compressed, error", [
+    # aiohttp answered these with a 500 (and logged a traceback twice)
+    ("gzip", b"not gzip at all", "the request body is not valid gzip data (Content-Encoding: gzip): Error -3 "
+                                 "while decompressing data: incorrect header check"),
+    ("deflate", b"\x78\x9c" + b"\xff" * 20, "the request body is not valid deflate data (Content-Encoding: deflate)"),
+    # aiohttp read these as a shorter body, or as none
+    ("gzip", gzip.compress(b"x" * 1000)[:-9], "the request body ends before the end of its gzip data"),
+    ("gzip", b"\x1f\x8b\x08\x00garbage", "the request body ends before the end of its gzip data"),
+    ("deflate", zlib.compress(b"x" * 1000)[:-5], "the request body ends before the end of its deflate data"),
+    ("deflate", zlib.compress(b"{}") + b"tail", "4 bytes follow the end of the request body's deflate data"),
+], ids=["not-gzip", "bad-deflate", "truncated-gzip", "gzip-header-only", "truncated-deflate", "deflate-tail"])
+def test_corrupt_or_truncated_compressed_bodies_are_400_never_read_short(server, encoding, compressed, error):
+    reply = post(server, "/v2/models/identity_int32/infer", compressed, {"Content-Encoding": encoding})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"].startswith(error), reply.text
+    assert server_still_serves(server)
 
 
 def test_unknown_endpoint_and_wrong_method_get_json_errors(server):
