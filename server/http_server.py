@@ -12,20 +12,51 @@ the REST application with the one error middleware; ``metrics_app`` serves a
 0.0.4), gzip-compressed when accepted. Collecting and encoding run in a worker
 thread (ops/metrics.py's collection is safe there): a scrape of many model
 versions takes tens of milliseconds, which must not stall the loop that answers
-requests.
+requests. A request aiohttp's parser refuses (bad framing, a header line too long,
+TLS sent to the plain port) gets aiohttp's 400 and is logged at DEBUG in one line
+(``ClientFramingFilter``): the client's mistake, not the server's, and not worth an
+ERROR with a traceback, which a port scanner could otherwise fill the log with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from server.http_errors import error_middleware
 from server.http_service import HttpService
+
+
+class ClientFramingFilter(logging.Filter):
+    """On aiohttp's server logger: a request its parser refused (a 4xx ``HttpProcessingError``, logged by aiohttp
+    at ERROR, or at DEBUG for non-HTTP bytes) becomes one DEBUG line without the traceback, dropped unless that
+    logger is enabled for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        reason = " ".join(str(exc.message).split())[:200]
+        record.msg, record.args = "%s: %d %s", (record.getMessage(), exc.code, reason)
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+_AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+
+
+def _quiet_client_framing_errors() -> None:
+    if not any(isinstance(f, ClientFramingFilter) for f in _AIOHTTP_SERVER_LOG.filters):
+        _AIOHTTP_SERVER_LOG.addFilter(ClientFramingFilter())
 
 
 def rest_app(service: HttpService) -> web.Application:
@@ -65,6 +96,7 @@ class HttpListener:
         """Bind and serve; returns the port (the OS's choice when asked for 0). Raises OSError."""
         # A handler is cancelled when its client disconnects, so a request whose caller is gone
         # leaves the batch queue before it runs (the dataplane records it as CANCELLED).
+        _quiet_client_framing_errors()
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None, handler_cancellation=True,
                                shutdown_timeout=self._shutdown_timeout_s, auto_decompress=self._auto_decompress)
         await runner.setup()

@@ -578,3 +578,38 @@ def test_large_bodies_sent_without_pausing_are_read_whole_and_held_to_the_limit(
     assert reply.json() == {"error": f"the request body is over this server's limit of {4 << 20} bytes "
                                      "(--http-max-body-bytes)"}
     assert server_still_serves(impatient_server)
+
+
+BAD_FRAMING = [
+    b"POST /v2/models/identity_bool/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    b"POST /v2/models/identity_bool/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GARBAGE\r\n\r\n",
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(64),  # TLS sent to the plain port
+]
+
+
+def send_raw(server, raw: bytes) -> bytes:
+    host, port = server.http_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw)
+        return sock.recv(64)
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_requests_the_http_parser_refuses_are_400_and_one_debug_line_not_an_error(repository, level):
+    """A client's malformed HTTP is its own mistake: aiohttp's 400, no ERROR with a traceback in the server's log."""
+    with ServerProcess(repository, "--log-level", level) as server:
+        assert server_still_serves(server)
+        started = len(server.log)  # (the shared repository's broken models log their own errors at start-up)
+        for raw in BAD_FRAMING:
+            assert send_raw(server, raw).startswith(b"HTTP/1.0 400"), raw
+        assert server_still_serves(server)
+        time.sleep(0.2)
+        log = server.log[started:]
+    assert "ERROR" not in log and "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if "aiohttp.server" in line]
+    if level == "DEBUG":
+        assert len(lines) == len(BAD_FRAMING) and all(" DEBUG " in line and ": 400 " in line for line in lines), lines
+        assert any("Invalid character in chunk size" in line for line in lines), lines
+    else:
+        assert lines == []
