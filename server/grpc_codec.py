@@ -24,6 +24,7 @@ from server.codec import (
     from_contents,
     from_raw,
     refuse_classification,
+    refuse_shared_memory,
     to_raw,
 )
 from server.protos import grpc_service_pb2 as pb
@@ -35,6 +36,9 @@ _RAW_TAG = 7 << 3 | 2
 _TEMPLATES = 1024  # structures remembered per decoder; a full table starts over
 _TEMPLATE_KEY_BYTES = 4096  # longer structures (typed contents, many parameters) are decoded in full
 _ENCODED_PARTS = 4096  # serialised headers and output descriptions remembered; a full table starts over
+
+_IN_REQUEST = "as raw_input_contents or contents"
+
 
 def _param_value(p: Any) -> Any:
     which = p.WhichOneof("parameter_choice")
@@ -53,6 +57,8 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
     inputs = []
     for i, tensor in enumerate(msg.inputs):
         name = tensor.name
+        if "shared_memory_region" in tensor.parameters:
+            raise refuse_shared_memory(f"input '{name}'", _IN_REQUEST)
         dt = datatype_of(name, tensor.datatype)
         shape = checked_shape(name, tensor.shape)
         if n_raw:
@@ -72,6 +78,9 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
     for output in msg.outputs:
         if "classification" in output.parameters and _param_value(output.parameters["classification"]):
             raise refuse_classification(output.name)
+        if "shared_memory_region" in output.parameters:
+            raise refuse_shared_memory(f"output '{output.name}'",
+                                       "in the response's raw_output_contents (leave the parameter out)")
     params = {k: _param_value(v) for k, v in msg.parameters.items()} if msg.parameters else {}
     return InferRequest(
         model_name=msg.model_name,

@@ -41,7 +41,15 @@ from model_store.config import TensorSpec
 from model_store.datatypes import BY_NAME, Datatype
 from ops.errors import InvalidInput, Unsupported
 from ops.statistics import Duration, ModelStats
-from server.codec import checked_shape, datatype_of, element_count, from_raw, refuse_classification, to_raw
+from server.codec import (
+    checked_shape,
+    datatype_of,
+    element_count,
+    from_raw,
+    refuse_classification,
+    refuse_shared_memory,
+    to_raw,
+)
 from server.types import InferRequest, InferResponse, InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -178,7 +186,7 @@ def decode_infer_request(
         shape = _shape(name, t.get("shape"))
         params = _parameters(t, f"input '{name}' parameters")
         if "shared_memory_region" in params:
-            raise _refuse_shared_memory(f"input '{name}'")
+            raise refuse_shared_memory(f"input '{name}'", "as JSON 'data' or binary data")
         if "binary_data_size" in params:
             if "data" in t:  # as Triton: exactly one of the two, never one silently preferred
                 raise InvalidInput(
@@ -221,7 +229,7 @@ def decode_infer_request(
             if out_params.get("classification"):
                 raise refuse_classification(o["name"])
             if "shared_memory_region" in out_params:
-                raise _refuse_shared_memory(f"output '{o['name']}'")
+                raise refuse_shared_memory(f"output '{o['name']}'", "in the response's body (leave the parameter out)")
             if out_params.get("binary_data") is not None:
                 choice.binary[o["name"]] = _flag(out_params, "binary_data", f"output '{o['name']}'")
     request_id = msg.get("id", "")
@@ -236,15 +244,6 @@ def decode_infer_request(
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
         check_outputs=None if choice.all_binary() else choice.check,
     ), choice
-
-
-def _refuse_shared_memory(tensor: str) -> Unsupported:
-    """A tensor in a shared-memory region (tritonclient's ``set_shared_memory``): refused, never answered
-    in the body while the caller reads the region, nor read from ``data`` beside it."""
-    return Unsupported(
-        f"{tensor}: shared-memory tensors (the 'shared_memory_region' parameter) are not supported by this "
-        "server; send the tensor in the request, as JSON 'data' or binary data"
-    )
 
 
 def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:

@@ -322,6 +322,27 @@ def test_tritons_methods_not_served_say_why_and_what_to_do_instead(client, call,
     assert says in err.value.message(), err.value.message()
 
 
+def test_shared_memory_tensors_are_refused_not_ignored(client):
+    """An output in a shared-memory region was answered in raw_output_contents while the caller read the
+    (stale) region; an input in one was "no data". Both are UNIMPLEMENTED, as over REST."""
+    x = tc.InferInput("INPUT0", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    out = tc.InferRequestedOutput("OUTPUT0")
+    out.set_shared_memory("region", 64)
+    for _ in range(2):  # the second time the structure is known (the template decoder) and still refused
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.infer("add_one", [x], outputs=[out])
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED", err.value.message()
+        assert err.value.message().startswith(
+            "output 'OUTPUT0': shared-memory tensors (the 'shared_memory_region' parameter) are not supported"
+        ), err.value.message()
+    x.set_shared_memory("region", 64)
+    with pytest.raises(tc.InferenceServerException) as err:
+        client.infer("add_one", [x])
+    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert err.value.message().startswith("input 'INPUT0': shared-memory tensors"), err.value.message()
+
+
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):
     def call(i: int) -> tuple[int, np.ndarray]:
         c = tc.InferenceServerClient(server.grpc_address)
