@@ -37,6 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.registry import CollectorRegistry
 
+from kernels.cores import describe_cores
 from model_store.registry import ModelRegistry, ModelState
 from model_store.remote import MirroredRepository, RepositoryMirror
 from model_store.remote_store import RemoteStoreError
@@ -151,6 +152,8 @@ class App:
                                           shutdown_timeout_s=1.0)
         self.metrics_port = await self._listen(self._metrics_http, "metrics", s.metrics_port)
         log.info("metrics listening on %s:%d", s.host, self.metrics_port)
+        # onnxruntime's intra-op threads default to these cores (shared by a model's instances).
+        log.info("onnxruntime thread pools sized for %s", describe_cores())
         tracer = self._tracer()
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", s.max_message_bytes),

@@ -10,6 +10,7 @@ Then the serving contract of STYLE.md's deploy/ section is checked on the render
 from __future__ import annotations
 
 import functools
+import math
 import re
 import shutil
 import subprocess
@@ -202,6 +203,45 @@ def test_pods_have_named_ports_probes_and_a_restricted_security_context(overlay:
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
         for c in spec["containers"]:
             assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]} and c["resources"]["limits"]
+
+
+def cpus(quantity: str) -> float:
+    """A Kubernetes CPU quantity in CPUs: "4" -> 4.0, "500m" -> 0.5."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "cpu-keda"])
+def test_onnxruntime_threads_fit_the_pods_cpu_limit_not_the_node(overlay: str, tmp_path: Path, monkeypatch):
+    """Without the static CPU manager a pod's affinity is every core of the node; its CPU limit is a CFS
+    quota (cgroup v2 cpu.max: CPUs x the 100 ms period). The server must size onnxruntime's intra-op
+    pools by the limit: a 4-CPU pod on a 64-core node starts 4 threads per session, not 64."""
+    import kernels.cores as cores
+    from kernels.ort import default_intra_op_threads
+
+    resources = server_container(render(overlay))["resources"]
+    limit = cpus(resources["limits"]["cpu"])
+    assert cpus(resources["requests"]["cpu"]) == limit  # Guaranteed QoS, as the overlay's comment says
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cpu.max").write_text(f"{round(limit * 100_000)} 100000\n")
+    (tmp_path / "cgroup_of_self").write_text("0::/\n")
+    monkeypatch.setattr(cores, "CGROUP_ROOT", root)
+    monkeypatch.setattr(cores, "PROC_SELF_CGROUP", tmp_path / "cgroup_of_self")
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_intra_op_threads(1) == math.ceil(limit)
+    assert default_intra_op_threads(2) == max(1, math.ceil(limit) // 2)  # the instances share the cores
+
+
+def test_the_replica_down_alert_lets_every_start_up_probe_budget_pass():
+    """ops/prometheus/alerts.yml's FleetserveReplicaDown leaves a first start alone for a while: longer than
+    any overlay's start-up probe may take, or every rollout of slow-loading pods (GPU: TensorRT) pages."""
+    rules = (ROOT / "ops" / "prometheus" / "alerts.yml").read_text()
+    found = re.search(r'time\(\) - process_start_time_seconds\{job="fleetserve"\} < (\d+)', rules)
+    assert found, "FleetserveReplicaDown has no start-up allowance: a pod loading its models pages after 2 minutes"
+    for overlay in OVERLAYS:
+        probe = server_container(render(overlay))["startupProbe"]
+        assert probe["periodSeconds"] * probe["failureThreshold"] < int(found.group(1)), overlay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
