@@ -74,3 +74,18 @@ def test_a_live_server_exports_every_listed_name():
     exported = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     missing = sorted(listed_names() - exported)
     assert not missing, f"deploy/ queries metrics the server does not export: {missing}"
+
+
+def test_the_readme_names_the_adapter_metrics_and_targets_the_manifests_use():
+    """README "Metrics" shows an adapter rule and an HPA line: their names and targets are deploy/'s, not
+    others an SRE would copy (the adapter's `as` names are what the HPA asks the custom metrics API for)."""
+    readme = (DEPLOY.parent / "README.md").read_text()
+    rules = yaml.safe_load((DEPLOY / "prometheus-adapter" / "values.yaml").read_text())["rules"]["custom"]
+    served = {rule["name"]["as"] for rule in rules}
+    hpa = yaml.safe_load((DEPLOY / "components" / "hpa" / "hpa.yaml").read_text())
+    targets = {m["pods"]["metric"]["name"]: m["pods"]["target"]["averageValue"] for m in hpa["spec"]["metrics"]}
+    shown_as = set(re.findall(r"\bas: (fleetserve_[a-z_]+)", readme))
+    shown_hpa = re.findall(r"metric: \{name: (fleetserve_[a-z_]+)\}, target: \{type: AverageValue, averageValue: "
+                           r"\"([^\"]+)\"\}", readme)
+    assert shown_as and shown_as <= served, f"README's adapter rules serve {shown_as}; deploy/ serves {served}"
+    assert shown_hpa and all(targets.get(name) == value for name, value in shown_hpa), (shown_hpa, targets)
