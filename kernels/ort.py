@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kernels.cores import available_cores
+from ops.cores import available_cores
 from kernels.providers import ProviderChoice, choose_providers
 from ops.errors import BackendError, ConfigError, InvalidInput
 
@@ -175,7 +175,7 @@ def default_intra_op_threads(instances: int, cores: int | None = None) -> int:
     concurrency 64 with one thread than with two (1,705-1,722 against 1,866-1,874 req/s), 64-row mlp
     requests 15-20% fewer, and batch-1 mlp was within the noise (1,345-1,572 against 1,351-1,407).
     ``cores`` defaults to the CPUs this process may run on: its affinity, capped by its cgroup's CPU
-    limit (kernels/cores.py), so a pod limited to 2 CPUs on a 64-core node starts 2 threads, not 64.
+    limit (ops/cores.py), so a pod limited to 2 CPUs on a 64-core node starts 2 threads, not 64.
     """
     if cores is None:
         cores = available_cores()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import tempfile
 import time
@@ -46,6 +45,7 @@ from loadtest.servers import ServedProcess
 from loadtest.soak import format_soak, run_soak
 from loadtest.targets import Target
 from loadtest.wire import max_batch_size
+from ops.cores import available_cores
 
 BUNDLED = servers.BUNDLED
 BATCH_SIZES = (1, 8, 16, 32, 64, 128, 256)
@@ -328,7 +328,7 @@ def run_bench(quick: bool, processes: int, repository: Path, say: Callable[[str]
     best = max((b for b in by_batch if b <= limit), key=lambda b: by_batch[b])
     rss, peak = memory if memory is not None else (None, None)
     return BenchResult(
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_count=os.cpu_count() or 1,
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_count=available_cores(),
         machine=f"{platform.system()} {platform.machine()}, Python {platform.python_version()}", quick=quick,
         inprocess_rows_per_s=by_batch, inprocess_best_batch=best, loads=measure.loads, server_rss_mb=rss,
         server_peak_rss_mb=peak, perf_analyzer=pa.version() if pa is not None else None, pa_loads=pa_loads,

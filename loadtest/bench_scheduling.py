@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -60,6 +59,7 @@ from loadtest.scheduling_report import (
 from loadtest.server_view import ServerView, server_buckets
 from loadtest.targets import Target
 from model_store.testing import ModelSpec, write_model_repository, write_slow_model
+from ops.cores import available_cores
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class BenchSettings:
     max_batch_size: int = 8
     delays_us: tuple[int, ...] = (1000, 5000)
     slo_ms: float | None = None  # None: chosen from the in-process run time
-    threads: int = max(1, (os.cpu_count() or 1) // 2)  # the other cores decode requests and generate load
+    threads: int = max(1, available_cores() // 2)  # the other cores decode requests and generate load
     seed: int = 0
     timing: Timing = FULL
     max_inflight: int = 4096  # above the server's queue bound, so the server is the one that refuses
@@ -244,7 +244,7 @@ def run_bench_scheduling(settings: BenchSettings, quick: bool = False,
             found, cells, estimates = run_event_loop(_measure(server.address, view, plan, objective, settings, say))
     fixed = [s.name for s in plan if s.kind == "fixed"]
     return SchedulingBenchResult(
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_count=os.cpu_count() or 1,
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu_count=available_cores(),
         machine=f"{platform.system()} {platform.machine()}, Python {platform.python_version()}", quick=quick,
         settings=settings, run_time_ms=run_time, objective_ms=objective, objective_source=source,
         capacity_rps=found.rps, capacity_points=found.closed_points, closed_capacity_rps=found.closed_rps,

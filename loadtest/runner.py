@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from loadtest.wire import (
     CHANNEL_OPTIONS, MODEL_INFER, Batch, add_batches, batch_delta, batch_statistics, encode_request, file_inputs,
     model_metadata, random_inputs,
 )
+from ops.cores import available_cores
 
 TRANSPORTS = ("unary", "stream", *http_wire.TRANSPORTS)
 _LEAD_S = {True: 0.5, False: 0.05}  # from spec to first request: spawned processes must connect first
@@ -192,7 +192,7 @@ class LoadRunner:
             model_version=s.model_version, transport=s.transport, rows_per_request=self.rows_per_request, seed=s.seed,
             slo_ms=s.slo_ms, processes=s.processes, streams=s.streams, warmup_s=s.warmup_s, window_s=s.window_s,
             stable_windows=s.stable_windows, tolerance=s.tolerance, max_duration_s=s.max_duration_s,
-            max_requests=s.max_requests, host_cpu_count=os.cpu_count() or 1,
+            max_requests=s.max_requests, host_cpu_count=available_cores(),
         )
         for c in concurrency:
             result.points.append(await self.run_point("concurrency", c))

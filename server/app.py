@@ -37,7 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.registry import CollectorRegistry
 
-from kernels.cores import describe_cores
+from ops.cores import describe_cores
 from model_store.registry import ModelRegistry, ModelState
 from model_store.remote import MirroredRepository, RepositoryMirror
 from model_store.remote_store import RemoteStoreError

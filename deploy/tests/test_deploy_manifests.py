@@ -215,7 +215,7 @@ def test_onnxruntime_threads_fit_the_pods_cpu_limit_not_the_node(overlay: str, t
     """Without the static CPU manager a pod's affinity is every core of the node; its CPU limit is a CFS
     quota (cgroup v2 cpu.max: CPUs x the 100 ms period). The server must size onnxruntime's intra-op
     pools by the limit: a 4-CPU pod on a 64-core node starts 4 threads per session, not 64."""
-    import kernels.cores as cores
+    import ops.cores as cores
     from kernels.ort import default_intra_op_threads
 
     resources = server_container(render(overlay))["resources"]

@@ -1,4 +1,4 @@
-"""kernels/cores.py on fake cgroup file systems: the cores onnxruntime's threads are sized for.
+"""ops/cores.py on fake cgroup file systems: the cores onnxruntime's threads are sized for.
 
 Each test writes the files a container runtime mounts (cgroup v2's cpu.max, v1's cfs quota and
 period) and the process's /proc/self/cgroup into tmp_path; the affinity is a 64-core node's.
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import kernels.cores as cores_module
-from kernels.cores import available_cores, cgroup_cpu_limit
+import ops.cores as cores_module
+from ops.cores import available_cores, cgroup_cpu_limit
 from kernels.ort import default_intra_op_threads
 
 NODE_CORES = 64
