@@ -240,8 +240,8 @@ class ModelRegistry(Generic[S]):
         present = sorted(set(source.versions) | set(source.missing))
         if not present:
             filename = source.config_message.default_model_filename if source.config_message else ""
-            return (f"{source.path} has no version folders: each version is a folder named by an integer "
-                    f"holding {filename or 'model.onnx'}")
+            return (f"{source.path} has no version folders: each version is a folder named by a positive integer "
+                    f"(1, 2, ...; not 0 or 01) holding {filename or 'model.onnx'}")
         pinned = self._pins.get(source.name)
         if pinned is not None:
             chosen = f"this server is pinned to versions {sorted(pinned)} (a fleet rollout)"

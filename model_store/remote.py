@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FILENAME = ".fleetserve-mirror.json"
 _SNAPSHOTS = ".snapshots"
 _STAGING = ".staging"
-_VERSION = re.compile(r"0|[1-9][0-9]*")  # as model_store.repository: "01" is no version folder
+_VERSION = re.compile(r"[1-9][0-9]*")  # as model_store.repository: "0" and "01" are no version folders
 
 
 @dataclass(frozen=True)

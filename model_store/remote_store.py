@@ -48,6 +48,8 @@ INDEX_FORMAT = "fleetserve-repository-index"
 INDEX_VERSION = 1
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _CHUNK = 1 << 20
+_NAME_MAX_BYTES = 255  # the longest file or folder name Linux file systems hold
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class RemoteStoreError(ServingError):
@@ -91,7 +93,10 @@ def relative_path(path: str, source: str) -> str | None:
 
     Hidden files (any component starting with '.') are no part of a repository, as on disk.
     Raises ``RemoteStoreError`` for an absolute path, an empty component, a backslash or
-    a NUL, so nothing outside the mirror can ever be written through a listed name.
+    a NUL, so nothing outside the mirror can ever be written through a listed name; and for
+    a path the mirror could not write, or a model folder no client could name: a control
+    character, text that is not UTF-8 (an index may escape a lone surrogate), a component
+    longer than a file name can be.
     """
     if not path or path.startswith("/") or "\\" in path or "\0" in path:
         raise RemoteStoreError(f"{source}: file path {path!r} is not a relative '/'-separated path")
@@ -100,6 +105,17 @@ def relative_path(path: str, source: str) -> str | None:
         raise RemoteStoreError(f"{source}: file path {path!r} has an empty component")
     if any(part.startswith(".") for part in parts):
         return None
+    if _CONTROL.search(path):
+        raise RemoteStoreError(f"{source}: file path {path!r} contains a control character")
+    try:
+        longest = max(len(part.encode()) for part in parts)
+    except UnicodeEncodeError:
+        raise RemoteStoreError(f"{source}: file path {path!r} is not valid UTF-8") from None
+    if longest > _NAME_MAX_BYTES:
+        raise RemoteStoreError(
+            f"{source}: file path {path!r} has a component of {longest} bytes; a file or folder name holds at most "
+            f"{_NAME_MAX_BYTES}"
+        )
     if len(parts) < 2:
         return None  # a file directly at the root (a README, the index itself) is no model's
     return path
@@ -130,6 +146,8 @@ def parse_index(data: bytes, source: str) -> dict[str, RemoteFile]:
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise RemoteStoreError(f"{where}: sha256 must be 64 lowercase hex digits")
         checked = relative_path(path, where)
+        if checked in files:
+            raise RemoteStoreError(f"{where}: path {checked!r} is listed twice; list each file once")
         if checked is not None:
             files[checked] = RemoteFile(checked, size, sha256=digest)
     return files

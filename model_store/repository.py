@@ -3,7 +3,7 @@
 Layout, as Triton's::
 
     <root>/<model>/config.pbtxt            optional
-    <root>/<model>/<version>/model.onnx    version: a folder named by an integer;
+    <root>/<model>/<version>/model.onnx    version: a folder named by a positive integer;
                                            the file name is config's default_model_filename
 
 This is the *store*; what is loaded in memory is the registry's business
@@ -12,6 +12,8 @@ may be used from any thread; each call does a few small blocking file-system
 reads. A model name is one folder of the root: ``validate_name`` refuses
 anything else, so nothing outside the repository can be read through a name.
 Links inside model folders are followed (ConfigMap mounts are made of links).
+A version folder is named by a positive integer without leading zeros, as
+Triton's: "0", "01", "1.0" and "-1" are not versions and are ignored.
 
 Imports model_store.pbtxt, .complete, .options, .config and ops.errors; must
 not import server, batching, kernels or grpc.
@@ -33,7 +35,8 @@ from model_store.protos import model_config_pb2 as pb
 from ops.errors import ConfigError, ModelNotFound
 
 CONFIG_FILENAME = "config.pbtxt"
-_VERSION = re.compile(r"0|[1-9][0-9]*")  # "01" is not a version: it would clash with "1"
+_VERSION = re.compile(r"[1-9][0-9]*")  # as Triton: "0" and "01" (it would clash with "1") are no versions
+_NAME_MAX_BYTES = 255  # the longest folder name Linux file systems hold
 _LISTED = 20  # models named in a not-found message
 
 FileStat = tuple[str, int, int, int]  # (file name, inode, mtime_ns, size)
@@ -119,8 +122,9 @@ class ModelRepository:
         """Raise ``ModelNotFound`` unless ``name`` is one folder name directly under root.
 
         Refused: empty names, path separators, a leading dot (so ``.`` and
-        ``..``), NUL, and links that lead outside root. Reads no files but to
-        resolve links.
+        ``..``), NUL and other control characters, names that are not UTF-8 (a
+        folder whose name is other bytes) or longer than a folder name can be,
+        and links that lead outside root. Reads no files but to resolve links.
         """
         problem = _name_problem(name) or self._escapes(name)
         if problem:
@@ -171,7 +175,7 @@ class ModelRepository:
     def _model_dir(self, name: str) -> Path:
         self.validate_name(name)
         model_dir = self.root / name
-        if not model_dir.is_dir():
+        if not os.path.isdir(model_dir):  # False, never an error, for whatever cannot be read
             present = self.model_names()
             listed = ", ".join(present[:_LISTED])
             if len(present) > _LISTED:
@@ -215,6 +219,14 @@ def _name_problem(name: str) -> str | None:
         return "it contains a path separator"
     if name.startswith("."):
         return "it starts with a dot"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):  # a newline would forge a log line
+        return "it contains a control character"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a folder named by bytes that are not UTF-8: no client could name it
+        return "it is not valid UTF-8"
+    if size > _NAME_MAX_BYTES:
+        return f"it is {size} bytes long; a folder name holds at most {_NAME_MAX_BYTES}"
     return None
 
 

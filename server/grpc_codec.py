@@ -95,10 +95,19 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
 
 def parse_infer_request(data: bytes) -> pb.ModelInferRequest:
     """The protobuf message, or InvalidInput when the bytes are not one."""
+    return parse_request(pb.ModelInferRequest, data)
+
+
+def parse_request(message_class: Any, data: bytes) -> Any:
+    """``data`` parsed as ``message_class``, or InvalidInput when the bytes are not one (cut short, or a string
+    field that is not UTF-8, which protobuf refuses), so the caller gets INVALID_ARGUMENT, not UNKNOWN."""
     try:
-        return pb.ModelInferRequest.FromString(data)
+        return message_class.FromString(data)
     except DecodeError as exc:
-        raise InvalidInput(f"the request is not a valid ModelInferRequest message: {exc}") from None
+        raise InvalidInput(
+            f"the request is not a valid {message_class.DESCRIPTOR.name} message: {exc} (bytes cut short, "
+            "or a string field that is not UTF-8)"
+        ) from None
 
 
 def request_names(data: bytes) -> tuple[str, str, str]:

@@ -21,7 +21,7 @@ import grpc
 from ops.errors import ServingError, Unsupported
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
-from server.grpc_codec import RequestDecoder, ResponseEncoder, request_names
+from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, request_names
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.protos import grpc_service_pb2 as pb
 
@@ -321,19 +321,26 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         request_cls = _message_class(method.input_type.name)
         response_cls = _message_class(method.output_type.name)
         as_bytes = method.name in _BYTES_METHODS
-        deserializer = None if as_bytes else request_cls.FromString
         serializer = None if as_bytes else response_cls.SerializeToString
-        if method.client_streaming:
+        if method.client_streaming:  # ModelStreamInfer: its requests arrive as bytes, decoded one by one
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                wrap_stream(fn), request_deserializer=deserializer, response_serializer=serializer,
+                wrap_stream(fn), request_deserializer=None if as_bytes else request_cls.FromString,
+                response_serializer=serializer,
             )
         else:
+            # Requests reach every handler as bytes and are parsed inside the error mapping: bytes that are no
+            # such message (a model name that is not UTF-8) are the caller's INVALID_ARGUMENT, not grpc's UNKNOWN.
+            parsed = fn if as_bytes else functools.partial(_parsed, fn, request_cls)
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                wrap_unary(fn), request_deserializer=deserializer, response_serializer=serializer,
+                wrap_unary(parsed), response_serializer=serializer,
             )
     for name, reason in _NOT_SERVED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(wrap_unary(functools.partial(_not_served, name, reason)))
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+
+
+async def _parsed(fn: Any, request_cls: Any, request: bytes, context: Any) -> Any:
+    return await fn(parse_request(request_cls, request), context)
 
 
 async def _not_served(method: str, reason: str, request: bytes, context: Any) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from model_store.remote import MANIFEST_FILENAME, MirrorConfig, MirroredRepository, RepositoryMirror
-from model_store.remote_store import RemoteStoreError, write_index
+from model_store.remote_store import RemoteStoreError, parse_index, write_index
 from model_store.remote_testing import CREDENTIALS, HttpServer, S3Server
 from model_store.testing import ModelSpec, write_add_constant_model, write_dense_model, write_model_repository
 from ops.errors import ModelNotReady
@@ -164,6 +164,31 @@ def test_a_stray_key_that_is_no_relative_path_is_skipped_not_fatal(s3: S3Server,
     report = mirror.sync()
     assert sorted(report.downloaded) == ["add_one/1/model.onnx", "add_one/config.pbtxt", "dense/1/model.onnx"]
     assert report.failures == {}
+
+
+def test_a_key_the_mirror_cannot_write_is_skipped_and_every_other_model_syncs(s3: S3Server, tmp_path: Path):
+    s3.upload(repository(tmp_path / "repo"), "l")
+    s3.put(b"x", "l/" + "M" * 300 + "/1/model.onnx")  # S3 keys hold 1024 bytes, a folder name 255
+    s3.put(b"x", "l/dense/1/" + "f" * 300)
+    mirror = mirror_of(s3, "l", tmp_path / "cache")
+    report = mirror.sync()  # was: OSError (File name too long), and no model after it in the listing synced
+    assert sorted(report.downloaded) == ["add_one/1/model.onnx", "add_one/config.pbtxt", "dense/1/model.onnx"]
+    assert report.failures == {} and MirroredRepository(mirror).model_names() == ["add_one", "dense"]
+
+
+INDEXED = {"path": "m/1/model.onnx", "size": 1, "sha256": "0" * 64}
+
+
+@pytest.mark.parametrize("entries, error", [
+    ([{**INDEXED, "path": "m\udcff/1/model.onnx"}], "is not valid UTF-8"),  # JSON escapes a lone surrogate
+    ([{**INDEXED, "path": "m\n/1/model.onnx"}], "contains a control character"),
+    ([{**INDEXED, "path": "m/1/" + "f" * 256}], "has a component of 256 bytes"),
+    ([INDEXED, {**INDEXED, "sha256": "1" * 64}], "path 'm/1/model.onnx' is listed twice"),
+], ids=["not-utf8", "control", "too-long", "twice"])
+def test_an_index_naming_a_file_the_mirror_cannot_hold_is_refused(entries, error):
+    doc = {"format": "fleetserve-repository-index", "version": 1, "files": entries}
+    with pytest.raises(RemoteStoreError, match=error):
+        parse_index(json.dumps(doc).encode(), "http://h/index.json")
 
 
 def test_a_missing_bucket_is_an_error_not_an_empty_repository(s3: S3Server, tmp_path: Path):

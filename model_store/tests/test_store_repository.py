@@ -68,6 +68,11 @@ def test_links_are_listed_only_when_they_stay_inside_the_repository(root: Path, 
         (".", "starts with a dot"),
         ("", "is empty"),
         ("a\0b", "NUL"),
+        ("a\nb", "control character"),  # would start a forged line in a text log
+        ("a\x7fb", "control character"),
+        pytest.param("x" * 256, "is 256 bytes long; a folder name holds at most 255", id="256-ascii"),  # no OSError
+        pytest.param("\u00e9" * 128, "is 256 bytes long", id="256-bytes-of-two-byte-characters"),
+        ("bad\udcffname", "not valid UTF-8"),  # how Python names a folder whose name is other bytes
     ],
 )
 def test_names_that_are_not_one_folder_of_the_repository_are_refused(root: Path, name: str, reason: str) -> None:
@@ -78,6 +83,14 @@ def test_names_that_are_not_one_folder_of_the_repository_are_refused(root: Path,
         assert f"model name {name!r} is not valid" in str(caught.value)
         assert reason in str(caught.value)
         assert "a folder directly in the model repository" in str(caught.value)
+
+
+def test_folders_no_client_could_name_are_not_listed(root: Path) -> None:
+    write_dense_model(root / os.fsdecode(b"bad\xffname") / "1")  # not UTF-8: no gRPC or JSON string holds it
+    write_dense_model(root / "two\nlines" / "1")
+    write_dense_model(root / ("\u00e9" * 127) / "1")  # 254 bytes: a name like any other
+
+    assert ModelRepository(root).model_names() == ["a", "b", "c", "\u00e9" * 127]
 
 
 def test_an_unknown_model_names_the_repository_and_the_models_present(root: Path) -> None:
@@ -108,6 +121,15 @@ def test_read_finds_versions_and_reports_folders_without_the_model_file(root: Pa
     assert sorted(source.missing) == [2, 4]
     assert "version 2 has no model file" in source.missing[2]
     assert str(root / "b" / "2" / "model.onnx") in source.missing[2]
+
+
+def test_version_folders_are_named_by_positive_integers_as_tritons(root: Path) -> None:
+    for folder in ("0", "00", "01", "1.0", "-1", "+2", " 2", "\uff12", "2"):  # "\uff12": a full-width 2
+        write_dense_model(root / "b" / folder)
+
+    source = ModelRepository(root).read("b")
+
+    assert sorted(source.versions) == [1, 2, 3] and source.missing == {}
 
 
 def test_the_config_names_the_model_file(root: Path) -> None:

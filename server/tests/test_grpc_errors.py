@@ -198,6 +198,22 @@ def test_bytes_that_are_no_request_get_invalid_argument_and_the_server_keeps_ser
     assert stub.ModelInfer(request()).outputs[0].name == "OUTPUT0"
 
 
+@pytest.mark.parametrize("method", ["ModelMetadata", "ModelConfig", "ModelStatistics", "ModelReady",
+                                    "RepositoryModelLoad", "RepositoryModelUnload", "ModelInfer"])
+def test_a_model_name_that_is_not_utf8_is_invalid_argument_in_every_rpc(server, stub, method):
+    """protobuf refuses a string field that is not UTF-8: that is the caller's error, as any bytes that are no
+    request, never grpc's UNKNOWN ("Unexpected DecodeError") with a traceback in the server's log."""
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.RpcError) as err:
+            call(b"\x0a\x02\xc0\xae")  # field 1 (name / model_name): an overlong '.', not UTF-8
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert f"not a valid {method}Request message" in err.value.details()
+    assert "a string field that is not UTF-8" in err.value.details()
+    assert "Unexpected" not in server.log
+    assert stub.ModelInfer(request()).outputs[0].name == "OUTPUT0"
+
+
 def test_a_request_shaped_like_earlier_ones_is_checked_as_fully_as_the_first(stub):
     """Requests of one structure are decoded from a template after the first; a bad one still gets its error."""
     for _ in range(3):

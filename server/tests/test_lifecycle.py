@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import threading
@@ -79,6 +80,36 @@ def test_a_load_with_a_config_override_or_files_is_refused_not_ignored(tmp_path:
             assert wait_until(lambda: not client.is_model_ready("dense"))
         grpc_client.close()
         http_client.close()
+
+
+def test_explicit_loads_of_names_no_folder_can_have_are_not_found_and_leave_nothing_behind(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
+    long_name, forged = "m" * 256, "dense\n2030-01-01 00:00:00,000 ERROR fleetserve: forged"
+    with ServerProcess(repo, "--model-control-mode", "explicit") as server:
+        grpc_client = tc.InferenceServerClient(server.grpc_address)
+        http_client = th.InferenceServerClient(server.http_address)
+        for client, not_found in ((grpc_client, "StatusCode.NOT_FOUND"), (http_client, "404")):
+            for name, why in ((long_name, "is 256 bytes long"), (forged, "contains a control character")):
+                with pytest.raises(Exception) as err:  # was: INTERNAL / 500 (File name too long)
+                    client.load_model(name)
+                assert err.value.status() == not_found, err.value
+                assert f"model name {name!r} is not valid: it {why}" in err.value.message()
+        with pytest.raises(tc.InferenceServerException) as err:  # was UNAVAILABLE: the failed load left an entry
+            grpc_client.get_model_metadata(long_name)
+        assert err.value.status() == "StatusCode.NOT_FOUND" and "unknown model" in err.value.message()
+        assert "Traceback" not in server.log and "\n2030-01-01" not in server.log  # no line a caller wrote
+        grpc_client.close()
+        http_client.close()
+
+
+def test_a_model_folder_whose_name_is_not_utf8_is_left_out_of_the_index_and_metrics(tmp_path: Path):
+    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
+    write_dense_model(repo / os.fsdecode(b"bad\xffname") / "1")  # no gRPC or JSON string can name it
+    with ServerProcess(repo) as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        assert index(client) == {("dense", "1"): ("READY", "")}  # was: INTERNAL, for every caller
+        assert scrape_metrics(server.metrics_url)  # was: 500, Prometheus saw nothing
+        client.close()
 
 
 def test_explicit_load_of_a_broken_model_reports_why(tmp_path: Path):
