@@ -81,6 +81,14 @@ class VersionPolicy:
             return [v for v in ordered if v in self.versions]
         return ordered[-self.num_versions :] if self.num_versions > 0 else []
 
+    def describe(self) -> str:
+        """The policy as config.pbtxt writes it: ``latest { num_versions: 1 }``, ``all { }``, ``specific { ... }``."""
+        if self.kind == "all":
+            return "all { }"
+        if self.kind == "specific":
+            return f"specific {{ versions: [{', '.join(str(v) for v in self.versions)}] }}"
+        return f"latest {{ num_versions: {self.num_versions} }}"
+
 
 class TimeoutAction(enum.Enum):
     """What happens to a request whose queue timeout passes (Triton's ModelQueuePolicy.TimeoutAction)."""

@@ -13,6 +13,14 @@ Contract:
   model file was deleted, logged once. A model with no version to
   serve (no version folders, or none its policy selects) is UNAVAILABLE with
   why; ``poll`` retries a failed model or version only once its files change.
+  ``load`` raises when a version it selects did not load, even while a copy
+  loaded earlier serves on (the caller of an explicit load learns it failed);
+  ``load(name, retry=True)`` also tries again versions that failed from
+  unchanged files.
+- ``poll`` acts on a changed, new or removed model only once its files have
+  stayed the same for one poll (they are compared with the previous poll's):
+  a file still being copied in, or a config written in steps, is not loaded
+  half-written.
 - Loads and unloads of one model are serialised by a per-model lock, in the
   order they were called: a load that waited for an unload loads afterwards.
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
@@ -32,10 +40,11 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
 from model_store.repository import ModelRepository, ModelSource
-from ops.errors import ModelNotFound, ModelNotReady, ServingError
+from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError
 
 log = logging.getLogger(__name__)
 _KEPT = "serving the copy loaded earlier"  # a READY version's reason when its files in the repository fail
+_ABSENT = object()  # the fingerprint ``poll`` records for a model folder that is not there
 
 
 class ModelState(enum.Enum):
@@ -74,6 +83,8 @@ class _Model(Generic[S]):
         self.fingerprints: dict[int, object] = {}
         self.reason = ""  # a model-level failure (bad config, no version to serve), when no version could be tried
         self.reason_fingerprint: object = None  # the repository files that failed so: polls retry once they change
+        self.unselected: frozenset[int] = frozenset()  # versions in the repository that the policy (or pin) leaves out
+        self.selection = ""  # what chose the versions served, for a request naming an unselected one
         self.lock = asyncio.Lock()
 
     def publish(self) -> None:
@@ -96,6 +107,7 @@ class ModelRegistry(Generic[S]):
         self._on_load_failed = on_load_failed  # a model in the repository failed to load (config or version)
         self._models: dict[str, _Model[S]] = {}
         self._pins: dict[str, frozenset[int]] = {}
+        self._polled: dict[str, object] = {}  # the previous poll's fingerprints of the models it found changed
 
     # ---- hot path -------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> S:
@@ -112,6 +124,11 @@ class ModelRegistry(Generic[S]):
         servable = model.servables.get(number)
         if servable is None:
             if number not in model.status:
+                if number in model.unselected:
+                    raise ModelNotFound(
+                        f"model '{name}' version {number} is in the repository but not served: {model.selection}; "
+                        f"versions: {self._version_list(model)}"
+                    )
                 raise ModelNotFound(f"model '{name}' has no version {number}; versions: {self._version_list(model)}")
             raise ModelNotReady(f"model '{name}' version {number} is not ready: {self._why(model, number)}")
         return servable
@@ -131,18 +148,23 @@ class ModelRegistry(Generic[S]):
         return True
 
     # ---- control --------------------------------------------------------------------------
-    async def load(self, name: str) -> None:
-        """Load or reload ``name`` from the repository. Raises ServingError when nothing serves."""
+    async def load(self, name: str, retry: bool = False) -> None:
+        """Load or reload ``name`` from the repository.
+
+        Raises ServingError when nothing serves, and ``ConfigError`` when a selected version did not load
+        while others (or its own earlier copy) serve on. ``retry``: also load again the versions whose last
+        load failed though their files have not changed since (an explicit load); else only changed files are.
+        """
         self.repository.validate_name(name)
         while True:
             model = self._models.setdefault(name, _Model())
             async with model.lock:
                 if self._models.get(name) is not model:
                     continue  # unloaded while we waited for the lock: load into the current entry
-                await self._load_locked(name, model)
+                await self._load_locked(name, model, retry)
                 return
 
-    async def _load_locked(self, name: str, model: _Model[S]) -> None:
+    async def _load_locked(self, name: str, model: _Model[S], retry: bool) -> None:
         fingerprint: object = None
         try:
             fingerprint = self.repository.fingerprint_of(name)  # before the read: a change meanwhile shows next poll
@@ -158,13 +180,24 @@ class ModelRegistry(Generic[S]):
             self._on_change()
             raise
         model.reason = ""
-        await self._apply(model, source)
+        wanted = await self._apply(model, source, retry)
         if model.reason:
             log.error("model '%s' cannot load: %s", name, model.reason)
             self._on_load_failed(name)
         self._on_change()
         if not model.servables:
             raise ModelNotReady(f"model '{name}' did not load: {self._why(model, None)}")
+        failed = [v for v in sorted(wanted) if self._failed(model, v)]
+        if failed:  # a copy loaded earlier serves on (the version's reason says so), or other versions do
+            why = "; ".join(  # a READY version's reason already says its earlier copy serves
+                f"version {v}: {model.status[v].reason}" if v in model.servables
+                else f"version {v} {self._why(model, v)}"
+                for v in failed
+            )
+            others = sorted(set(model.servables) - set(failed))
+            if others:
+                why += f"; serving version{'s' if len(others) > 1 else ''} {', '.join(str(v) for v in others)}"
+            raise ConfigError(f"model '{name}' did not load as the repository has it: {why}", model=name)
 
     def _forget(self, name: str, model: _Model[S]) -> None:
         if self._models.get(name) is model:  # not a newer entry a load made meanwhile
@@ -185,14 +218,18 @@ class ModelRegistry(Generic[S]):
             return {v for v in present if v in pinned}
         return set(source.version_policy().select(present))
 
-    async def _apply(self, model: _Model[S], source: ModelSource) -> None:
+    async def _apply(self, model: _Model[S], source: ModelSource, retry: bool = False) -> set[int]:
+        """Serve what ``source`` selects; returns the versions it selects."""
         wanted = self._wanted(source)
+        present = set(source.versions) | set(source.missing)
+        model.unselected = frozenset(present - wanted)
+        model.selection = self._selection(source)
         if not wanted:
             model.reason = self._nothing_to_serve(source)
             model.reason_fingerprint = source.fingerprint
         for version in sorted(wanted):
             fingerprint = source.version_fingerprint(version)
-            if model.fingerprints.get(version) == fingerprint:
+            if model.fingerprints.get(version) == fingerprint and not (retry and self._failed(model, version)):
                 continue  # loaded, or failed, from exactly these files: nothing new to try
             if version in source.missing:
                 if version in model.servables:  # its model file was deleted: the loaded copy keeps serving
@@ -234,6 +271,21 @@ class ModelRegistry(Generic[S]):
             if version not in wanted and version not in model.servables:
                 del model.status[version]
                 model.fingerprints.pop(version, None)
+        return wanted
+
+    @staticmethod
+    def _failed(model: _Model[S], version: int) -> bool:
+        """Whether the last load of ``version`` failed (UNAVAILABLE, or READY on a copy loaded earlier)."""
+        status = model.status.get(version)
+        return status is not None and bool(status.reason)
+
+    def _selection(self, source: ModelSource) -> str:
+        """What chooses the versions of ``source`` to serve: the fleet's pin, else the version policy."""
+        pinned = self._pins.get(source.name)
+        if pinned is not None:
+            return f"this server is pinned to versions {sorted(pinned)} (a fleet rollout)"
+        stated = source.config_message is not None and source.config_message.HasField("version_policy")
+        return f"its version_policy is {source.version_policy().describe()}{'' if stated else ' (the default)'}"
 
     def _nothing_to_serve(self, source: ModelSource) -> str:
         """Why no version of ``source`` is selected: no version folders, or none the policy (or pin) names."""
@@ -294,18 +346,40 @@ class ModelRegistry(Generic[S]):
                 pass
 
     async def poll(self) -> None:
-        """Apply repository changes: new or changed models load, removed ones unload."""
+        """Apply repository changes that have settled: new or changed models load, removed ones unload.
+
+        A model is acted on only when its files are the same as at the previous poll (``_settled``), so
+        a change still being made (a model file copied in chunks, a config written in two steps, a model
+        folder deleted and copied anew) is applied once complete, not half-way.
+        """
         present = set(self.repository.model_names())
+        previous, self._polled = self._polled, {}
         for name in sorted(present):
             model = self._models.get(name)
             if model is not None and not self._changed(name, model):
+                continue
+            if not self._settled(name, previous):
                 continue
             try:
                 await self.load(name)
             except ServingError:
                 pass
         for name in sorted(set(self._models) - present):
-            await self.unload(name)
+            if self._settled(name, previous):
+                await self.unload(name)
+
+    def _settled(self, name: str, previous: dict[str, object]) -> bool:
+        """Record ``name``'s files for the next poll; whether they are what the previous poll recorded."""
+        try:
+            fingerprint: object = self.repository.fingerprint_of(name)
+        except ServingError:
+            fingerprint = _ABSENT
+        self._polled[name] = fingerprint
+        if name in previous and previous[name] == fingerprint:
+            return True
+        log.debug("model '%s': its files changed since the last poll; applied once they stay unchanged for a poll",
+                  name)
+        return False
 
     def _changed(self, name: str, model: _Model[S]) -> bool:
         if model.reason:  # failed as a whole: try again once its files change

@@ -125,9 +125,11 @@ class DataPlane:
         servable = self.registry.get(name, version)
         config = servable.config
         mbs = config.max_batch_size
+        # As Triton: a request naming a version gets that version; one without, every version that serves.
+        versions = [servable.version_str] if version else [str(v) for v in sorted(self.registry.ready_servables(name))]
         return ModelMetadata(
             name=name,
-            versions=[str(v) for v in sorted(self.registry.ready_servables(name))],
+            versions=versions,
             platform="onnxruntime_onnx",
             inputs=[(s.name, s.datatype.name, s.shape_with_batch(mbs)) for s in config.inputs],
             outputs=[(s.name, s.datatype.name, s.shape_with_batch(mbs)) for s in config.outputs],
@@ -171,7 +173,7 @@ class DataPlane:
                 "model files sent with the request) is not supported; change the model repository and load it "
                 "without parameters"
             )
-        await self.registry.load(name)
+        await self.registry.load(name, retry=True)  # asked for explicitly: what failed is tried again
 
     async def unload_model(self, name: str) -> None:
         self._check_explicit("unload")

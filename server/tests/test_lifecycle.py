@@ -125,6 +125,78 @@ def test_explicit_load_of_a_broken_model_reports_why(tmp_path: Path):
         client.close()
 
 
+def test_an_explicit_reload_that_fails_is_an_error_and_the_loaded_copy_serves_on(tmp_path: Path):
+    """As Triton: the answer to a load says whether it worked, and a failed reload leaves the loaded model serving."""
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model)})
+    with ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "add") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        http_client = th.InferenceServerClient(server.http_address)
+        (repo / "add" / "1" / "model.onnx").write_bytes(b"truncated upload")
+        for loader, invalid in ((client, "StatusCode.INVALID_ARGUMENT"), (http_client, "400")):
+            with pytest.raises(Exception) as err:
+                loader.load_model("add")
+            assert err.value.status() == invalid, err.value
+            assert err.value.message().startswith(
+                "model 'add' did not load as the repository has it: version 1: serving the copy loaded earlier; "
+                "reloading it failed: "), err.value.message()
+            assert client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 2.0
+        assert server.log.count("model 'add' version 1 failed to load") == 2  # each load tried the file again
+        write_add_constant_model(repo / "add" / "1", constant=1.0)
+        (repo / "add" / "2").mkdir()
+        (repo / "add" / "2" / "model.onnx").write_bytes(b"truncated upload")  # a new version that fails
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.load_model("add")
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "version 2 UNAVAILABLE: " in err.value.message() and err.value.message().endswith("; serving version 1")
+        assert client.infer("add", add_input(1.0)).get_response().model_version == "1"
+        write_add_constant_model(repo / "add" / "2", constant=2.0)
+        client.load_model("add")  # everything loads: no error
+        assert client.infer("add", add_input(1.0)).as_numpy("OUTPUT0")[0, 0] == 3.0
+        client.close()
+        http_client.close()
+
+
+def test_version_policies_choose_the_versions_served_and_a_request_for_another_says_why(tmp_path: Path):
+    """Triton's version_policy: which versions serve, what metadata lists, what a request for a version left out
+    gets (NOT_FOUND, with the policy that left it out); folders that are not version numbers are ignored."""
+    policies = {
+        "latest": "latest: { num_versions: 2 }",
+        "all": "all { }",
+        "specific": "specific: { versions: [ 1, 3 ] }",
+    }
+    repo = write_model_repository(tmp_path, {
+        name: ModelSpec(write_add_constant_model, versions=(1, 2, 3), config=f"version_policy: {{ {policy} }}")
+        for name, policy in policies.items()
+    })
+    for name in policies:
+        for folder in ("04", "v5", "5x"):  # not version numbers: ignored, as Triton ignores them
+            write_add_constant_model(repo / name / folder)
+    served = {"latest": ["2", "3"], "all": ["1", "2", "3"], "specific": ["1", "3"]}
+    with ServerProcess(repo) as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        assert index(client) == {(name, v): ("READY", "") for name, versions in served.items() for v in versions}
+        for name, versions in served.items():
+            assert client.get_model_metadata(name).versions == versions
+            assert client.infer(name, add_input(1.0)).get_response().model_version == "3"
+            for version in versions:
+                assert client.get_model_metadata(name, version).versions == [version]  # as Triton: the one asked for
+                assert client.infer(name, add_input(1.0), model_version=version).get_response().model_version == version
+        left_out = (("latest", "1", "latest { num_versions: 2 }; versions: 2, 3"),
+                    ("specific", "2", "specific { versions: [1, 3] }; versions: 1, 3"))
+        for name, version, why in left_out:
+            with pytest.raises(tc.InferenceServerException) as err:
+                client.infer(name, add_input(1.0), model_version=version)
+            assert err.value.status() == "StatusCode.NOT_FOUND"
+            assert err.value.message() == (
+                f"model '{name}' version {version} is in the repository but not served: its version_policy is {why}")
+        for name in served:
+            with pytest.raises(tc.InferenceServerException) as err:
+                client.infer(name, add_input(1.0), model_version="5")
+            assert err.value.status() == "StatusCode.NOT_FOUND"
+            assert f"model '{name}' has no version 5" in err.value.message()
+        client.close()
+
+
 def test_models_with_no_version_to_serve_are_listed_with_the_reason(tmp_path: Path):
     repo = write_model_repository(tmp_path, {
         "add": ModelSpec(write_add_constant_model),
