@@ -28,10 +28,24 @@ def datatype_of(tensor_name: str, name: str) -> Datatype:
     return dt
 
 
+# The most dimensions numpy (1.x; 2.x holds 64) gives an array, and the most elements any tensor may have: numpy
+# refuses an array whose non-zero dimensions, times 8 bytes an element, multiply past 2**63 (even with a 0 among them).
+MAX_DIMS = 32
+MAX_ELEMENTS = 1 << 59
+
+
 def checked_shape(tensor_name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple; InvalidInput for a negative dimension, or a shape no array can have."""
     dims = tuple(shape)
     if dims and min(dims) < 0:
         raise InvalidInput(f"input '{tensor_name}': shape {list(dims)} has a negative dimension")
+    if len(dims) > MAX_DIMS:
+        raise InvalidInput(f"input '{tensor_name}': shape has {len(dims)} dimensions; at most {MAX_DIMS} are supported")
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{tensor_name}': shape {list(dims)} is too large: its non-zero dimensions multiply to more "
+            "than 2**59, more elements than any tensor can hold"
+        )
     return dims
 
 

@@ -333,12 +333,14 @@ class DataPlane:
         elif not verdict:
             raise limiter.refusal(tenant, model)
 
-    def reject(self, model: str, version: str, request_id: str, exc: ServingError) -> None:
+    def reject(self, model: str, version: str, request_id: str, exc: BaseException) -> None:
         """Count (and log) an inference request that reached no model version: the transport could not
-        decode it, or the model is unknown or not ready. Unknown names share one empty metrics label."""
-        self._metrics.record_unresolved(model if model in self.registry.names() else "", exc.code)
+        decode it, or the model is unknown or not ready. Unknown names share one empty metrics label.
+        ``exc`` is what the caller gets: a ``ServingError``, or anything else (a bug) counted as INTERNAL."""
+        code = code_of(exc)
+        self._metrics.record_unresolved(model if model in self.registry.names() else "", code)
         if self._request_log is not None:
-            self._request_log.record(request_id, model, version, exc.code, 0)
+            self._request_log.record(request_id, model, version, code, 0)
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
 
-from ops.errors import InvalidInput, ServingError, Unsupported
+from ops.errors import InvalidInput, Unsupported
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import (
     HEADER_LENGTH,
@@ -271,11 +271,13 @@ class HttpService:
 
     async def _infer(self, request: web.Request, trace: "RequestTrace | None") -> web.Response:
         model, version = _model(request)
-        body = await self._body(request)
         try:
+            body = await self._body(request)  # a compressed body that does not inflate fails here, counted too
             lengths = request.headers.getall(HEADER_LENGTH, ())  # every one given: repeats must agree
             infer, choice = decode_infer_request(model, version, body, ", ".join(lengths) if lengths else None)
-        except ServingError as exc:
+        except web.HTTPException:
+            raise  # the HTTP layer's own refusals (413, 415, 408), as grpc's own (an over-limit message): not counted
+        except Exception as exc:  # counted whatever it is: the caller gets an error status for it
             self.dp.reject(model, version, "", exc)
             raise
         infer.trace = trace

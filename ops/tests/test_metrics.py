@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import grpc
 import pytest
+import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ops.errors import Code
 from ops.gpu import GpuCollector, gpu_collector
+from model_store.testing import ModelSpec, write_dense_model, write_model_repository
 from ops.metrics import FAMILIES, MetricsConfig, ServerMetrics
 from server.testing import scrape_metrics
 
@@ -195,6 +198,53 @@ def test_a_request_that_fails_to_decode_is_counted_on_a_stream_as_on_a_unary_cal
     wrong = "input 'INPUT0': shape [1, 16] needs 16 elements, but fp32_contents holds 15"
     assert [a.error_message for a in answers] == [wrong, wrong]
     assert scrape_metrics(fleetserve.metrics_url).get(key, 0) - before == 3
+
+
+def test_a_rest_body_that_does_not_inflate_is_counted_as_its_json_would_be(fleetserve):
+    """A body that is not the gzip its Content-Encoding says is the caller's INVALID_ARGUMENT (400), counted as
+    a body that is not JSON is; the HTTP layer's own refusals (415 here) are not inference requests."""
+    url = f"{fleetserve.http_url}/v2/models/dense/infer"
+    key = ("fleetserve_inference_requests_total", L(model="dense", version="", code="INVALID_ARGUMENT"))
+    before = scrape_metrics(fleetserve.metrics_url).get(key, 0)
+    assert requests.post(url, data=b"not gzip", headers={"Content-Encoding": "gzip"}, timeout=10).status_code == 400
+    assert requests.post(url, data=b"{not json", timeout=10).status_code == 400
+    assert requests.post(url, data=b"{}", headers={"Content-Encoding": "br"}, timeout=10).status_code == 415
+    assert scrape_metrics(fleetserve.metrics_url).get(key, 0) - before == 2
+
+
+async def test_a_request_that_fails_on_an_unexpected_error_is_counted_as_internal(tmp_path, monkeypatch):
+    """Anything but a ServingError while decoding (a bug) reaches the caller as INTERNAL, and is counted so on
+    every transport: the outcomes add up to what callers saw."""
+    from server import http_service
+    from server.app import App
+    from server.grpc_codec import RequestDecoder
+    from server.settings import Settings
+
+    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
+    app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
+    await app.start()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RequestDecoder, "decode", broken)
+    monkeypatch.setattr(http_service, "decode_infer_request", broken)
+    request = service_pb2.ModelInferRequest(model_name="dense", id="r")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ModelInfer(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            replies = [r async for r in stub.ModelStreamInfer(iter([request]), timeout=10)]
+            assert [r.error_message for r in replies] == ["internal server error; the server log has the details"]
+        reply = await asyncio.to_thread(requests.post, f"http://127.0.0.1:{app.http_port}/v2/models/dense/infer",
+                                        data=b"{}", timeout=10)
+        assert reply.status_code == 500
+    finally:
+        await app.stop()
+    key = ("fleetserve_inference_requests_total", L(model="dense", version="", code="INTERNAL"))
+    assert samples(app.metrics_registry)[key] == 3
 
 
 def test_readme_documents_every_exported_family():

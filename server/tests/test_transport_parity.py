@@ -57,6 +57,13 @@ CASES = {
                          http_infer("dense", name="WRONG")),
     "wrong shape": (Code.INVALID_ARGUMENT, lambda s: s.ModelInfer(grpc_infer("dense", features=15)),
                     http_infer("dense", features=15)),
+    # Shapes numpy cannot give an array: refused as the caller's error, not failed as INTERNAL while decoding.
+    "too many dimensions": (Code.INVALID_ARGUMENT,
+                            lambda s: s.ModelInfer(grpc_infer("dense", features=1, shape=[1] * 70)),
+                            http_infer("dense", features=1, shape=[1] * 70)),
+    "too many elements": (Code.INVALID_ARGUMENT,
+                          lambda s: s.ModelInfer(grpc_infer("dense", features=0, shape=[1 << 62, 0])),
+                          http_infer("dense", features=0, shape=[1 << 62, 0])),
     "kernel failure": (Code.INTERNAL, lambda s: s.ModelInfer(grpc_infer("fragile", features=4)),
                        http_infer("fragile", features=4)),
     "control outside explicit mode": (
