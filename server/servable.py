@@ -132,28 +132,32 @@ class Servable:
     def _run_batch(self, items: list[_Work]) -> Outputs | Awaitable[Outputs]:
         """Run a batch here (a tiny one: its outputs, at once) or in the kernel's threads (an awaitable)."""
         start = time.perf_counter_ns()
-        stats = self.stats
-        queue_time = self.metrics.queue
         for item in items:
-            stats.queue.add(start - item.enqueued_ns)
-            queue_time.observe(start - item.enqueued_ns)
             if item.trace is not None:
                 item.trace.started_ns = start
         inputs = [i.inputs for i in items]
         rows = sum(len(next(iter(x.values()), ())) for x in inputs) if self.config.max_batch_size > 0 else 1
         if self.placement.inline(rows):
-            return self._ran(rows, len(items), start, self.kernel.run_batch(inputs))
-        return self._run_in_pool(rows, len(items), start, inputs)
+            return self._ran(rows, items, start, self.kernel.run_batch(inputs))
+        return self._run_in_pool(rows, items, start, inputs)
 
-    async def _run_in_pool(self, rows: int, requests: int, start: int, inputs: list[dict[str, np.ndarray]]) -> Outputs:
+    async def _run_in_pool(self, rows: int, items: list[_Work], start: int,
+                           inputs: list[dict[str, np.ndarray]]) -> Outputs:
         result = await asyncio.get_running_loop().run_in_executor(self.kernel.executor, self.kernel.run_batch, inputs)
         # How long the loop took to pick the results up: what a busy loop adds to every request.
         self.batcher.record_loop_lag((time.perf_counter_ns() - result.end_ns) / 1e9)
-        return self._ran(rows, requests, start, result)
+        return self._ran(rows, items, start, result)
 
-    def _ran(self, rows: int, requests: int, start: int, result: BatchResult) -> Outputs:
+    def _ran(self, rows: int, items: list[_Work], start: int, result: BatchResult) -> Outputs:
+        """Record a batch that ran: its requests' queue times (only now, as Triton: a batch that fails counts its
+        requests as failures, never in queue or compute, so queue, compute and success counts stay equal)."""
+        stats = self.stats
+        queue_time = self.metrics.queue
+        for item in items:
+            stats.queue.add(start - item.enqueued_ns)
+            queue_time.observe(start - item.enqueued_ns)
         self.placement.observe(rows, result.input_ns + result.infer_ns + result.output_ns)
-        self.stats.record_batch(rows, requests, result.input_ns, result.infer_ns, result.output_ns)
+        stats.record_batch(rows, len(items), result.input_ns, result.infer_ns, result.output_ns)
         # The scheduler learns from compute time, which a busy event loop does not inflate.
         self.batcher.record_run_time(rows, (result.input_ns + result.infer_ns + result.output_ns) / 1e9)
         self.metrics.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns,

@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from model_store.datatypes import BY_NAME
 from model_store.testing import IDENTITY_DATATYPES, reference_outputs
+from server.testing import scrape_metrics
 
 
 @pytest.fixture(scope="module")
@@ -386,3 +387,23 @@ def test_statistics_match_what_was_sent(server):
     sizes = {b.batch_size: b.compute_infer.count for b in after.batch_stats}
     assert {1, 2, 3} <= set(sizes)
     assert after.last_inference > 0
+
+
+def test_a_batch_the_model_fails_counts_its_requests_as_failures_only(server):
+    """As Triton: queue and compute statistics count the requests of batches that ran, so a failed run's requests
+    are in ``fail`` alone and queue, compute and success counts stay equal (perf_analyzer divides by them)."""
+    c = tc.InferenceServerClient(server.grpc_address)
+    queued = ("fleetserve_queue_duration_seconds_count", frozenset({"model": "fragile", "version": "1"}.items()))
+    before, queued_before = c.get_inference_statistics("fragile").model_stats[0], scrape_metrics(server.metrics_url)[queued]
+    for _ in range(3):
+        with pytest.raises(tc.InferenceServerException) as err:
+            infer(c, "fragile", {"INPUT0": np.zeros((1, 4), np.float32)})  # 4 values cannot reshape to [-1, 3]
+        assert err.value.status() == "StatusCode.INTERNAL"
+    after = c.get_inference_statistics("fragile").model_stats[0]
+    c.close()
+    s0, s1 = before.inference_stats, after.inference_stats
+    assert (s1.fail.count - s0.fail.count, s1.success.count - s0.success.count) == (3, 0)
+    assert s1.queue.count == s0.queue.count and s1.queue.ns == s0.queue.ns
+    assert s1.compute_infer.count == s0.compute_infer.count
+    assert (after.inference_count, after.execution_count) == (before.inference_count, before.execution_count)
+    assert scrape_metrics(server.metrics_url)[queued] == queued_before
