@@ -84,6 +84,12 @@ class DeadlineExceeded(ServingError):
     code = Code.DEADLINE_EXCEEDED
 
 
+class ShuttingDown(ServingError):
+    """The server is shutting down and ends a call that would otherwise stay open (UNAVAILABLE)."""
+
+    code = Code.UNAVAILABLE
+
+
 class Cancelled(ServingError):
     """The caller went away before the request was served (CANCELLED)."""
 

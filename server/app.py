@@ -8,7 +8,8 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
   1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING, HTTP /v2/health/ready 503;
   2. keep serving for shutdown_delay_s (default 0), so load balancers see 1. and stop routing here;
   3. stop the repository poller; in fleet mode, stop watching Redis and remove this replica's state;
-  4. stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s;
+  4. stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s (open streams stop
+     reading and end UNAVAILABLE once they have answered what they read);
   5. drain each model's queue and close its kernel; close the Redis link;
   6. flush traces, close the metrics endpoint, exit 0. A second signal exits at once with status 1.
 
@@ -86,6 +87,7 @@ class App:
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._servicer: InferenceServicer | None = None
         self._http: HttpListener | None = None
         self._metrics_http: HttpListener | None = None
         self._tracer_provider = tracer_provider
@@ -166,7 +168,8 @@ class App:
             options.append(("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)))
             options.append(("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)))
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers((method_handlers(InferenceServicer(self.dataplane, tracer=tracer)),))
+        self._servicer = InferenceServicer(self.dataplane, tracer=tracer)
+        server.add_generic_rpc_handlers((method_handlers(self._servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)
         address = f"{s.host}:{s.grpc_port}"
@@ -261,6 +264,8 @@ class App:
         if self.fleet is not None:
             await self.fleet.leave()
         stopping = []
+        if self._servicer is not None:
+            self._servicer.close_streams()  # open streams end once they have answered what they read
         if self._grpc is not None:
             stopping.append(self._grpc.stop(grace=self.settings.drain_timeout_s))
         if self._http is not None:

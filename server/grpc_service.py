@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import grpc
 
 
-from ops.errors import ServingError, Unsupported
+from ops.errors import ShuttingDown, Unsupported
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
 from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, request_names
@@ -89,6 +89,16 @@ class InferenceServicer:
         self._tracer = tracer
         self.decoder = RequestDecoder()
         self.encoder = ResponseEncoder()
+        self._closing = False
+        self._streams: set[asyncio.Event] = set()  # each open ModelStreamInfer's wake-up
+
+    def close_streams(self) -> None:
+        """Shutdown: every open stream stops reading, sends the responses to the requests it has read, and
+        ends UNAVAILABLE (``ShuttingDown``), so it neither holds the shutdown for the whole drain timeout nor
+        is cut there with its answers. A stream whose client has finished writing ends as usual, OK."""
+        self._closing = True
+        for wake in self._streams:
+            wake.set()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
@@ -143,7 +153,7 @@ class InferenceServicer:
             return await self._traced_infer(request, context, self._tracer)
         try:
             infer = self.decoder.decode(request, context.time_remaining())
-        except ServingError as exc:
+        except Exception as exc:  # counted whatever it is: the caller gets an error status for it
             self.dp.reject(*request_names(request), exc)
             raise
         if self.dp.tenant_aware:
@@ -155,7 +165,7 @@ class InferenceServicer:
         with tracer.begin(metadata.get("traceparent"), metadata.get("tracestate")) as trace:
             try:
                 infer = self.decoder.decode(request, context.time_remaining())
-            except ServingError as exc:
+            except Exception as exc:
                 model, version, request_id = request_names(request)
                 trace.model, trace.request_id = model, request_id
                 self.dp.reject(model, version, request_id, exc)
@@ -257,8 +267,7 @@ class InferenceServicer:
             try:
                 infer = decode(request, context.time_remaining())
             except Exception as exc:
-                if isinstance(exc, ServingError):  # counted as ModelInfer counts it
-                    dp.reject(*request_names(request), exc)
+                dp.reject(*request_names(request), exc)  # counted as ModelInfer counts it
                 answer(request, exc=exc, slot=None if request_names(request)[2] else hold())
                 return
             slot = None if infer.id else hold()
@@ -293,6 +302,8 @@ class InferenceServicer:
                 wake.set()
 
         reader = asyncio.get_running_loop().create_task(read())
+        self._streams.add(wake)
+        closed = False  # by the server's shutdown (``close_streams``), before the client finished writing
         try:
             while True:
                 while ready:
@@ -300,13 +311,22 @@ class InferenceServicer:
                     unsent -= 1
                     if unsent < _STREAM_WINDOW:
                         room.set()
+                if self._closing and not reading_done:
+                    reader.cancel()
+                    reading_done = closed = True
                 if reading_done and not pending:
                     if read_error is not None:
                         raise read_error
+                    if closed:
+                        raise ShuttingDown(
+                            "the server is shutting down: this stream ends here, each request it read has had its "
+                            "response; send any request without a response again on a new stream"
+                        )
                     break
                 wake.clear()
                 await wake.wait()
         finally:
+            self._streams.discard(wake)
             reader.cancel()
             for future in list(pending):
                 future.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import threading
@@ -390,6 +391,38 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path: Path):
     np.testing.assert_array_equal(results[0], np.full((1, 4), 2.0, np.float32))
     assert "fleetserve stopped" in server.log
     client.close()
+
+
+def test_sigterm_ends_open_streams_once_they_have_answered_what_they_read(tmp_path: Path):
+    """A stream the client keeps open would hold the shutdown for the whole drain timeout and then be cut,
+    answered or not: it stops reading, sends its responses, and ends UNAVAILABLE, saying why, well before."""
+    repo = write_model_repository(tmp_path, {"slow": ModelSpec(
+        partial(write_add_constant_model, features=4),
+        config="max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1000000 }")})
+    server = ServerProcess(repo, "--drain-timeout", "20").start()
+    client = tc.InferenceServerClient(server.grpc_address)
+    replies: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    try:
+        for i in range(2):
+            client.async_stream_infer("slow", add_input(float(i), features=4), request_id=str(i))
+        time.sleep(0.3)  # both wait in the queue for their (1 s) batching delay; the client never stops writing
+        assert server.proc is not None
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        got = [replies.get(timeout=15) for _ in range(3)]
+        assert server.proc.wait(15) == 0, server.log
+        assert time.monotonic() - signalled < 10  # not the 20 s drain timeout
+    finally:
+        client.stop_stream()
+        client.close()
+        server.stop()
+    answered = {result.get_response().id: result.as_numpy("OUTPUT0") for result, error in got[:2] if error is None}
+    assert sorted(answered) == ["0", "1"], got
+    np.testing.assert_array_equal(answered["1"], np.full((1, 4), 2.0, np.float32))
+    _, ended = got[2]
+    assert ended is not None and ended.status() == "StatusCode.UNAVAILABLE", got
+    assert "the server is shutting down" in ended.message()
 
 
 def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(tmp_path: Path):
