@@ -90,10 +90,14 @@ def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.n
     return feeds, max(rows, 1), key
 
 
+_UINT64_MAX = (1 << 64) - 1
+
+
 def scheduling(parameters: dict[str, object]) -> tuple[int, int]:
     """The request's ``priority`` (0: the model's default level) and ``timeout`` (microseconds, 0: none).
 
-    Both are Triton's request parameters; they must be integers >= 0. The
+    Both are Triton's request parameters, unsigned 64-bit integers in its protocol: integers from 0 to
+    2**64 - 1 (JSON carries larger ones, which would overflow the timeout's arithmetic). The
     batcher checks the priority against the model's levels (InvalidInput
     naming the range) and applies the timeout only where the model's queue
     policy allows an override.
@@ -107,6 +111,13 @@ def _count_parameter(parameters: dict[str, object], name: str, unit: str) -> int
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(f"parameter '{name}' must be an integer{unit} >= 0, not {value!r}")
+    if value > _UINT64_MAX:
+        digits = len(str(value))
+        shown = str(value) if digits <= 40 else f"a {digits}-digit number"
+        raise InvalidInput(
+            f"parameter '{name}' is {shown}, above {_UINT64_MAX}, the largest it takes (an unsigned 64-bit "
+            "integer in Triton's protocol)"
+        )
     return value
 
 
