@@ -90,9 +90,12 @@ class DynamicBatcher(Generic[T, R]):
         self._admitted_rows = 0  # running totals: the planner's arrival rates
         self._offered_rows = 0
         self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
+        self._probe_entry: Entry[T, R] | None = None  # the probe admitted last, until it is answered
+        self._probe_met = False  # whether the last probe answered was within the budget
         self._seq = 0
         self._wake = asyncio.Event()
         self._wake_rows = 1
+        self._wake_at = -math.inf  # when the loop's current sleep ends by itself (-inf: not sleeping)
         self._running: set[asyncio.Task[None]] = set()
         self._ends: list[float] = []  # expected end of each running batch
         self._free_at = 0.0  # when the first instance frees up, if all are busy; else 0
@@ -156,8 +159,7 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.name}: {which} is full ({queues.policy(level).max_queue_size} requests waiting); retry later"
             )
         now = self._clock()
-        if self._planner is not None:
-            self._admit(now, level, rows, deadline)
+        probe = self._planner is not None and self._admit(now, level, rows, deadline)
         policy = queues.policy(level)
         timeout = policy.timeout_for(timeout_us) if (timeout_us or policy.timeout_s) else 0.0
         future: asyncio.Future[R] = self._event_loop.create_future()
@@ -165,18 +167,21 @@ class DynamicBatcher(Generic[T, R]):
         entry: Entry[T, R] = Entry(item, rows, key, future, now, deadline, (now + timeout) if timeout else None,
                                    level, self._seq)
         queues.push(entry)
+        if probe:
+            self._probe_entry = entry
         self._admitted_rows += rows
         if self._release is not None:
             self._release.add(entry)
-        if queues.rows >= self._wake_rows:
-            self._wake.set()
+        if queues.rows >= self._wake_rows or (entry.timeout_at is not None and entry.timeout_at < self._wake_at):
+            self._wake.set()  # enough rows, or a queue timeout due before the loop would wake to fire it
         return future
 
-    def _admit(self, now: float, level: int, rows: int, deadline: float | None) -> None:
-        """Shed a request predicted to miss the objective (QueueFull) or its own deadline (DeadlineExceeded)."""
+    def _admit(self, now: float, level: int, rows: int, deadline: float | None) -> bool:
+        """Shed a request predicted to miss the objective (QueueFull) or its own deadline (DeadlineExceeded);
+        True when it is admitted only as a probe (``_probe``)."""
         planner = self._planner
         if planner is None:
-            return
+            return False
         plan = planner.plan
         curve = self._estimator.curve
         ahead = self._queues.rows_up_to(level)
@@ -187,22 +192,30 @@ class DynamicBatcher(Generic[T, R]):
                     f"run time against its latency objective and queues at most {_COLD_BATCHES} batches per instance "
                     "meanwhile; retry shortly"
                 )
-            return
+            return False
         busy = self._free_at - now if self._free_at > now else 0.0
         predicted = predicted_latency(plan, curve, ahead, rows, busy, planner.admission_batch, planner.tail_scale)
-        if predicted > plan.budget_s and not self._probe(now):
+        probe = predicted > plan.budget_s
+        if probe and not self._probe(now):
             objective = self.config.objective
             assert objective is not None
+            if ahead or busy:
+                why = f"with {ahead} rows queued ahead it would take about {predicted * 1e3:.1f} ms"
+            else:  # the model alone is over the budget: the objective, or a stall the estimate still holds
+                why = (f"even alone on an idle instance it would take about {predicted * 1e3:.1f} ms, more than the "
+                       f"{plan.budget_s * 1e3:.1f} ms the objective leaves the scheduler (raise latency_slo_ms if "
+                       "this lasts; one request a second still runs, to measure the model again)")
             raise QueueFull(
                 f"{self.name}: the request cannot meet the model's latency objective of "
-                f"{objective.latency_s * 1e3:g} ms (p{objective.percentile:g}): with {ahead} rows queued ahead it "
-                f"would take about {predicted * 1e3:.1f} ms; it was not queued, retry later or elsewhere"
+                f"{objective.latency_s * 1e3:g} ms (p{objective.percentile:g}): {why}; it was not queued, "
+                "retry later or elsewhere"
             )
         if deadline is not None and now + predicted > deadline:
             raise DeadlineExceeded(
                 f"{self.name}: the request cannot finish before its deadline ({(deadline - now) * 1e3:.1f} ms left, "
                 f"about {predicted * 1e3:.1f} ms needed); it was not queued"
             )
+        return probe
 
     def _probe(self, now: float) -> bool:
         """Whether to admit, as a probe, a request predicted to miss the objective (then it starts the probe).
@@ -211,11 +224,16 @@ class DynamicBatcher(Generic[T, R]):
         so far that even a lone request on an idle instance is predicted to miss; every request is then shed,
         nothing runs, and without a probe the model would shed forever. So an idle model (nothing queued or
         running) that has seen no batch for ``_PROBE_EVERY_S`` admits one request: at most one miss a second
-        when the objective is truly out of reach, and a fresh measurement when it is not.
+        when the objective is truly out of reach, and a fresh measurement when it is not. A probe answered
+        within the budget shows the estimate too pessimistic: the next lone request on an idle model is then
+        a probe at once, not a second later, so the estimate (hundreds of batches in its windows) relearns at
+        the rate lone requests come, not at one batch a second, which held a light load to one request a
+        second for 20 seconds and more after a burst (batching/README.md).
         """
-        if self._ends or self._queues.count or now - self._last_run_at < _PROBE_EVERY_S:
+        if self._ends or self._queues.count or (now - self._last_run_at < _PROBE_EVERY_S and not self._probe_met):
             return False
         self._last_run_at = now
+        self._probe_met = False
         return True
 
     async def stop(self, timeout_s: float | None = None) -> None:
@@ -282,12 +300,14 @@ class DynamicBatcher(Generic[T, R]):
         return self._last
 
     async def _sleep(self, timeout_s: float, wake_rows: int) -> None:
-        """Wait for a submission that brings the queue to ``wake_rows`` rows, a finished batch, stop, or the timeout."""
+        """Wait for a submission that brings the queue to ``wake_rows`` rows or has a queue timeout due before
+        the sleep ends, a finished batch, stop, or the timeout."""
         if timeout_s <= 0:
             return
         wake = self._wake
         wake.clear()
         self._wake_rows = wake_rows
+        self._wake_at = self._clock() + timeout_s
         handle = None
         if timeout_s != math.inf:
             assert self._event_loop is not None
@@ -298,6 +318,7 @@ class DynamicBatcher(Generic[T, R]):
             await wake.wait()
         finally:
             self._wake_rows = 1
+            self._wake_at = -math.inf
             if handle is not None:
                 handle.cancel()
 
@@ -350,6 +371,10 @@ class DynamicBatcher(Generic[T, R]):
         try:
             if exc is None and results is not None and len(results) != len(batch):
                 exc = BackendError(f"{self.name}: the batch returned {len(results)} results for {len(batch)} requests")
+            probe, planner = self._probe_entry, self._planner
+            if probe is not None and planner is not None and probe in batch:
+                self._probe_entry = None
+                self._probe_met = exc is None and self._clock() - probe.enqueued_at <= planner.plan.budget_s
             if exc is not None:
                 error = exc if isinstance(exc, ServingError) else BackendError(
                     f"{self.name}: batch execution failed: {exc!r}")

@@ -124,6 +124,29 @@ async def test_reject_timeout_fails_the_request_on_time_and_it_never_runs():
     await b.stop()
 
 
+@pytest.mark.parametrize("max_batch_size, asleep_on", [(1, "the running batch"), (8, "a 10 s batching delay")])
+async def test_a_queue_timeout_is_on_time_when_the_batcher_already_sleeps(max_batch_size, asleep_on):
+    """A request that does not wake the batcher by its rows still wakes it when its queue timeout is due first."""
+    clock = FakeClock()
+    gate = asyncio.Event()
+    kernel = FakeKernel(gate=gate)
+    b = batcher(kernel, clock, max_batch_size=max_batch_size, delay_s=10.0,
+                levels=[QueuePolicy(allow_timeout_override=True)])
+    await b.start()
+    first = b.submit(0)  # with 1-row batches it runs (and hangs on the gate), with 8 it waits for the delay
+    await asyncio.sleep(0.01)  # the batcher is asleep on ``asleep_on``
+    queued = b.submit(1)  # no timeout: wakes the batcher, which goes back to sleep as long
+    await asyncio.sleep(0.01)
+    doomed = b.submit(2, timeout_us=10_000)
+    clock.advance(0.020)
+    with pytest.raises(DeadlineExceeded, match=r"longer than its queue timeout of 10\.0 ms"):
+        await asyncio.wait_for(doomed, 1.0)
+    gate.set()
+    await b.stop()
+    assert await asyncio.gather(first, queued) == [0, 10]
+    assert 2 not in kernel.executed
+
+
 async def test_delay_timeout_moves_the_request_behind_its_level():
     clock = FakeClock()
     gate = asyncio.Event()
@@ -396,16 +419,40 @@ async def test_an_idle_model_whose_estimate_sheds_everything_admits_a_probe_a_se
     for _ in range(4):  # a stall: four 50 ms batches, so even a lone request is predicted far over 9 ms
         b.record_run_time(1, 0.050)
     clock.advance(0.5)
-    with pytest.raises(QueueFull, match="cannot meet the model's latency objective"):
+    with pytest.raises(QueueFull, match=r"cannot meet the model's latency objective of 10 ms \(p99\): even alone on an "
+                                        r"idle instance it would take about \d+\.\d ms, more than the 9\.0 ms the "
+                                        r"objective leaves the scheduler \(raise latency_slo_ms if this lasts"):
         b.submit(1)  # idle, but it ran a batch less than a second ago
     clock.advance(0.5)
+    kernel.run_time = lambda rows: 0.050  # the stall goes on
     probe = b.submit(2)  # nothing ran for a second: one request goes, to measure the model again
     with pytest.raises(QueueFull):
         b.submit(3)  # one probe at a time
     assert await probe == 20
     assert kernel.batches == [[2]]
     with pytest.raises(QueueFull):
-        b.submit(4)  # the probe ran just now (2.1 ms): the next one is due a second later
+        b.submit(4)  # the probe missed the budget (50 ms): the next one is due a second later
+    clock.advance(1.0)
+    assert await b.submit(5) == 50
+    await b.stop()
+
+
+async def test_probes_within_the_budget_admit_lone_requests_until_the_estimate_has_recovered():
+    """After a stall, a light load is not held to one probe a second while its requests meet the objective."""
+    b, clock, kernel = await warmed_up(LatencyObjective(0.010))
+    for _ in range(4):  # a stall: even a lone request is predicted far over the 9 ms budget
+        b.record_run_time(1, 0.050)
+    assert b.estimate.curve.margin > 10
+    clock.advance(1.0)
+    answered = 0
+    for item in range(300):  # one request every 50 ms, each alone; the model is back to 2.1 ms a row
+        clock.advance(0.050)
+        try:
+            answered += await b.submit(item) == item * 10
+        except QueueFull:
+            pass
+    assert answered == 300  # the first probe met the budget, and so did every lone request after it
+    assert b.estimate.curve.margin < 0.5  # the stall has left the estimate
     await b.stop()
 
 

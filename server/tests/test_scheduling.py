@@ -8,6 +8,7 @@ estimate has warmed up every request is shed.
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -16,6 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as tc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -100,6 +102,25 @@ def test_scheduling_parameters_of_the_wrong_type_are_invalid_argument(scheduling
     assert expected in caught.value.details()
 
 
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("timeout", 10**30, "parameter 'timeout' is 1000000000000000000000000000000, above 18446744073709551615, "
+                            "the largest it takes (an unsigned 64-bit integer in Triton's protocol)"),
+        ("timeout", 10**400, "parameter 'timeout' is a 401-digit number, above 18446744073709551615"),
+        ("priority", 2**64, "parameter 'priority' is 18446744073709551616, above 18446744073709551615"),
+    ],
+    ids=["timeout-1e30", "timeout-401-digits", "priority-2**64"],
+)
+def test_scheduling_parameters_beyond_uint64_over_rest_are_invalid_argument(scheduling_server, name, value, expected):
+    """JSON integers have no bound; Triton's parameters are uint64 (a timeout beyond them was an internal error)."""
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}],
+            "parameters": {name: value}}
+    reply = requests.post(f"{scheduling_server.http_url}/v2/models/prio/infer", data=json.dumps(body), timeout=10)
+    assert reply.status_code == 400
+    assert expected in reply.json()["error"]
+
+
 def test_a_full_level_answers_resource_exhausted_at_once_while_a_higher_level_is_served(client):
     with ThreadPoolExecutor(2) as pool:
         waiting = pool.submit(client.infer, "prio", inputs())  # default level 2: waits for its 1 s delay
@@ -122,6 +143,20 @@ def test_a_request_timeout_rejects_it_from_the_queue_on_time(client):
     assert status == "StatusCode.DEADLINE_EXCEEDED"
     assert "longer than its queue timeout of 50.0 ms at priority level 2; it was not executed" in message
     assert rows_inferred(client, "prio") == before
+
+
+def test_a_request_timeout_is_on_time_behind_a_request_already_waiting(client):
+    before = rows_inferred(client, "prio")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(client.infer, "prio", inputs(), priority=1)  # waits for its 1 s delay
+        time.sleep(0.2)
+        started = time.monotonic()
+        status, message = status_of(lambda: client.infer("prio", inputs(), timeout=50_000))
+        assert time.monotonic() - started < 0.5  # not when the batcher wakes for the first one, 0.8 s later
+        assert status == "StatusCode.DEADLINE_EXCEEDED"
+        assert "longer than its queue timeout of 50.0 ms at priority level 2; it was not executed" in message
+        waiting.result(10)
+    assert rows_inferred(client, "prio") == before + 1
 
 
 def test_a_cancelled_caller_is_removed_from_the_queue(client, scheduling_server):
@@ -151,7 +186,8 @@ def test_requests_that_cannot_meet_the_latency_objective_are_shed_with_a_clear_m
     assert outcomes[0] == "ok"
     shed = outcomes[-1]
     assert shed[0] == "StatusCode.RESOURCE_EXHAUSTED"
-    assert "cannot meet the model's latency objective of 0.001 ms (p99)" in shed[1]
+    assert "cannot meet the model's latency objective of 0.001 ms (p99): even alone on an idle instance" in shed[1]
+    assert "raise latency_slo_ms if this lasts" in shed[1]
     assert "it was not queued" in shed[1]
 
 
