@@ -4,8 +4,9 @@ Key: BLAKE2b-256 over, each field length-prefixed so that no two different reque
 same bytes:
 
 - the model name and version, a BLAKE2b of the completed model config (``ModelConfig.to_proto``,
-  serialised deterministically) and one of the model file (so new weights under the same version
-  number never meet old answers);
+  serialised deterministically) and one of the version's files (``version_digest``: the model file
+  and the files beside and below it, such as external weights; so new weights under the same
+  version number never meet old answers);
 - each input, sorted by name: name, datatype, shape, and its bytes (raw little-endian for numbers,
   each element length-prefixed for BYTES), so the same bytes with another shape or datatype give
   another key;
@@ -20,6 +21,7 @@ Imports numpy, hashlib and server.codec; no Redis, no transport.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from typing import Iterable, Mapping, Sequence
 
@@ -53,6 +55,26 @@ def file_digest(path: str, chunk_bytes: int = 1 << 20) -> bytes:
     with open(path, "rb") as f:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
+    return h.digest()
+
+
+def version_digest(model_file: str) -> bytes:
+    """BLAKE2b of what loading one version may read: the model file and every other non-hidden regular file in
+    its folder and the folders below (an ONNX model's external data: weights.bin can change while model.onnx
+    stays the same), each with its path. Blocking: call it from a worker thread."""
+    folder, name = os.path.split(model_file)
+    folder = folder or "."
+    others = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for file in files:
+            path = os.path.join(here, file)
+            if not file.startswith(".") and path != os.path.join(folder, name) and os.path.isfile(path):
+                others.append(os.path.relpath(path, folder))
+    h = hashlib.blake2b(digest_size=KEY_BYTES)
+    for part in (name, *sorted(others)):
+        _field(h, part.encode())
+        _field(h, file_digest(os.path.join(folder, part)))
     return h.digest()
 
 

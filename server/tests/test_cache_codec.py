@@ -13,6 +13,7 @@ from server.cache_codec import (
     encode_outputs,
     key_prefix,
     request_key,
+    version_digest,
 )
 from server.types import InputTensor
 
@@ -97,3 +98,22 @@ def test_the_config_digest_follows_the_config():
     a = ModelConfig("m", 8, spec, spec, response_cache=True)
     b = ModelConfig("m", 8, spec, spec, response_cache=True, response_cache_ttl_s=5.0, parameters={"x": "1"})
     assert config_digest(a) == config_digest(a) and config_digest(a) != config_digest(b)
+
+
+def test_the_version_digest_covers_every_file_the_model_may_read(tmp_path):
+    """ONNX external data lives beside (or below) model.onnx: new weights there, the same model.onnx."""
+    version = tmp_path / "1"
+    (version / "data").mkdir(parents=True)
+    model = version / "model.onnx"
+    model.write_bytes(b"graph")
+    (version / "weights.bin").write_bytes(b"old")
+    (version / "data" / "more.bin").write_bytes(b"old")
+    first = version_digest(str(model))
+    assert version_digest(str(model)) == first
+    (version / ".model.onnx.swp").write_bytes(b"an editor's")  # hidden: not the model's
+    assert version_digest(str(model)) == first
+    digests = {first}
+    for path in (version / "weights.bin", version / "data" / "more.bin", model):
+        path.write_bytes(b"new")
+        digests.add(version_digest(str(model)))
+    assert len(digests) == 4

@@ -197,3 +197,43 @@ def test_a_request_waiting_on_redis_while_its_version_is_swapped_out_is_answered
         finally:
             channel.close()
             server.stop()
+
+
+def _write_external_weights_model(version_dir: Path, constant: float) -> None:
+    """add_constant with its weights in ``weights.bin`` beside model.onnx (ONNX external data): new weights
+    change weights.bin only, model.onnx stays byte for byte the same."""
+    import onnx
+
+    path = write_add_constant_model(version_dir, constant=constant)
+    onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+
+
+def test_new_weights_beside_an_unchanged_model_file_never_meet_old_answers(tmp_path):
+    repo = write_model_repository(tmp_path / "repo", {
+        "cached": ModelSpec(partial(_write_external_weights_model, constant=1.0), config=CACHED)})
+    with RedisServer() as redis:
+        args = fleet_args(redis.url, "a")
+        (server,) = start_replicas([(repo, [*args, "--model-control-mode", "poll", "--repository-poll-secs", "0.2"])])
+        channel = grpc.insecure_channel(server.grpc_address)
+        try:
+            stub = rpc.GRPCInferenceServiceStub(channel)
+
+            def answer(value: float) -> list[float]:
+                reply = stub.ModelInfer(infer_request("cached", value=value))
+                return np.frombuffer(reply.raw_output_contents[0], np.float32).tolist()
+
+            assert answer(0.0) == [1.0] * 16
+            _write_external_weights_model(tmp_path / "new", constant=2.0)
+            assert (tmp_path / "new" / "model.onnx").read_bytes() == (repo / "cached" / "1" / "model.onnx").read_bytes()
+            os.replace(tmp_path / "new" / "weights.bin", repo / "cached" / "1" / "weights.bin")
+            deadline = time.monotonic() + 20
+            probe = 100.0
+            while answer(probe) != [probe + 2.0] * 16 and time.monotonic() < deadline:  # reloaded (a new input)
+                probe += 1.0
+                time.sleep(0.05)
+            assert answer(probe) == [probe + 2.0] * 16, server.log
+            assert answer(0.0) == [2.0] * 16  # before the fix: [1.0] * 16, the old weights' answer from the cache
+        finally:
+            channel.close()
+            server.stop()

@@ -107,3 +107,30 @@ def test_the_local_tier_evicts_the_least_recent_and_the_expired():
     assert len(tier) == 2 and tier.bytes == 32
     tier.put(b"huge", {"x": np.zeros(100, np.float32)}, expires_at=10)  # larger than the tier: not kept
     assert tier.get(b"huge", now=0) is None
+
+
+async def test_a_version_whose_files_change_while_it_loads_is_not_cached(tmp_path):
+    """The key hashes the files after the load: files replaced meanwhile are not what the session holds, and
+    the old weights' answers would be stored under the new files' key (the reload that follows would meet them)."""
+    from model_store.registry import ModelRegistry
+    from model_store.repository import ModelRepository
+    from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
+    from ops.metrics import MetricsConfig
+    from server.fleet import Fleet
+    from server.settings import FleetSettings
+
+    repo = write_model_repository(tmp_path, {"m": ModelSpec(write_add_constant_model)})
+    registry = ModelRegistry(ModelRepository(repo), lambda source, version: None)
+    fleet = Fleet(FleetSettings("redis://127.0.0.1:1/0", "a"), registry, CollectorRegistry(),
+                  MetricsConfig(process_metrics=False))
+    steady, changed = FakeServable(), FakeServable()
+    await fleet.on_loaded(registry.repository.read("m"), 1, steady)
+    source = registry.repository.read("m")  # what the registry read before loading
+    write_add_constant_model(repo / "m" / "1", constant=2.0)  # replaced while the session was being built
+    await fleet.on_loaded(source, 1, changed)
+    for servable, runs in ((steady, 1), (changed, 2)):
+        compute = Compute(delay_s=0)
+        for _ in range(2):
+            await fleet.cache.fetch(servable, inputs(4.0), None, compute)
+        assert compute.calls == runs
+    await fleet.cache.stop()
