@@ -10,8 +10,11 @@ than ``lease_ttl_s`` is dropped, so tokens never pile up outside Redis. When Red
 bucket is empty, the replica refuses locally until the next token is due.
 
 Redis down: each replica enforces its share of the limit locally (rate and burst divided by the
-live replicas it last saw). Requests without a tenant, or for a tenant and model without a limit,
-are not limited. Refusals raise ``RateLimited`` (RESOURCE_EXHAUSTED on both transports).
+live replicas it last saw). Redis back without the hash (it restarted empty, or was flushed; `fleet
+limit` leaves a marker field in it, so removing the last limit does not remove the hash): the
+replica keeps the limits it knows, on local shares, and writes them back. Requests without a
+tenant, or for a tenant and model without a limit, are not limited. Refusals raise
+``RateLimited`` (RESOURCE_EXHAUSTED on both transports).
 
 Loop-bound; the clock is injectable. Imports redis (through ops.redis_link): fleet mode only.
 """
@@ -32,9 +35,16 @@ from ops.redis_link import Client, RedisLink, RedisUnavailable, as_text
 
 log = logging.getLogger(__name__)
 
+# Beside the limits in the hash ``{p}limits``: written by every `fleet limit`, so the hash never goes away
+# (removing the last limit leaves it). A Redis without the hash lost its data (restarted empty, flushed).
+LIMITS_MARKER = "#limits"
+
 _LEASE = """
 local limit = redis.call('HGET', KEYS[2], ARGV[1])
-if not limit then return {-1, 0, '', ''} end
+if not limit then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {-2, 0, '', ''} end
+  return {-1, 0, '', ''}
+end
 local sep = string.find(limit, ' ')
 local rps = tonumber(string.sub(limit, 1, sep - 1))
 local burst = tonumber(string.sub(limit, sep + 1))
@@ -52,6 +62,14 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(1000 * burst / rps) + 60000)
 local wait_us = 0
 if grant < 1 then wait_us = math.ceil((1 - tokens) * 1000000 / rps) end
 return {grant, wait_us, tostring(rps), tostring(burst)}
+"""
+
+
+# Writes back the limits a replica knows into a Redis that has lost them all (only where the hash is gone).
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
 """
 
 
@@ -112,13 +130,19 @@ class TenantLimiter:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self.replicas = 1  # live replicas last seen: the local share's divisor
         self._script: Any = None  # the lease script, sent once and then called by its SHA
+        self._restoring: asyncio.Task[None] | None = None
 
     # ---- configuration --------------------------------------------------------------------
     async def refresh(self) -> None:
         """Read every limit from Redis (at start, on a ``limits`` event, at each full reconcile)."""
         raw = await self._link.call(lambda c: c.hgetall(self._keys.limits))
+        if not raw and self.limits:
+            await self._restore()
+            return
         limits: dict[tuple[str, str], Limit] = {}
         for field, value in raw.items():
+            if as_text(field) == LIMITS_MARKER:
+                continue
             tenant, _, model = as_text(field).rpartition("/")
             try:
                 limits[(tenant, model)] = Limit.parse(as_text(value))
@@ -131,6 +155,16 @@ class TenantLimiter:
             if limits.get(key) != self.limits.get(key):  # removed or changed: its lease and refusals were the old limit's
                 del self._buckets[key]
         self.limits = limits
+
+    async def _restore(self) -> None:
+        """Redis has no limits hash, not even the marker every `fleet limit` leaves: it lost its data (restarted
+        empty, flushed). Keep enforcing the limits known here, and write them back."""
+        args: list[str] = [LIMITS_MARKER, "1"]
+        for key, limit in sorted(self.limits.items()):
+            args += [limit_field(*key), limit.text()]
+        if await self._link.call(lambda c: c.eval(_RESTORE, 1, self._keys.limits, *args)):
+            log.warning("redis had no rate limits (it lost its data?): wrote back the %d this replica knows",
+                        len(self.limits))
 
     async def stop(self) -> None:
         """Leases under way are left to finish (within the Redis timeout): a request may be waiting on one."""
@@ -201,9 +235,15 @@ class TenantLimiter:
                 self._metrics.leases["unavailable"] += 1
                 bucket.failed = True
                 return
-            bucket.failed = False
             now = self._clock()
             grant = int(grant)
+            if grant == -2:  # Redis lost every limit: this one holds (local share) while they are written back
+                self._metrics.leases["unavailable"] += 1
+                bucket.failed = True
+                if self._restoring is None or self._restoring.done():
+                    self._restoring = asyncio.get_running_loop().create_task(self._refresh_quietly())
+                return
+            bucket.failed = False
             if grant < 0:  # the limit was removed meanwhile
                 self.limits.pop(key, None)
                 return
@@ -222,6 +262,14 @@ class TenantLimiter:
                 bucket.empty_until = now + int(wait_us) / 1e6
         finally:
             bucket.leasing = None
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except RedisUnavailable:
+            pass  # the next full reconcile tries again
+        except Exception:
+            log.exception("writing back the rate limits failed")
 
     def _local_share(self, bucket: _Bucket, limit: Limit, now: float) -> bool:
         share = max(1, self.replicas)

@@ -7,6 +7,7 @@ fleet as a whole admits about burst + rate x time, and refuses the rest with RES
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -15,12 +16,17 @@ import grpc
 import numpy as np
 import pytest
 import requests
+from prometheus_client.registry import CollectorRegistry
 
 from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
+from model_store.rollout import Keys
+from ops.fleet_metrics import FleetMetrics
+from ops.redis_link import RedisLink
 from ops.redis_testing import RedisServer
 from server.fleet_testing import fleet_args, fleet_cli, infer_request, start_replicas
 from server.protos import grpc_service_pb2 as pb
 from server.protos import grpc_service_pb2_grpc as rpc
+from server.rate_limit import LIMITS_MARKER, Limit, RateLimited, TenantLimiter
 from server.testing import scrape_metrics
 
 RPS, BURST, FLOOD_S = 10, 10, 2.0
@@ -195,3 +201,72 @@ def test_raising_a_limit_lifts_a_refusal_made_under_the_old_one(pair):
         assert [send()[0] for _ in range(5)] == ["ok"] * 5
     finally:
         fleet_cli(redis.url, "limit", "raised", "add", "--remove")
+
+
+def test_limits_outlive_a_redis_that_lost_its_data_and_removing_the_last_one_sticks(pair):
+    """Redis restarted empty or flushed: replicas dropped every limit at their next lease or full reconcile, and
+    each tenant went unlimited. They keep enforcing the limits they know and write them back; `fleet limit`
+    leaves a marker in the hash, so removing the last limit is not taken for such a loss."""
+    redis, a, _ = pair
+    send = grpc_sender(a.grpc_address, "kept")
+    assert fleet_cli(redis.url, "limit", "kept", "add", "--rps", "1", "--burst", "3").returncode == 0
+    assert a.wait_for_log("kept/add 1/s burst 3")
+    assert fleet_cli(redis.url, "limit", "kept", "add", "--remove").returncode == 0  # the last limit
+    time.sleep(1.5)  # past a full reconcile (1 s) on each replica
+    assert [send()[0] for _ in range(20)] == ["ok"] * 20
+    try:
+        assert fleet_cli(redis.url, "limit", "kept", "add", "--rps", "1", "--burst", "4").returncode == 0
+        assert a.wait_for_log("kept/add 1/s burst 4")
+        asyncio.run(flushdb(redis.url))
+        time.sleep(1.5)
+        outcomes = [send()[0] for _ in range(20)]
+        assert outcomes.count("ok") <= 6 and "refused" in outcomes, outcomes  # before the fix: 20 "ok"
+        limits = json.loads(fleet_cli(redis.url, "status", "--json").stdout)["limits"]
+        assert limits == {"kept/add": {"rps": 1.0, "burst": 4}}
+    finally:
+        fleet_cli(redis.url, "limit", "kept", "add", "--remove")
+
+
+def test_a_lease_from_a_redis_that_lost_every_limit_keeps_the_limit_and_writes_it_back(pair):
+    """The lease script answered "no such limit" for a Redis that lost the whole hash, and the replica dropped it."""
+    redis, _, _ = pair
+
+    async def scenario() -> tuple[list[bool], bytes | None]:
+        link = RedisLink(redis.url)
+        await link.start()
+        keys = Keys("lease-test:")  # apart from the replicas' keys
+        limiter = TenantLimiter(link, keys, FleetMetrics(CollectorRegistry()))
+        try:
+            await link.call(lambda c: c.hset(keys.limits, mapping={LIMITS_MARKER: "1", "t/m": Limit(1, 2).text()}))
+            await limiter.refresh()
+
+            async def admit_once() -> bool:
+                verdict = limiter.try_admit("t", "m")
+                if verdict is None:
+                    try:
+                        await limiter.admit("t", "m")
+                    except RateLimited:
+                        return False
+                    return True
+                return verdict
+
+            assert await admit_once()
+            await link.call(lambda c: c.delete(keys.limits, keys.bucket("t/m")))  # Redis lost its data
+            outcomes = [await admit_once() for _ in range(5)]
+            await asyncio.sleep(0.2)  # the write-back
+            return outcomes, await link.call(lambda c: c.hget(keys.limits, "t/m"))
+        finally:
+            await link.call(lambda c: c.delete(keys.limits, keys.bucket("t/m")))
+            await link.stop()
+
+    outcomes, stored = asyncio.run(scenario())
+    # the local share (one replica: all of it) until the limit is back, then a fresh bucket; before: all True
+    assert outcomes.count(True) <= 4 and outcomes[-1] is False, outcomes
+    assert stored is not None and Limit.parse(stored.decode()) == Limit(1, 2)
+
+
+async def flushdb(url: str) -> None:
+    link = RedisLink(url)
+    await link.start()
+    await link.call(lambda c: c.flushdb())
+    await link.stop()
