@@ -15,7 +15,9 @@ For one model whose desired state (revision r, split D) is newer than what this 
 
 An empty split returns the model to its version policy. Desired states only move forward: a
 revision at or below the one applied is ignored. When Redis is unreachable nothing changes: the
-registry keeps its pins and the router its splits (the last known desired state).
+registry keeps its pins and the router its splits (the last known desired state). When Redis
+answers without a desired state this replica knows (it restarted empty, was flushed), or with an
+older one, the full reconcile writes the known one back.
 
 Loop-bound. Imports model_store and ops only.
 """
@@ -84,14 +86,26 @@ class Reconciler:
     async def reconcile_all(self, wait: bool = True) -> None:
         """Read every desired state and apply what is new or not yet applied: now, or (``wait`` False) in
         the background, one task per model. Raises ``RedisUnavailable``."""
-        for desired in (await self._store.read_all_desired()).values():
+        stored = await self._store.read_all_desired()
+        for desired in stored.values():
             self._take(desired)
+        await self._restore(stored)
         self._refresh_available()
         for name in sorted(self._desired):
             if wait:
                 await self._reconcile(name)
             elif self._status.get(name, RolloutStatus()).applied_revision < self._desired[name].revision:
                 self.poke(name, fetch=False)
+
+    async def _restore(self, stored: dict[str, DesiredModel]) -> None:
+        """Write back the desired states this replica knows that Redis has lost (it restarted empty, was
+        flushed, or came back from an older snapshot), so `fleet status`, promote and rollback see them again."""
+        for name, known in sorted(self._desired.items()):
+            found = stored.get(name)
+            if (found is None or found.revision < known.revision) and await self._store.restore_desired(known):
+                log.warning("model '%s': redis had %s; wrote back revision %d (%s), which this replica knows",
+                            name, f"revision {found.revision}" if found else "no desired state", known.revision,
+                            describe_split(known.split))
 
     async def reconcile_model(self, model: str) -> None:
         """Read one model's desired state and apply it. Raises ``RedisUnavailable``."""

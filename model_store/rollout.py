@@ -12,7 +12,8 @@ Keys (``prefix`` default ``fleetserve:``; one Redis, not Redis Cluster: scripts 
 A desired state is written by one script that compares the revision the writer read (so two
 operators cannot overwrite each other), takes the next revision, and publishes the event, all
 atomically. Revisions only grow: the writer passes the highest revision live replicas report, so
-a Redis that lost its data cannot hand out a revision replicas would take for stale.
+a Redis that lost its data cannot hand out a revision replicas would take for stale; and replicas
+write back the desired states they know that Redis lost (``restore_desired``).
 
 Imports ``model_store.routing`` and ``ops.redis_link`` (so redis): fleet mode only.
 """
@@ -44,6 +45,20 @@ redis.call('HSET', KEYS[1], 'revision', revision, 'doc', ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('PUBLISH', KEYS[4], 'desired ' .. revision .. ' ' .. ARGV[4])
 return {1, revision}
+"""
+
+# A replica writing back a desired state it knows and Redis lost (restarted empty, flushed, or restored from an
+# older snapshot): only over nothing or an older revision (a writer always takes a revision above every one
+# replicas have seen, so a newer record is never overwritten); the counter is raised to it.
+_RESTORE_DESIRED = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+local revision = tonumber(ARGV[1])
+if current >= revision then return 0 end
+redis.call('HSET', KEYS[1], 'revision', ARGV[1], 'doc', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < revision then redis.call('SET', KEYS[2], ARGV[1]) end
+redis.call('PUBLISH', KEYS[4], 'desired ' .. ARGV[1] .. ' ' .. ARGV[3])
+return 1
 """
 
 _HEARTBEAT = """
@@ -245,6 +260,15 @@ class RolloutStore:
             _WRITE_DESIRED, 4, k.desired(desired.model), k.revision, k.desired_set, k.events,
             expected_revision, floor_revision, desired.doc(), desired.model))
         return bool(written), int(revision)
+
+    async def restore_desired(self, desired: DesiredModel) -> bool:
+        """Write back ``desired`` (with its own revision) where Redis holds nothing or an older revision of the
+        model: Redis lost it. Returns whether it wrote."""
+        k = self.keys
+        written = await self.link.call(lambda c: c.eval(
+            _RESTORE_DESIRED, 4, k.desired(desired.model), k.revision, k.desired_set, k.events,
+            desired.revision, desired.doc(), desired.model))
+        return bool(written)
 
     async def publish_replica(self, state: ReplicaState, ttl_s: float) -> int:
         """Write this replica's state with a TTL; returns the number of live replicas (this one included)."""

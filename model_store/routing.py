@@ -11,6 +11,7 @@ Pure and loop-bound; imports nothing but the standard library.
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from typing import Sequence
@@ -23,6 +24,9 @@ def make_split(shares: dict[int, float]) -> Split:
     """A split from percentages by version (each in (0, 100], summing to 100). Raises ValueError."""
     if not shares:
         raise ValueError("a split needs at least one version")
+    for version, share in shares.items():
+        if not math.isfinite(share):  # round() would raise OverflowError for inf, ValueError naming no version for nan
+            raise ValueError(f"version {version}: a share of {share:g}% is outside (0, 100] (resolution 0.01%)")
     points = {v: round(p * 100) for v, p in shares.items()}
     for version, share in shares.items():
         if version < 0:

@@ -36,7 +36,7 @@ from ops.errors import ServingError
 from ops.fleet_metrics import FleetMetrics, RolloutGauge
 from ops.metrics import MetricsConfig
 from ops.redis_link import RedisLink, RedisUnavailable
-from server.cache_codec import file_digest
+from server.cache_codec import version_digest
 from server.rate_limit import TenantLimiter
 from server.response_cache import ResponseCache
 from server.servable import Servable
@@ -129,12 +129,22 @@ class Fleet:
         await self.link.stop()
 
     async def on_loaded(self, source: ModelSource, version: int, servable: Servable) -> None:
-        """A version loaded: if its config enables the response cache, register it (hashing the model file
-        in a worker thread)."""
+        """A version loaded: if its config enables the response cache, register it (hashing the version's
+        files in a worker thread). Files that changed since the registry read them (before the load) may not
+        be what the session holds: such a copy is not cached (a poll reloads it, and the reload is)."""
         if not servable.config.response_cache:
             return
         path = source.versions[version]
-        digest = await asyncio.get_running_loop().run_in_executor(None, file_digest, str(path))
+        digest = await asyncio.get_running_loop().run_in_executor(None, version_digest, str(path))
+        try:
+            config, versions = self._registry.repository.fingerprint_of(source.name)
+            unchanged = (config, dict(versions).get(version, ())) == source.version_fingerprint(version)
+        except ServingError:
+            unchanged = False
+        if not unchanged:
+            log.warning("model '%s' version %d: its files changed while it loaded; its answers are not cached "
+                        "until it is loaded again", source.name, version)
+            return
         self.cache.register(servable, digest)
 
     # ---- background ---------------------------------------------------------------------------
@@ -198,7 +208,9 @@ class Fleet:
             entries.setdefault(entry.name, []).append(entry)
         models: dict[str, ModelReport] = {}
         total = 0
-        for name in sorted(set(entries) | set(status)):
+        # A model known here only from its desired state (not in this replica's repository) is not reported: this
+        # replica serves none of it, so `fleet rollout --wait` must not wait for it, nor count it as lacking a version.
+        for name in sorted(set(entries) | (set(status) & set(self._registry.names()))):
             versions = tuple(VersionReport(int(e.version), e.state.value, e.reason)
                              for e in entries.get(name, ()) if e.version)
             model_error = "; ".join(e.reason for e in entries.get(name, ()) if not e.version and e.reason)
@@ -211,5 +223,6 @@ class Fleet:
                             time.time(), total, models)
 
     def _rollout_gauges(self) -> list[RolloutGauge]:
+        served = set(self._registry.names())  # as in ``snapshot``: not the models known only from a desired state
         return [RolloutGauge(name, st.desired_revision, st.applied_revision, bool(st.error))
-                for name, st in sorted(self.reconciler.status().items())]
+                for name, st in sorted(self.reconciler.status().items()) if name in served]

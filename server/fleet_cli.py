@@ -29,7 +29,7 @@ from model_store.rollout import DesiredModel, ReplicaState, RolloutStore
 from model_store.routing import BUCKETS, Split, describe_split, make_split
 from ops.errors import ServingError
 from ops.redis_link import RedisLink, RedisUnavailable, as_text
-from server.rate_limit import Limit, limit_field
+from server.rate_limit import LIMITS_MARKER, Limit, limit_field
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -146,6 +146,8 @@ async def _limits(store: RolloutStore) -> dict[str, Limit]:
     raw = await store.link.call(lambda c: c.hgetall(store.keys.limits))
     out = {}
     for field, value in raw.items():
+        if as_text(field) == LIMITS_MARKER:
+            continue
         try:
             out[as_text(field)] = Limit.parse(as_text(value))
         except ValueError:
@@ -200,8 +202,8 @@ def _check_version(model: str, version: int, repository: Path | None, replicas: 
         seen = sorted({v for r in serving for v in r.models[model].available})
         raise Refused(f"no live replica's repository has version {version} of model '{model}' (they have {seen}); "
                       "upload it first, or pass --model-repository")
-    lacking = len(serving) - len(have)
-    note = f"; {lacking} lack it and will keep serving the old version" if lacking else ""
+    lacking = [r.id for r in serving if r.id not in have]
+    note = f"; {len(lacking)} lack it ({', '.join(lacking)}) and will keep serving the old version" if lacking else ""
     return f"{len(have)} of {len(serving)} replicas' repositories have version {version}{note}"
 
 
@@ -333,7 +335,9 @@ async def limit(args: argparse.Namespace, store: RolloutStore) -> int:
         raise Refused("give a tenant and a model name (no '/' in the model name)")
     old = (await _limits(store)).get(field)
     was = f" (was {old.rps:g}/s, burst {old.burst})" if old else ""
+    # The marker keeps the hash when the last limit goes: replicas take a Redis without it for one that lost its data.
     if args.remove:
+        await store.link.call(lambda c: c.hset(store.keys.limits, LIMITS_MARKER, "1"))
         await store.link.call(lambda c: c.hdel(store.keys.limits, field))
         await store.link.call(lambda c: c.delete(store.keys.bucket(field)))
         print(f"tenant '{args.tenant}', model '{args.model}': no limit{was}")
@@ -344,7 +348,7 @@ async def limit(args: argparse.Namespace, store: RolloutStore) -> int:
             new = Limit(args.rps, args.burst)
         except ValueError as exc:
             raise Refused(str(exc)) from None
-        await store.link.call(lambda c: c.hset(store.keys.limits, field, new.text()))
+        await store.link.call(lambda c: c.hset(store.keys.limits, mapping={LIMITS_MARKER: "1", field: new.text()}))
         print(f"tenant '{args.tenant}', model '{args.model}': {new.rps:g} requests/s, bursts of {new.burst}{was}")
     await store.publish("limits")
     return 0

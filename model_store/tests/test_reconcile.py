@@ -125,6 +125,36 @@ async def test_a_version_missing_here_is_reported_and_stale_revisions_are_ignore
     assert replica.reconciler.desired("m").revision == revision
 
 
+async def test_a_desired_state_redis_lost_is_written_back_and_serving_goes_on(tmp_path, store):
+    """Redis restarted empty or flushed: replicas kept serving, but `fleet status` showed the version policy,
+    and promote and rollback refused (no canary, no earlier split recorded) until someone rolled out anew."""
+    await write(store, ((1, BUCKETS),))
+    canary = await write(store, make_split({1: 70, 2: 30}), ((1, BUCKETS),), 2)
+    replica = Replica(tmp_path, store)
+    await replica.reconciler.prime()
+    await replica.registry.load_all()
+    await replica.reconciler.reconcile_all()
+    assert replica.serving == [1, 2]
+    await store.link.call(lambda c: c.flushdb())
+    replica.log.clear()
+    await replica.reconciler.reconcile_all()
+    assert replica.log == [] and replica.router.split("m") == make_split({1: 70, 2: 30})  # nothing moved
+    restored = await store.read_desired("m")
+    assert restored == DesiredModel("m", canary, make_split({1: 70, 2: 30}), ((1, BUCKETS),), 2)
+    assert int(await store.link.call(lambda c: c.get(store.keys.revision))) == canary  # the next write goes above
+    promoted = await write(store, ((2, BUCKETS),), ((1, BUCKETS),))  # e.g. the canary promoted
+    assert promoted == canary + 1
+    await replica.reconciler.reconcile_all()
+    assert replica.serving == [2]
+    # an older record (a snapshot taken before the promote) is replaced too; the same or a newer one is not
+    await store.link.call(lambda c: c.hset(store.keys.desired("m"), "revision", 1))
+    await replica.reconciler.reconcile_all()
+    assert (await store.read_desired("m")).revision == promoted and replica.serving == [2]
+    assert not await store.restore_desired(DesiredModel("m", canary, ((1, BUCKETS),)))
+    assert not await store.restore_desired(DesiredModel("m", promoted, ((1, BUCKETS),)))
+    assert (await store.read_desired("m")).split == ((2, BUCKETS),)
+
+
 async def test_writes_compare_the_revision_and_never_go_below_the_floor(store):
     d = DesiredModel("m", 0, ((1, BUCKETS),))
     assert await store.write_desired(d, 0, 0) == (True, 1)

@@ -80,13 +80,13 @@ def test_canary_share_promote_and_rollback_from_what_replicas_report(redis):
     assert result.returncode == 1 and "no live replica's repository has version 3" in result.stderr
     dry = run(redis.url, "rollout", "m", "--version", "2", "--canary", "10", "--dry-run")
     assert dry.returncode == 0 and "v1 100% -> v1 90% · v2 10%" in dry.stdout and "dry run" in dry.stdout
-    assert "1 of 2 replicas' repositories have version 2; 1 lack it" in dry.stdout
+    assert "1 of 2 replicas' repositories have version 2; 1 lack it (r2)" in dry.stdout  # named, as the README says
     assert desired(redis.url) == {}
     assert run(redis.url, "rollout", "m", "--version", "2", "--canary", "10").returncode == 0
     assert desired(redis.url)["m"]["split"] == [[1, 9000], [2, 1000]]
     other = run(redis.url, "rollout", "m", "--version", "1", "--canary", "5")
     assert other.returncode == 1 and "a canary of version 2 is in progress" in other.stderr
-    for bad in ("0", "100", "-3"):
+    for bad in ("0", "100", "-3", "inf", "nan"):  # inf: an OverflowError traceback before the fix
         result = run(redis.url, "rollout", "m", "--version", "2", "--canary", bad)
         assert result.returncode == 1 and "outside (0, 100]" in result.stderr, result.stderr
     more = run(redis.url, "rollout", "m", "--version", "2", "--canary", "30")

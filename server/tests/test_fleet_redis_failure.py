@@ -9,6 +9,7 @@ back, replicas publish their state again, and a promote converges.
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -119,3 +120,41 @@ def test_killing_redis_mid_load_fails_no_request_and_a_restart_recovers(fleet, c
     with capsys.disabled():
         print(f"\n  redis killed for {restarted - killed:.1f} s under load: {total} requests, 0 failed; "
               f"link back {recovered:.2f} s after the restart", end="")
+
+
+def test_a_redis_restarted_empty_gets_the_fleets_state_back_from_the_replicas(tmp_path):
+    """No persistence: the restarted Redis holds nothing. The replicas kept serving the canary split, but `fleet
+    status` showed the version policy, promote and rollback refused, and the limited tenant went unlimited."""
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model, versions=(1, 2))})
+    redis = RedisServer().start()  # no data_dir: nothing survives a restart
+    try:
+        for args in (("rollout", "add", "--version", "1", "--model-repository", str(repo)),
+                     ("rollout", "add", "--version", "2", "--canary", "50", "--model-repository", str(repo)),
+                     ("limit", "acme", "add", "--rps", "0.01", "--burst", "2")):
+            result = fleet_cli(redis.url, *args)
+            assert result.returncode == 0, result.stdout + result.stderr
+        replicas = start_replicas([(repo, fleet_args(redis.url, "a")), (repo, fleet_args(redis.url, "b"))])
+        try:
+            redis.kill()
+            assert wait_until(lambda: all(scrape_metrics(r.metrics_url)[UP] == 0 for r in replicas), 5)
+            redis.start()  # same port, empty
+            assert wait_until(lambda: all(scrape_metrics(r.metrics_url)[UP] == 1 for r in replicas), 10)
+
+            def restored() -> bool:
+                status = fleet_cli(redis.url, "status", "--json")
+                state = json.loads(status.stdout) if status.returncode == 0 else {}
+                return bool(state.get("desired")) and len(state.get("replicas", ())) == 2
+            assert wait_until(restored, 10)
+            state = json.loads(fleet_cli(redis.url, "status", "--json").stdout)
+            assert state["desired"]["add"]["split"] == [[1, 5000], [2, 5000]] and state["desired"]["add"]["canary"] == 2
+            assert state["limits"] == {"acme/add": {"rps": 0.01, "burst": 2}}
+            ok, refused = acme_burst(replicas[0].grpc_address)  # a fresh bucket: the burst, then refusals
+            assert ok <= 2 and refused, (ok, refused)
+            promote = fleet_cli(redis.url, "promote", "add", "--wait", "20")  # before the fix: "no canary to promote"
+            assert promote.returncode == 0 and "2 of 2 replicas applied" in promote.stdout, \
+                promote.stdout + promote.stderr
+        finally:
+            for replica in replicas:
+                replica.stop()
+    finally:
+        redis.kill()

@@ -170,3 +170,31 @@ def test_a_replica_that_starts_mid_rollout_it_cannot_load_serves_the_previous_sp
             assert back.returncode == 0 and "1 of 1 replicas applied" in back.stdout, back.stdout + back.stderr
         finally:
             c.stop()
+
+
+def test_a_replica_whose_repository_lacks_the_model_is_not_waited_for_nor_counted(tmp_path):
+    """A fleet whose replicas serve different models: b has no model 'add'. It learns the desired state (and
+    keeps it for a later load) but serves nothing of 'add', so it must not appear among the replicas serving it."""
+    with_add = write_model_repository(tmp_path / "a", {"add": ModelSpec(_add_version, versions=(1, 2))})
+    without = write_model_repository(tmp_path / "b", {"other": ModelSpec(_add_version)})
+    with RedisServer() as redis:
+        a, b = start_replicas([(with_add, fleet_args(redis.url, "a")), (without, fleet_args(redis.url, "b"))])
+        try:
+            time.sleep(0.5)  # both have published their state
+            first = fleet_cli(redis.url, "rollout", "add", "--version", "1", "--wait", "10")
+            assert first.returncode == 0 and "1 of 1 replicas applied" in first.stdout, first.stdout + first.stderr
+            time.sleep(0.5)  # b has seen revision 1 and published its state since
+            # before the fix: b reported 'add' (applied revision 0, no versions) once it had seen a desired state,
+            # so this waited for b and failed "not converged after 10 s: 1 of 2 replicas applied revision 2"
+            back = fleet_cli(redis.url, "rollback", "add", "--wait", "10")
+            assert back.returncode == 0 and "1 of 1 replicas applied" in back.stdout, back.stdout + back.stderr
+            assert "1 live replica(s) serve it" in back.stdout
+            [serving] = [r["id"] for r in status(redis)["replicas"] if "add" in r["models"]]
+            assert serving == "a"
+            table = fleet_cli(redis.url, "status").stdout
+            assert "applying" not in table, table
+            desired = ("fleetserve_rollout_desired_revision", frozenset({("model", "add")}))
+            assert desired in scrape_metrics(a.metrics_url) and desired not in scrape_metrics(b.metrics_url)
+        finally:
+            a.stop()
+            b.stop()
