@@ -121,7 +121,7 @@ def build_config(
         execution_accelerators=options.accelerators(msg, where),
         graph_optimization_level=options.graph_level(msg, where),
         default_model_filename=model_filename(msg, source),
-        parameters={key: msg.parameters[key].string_value for key in sorted(msg.parameters)},
+        parameters=options.parameters(msg, where),
         response_cache=msg.response_cache.enable,
         response_cache_ttl_s=options.response_cache_ttl_s(msg, where),
     )
@@ -224,7 +224,7 @@ def _tensors(
         datatype = _datatype(entry.data_type, tensor, field, where)
         dims = _dims(tuple(entry.dims), tensor, max_batch_size, field, where)
         if isinstance(entry, pb.ModelInput):
-            layout = pb.ModelInput.Format.Name(entry.format)
+            layout = _format(entry.format, dims, field, where)
             specs.append(TensorSpec(entry.name, datatype, dims, optional=entry.optional, format=layout))
         else:
             specs.append(TensorSpec(entry.name, datatype, dims, label_filename=entry.label_filename))
@@ -253,6 +253,22 @@ def _datatype(value: int, tensor: _Tensor, field: str, where: Where) -> Datatype
     return stated
 
 
+def _format(value: int, dims: tuple[int, ...], field: str, where: Where) -> str:
+    """An input's format name; as Triton, an image layout (NHWC, NCHW) needs exactly 3 dims."""
+    try:
+        layout = pb.ModelInput.Format.Name(value)
+    except ValueError:
+        names = ", ".join(pb.ModelInput.Format.keys())
+        raise where.error(f"{field}.format", f"{value} is not a known format; use one of {names}") from None
+    if layout != "FORMAT_NONE" and len(dims) != 3:
+        raise where.error(
+            f"{field}.format",
+            f"is {layout}, an image layout, which needs 3 dims (the batch dimension not counted), but dims are "
+            f"{list(dims)}; use FORMAT_NONE",
+        )
+    return layout
+
+
 def _dims(stated: tuple[int, ...], tensor: _Tensor, max_batch_size: int, field: str, where: Where) -> tuple[int, ...]:
     """The stated dims merged with the model's: a fixed size on either side wins over -1."""
     model = tensor.dims(max_batch_size)
@@ -264,7 +280,11 @@ def _dims(stated: tuple[int, ...], tensor: _Tensor, max_batch_size: int, field: 
         else "max_batch_size 0: dims are the whole shape"
     )
     expected = f"the model's {tensor.kind} has shape {list(tensor.shape)}, so dims should be {list(model)} ({note})"
-    if len(stated) != len(model) or any(d < -1 for d in stated):
+    if any(d < 1 and d != -1 for d in stated):  # as Triton: a 0 would make every request but an empty one wrong
+        raise where.error(
+            f"{field}.dims", f"are {list(stated)}; each dim is a size >= 1, or -1 for a variable size; {expected}"
+        )
+    if len(stated) != len(model):
         raise where.error(f"{field}.dims", f"are {list(stated)}, but {expected}")
     for mine, theirs in zip(stated, model):
         if mine != -1 and theirs != -1 and mine != theirs:

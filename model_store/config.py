@@ -27,6 +27,11 @@ DEFAULT_MODEL_FILENAME = "model.onnx"
 DEFAULT_RESPONSE_CACHE_TTL_S = 60.0  # how long a cached response lives (fleet mode, response_cache enabled)
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
+# The model parameters fleetserve reads: fleetserve's own, and intra_op_thread_count, which Triton's onnxruntime
+# backend reads too. Other keys (another backend's, e.g. onnxruntime's "execution_mode") have no effect.
+OWN_PARAMETERS = ("latency_slo_ms", "latency_slo_percentile", "priority_aging_ms", "response_cache_ttl_s",
+                  "inline_run_max_us")
+PARAMETERS = ("intra_op_thread_count", *OWN_PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,11 @@ class ModelConfig:
         return tuple(
             gpu for group in self.instance_groups for gpu in (group.gpus or (0,)) for _ in range(group.count)
         )
+
+    @property
+    def unread_parameters(self) -> tuple[str, ...]:
+        """The parameter keys fleetserve does not read (no effect; see PARAMETERS), sorted."""
+        return tuple(sorted(key for key in self.parameters if key not in PARAMETERS))
 
     def input(self, name: str) -> TensorSpec | None:
         for spec in self.inputs:

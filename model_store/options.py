@@ -14,6 +14,7 @@ batching or grpc, nor anything else of kernels.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from model_store.config import (
     DEFAULT_PRIORITY_AGING_MS,
     DEFAULT_RESPONSE_CACHE_TTL_S,
     DEFAULT_SLO_PERCENTILE,
+    OWN_PARAMETERS,
+    PARAMETERS,
     DynamicBatching,
     InstanceGroup,
     InstanceKind,
@@ -150,8 +153,11 @@ def dynamic_batching(msg: pb.ModelConfig, max_batch_size: int, completed: bool, 
         preserve_ordering=db.preserve_ordering,
         priority_levels=levels,
         default_priority_level=default_level,
-        default_queue_policy=_queue_policy(db.default_queue_policy),
-        priority_queue_policy={level: _queue_policy(p) for level, p in sorted(db.priority_queue_policy.items())},
+        default_queue_policy=_queue_policy(db.default_queue_policy, "dynamic_batching.default_queue_policy", where),
+        priority_queue_policy={
+            level: _queue_policy(p, f"dynamic_batching.priority_queue_policy[{level}]", where)
+            for level, p in sorted(db.priority_queue_policy.items())
+        },
         priority_aging_ms=aging_ms,
         latency_slo=slo,
     )
@@ -196,13 +202,35 @@ def _number_parameter(
     return value
 
 
-def _queue_policy(policy: pb.ModelQueuePolicy) -> ModelQueuePolicy:
+def _queue_policy(policy: pb.ModelQueuePolicy, field: str, where: Where) -> ModelQueuePolicy:
+    try:
+        action = TimeoutAction(pb.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action))
+    except ValueError:  # a number the enum does not name (proto3 parses any)
+        raise where.error(
+            f"{field}.timeout_action", f"{policy.timeout_action} is not a known action; use REJECT or DELAY"
+        ) from None
     return ModelQueuePolicy(
         max_queue_size=policy.max_queue_size,
         default_timeout_us=policy.default_timeout_microseconds,
-        timeout_action=TimeoutAction(pb.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action)),
+        timeout_action=action,
         allow_timeout_override=policy.allow_timeout_override,
     )
+
+
+def parameters(msg: pb.ModelConfig, where: Where) -> dict[str, str]:
+    """The model parameters, by key. A key fleetserve does not read (config.PARAMETERS) is kept (the ModelConfig
+    RPC reports it) and has no effect, as in Triton, where each backend reads its own keys; the server logs it at
+    load. One that misspells a key of fleetserve's own (config.OWN_PARAMETERS) is an error: it would be ignored."""
+    for key in msg.parameters:
+        if key in PARAMETERS:
+            continue
+        close = difflib.get_close_matches(key.lower(), OWN_PARAMETERS, n=1, cutoff=0.8)
+        if close:
+            raise where.error(
+                f"parameters.{key}",
+                f'is not a parameter fleetserve reads (did you mean "{close[0]}"?); it reads: {", ".join(PARAMETERS)}',
+            )
+    return {key: msg.parameters[key].string_value for key in sorted(msg.parameters)}
 
 
 def instances(msg: pb.ModelConfig, where: Where) -> Instances:

@@ -154,6 +154,13 @@ class ModelRepository:
             message = parse_config_text(text, source)
             stated = stated_fields(text)
             options.version_policy(message, options.Where(name, source))
+        elif os.path.lexists(config_path):  # a folder (a ConfigMap mounted without subPath), a dangling link...
+            source = str(config_path)
+            raise ConfigError(
+                f"{source}: is not a file (a folder, or a link to nothing); {CONFIG_FILENAME} must be a text file, "
+                "or absent for a config completed from the model",
+                model=name, source=source,
+            )
         else:
             source = f"{model_dir} (no {CONFIG_FILENAME})"
         filename = complete.model_filename(message, source)

@@ -19,7 +19,7 @@ import numpy as np
 
 from batching.batcher import DynamicBatcher, ScheduleEstimate
 from kernels.ort import MAX_INTRA_OP_THREADS, BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
-from model_store.config import InstanceKind, ModelConfig
+from model_store.config import PARAMETERS, InstanceKind, ModelConfig
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
 from ops.metrics import ServableMetrics, ServerMetrics
@@ -235,11 +235,22 @@ def _warn_of_missing_label_files(source: ModelSource, config: ModelConfig) -> No
             )
 
 
+def _warn_of_unread_parameters(source: ModelSource, config: ModelConfig) -> None:
+    """Triton passes parameters to the model's backend, which ignores keys it does not know; so does fleetserve,
+    but says so: a Triton onnxruntime backend setting (execution_mode, ...) is not applied here."""
+    if config.unread_parameters:
+        log.warning(
+            "model '%s': parameters %s in %s are not read by fleetserve and have no effect; it reads: %s",
+            config.name, ", ".join(config.unread_parameters), source.config_source, ", ".join(PARAMETERS),
+        )
+
+
 def _load_sync(source: ModelSource, version: int, model_path: Path, defaults: ServingDefaults) -> tuple[ModelConfig, OrtKernel]:
     inputs, outputs = read_signature(model_path)
     config = source.build_config(inputs, outputs)
     _int_parameter(config, "inline_run_max_us", 0)  # checked before a session exists to leak
     _warn_of_missing_label_files(source, config)
+    _warn_of_unread_parameters(source, config)
     kernel = OrtKernel(model_path, kernel_options(config))
     kernel.load()
     if defaults.warmup:

@@ -56,6 +56,7 @@ WRITERS: dict[str, Callable[[Path], Path]] = {
     "strings": functools.partial(write_identity_model, datatype="BYTES", dims=(3,)),  # [batch, 3] strings
     "sequence": functools.partial(write_identity_model, datatype="FP32", dims=(-1, 4), batch=False),  # [d0, 4]
     "partly": write_partly_batching_model,
+    "image": functools.partial(write_identity_model, datatype="FP32", dims=(3, 8, 8)),  # [batch, 3, 8, 8]
 }
 
 
@@ -245,7 +246,7 @@ READ_BACK = [
         "instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] }, { count: 2 kind: KIND_GPU gpus: [ 1 ] } ]",
         id="uneven-gpu-groups",
     ),
-    pytest.param("two_io", 'input [ { name: "INPUT1" format: FORMAT_NCHW }, { name: "INPUT0" } ]', id="format"),
+    pytest.param("image", 'input [ { name: "INPUT0" format: FORMAT_NCHW } ]', id="format"),
     pytest.param("two_io", 'output [ { name: "OUTPUT1" label_filename: "labels.txt" } ]', id="label_filename"),
 ]
 
@@ -263,6 +264,21 @@ def test_reported_config_written_as_config_pbtxt_gives_the_same_config(
         assert config.to_proto().input[0].format == model_config_pb2.ModelInput.FORMAT_NCHW  # as image clients read it
     if text and "label_filename" in text:
         assert config.to_proto().output[0].label_filename == "labels.txt"
+
+
+def test_parameters_fleetserve_does_not_read_are_kept_and_listed(signatures: dict[str, Signature]) -> None:
+    config = build(
+        signatures,
+        "dense",
+        """
+        parameters { key: "execution_mode" value { string_value: "1" } }
+        parameters { key: "inter_op_thread_count" value { string_value: "2" } }
+        parameters { key: "intra_op_thread_count" value { string_value: "2" } }
+        """,
+    )
+
+    assert config.unread_parameters == ("execution_mode", "inter_op_thread_count")  # Triton's onnxruntime backend's
+    assert sorted(config.to_proto().parameters) == ["execution_mode", "inter_op_thread_count", "intra_op_thread_count"]
 
 
 def test_signature_may_be_built_by_hand_with_symbolic_dims() -> None:
@@ -319,6 +335,31 @@ ERRORS = [
         id="batch-dim-left-out-without-batching",
     ),
     pytest.param(
+        "sequence", 'max_batch_size: 0 input [ { name: "INPUT0" dims: [ 0, 4 ] } ]',
+        ['input "INPUT0".dims:', "are [0, 4]; each dim is a size >= 1, or -1 for a variable size", "should be [-1, 4]"],
+        id="zero-dim-where-the-model-has-a-variable-one",
+    ),
+    pytest.param(
+        "sequence", 'max_batch_size: 0 output [ { name: "OUTPUT0" dims: [ 0, 4 ] } ]',
+        ['output "OUTPUT0".dims:', "are [0, 4]; each dim is a size >= 1"],
+        id="zero-output-dim",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" format: 7 } ]',
+        ['input "INPUT0".format:', "7 is not a known format", "FORMAT_NONE, FORMAT_NHWC, FORMAT_NCHW"],
+        id="unknown-format-number",
+    ),
+    pytest.param(
+        "dense", 'input [ { name: "INPUT0" format: FORMAT_NHWC } ]',
+        ['input "INPUT0".format:', "is FORMAT_NHWC, an image layout, which needs 3 dims", "dims are [16]"],
+        id="image-format-without-3-dims",
+    ),
+    pytest.param(
+        "image", 'max_batch_size: 0 input [ { name: "INPUT0" format: FORMAT_NCHW } ]',
+        ['input "INPUT0".format:', "needs 3 dims (the batch dimension not counted)", "dims are [-1, 3, 8, 8]"],
+        id="image-format-with-the-batch-dim-in-dims",
+    ),
+    pytest.param(
         "two_io", 'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]',
         ["input:", "INPUT1 (TYPE_FP32 [-1, 4]) are not listed", "list every input or none"],
         id="model-input-not-listed",
@@ -344,6 +385,23 @@ ERRORS = [
         "dense", "max_batch_size: 8 dynamic_batching { preferred_batch_size: [ 4, 16 ] }",
         ["dynamic_batching.preferred_batch_size:", "16 is outside 1..max_batch_size (8)"],
         id="preferred-size-too-big",
+    ),
+    pytest.param(
+        "dense", "dynamic_batching { default_queue_policy { timeout_action: 5 } }",
+        ["dynamic_batching.default_queue_policy.timeout_action:", "5 is not a known action; use REJECT or DELAY"],
+        id="unknown-timeout-action-number",
+    ),
+    pytest.param(
+        "dense",
+        "dynamic_batching { priority_levels: 2 default_priority_level: 1 "
+        "priority_queue_policy { key: 2 value { timeout_action: 2 } } }",
+        ["dynamic_batching.priority_queue_policy[2].timeout_action:", "2 is not a known action"],
+        id="unknown-timeout-action-number-of-a-level",
+    ),
+    pytest.param(
+        "dense", 'parameters { key: "latency_slo_msec" value { string_value: "25" } }',
+        ["parameters.latency_slo_msec:", 'did you mean "latency_slo_ms"', "it reads: intra_op_thread_count, "],
+        id="misspelled-parameter",
     ),
     pytest.param(
         "dense", "max_batch_size: 0 dynamic_batching { }", ["dynamic_batching:", "max_batch_size is 0"],

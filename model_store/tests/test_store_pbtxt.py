@@ -143,6 +143,20 @@ def test_parse_errors_name_the_file_line_and_field(text: str, expected: list[str
     assert caught.value.details["source"] == SOURCE
 
 
+def test_text_format_variants_parse_as_triton_reads_them() -> None:
+    message = parse_config_text(
+        'input [ { name: "a" data_type: 11 } ]\n'  # an enum by number
+        'output [ { name: "y" } ]\n'
+        'input { name: "b\\"c" }\n'  # a second input block, and an escaped quote
+        'parameters { key: "k" value { string_value: "tab\\there\\u00e9" } }\n',
+        SOURCE,
+    )
+
+    assert [(i.name, i.data_type) for i in message.input] == [("a", pb.TYPE_FP32), ('b"c', pb.TYPE_INVALID)]
+    assert message.parameters["k"].string_value == "tab\there\u00e9"
+    assert parse_config_text("", SOURCE) == pb.ModelConfig()  # an empty file: a config completed from the model
+
+
 def test_stated_fields_sees_an_explicit_zero_and_ignores_comments_strings_and_nested_fields() -> None:
     text = """
     name: "x"  # max_batch_size: 3 in a comment

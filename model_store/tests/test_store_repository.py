@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -179,6 +180,35 @@ def test_a_config_that_is_not_utf8_is_a_config_error(root: Path) -> None:
     (root / "a" / "config.pbtxt").write_bytes(b'name: "\xff"')
     with pytest.raises(ConfigError, match="cannot be read as UTF-8 text"):
         ModelRepository(root).read("a")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda path: path.mkdir(), lambda path: path.symlink_to(path.parent / "gone.pbtxt")],
+    ids=["folder", "dangling-link"],
+)
+def test_a_config_pbtxt_that_is_not_a_file_is_a_config_error(root: Path, make: Callable[[Path], object]) -> None:
+    # e.g. a ConfigMap mounted at config.pbtxt without subPath: not read as "no config", which would serve the
+    # model completed from the ONNX file instead of as configured
+    config = root / "a" / "config.pbtxt"
+    make(config)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{config}: is not a file (a folder, or a link to nothing)")):
+        ModelRepository(root).read("a")
+    assert ModelRepository(root).read("b").config_message is None  # the other models read as before
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xef\xbb\xbfmax_batch_size: 0\n", b"# written on Windows\r\nmax_batch_size: 0\r\n"],
+    ids=["byte-order-mark", "crlf"],
+)
+def test_a_byte_order_mark_and_crlf_line_endings_read_as_written(
+    root: Path, raw: bytes, ort_signature: Callable[[Path], Signature]
+) -> None:
+    (root / "a" / "config.pbtxt").write_bytes(raw)
+    source = ModelRepository(root).read("a")
+
+    assert source.build_config(*ort_signature(source.versions[1])).max_batch_size == 0  # stated, so no batching
 
 
 def test_an_explicit_max_batch_size_0_reaches_build_config(

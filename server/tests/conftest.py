@@ -62,6 +62,9 @@ LABELLED_CONFIG = """
 output [ { name: "OUTPUT0", label_filename: "labels.txt" }, { name: "OUTPUT1", label_filename: "gone.txt" } ]
 """
 
+# A parameter Triton's onnxruntime backend reads and fleetserve does not: the model loads, with a warning.
+TUNED_CONFIG = 'parameters { key: "execution_mode" value: { string_value: "1" } }'
+
 
 def write_reshape_model(path: Path) -> None:
     """INPUT0 FP32 [batch, n] reshaped to [-1, 3]: fails at run time unless batch*n % 3 == 0."""
@@ -126,11 +129,14 @@ def build_repository(root: Path) -> Path:
         "labelled": ModelSpec(partial(write_two_io_model, features=4), config=LABELLED_CONFIG),
         "held": ModelSpec(partial(write_add_constant_model, features=4), config=HELD_CONFIG),
         "bf16": ModelSpec(write_bf16_output_model, config=BF16_CONFIG),
+        "tuned": ModelSpec(write_dense_model, config=TUNED_CONFIG),
+        "dirconfig": ModelSpec(write_dense_model),
     }
     for datatype in IDENTITY_DATATYPES:
         models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))
     repository = write_model_repository(root, models)
     (repository / "labelled" / "labels.txt").write_text("cat\ndog\nfish\nbird\n")
+    (repository / "dirconfig" / "config.pbtxt").mkdir()  # not a file: UNAVAILABLE, never served as if absent
     return repository
 
 

@@ -129,6 +129,11 @@ def test_repository_index_reports_failures_with_reasons(stub):
     negative = by_name[("negative_threads", "1")]
     assert negative.state == "UNAVAILABLE"
     assert "intra_op_thread_count must be a whole number >= 0, got '-2'" in negative.reason
+    dirconfig = [m for m in index.models if m.name == "dirconfig"]
+    assert dirconfig and dirconfig[0].state == "UNAVAILABLE", dirconfig
+    assert dirconfig[0].reason.endswith("dirconfig/config.pbtxt: is not a file (a folder, or a link to nothing); "
+                                        "config.pbtxt must be a text file, or absent for a config completed from the "
+                                        "model"), dirconfig
     ready = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True))
     assert all(m.state == "READY" for m in ready.models)
 

@@ -85,6 +85,16 @@ def test_label_files_are_reported_as_configured_and_a_missing_one_only_warns(cli
     assert "model 'labelled' output 'OUTPUT1': label_filename 'gone.txt' is not a file" in warned[0]
 
 
+def test_a_parameter_fleetserve_does_not_read_is_reported_and_only_warns(client, server):
+    assert client.is_model_ready("tuned")
+    config = client.get_model_config("tuned").config
+    assert config.parameters["execution_mode"].string_value == "1"
+    warned = [line for line in server.lines if "execution_mode" in line]
+    assert len(warned) == 1, warned
+    assert "model 'tuned': parameters execution_mode in " in warned[0]
+    assert "are not read by fleetserve and have no effect; it reads: intra_op_thread_count, " in warned[0]
+
+
 @pytest.mark.parametrize("model, arrays", [
     ("dense", {"INPUT0": np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32)}),
     ("simple", {"INPUT0": np.arange(8, dtype=np.float32).reshape(2, 4),
