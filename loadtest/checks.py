@@ -8,7 +8,7 @@ Syntax: comma-separated clauses ``METRIC OP NUMBER[UNIT]``, e.g. ``p99<50ms,erro
 | throughput | successful requests/s | none or /s |
 | rows | rows (inferences)/s | none or /s |
 | goodput | requests/s within --slo-ms (needs --slo-ms) | none or /s |
-| errors | failed requests: with % a share of completed ones, without a count | %, none |
+| errors | failed requests: with % a share of completed ones, without a whole-number count | %, none |
 
 OP is one of < <= > >=. Every clause must hold at every load level of the run.
 """
@@ -89,6 +89,9 @@ def _parse_clause(text: str) -> Check:
                 raise CheckSyntaxError(f"{text!r}: a percentage cannot exceed 100")
             return Check(text, "error_rate", op, number / 100)
         if unit is None:
+            if number != int(number):  # 'errors<0.001' would silently mean "no error at all"
+                raise CheckSyntaxError(f"{text!r}: without % errors is a count of failed requests, a whole number; "
+                                       f"for a share write a percentage (e.g. 'errors<{number * 100:g}%')")
             return Check(text, "errors", op, number)
         raise CheckSyntaxError(f"{text!r}: errors takes a percentage ('errors<0.1%') or a count ('errors<=0')")
     known = ", ".join([*_LATENCY, *_RATES, "errors"])
@@ -109,6 +112,19 @@ def _actual(check: Check, point: PointResult) -> float:
     return float(sum(point.errors.values()))
 
 
+def format_actual(check: Check, actual: float) -> str:
+    """``actual`` in the unit its clause was written in: ms, %, per second or a count."""
+    if actual != actual:  # nan: a latency with no successful request, goodput without --slo-ms
+        return "not measured"
+    if check.metric in _LATENCY.values():
+        return f"{actual:,.4g} ms"
+    if check.metric == "error_rate":
+        return f"{actual * 100:.4g}%"
+    if check.metric in _RATES:
+        return f"{actual:,.4g}/s"
+    return f"{actual:,.0f}"
+
+
 _OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}
 
 
@@ -118,8 +134,8 @@ def evaluate_checks(checks: list[Check], points: list[PointResult]) -> list[Chec
     for point in points:
         for check in checks:
             actual = _actual(check, point)
-            passed = _OPS[check.op](actual, check.threshold)
             if check.metric in _LATENCY.values() and point.ok == 0:
-                passed = False
+                actual = float("nan")  # no latency was measured: the clause fails, shown as "not measured"
+            passed = _OPS[check.op](actual, check.threshold)  # False for nan
             outcomes.append(CheckOutcome(check, point.label, actual, passed))
     return outcomes

@@ -29,9 +29,13 @@ def _numbers(kind: Callable[[str], float]) -> Callable[[str], list[float]]:
         try:
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+            what = "whole numbers" if kind is int else "numbers"
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
         if not values or not all(0 < v < math.inf for v in values):  # nan is neither
             raise argparse.ArgumentTypeError(f"expected positive, finite numbers, got {text!r}")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:  # the level would be measured twice, two rows of one label in every report
+            raise argparse.ArgumentTypeError(f"{', '.join(f'{v:g}' for v in repeated)} given more than once in {text!r}")
         return values
 
     return parse
@@ -55,9 +59,10 @@ def loadtest_parser() -> argparse.ArgumentParser:
                    help="closed loop: requests kept in flight, a sweep such as 1,8,32,64")
     p.add_argument("--rate", type=_numbers(float), metavar="R,R,...",
                    help="open loop: offered requests/s, a sweep such as 500,1000,2000 (default 100 when no --concurrency)")
-    p.add_argument("--rows", type=int, default=1, help="rows (batch size) per request (default 1)")
-    p.add_argument("--input-file", type=Path, help=".npz with one array per input name, sent as is (default: random "
-                   "inputs shaped from ModelMetadata)")
+    p.add_argument("--rows", type=int, help="rows (batch size) per request, for models whose inputs have a -1 batch "
+                   "dimension first (default 1)")
+    p.add_argument("--input-file", type=Path, help=".npz with one array per input name, sent as is, the first "
+                   "dimension being the rows (default: random inputs shaped from ModelMetadata)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and arrival schedules, recorded in the result")
     p.add_argument("--burstiness", type=float, default=1.0,
                    help="open loop: gamma shape of inter-arrival gaps; 1 = Poisson, < 1 burstier")
@@ -96,17 +101,43 @@ def _progress(quiet: bool) -> Callable[[str], None]:
     return lambda line: print(line, file=sys.stderr, flush=True)
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from loadtest.report import format_table, plot_latency_throughput, write_csv
+def _plot(results: list, path: Path, title: str) -> list[Path]:
+    """The PNG, or none (with a note) where matplotlib, an optional dependency, is not installed."""
+    from loadtest.report import plot_latency_throughput
+
+    try:
+        return [plot_latency_throughput(results, path, title)]
+    except ImportError:
+        print(f"note: no {path.name}: matplotlib is not installed (pip install 'fleetserve[loadtest]')", file=sys.stderr)
+        return []
+
+
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from loadtest.checks import CheckSyntaxError, evaluate_checks, parse_checks
+    from loadtest.report import format_checks, format_table, write_csv
     from loadtest.results import LoadtestResult
 
-    results = [LoadtestResult.load(path) for path in args.compare]
-    for result in results:
-        print(format_table(result), end="\n\n")
-    out = args.out or Path(".")
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"wrote {plot_latency_throughput(results, out / 'compare.png', 'comparison')} and {write_csv(results, out / 'compare.csv')}")
-    return 0
+    try:
+        checks = parse_checks(args.checks, slo_ms=math.inf) if args.checks is not None else []  # goodput: below
+        results = [LoadtestResult.load(path) for path in args.compare]
+        if any(c.metric == "goodput" for c in checks):
+            unmeasured = [str(path) for path, r in zip(args.compare, results) if r.slo_ms is None]
+            if unmeasured:
+                raise CheckSyntaxError(f"goodput: {', '.join(unmeasured)} measured no goodput (run without --slo-ms)")
+        for result in results:
+            print(format_table(result), end="\n\n")
+        out = args.out or Path(".")
+        out.mkdir(parents=True, exist_ok=True)
+        files = [*_plot(results, out / "compare.png", "comparison"), write_csv(results, out / "compare.csv")]
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    print("wrote " + " and ".join(str(f) for f in files))
+    passed = True
+    for result in results if checks else []:  # every clause at every level of every result, as after a run
+        outcomes = evaluate_checks(checks, result.points)
+        print(f"{result.label}:\n{format_checks(outcomes)}")
+        passed = passed and all(o.passed for o in outcomes)
+    return 0 if passed else 1
 
 
 def _describe(exc: BaseException) -> str:
@@ -115,37 +146,44 @@ def _describe(exc: BaseException) -> str:
         return f"{code().name}: {details()}"
     if isinstance(exc, TimeoutError):
         return "timed out connecting to the target"
-    return str(exc) or type(exc).__name__
+    return " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever a server answered
 
 
 def run_loadtest(argv: list[str]) -> int:
     parser = loadtest_parser()
     args = parser.parse_args(argv)
     if args.compare:
-        try:
-            return _compare(args)
-        except (OSError, ValueError) as exc:
-            parser.error(str(exc))
+        return _compare(args, parser)
     if not args.model:
         parser.error("--model is required")
+    if args.rows is not None and args.input_file is not None:
+        parser.error("--rows and --input-file: the file's arrays are sent as stored (their first dimension is the "
+                     "rows); drop --rows")
     from loadtest.checks import CheckSyntaxError, evaluate_checks, parse_checks
     from loadtest.procpool import run_event_loop
-    from loadtest.report import format_checks, format_table, plot_latency_throughput, write_csv, write_json
+    from loadtest.report import format_checks, format_table, write_csv, write_json
     from loadtest.results import LoadtestResult
     from loadtest.runner import LoadRunner, RunSettings
+    from loadtest.wire import file_inputs
 
     default_target = "127.0.0.1:8000" if args.transport.startswith("http") else "127.0.0.1:8001"
     targets = tuple(t.strip() for arg in (args.target or [default_target]) for t in arg.split(",") if t.strip())
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:  # one server counted as several replicas: plan would divide its capacity among them
+        parser.error(f"--target {', '.join(repeated)} given more than once")
     try:
+        if args.input_file is not None:
+            file_inputs(args.input_file)  # a file that cannot be sent is a usage error, before any connection
         settings = RunSettings(
             targets=targets, model=args.model, model_version=args.model_version, transport=args.transport,
-            rows=args.rows, input_file=args.input_file, seed=args.seed, slo_ms=args.slo_ms, processes=args.processes,
-            streams=args.streams, warmup_s=args.warmup_s, window_s=args.window_s, stable_windows=args.stable_windows,
+            rows=1 if args.rows is None else args.rows, input_file=args.input_file, seed=args.seed, slo_ms=args.slo_ms,
+            processes=args.processes, streams=args.streams, warmup_s=args.warmup_s, window_s=args.window_s,
+            stable_windows=args.stable_windows,
             tolerance=args.tolerance, max_duration_s=args.max_duration_s, max_requests=args.max_requests,
             max_inflight=args.max_inflight, timeout_s=args.timeout_s, burstiness=args.burstiness,
         )
         checks = parse_checks(args.checks, slo_ms=args.slo_ms) if args.checks is not None else []
-    except (ValueError, CheckSyntaxError) as exc:
+    except (OSError, ValueError) as exc:  # CheckSyntaxError is a ValueError
         parser.error(str(exc))
     concurrency = [int(c) for c in args.concurrency or []]
     rates = list(args.rate or ([] if concurrency else [100.0]))
@@ -167,7 +205,7 @@ def run_loadtest(argv: list[str]) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         stem = args.name or re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{args.model}-{args.transport}-x{result.rows_per_request}")
         files = [write_json(result, args.out / f"{stem}.json"), write_csv([result], args.out / f"{stem}.csv"),
-                 plot_latency_throughput([result], args.out / f"{stem}.png", result.label)]
+                 *_plot([result], args.out / f"{stem}.png", result.label)]
         print("wrote " + ", ".join(str(f) for f in files))
     if checks:
         outcomes = evaluate_checks(checks, result.points)

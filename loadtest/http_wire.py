@@ -97,26 +97,40 @@ def _values(tensor: InputTensor) -> list[Any]:
     return items
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 def _error_detail(text: str, reason: str | None) -> str:
+    """The server's reason in one line: the protocol's ``{"error": ...}``, else the start of the body
+    (a web server that is not an inference server answers a page)."""
     try:
         detail = json.loads(text).get("error", text)
     except (ValueError, AttributeError):
         detail = text
-    return str(detail).strip() or (reason or "")
+    return _one_line(str(detail)) or (reason or "")
+
+
+def _unreachable(method: str, url: str, exc: Exception) -> RuntimeError:
+    """A request that got no HTTP answer, named like gRPC's outcome; not HTTP/1.1 at all (a gRPC port) said so."""
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return RuntimeError(f"{method} {url}: UNAVAILABLE: {_one_line(str(exc))}")
+    return RuntimeError(f"{method} {url}: the answer is not HTTP/1.1 (a gRPC port?): {_one_line(str(exc))}")
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float) -> Any:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             text = await response.text()
-    except aiohttp.ClientConnectionError as exc:  # named like gRPC's, as the per-request outcomes are
-        raise RuntimeError(f"GET {url}: UNAVAILABLE: {exc}") from exc
+    except aiohttp.ClientError as exc:  # named like gRPC's, as the per-request outcomes are
+        raise _unreachable("GET", url, exc) from exc
     if response.status != 200:
         raise RuntimeError(f"GET {url}: HTTP {response.status}: {_error_detail(text, response.reason)}")
     try:
         return json.loads(text)
     except ValueError:
-        raise RuntimeError(f"GET {url}: the answer is not JSON: {text[:200]!r}") from None
+        raise RuntimeError(f"GET {url}: the answer is not JSON: {_one_line(text)!r}") from None
 
 
 async def model_metadata(session: aiohttp.ClientSession, target: str, model: str, version: str,
@@ -143,8 +157,8 @@ async def infer_once(session: aiohttp.ClientSession, target: str, request: HttpR
             text = await response.text(errors="replace")
     except TimeoutError:
         return  # a slow answer is what a load test measures, not a reason not to run it
-    except aiohttp.ClientConnectionError as exc:
-        raise RuntimeError(f"POST {url}: UNAVAILABLE: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise _unreachable("POST", url, exc) from exc
     if response.status in fatal:
         raise RuntimeError(f"POST {url}: HTTP {response.status}: {_error_detail(text, response.reason)}")
 

@@ -114,19 +114,37 @@ def _n(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.3g}"
 
 
+def _rounded(x: float, down: bool = False) -> float:
+    """Positive ``x`` rounded (``down``: down) to what ``_shown`` prints: 2 decimals, or 3 significant digits below 1.
+
+    The replicas are computed from the numbers as shown (a capacity rounded down, the safe way), so
+    the arithmetic printed gives the result printed. The epsilon keeps float error
+    (325 x (1 - 0.3) = 227.49999999999997) from moving a value down a rounding step.
+    """
+    scale = 10.0 ** (2 if x >= 1 else 2 - math.floor(math.log10(x)))
+    return (math.floor(x * scale * (1 + 1e-12)) if down else round(x * scale)) / scale
+
+
+def _shown(x: float, whole: bool = False) -> str:
+    """A value ``_rounded`` gave, in full; ``whole``: without decimals when it has none."""
+    if whole and x == int(x):
+        return f"{x:,.0f}"
+    return f"{x:,.2f}" if x >= 1 else f"{x:.3g}"
+
+
 def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
     count, period_s = parse_rate(inputs.target)
     average = count / period_s
     peak = average * inputs.peak_to_average
     rows = inputs.rows_per_request or result.rows_per_request
-    peak_requests = peak / rows
+    peak_requests = _rounded(peak / rows)
     chosen = choose_capacity(result.points, inputs.p99_ms)
     measured = max(1, len(result.targets))  # a run against N targets (replicas) measured N replicas together
     # Whole requests/s (below 1/s, the 3 significant digits shown), so the arithmetic shown is exact.
     per_replica = chosen.throughput_rps / measured
     capacity = float(math.floor(per_replica)) if per_replica >= 1 else float(f"{per_replica:.3g}")
-    usable = capacity * (1 - inputs.headroom)
-    # The epsilon keeps float error (325 x (1 - 0.3) = 227.49999999999997) from adding a replica.
+    usable = _rounded(capacity * (1 - inputs.headroom), down=True)
+    # The epsilon keeps float error in a division that comes out whole from adding a replica.
     replicas = math.ceil(peak_requests / usable * (1 - 1e-12))
     cores_each = inputs.cores_per_replica or float(result.host_cpu_count) / measured
     cores = replicas * cores_each
@@ -134,13 +152,13 @@ def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
     steps = (
         Step("average rate", f"{count:g}".replace("e+", "e") + f" / {period_s:,.0f} s", f"{_n(average)} inferences/s"),
         Step("peak rate", f"{_n(average)} x {inputs.peak_to_average:g} peak-to-average", f"{_n(peak)} inferences/s"),
-        Step("peak requests", f"{_n(peak)} / {rows} rows per request", f"{_n(peak_requests)} requests/s"),
+        Step("peak requests", f"{_n(peak)} / {rows} rows per request", f"{_shown(peak_requests, True)} requests/s"),
         Step("replica capacity", f"best measured level with {objective}: {chosen.label} of {result.label!r} "
              f"(p99 {chosen.latency_ms.p99:.1f} ms)"
              + (f", {_n(chosen.throughput_rps)} requests/s / {measured} replicas measured" if measured > 1 else ""),
              f"{_n(capacity)} requests/s"),
-        Step("usable per replica", f"{_n(capacity)} x (1 - {inputs.headroom:g} headroom)", f"{usable:,.2f} requests/s"),
-        Step("replicas", f"ceil({_n(peak_requests)} / {usable:,.2f})", f"{replicas:,}"),
+        Step("usable per replica", f"{_n(capacity)} x (1 - {inputs.headroom:g} headroom)", f"{_shown(usable)} requests/s"),
+        Step("replicas", f"ceil({_shown(peak_requests, True)} / {_shown(usable)})", f"{replicas:,}"),
         Step("cores", f"{replicas:,} replicas x {cores_each:g} cores", f"{_n(cores)} cores"),
     )
     notes = [
@@ -150,6 +168,9 @@ def make_plan(result: LoadtestResult, inputs: PlanInputs) -> Plan:
     if rows != result.rows_per_request:
         notes.append(f"capacity was measured at {result.rows_per_request} row(s)/request and is applied to {rows}: "
                      "this assumes per-request cost dominates; measure with --rows to confirm")
+    if chosen.mode == "concurrency" and measured > 1 and chosen.level % measured:
+        notes.append(f"{chosen.label} was spread unevenly over {measured} targets (request slots go round-robin), "
+                     f"so the capacity per replica is an average of unequal loads; measure multiples of {measured}")
     if not chosen.stable:
         notes.append(f"the chosen level {chosen.label} never reached stable throughput; treat the capacity with care")
     if inputs.cores_per_replica is None:

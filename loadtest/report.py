@@ -11,13 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-from loadtest.checks import CheckOutcome
+from loadtest.checks import CheckOutcome, format_actual
 from loadtest.results import LoadtestResult, PointResult
 
 CSV_COLUMNS = (
     "label", "model", "transport", "rows_per_request", "mode", "level", "throughput_rps", "rows_per_s",
     "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms", "max_ms", "requests", "ok", "error_rate", "errors",
-    "goodput_rps", "stable", "duration_s", "mean_batch_size", "batch_sizes", "loadgen_cpu_cores",
+    "goodput_rps", "slo_ms", "stable", "duration_s", "mean_batch_size", "batch_sizes", "loadgen_cpu_cores",
     "loadgen_busiest_process", "send_lag_p99_ms", "dropped", "unmatched_responses",
 )  # fmt: skip
 
@@ -34,8 +34,9 @@ def format_table(result: LoadtestResult) -> str:
     for p in result.points:
         lat = p.latency_ms
         errors = ", ".join(f"{k} {v}" for k, v in p.errors.items()) or "0"
-        row = [p.label, f"{p.throughput_rps:,.0f}", f"{p.rows_per_s:,.0f}", f"{lat.p50:.2f}", f"{lat.p90:.2f}",
-               f"{lat.p99:.2f}", f"{lat.p999:.2f}", errors]
+        # No successful request: no latency was measured (the result's zeros are not 0 ms).
+        latencies = [f"{v:.2f}" if p.ok else "-" for v in (lat.p50, lat.p90, lat.p99, lat.p999)]
+        row = [p.label, f"{p.throughput_rps:,.0f}", f"{p.rows_per_s:,.0f}", *latencies, errors]
         if result.slo_ms is not None:
             row.append(f"{p.goodput_rps:,.0f}")
         row += [f"{p.mean_batch_size:.1f}" if p.mean_batch_size is not None else "-", "yes" if p.stable else "NO",
@@ -43,7 +44,10 @@ def format_table(result: LoadtestResult) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in rows]
-    notes = [head, *lines]
+    notes = [head]
+    if result.inputs:
+        notes.append("inputs: " + "; ".join(result.inputs))
+    notes += lines
     busy = [p.label for p in result.points if p.loadgen_busiest_process > 0.9]
     if busy:
         notes.append(f"warning: a load-generator process used > 90% of a core at {', '.join(busy)}: "
@@ -52,16 +56,22 @@ def format_table(result: LoadtestResult) -> str:
     if unmatched:
         notes.append(f"warning: stream responses matched no request at {', '.join(unmatched)}: "
                      "the server does not echo request ids, so stream latencies cannot be measured")
+    # Nearest rank: of fewer than 1,000 latencies the p99.9 is the largest, of fewer than 100 the p99 too.
+    few = [f"{p.label} ({p.ok:,}: {'p99 and p99.9 are' if p.ok < 100 else 'p99.9 is'} the slowest)"
+           for p in result.points if 0 < p.ok < 1000]
+    if few:
+        notes.append(f"note: few successful requests at {', '.join(few)}; measure longer for a tail percentile")
     unstable = [p.label for p in result.points if not p.stable]
     if unstable:
-        notes.append(f"note: throughput did not settle within --max-duration-s at {', '.join(unstable)} "
+        notes.append(f"note: throughput did not settle within --max-duration-s (or --max-requests) at {', '.join(unstable)} "
                      "(all windows after warm-up were measured)")
     return "\n".join(notes)
 
 
 def format_checks(outcomes: Sequence[CheckOutcome]) -> str:
     return "\n".join(
-        f"{'PASS' if o.passed else 'FAIL'}  {o.check.text:<24} at {o.point:<10} actual {o.actual:,.4g}" for o in outcomes
+        f"{'PASS' if o.passed else 'FAIL'}  {o.check.text:<24} at {o.point:<10} actual {format_actual(o.check, o.actual)}"
+        for o in outcomes
     )
 
 
@@ -75,9 +85,10 @@ def _csv_row(result: LoadtestResult, p: PointResult) -> dict[str, object]:
         "label": result.label, "model": result.model, "transport": result.transport,
         "rows_per_request": result.rows_per_request, "mode": p.mode, "level": p.level,
         "throughput_rps": round(p.throughput_rps, 3), "rows_per_s": round(p.rows_per_s, 3),
-        **{f"{k}_ms": round(v, 4) for k, v in lat.items()},
+        **{f"{k}_ms": round(v, 4) if p.ok else None for k, v in lat.items()},  # None: no latency was measured
         "requests": p.requests, "ok": p.ok, "error_rate": p.error_rate,
-        "errors": ";".join(f"{k}={v}" for k, v in p.errors.items()), "goodput_rps": p.goodput_rps, "stable": p.stable,
+        "errors": ";".join(f"{k}={v}" for k, v in p.errors.items()), "goodput_rps": p.goodput_rps, "slo_ms": result.slo_ms,
+        "stable": p.stable,
         "duration_s": p.duration_s, "mean_batch_size": p.mean_batch_size,
         "batch_sizes": ";".join(f"{k}={v}" for k, v in sorted(p.batch_sizes.items())),
         "loadgen_cpu_cores": round(p.loadgen_cpu_cores, 3), "loadgen_busiest_process": round(p.loadgen_busiest_process, 3),
@@ -107,7 +118,7 @@ def plot_latency_throughput(results: Sequence[LoadtestResult], path: Path, title
     ax = fig.add_subplot()
     for i, result in enumerate(results):
         colour = f"C{i % 10}"
-        points = sorted(result.points, key=lambda p: p.throughput_rps)
+        points = sorted((p for p in result.points if p.ok), key=lambda p: p.throughput_rps)  # no latency: no point
         x = [p.throughput_rps for p in points]
         ax.plot(x, [p.latency_ms.p50 for p in points], "o-", color=colour, label=f"{result.label} p50")
         ax.plot(x, [p.latency_ms.p99 for p in points], "s--", color=colour, label=f"{result.label} p99")
@@ -119,7 +130,8 @@ def plot_latency_throughput(results: Sequence[LoadtestResult], path: Path, title
         ax.axhline(slo, color="grey", linestyle=":", label=f"SLO {slo:g} ms")
     ax.set_xlabel("throughput (successful requests/s)")
     ax.set_ylabel("latency (ms)")
-    if all(p.latency_ms.p50 > 0 for r in results for p in r.points) and any(r.points for r in results):
+    measured = [p for r in results for p in r.points if p.ok]
+    if measured and all(p.latency_ms.p50 > 0 for p in measured):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         # Label only the 2s and 5s between decades, so the axis stays readable.

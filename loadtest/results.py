@@ -77,6 +77,7 @@ class LoadtestResult:
     max_requests: int
     host_cpu_count: int
     points: list[PointResult] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # what each request carried: "INPUT0 FP32 [1,16] random normal"
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

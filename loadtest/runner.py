@@ -23,12 +23,12 @@ import grpc
 import numpy as np
 
 from loadtest import http_wire, stats
-from loadtest.driver import DriveRecord, DriveSpec, LoadDriver, WindowReport
+from loadtest.driver import CONNECT_TIMEOUT_S, DriveRecord, DriveSpec, LoadDriver, WindowReport
 from loadtest.procpool import LoadProcesses
 from loadtest.results import LoadtestResult, PointResult
 from loadtest.wire import (
-    CHANNEL_OPTIONS, MODEL_INFER, Batch, add_batches, batch_delta, batch_statistics, encode_request, file_inputs,
-    model_metadata, random_inputs,
+    CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, Batch, add_batches, batch_delta, batch_inputs, batch_statistics,
+    describe_inputs, encode_request, file_inputs, file_rows, model_metadata, random_inputs,
 )
 from ops.cores import available_cores
 
@@ -109,6 +109,7 @@ class LoadRunner:
         self.body = b""
         self.http_request: http_wire.HttpRequest | None = None
         self.rows_per_request = settings.rows
+        self.inputs: list[str] = []  # what each request carries, one line per input (describe_inputs)
         self._channels: list[grpc.aio.Channel] = []
         self._session: aiohttp.ClientSession | None = None  # HTTP transports: metadata and statistics
         self._pool: LoadProcesses | None = None
@@ -121,15 +122,15 @@ class LoadRunner:
             self._session = aiohttp.ClientSession()
         else:
             self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in s.targets]
+        metadata = await self._metadata()
         if s.input_file is not None:
             inputs = file_inputs(s.input_file)
-            self.rows_per_request = inputs[0].shape[0] if inputs[0].shape else 1
+            self.rows_per_request = file_rows(metadata, inputs)
+            self.inputs = describe_inputs(metadata, inputs, f"from {s.input_file.name}")
         else:
-            metadata = await (
-                http_wire.model_metadata(self._session, s.targets[0], s.model, s.model_version, s.timeout_s)
-                if self._session is not None else model_metadata(self._channels[0], s.model, s.model_version, s.timeout_s)
-            )
             inputs = random_inputs(metadata, s.rows, s.seed)
+            self.rows_per_request = s.rows if batch_inputs(metadata) else 1
+            self.inputs = describe_inputs(metadata, inputs)
         if http:
             self.http_request = http_wire.encode_request(s.model, s.model_version, inputs, s.transport == "http-binary")
             self.body = self.http_request.body
@@ -138,6 +139,19 @@ class LoadRunner:
         if s.processes > 1:
             self._pool = LoadProcesses(s.processes)
             self._pool.start()
+
+    async def _metadata(self) -> Any:
+        """The model's metadata from the first target, its failure named; not bound by --timeout-s, which is
+        the requests' deadline (a short one is a measurement, not a reason to fail before sending any)."""
+        s = self.settings
+        timeout_s = max(s.timeout_s, CONNECT_TIMEOUT_S)
+        if self._session is not None:
+            return await http_wire.model_metadata(self._session, s.targets[0], s.model, s.model_version, timeout_s)
+        try:
+            return await model_metadata(self._channels[0], s.model, s.model_version, timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            hint = " (not an Open Inference Protocol server?)" if exc.code() == grpc.StatusCode.UNIMPLEMENTED else ""
+            raise RuntimeError(f"ModelMetadata on {s.targets[0]}: {exc.code().name}: {exc.details()}{hint}") from exc
 
     async def probe(self) -> None:
         """Send one request to every target; raise, naming the target and the server's answer, when one
@@ -160,6 +174,18 @@ class LoadRunner:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _FATAL_GRPC:
                     raise RuntimeError(f"ModelInfer on {target}: {exc.code().name}: {exc.details()}") from exc
+            if s.transport == "stream":  # a server may answer ModelInfer and not serve the stream
+                await self._probe_stream(self._channels[i], target)
+
+    async def _probe_stream(self, channel: grpc.aio.Channel, target: str) -> None:
+        """Open a ModelStreamInfer stream and end it without a request: a server that serves the stream
+        ends it OK, one without the method refuses it (sending a request instead races that refusal,
+        and the client may see gRPC's INTERNAL in its place)."""
+        call = channel.stream_stream(MODEL_STREAM_INFER, request_serializer=None, response_deserializer=None)(
+            iter(()), timeout=self.settings.timeout_s)
+        code = await call.code()
+        if code in _FATAL_GRPC:
+            raise RuntimeError(f"ModelStreamInfer on {target}: {code.name}: {await call.details()}")
 
     async def stop(self) -> None:
         if self._pool is not None:
@@ -192,7 +218,7 @@ class LoadRunner:
             model_version=s.model_version, transport=s.transport, rows_per_request=self.rows_per_request, seed=s.seed,
             slo_ms=s.slo_ms, processes=s.processes, streams=s.streams, warmup_s=s.warmup_s, window_s=s.window_s,
             stable_windows=s.stable_windows, tolerance=s.tolerance, max_duration_s=s.max_duration_s,
-            max_requests=s.max_requests, host_cpu_count=available_cores(),
+            max_requests=s.max_requests, host_cpu_count=available_cores(), inputs=list(self.inputs),
         )
         for c in concurrency:
             result.points.append(await self.run_point("concurrency", c))

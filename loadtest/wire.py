@@ -9,6 +9,7 @@ merges repeated occurrences of a message's fields, so ``with_id`` prefixes the e
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,21 @@ def encode_array(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=BY_NAME[datatype].numpy).tobytes()
 
 
+def batch_inputs(metadata: Any) -> set[str]:
+    """Names of the inputs whose first dimension is -1: the batch dimension, which ``rows`` sets."""
+    return {spec.name for spec in metadata.inputs if len(spec.shape) and spec.shape[0] == -1}
+
+
 def random_inputs(metadata: Any, rows: int, seed: int) -> list[InputTensor]:
-    """Seeded random inputs shaped from a ModelMetadataResponse: a leading -1 becomes ``rows``, others 1."""
+    """Seeded random inputs shaped from a ModelMetadataResponse: a leading -1 becomes ``rows``, others 1.
+
+    Raises ValueError for ``rows`` > 1 when no input has a leading -1: the model's requests have a
+    fixed shape, so ``rows`` could not be sent (and counting it would inflate rows/s).
+    """
+    if rows > 1 and not batch_inputs(metadata):
+        shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in metadata.inputs)
+        raise ValueError(f"--rows {rows}: the model's inputs have no batch dimension (-1 first): {shapes}; "
+                         "each request is one inference of that shape (drop --rows)")
     rng = np.random.default_rng(seed)
     tensors = []
     for spec in metadata.inputs:
@@ -109,17 +123,61 @@ def random_inputs(metadata: Any, rows: int, seed: int) -> list[InputTensor]:
     return tensors
 
 
+def describe_inputs(metadata: Any, tensors: list[InputTensor], source: str = "") -> list[str]:
+    """What is sent, one line per input: name, datatype, shape, and ``source`` or how it was generated."""
+    open_dims = {spec.name: any(d == -1 for d in spec.shape[1:]) for spec in metadata.inputs} if metadata else {}
+    lines = []
+    for t in tensors:
+        shape = f"[{','.join(str(d) for d in t.shape)}]"
+        if source:
+            how = source
+        elif t.datatype == "BYTES":
+            how = "random 8-letter strings"
+        elif t.datatype in ("FP16", "FP32", "FP64"):
+            how = "random normal"
+        elif t.datatype == "BOOL":
+            how = "random booleans"
+        else:
+            how = "random integers 0-99"
+        if open_dims.get(t.name) and not source:
+            how += ", open (-1) dimensions after the first sent as 1"
+        lines.append(f"{t.name} {t.datatype} {shape} {how}")
+    return lines
+
+
 def file_inputs(path: Path) -> list[InputTensor]:
-    """Inputs from a .npz file: one array per input, keyed by input name, shapes sent as stored."""
-    with np.load(path, allow_pickle=False) as data:
-        tensors = []
+    """Inputs from a .npz file: one array per input, keyed by input name, shapes sent as stored.
+
+    Raises ValueError naming the file when it is not a .npz of arrays the protocol can carry.
+    """
+    how = "write one array per input name with numpy.savez(path, INPUT0=array, ...)"
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # not .npy/.npz, or object arrays (pickles)
+        raise ValueError(f"--input-file {path}: not a .npz file of arrays ({exc}); {how}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"--input-file {path}: a .npy file holds one unnamed array; {how}")
+    tensors = []
+    with data:
         for name in data.files:
-            array = data[name]
-            datatype = from_numpy(array.dtype).name
+            try:
+                array = data[name]
+                datatype = from_numpy(array.dtype).name
+            except ValueError as exc:
+                raise ValueError(f"--input-file {path}: array {name!r}: {exc}") from None
             tensors.append(InputTensor(name, datatype, tuple(int(d) for d in array.shape), encode_array(array, datatype)))
     if not tensors:
-        raise ValueError(f"{path}: no arrays")
+        raise ValueError(f"--input-file {path}: no arrays; {how}")
     return tensors
+
+
+def file_rows(metadata: Any, tensors: list[InputTensor]) -> int:
+    """Rows per request of inputs from a file: the first dimension of those the model batches, else 1."""
+    batched = batch_inputs(metadata)
+    for t in tensors:
+        if t.name in batched and t.shape:
+            return t.shape[0]
+    return 1
 
 
 async def model_metadata(channel: grpc.aio.Channel, model: str, version: str, timeout_s: float = 10.0) -> Any:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from loadtest.checks import Check, CheckSyntaxError, evaluate_checks, parse_checks
+from loadtest.checks import Check, CheckSyntaxError, evaluate_checks, format_actual, parse_checks
 from loadtest.stats import LatencyMs
 
 
@@ -36,6 +36,8 @@ def test_parse(text, expected):
     ("throughput>10ms", "throughput is per second"),
     ("errors<5ms", "errors takes a percentage"),
     ("errors<101%", "cannot exceed 100"),
+    ("errors<0.001", "a whole number; for a share write a percentage .e.g. 'errors<0.1%'."),  # not "no error"
+    ("errors<=2.5", "a count of failed requests, a whole number"),
     ("p98<5ms", "unknown metric 'p98'"),
     ("latency<5ms", "known: p50, p90"),
     ("goodput>100", "add --slo-ms"),
@@ -73,3 +75,14 @@ def test_a_level_without_successes_fails_latency_checks(make_point):
 def test_goodput_without_a_measured_goodput_fails(make_point):
     [outcome] = evaluate_checks(parse_checks("goodput>1", slo_ms=5), [make_point(goodput_rps=None)])
     assert not outcome.passed
+
+
+def test_actual_values_are_shown_in_the_clauses_units(make_point):
+    slow = make_point(latency_ms=LatencyMs(40, 60, 80.5, 90, 45, 95), throughput_rps=2000.0, errors={"INTERNAL": 75},
+                      error_rate=0.1216, goodput_rps=None)
+    dead = make_point(ok=0, latency_ms=LatencyMs(0, 0, 0, 0, 0, 0), error_rate=1.0)
+    checks = parse_checks("p99<50ms,errors<0.1%,errors<=0,throughput>1,goodput>1", slo_ms=5)
+    shown = [format_actual(o.check, o.actual) for o in evaluate_checks(checks, [slow])]
+    assert shown == ["80.5 ms", "12.16%", "75", "2,000/s", "not measured"]
+    [latency] = evaluate_checks(checks[:1], [dead])
+    assert not latency.passed and format_actual(latency.check, latency.actual) == "not measured"  # not "0 ms"

@@ -1,16 +1,21 @@
 """Short, bounded load tests against a real fleetserve (and the bare baseline) on 127.0.0.1."""
 
+import asyncio
 import gc
 import json
 import math
 import socket
+import sys
 
+import grpc
 import numpy as np
 import pytest
 
 from loadtest.baseline import BareService, TensorSpec, start_baseline
 from loadtest.cli import main
 from loadtest.runner import LoadRunner, RunSettings
+from loadtest.wire import SERVICE
+from server.protos import grpc_service_pb2 as pb
 
 QUICK = dict(warmup_s=0.2, window_s=0.3, stable_windows=2, tolerance=0.5, max_duration_s=1.5)
 QUICK_ARGS = ["--warmup-s", "0.2", "--window-s", "0.3", "--stable-windows", "2", "--tolerance", "0.5",
@@ -211,3 +216,175 @@ async def test_two_load_generator_processes_share_the_load(tiny_server, transpor
         point = await runner.run_point("concurrency", 4)
     assert_healthy(point)
     assert point.loadgen_cpu_cores >= point.loadgen_busiest_process
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--concurrency", "1,8,8", "8 given more than once"), ("--rate", "100,100.0", "100 given more than once"),
+    ("--concurrency", "8.0", "expected comma-separated whole numbers"),
+])
+def test_command_rejects_a_level_given_twice(capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", "127.0.0.1:1", "--model", "m", flag, value, "--quiet"])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_command_rejects_a_target_given_twice(capsys):
+    """One server listed twice would be planned as two replicas, each with half its capacity."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", "127.0.0.1:1,127.0.0.1:2", "--target", "127.0.0.1:1", "--model", "m", "--quiet"])
+    assert exited.value.code == 2 and "--target 127.0.0.1:1 given more than once" in capsys.readouterr().err
+
+
+def test_command_rejects_rows_with_an_input_file(tmp_path, capsys):
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, INPUT0=np.ones((1, 16), dtype=np.float32))
+    with pytest.raises(SystemExit) as exited:
+        main(["--target", "127.0.0.1:1", "--model", "m", "--input-file", str(inputs), "--rows", "8", "--quiet"])
+    assert exited.value.code == 2 and "the file's arrays are sent as stored" in capsys.readouterr().err
+
+
+def test_command_rejects_an_input_file_it_cannot_send_before_connecting(tmp_path, capsys):
+    npy = tmp_path / "inputs.npy"
+    np.save(npy, np.ones((1, 16), dtype=np.float32))
+    with pytest.raises(SystemExit) as exited:  # the target does not exist: the file is checked first
+        main(["--target", "127.0.0.1:1", "--model", "m", "--input-file", str(npy), "--quiet"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "usage:" in err and f"--input-file {npy}: a .npy file holds one" in err
+
+
+def test_a_deadline_shorter_than_the_metadata_call_is_measured(tiny_server, capsys):
+    """--timeout-s is the requests' deadline: reading the model's metadata is not held to it."""
+    assert main(["--target", tiny_server.grpc_address, "--model", "add_one", "--timeout-s", "0.000001",
+                 "--concurrency", "1", *QUICK_ARGS]) == 0
+    assert "DEADLINE_EXCEEDED" in capsys.readouterr().out
+
+
+async def _bare(service):
+    server, port = await start_baseline(service)
+    return server, f"127.0.0.1:{port}"
+
+
+class _FixedShape(BareService):
+    """A model that does not batch: its metadata gives INPUT0 a fixed shape [4]."""
+
+    async def model_metadata(self, request, context):
+        response = pb.ModelMetadataResponse(name=self.model, versions=["1"], platform="bare")
+        response.inputs.add(name="INPUT0", datatype="FP32", shape=[4])
+        return response
+
+
+async def test_rows_are_counted_only_where_the_model_has_a_batch_dimension(tmp_path):
+    server, target = await _bare(_FixedShape("fixed", [TensorSpec.parse("INPUT0:FP32:4")], []))
+    try:
+        with pytest.raises(ValueError, match="--rows 4: the model's inputs have no batch dimension"):
+            async with LoadRunner(RunSettings(targets=(target,), model="fixed", rows=4, **QUICK)):
+                pass
+        inputs = tmp_path / "inputs.npz"
+        np.savez(inputs, INPUT0=np.ones(4, dtype=np.float32))  # one inference of shape [4], not 4 rows
+        async with LoadRunner(RunSettings(targets=(target,), model="fixed", input_file=inputs, **QUICK)) as runner:
+            point = await runner.run_point("concurrency", 1)
+        assert runner.rows_per_request == 1 and point.rows_per_s == point.throughput_rps > 0
+    finally:
+        await server.stop(0)
+
+
+async def test_the_inputs_generated_are_reported(tiny_server):
+    async with LoadRunner(settings(tiny_server.grpc_address, rows=3)) as runner:
+        result = await runner.run([1], [])
+    assert result.inputs == ["INPUT0 FP32 [3,16] random normal"]
+
+
+def test_command_names_a_target_that_is_not_an_inference_server(capsys):
+    async def serve_and_run():
+        server = grpc.aio.server()  # a gRPC server with no services at all
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            return await asyncio.to_thread(main, ["--target", f"127.0.0.1:{port}", "--model", "m", *QUICK_ARGS]), port
+        finally:
+            await server.stop(0)
+
+    code, port = asyncio.run(serve_and_run())
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") <= 2
+    assert f"ModelMetadata on 127.0.0.1:{port}: UNIMPLEMENTED" in err and "not an Open Inference Protocol server?" in err
+
+
+def test_command_refuses_a_stream_run_against_a_server_without_the_stream(capsys):
+    class Unary(BareService):  # ModelInfer, no ModelStreamInfer (KServe's Python server, for one)
+        def handlers(self):
+            methods = {name.rsplit("/", 1)[1]: handler for name, handler in super().handlers()._method_handlers.items()
+                       if not name.endswith("/ModelStreamInfer")}
+            return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    async def serve_and_run():
+        server, target = await _bare(Unary("add_one", [TensorSpec.parse("INPUT0:FP32:16")], []))
+        try:
+            return await asyncio.to_thread(main, ["--target", target, "--transport", "stream", "--model", "add_one",
+                                                  "--concurrency", "2", *QUICK_ARGS]), target
+        finally:
+            await server.stop(0)
+
+    code, target = asyncio.run(serve_and_run())
+    captured = capsys.readouterr()
+    assert code == 2 and "c=2" not in captured.out
+    assert f"ModelStreamInfer on {target}: UNIMPLEMENTED" in captured.err
+
+
+def test_command_answers_a_web_server_that_is_not_an_inference_server_in_one_line(capsys):
+    from aiohttp import web
+
+    async def page(request):
+        return web.Response(status=404, content_type="text/html",
+                            text="<!DOCTYPE html>\n<html>\n<body>\n<p>Nothing here</p>\n</body>\n</html>\n")
+
+    async def serve_and_run():
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", page)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.to_thread(main, ["--target", f"127.0.0.1:{port}", "--transport", "http", "--model",
+                                                  "m", *QUICK_ARGS])
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(serve_and_run()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and "HTTP 404: <!DOCTYPE html> <html> <body> <p>Nothing here</p>" in err
+
+
+def test_command_over_http_to_a_server_that_does_not_speak_http_fails_in_one_line(capsys):
+    async def not_http(reader, writer):  # what a gRPC port answers an HTTP/1.1 request: an HTTP/2 frame
+        await reader.read(1024)
+        writer.write(b"\x00\x00\x1e\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x04\x00\n\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def serve_and_run():
+        server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.to_thread(main, ["--target", f"127.0.0.1:{port}", "--transport", "http", "--model",
+                                                  "m", *QUICK_ARGS]), port
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    code, port = asyncio.run(serve_and_run())
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") <= 2
+    assert f"GET http://127.0.0.1:{port}/v2/models/m: the answer is not HTTP/1.1 (a gRPC port?)" in err
+
+
+def test_command_without_matplotlib_writes_the_other_files_and_still_gates(tiny_server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an optional dependency
+    assert main(["--target", tiny_server.grpc_address, "--model", "add_one", "--concurrency", "1", *QUICK_ARGS,
+                 "--out", str(tmp_path), "--name", "run", "--assert", "throughput>1e9"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL  throughput>1e9" in captured.out and "no run.png: matplotlib is not installed" in captured.err
+    assert (tmp_path / "run.json").exists() and (tmp_path / "run.csv").exists() and not (tmp_path / "run.png").exists()

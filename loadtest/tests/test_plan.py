@@ -1,6 +1,8 @@
 """Capacity planning arithmetic: pure functions, and the command's output."""
 
 import math
+import re
+from decimal import Decimal
 
 import pytest
 
@@ -83,7 +85,23 @@ def test_one_trillion_a_day(measured):
     assert plan.cores == 12401 * 2  # the measuring machine's 2 cores
     text = format_plan(plan)
     assert "11,574,074 inferences/s" in text and "34,722,222 inferences/s" in text
-    assert "ceil(34,722,222 / 2,800.00)" in text and "= 12,401" in text and "24,802 cores" in text
+    assert "ceil(34,722,222.22 / 2,800.00)" in text and "= 12,401" in text and "24,802 cores" in text
+
+
+@pytest.mark.parametrize("target, throughput, headroom", [
+    ("1110.4/s", 111.0, 0.0),  # 1,110.4 / 111 is 10.004: shown as "1,110 / 111.00" it read as 10
+    ("50.04/s", 5.0, 0.0),  # shown as "50 / 5.00"
+    ("4e6/h", 333.0, 0.333),  # 1,111.11 / 222.11 (333 x 0.667 = 222.111, counted as the 222.11 shown)
+    ("86.4/day", 0.0123, 0.5),  # below one request a second on both sides
+])
+def test_the_replicas_shown_are_the_ceiling_of_the_numbers_shown(make_result, make_point, target, throughput, headroom):
+    plan = make_plan(make_result([make_point(throughput_rps=throughput)]), PlanInputs(target, headroom=headroom))
+    text = format_plan(plan)
+    requests, usable, replicas = re.search(r"ceil\(([0-9.,]+) / ([0-9.,]+)\) += ([0-9,]+)", text).groups()
+    exact = Decimal(requests.replace(",", "")) / Decimal(usable.replace(",", ""))
+    assert int(replicas.replace(",", "")) == plan.replicas == math.ceil(exact)
+    assert f"= {requests} requests/s" in text and f"= {usable} requests/s" in text
+    assert plan.replicas >= math.ceil(parse_rate(target)[0] / parse_rate(target)[1] / (throughput * (1 - headroom)) - 1e-9)
 
 
 def test_rows_per_request_and_cores_per_replica(measured):
@@ -102,6 +120,16 @@ def test_a_run_against_several_replicas_is_divided_among_them(measured):
     assert plan.usable_per_replica == pytest.approx(1400)
     assert plan.replicas == math.ceil(1e12 / 86400 * 3 / 1400) and plan.cores == plan.replicas * 1.0
     assert "4,000 requests/s / 2 replicas measured" in format_plan(plan)
+
+
+def test_a_level_spread_unevenly_over_the_targets_is_noted(measured):
+    import dataclasses
+
+    three = dataclasses.replace(measured, targets=["127.0.0.1:8001", "127.0.0.1:8011", "127.0.0.1:8021"])
+    plan = make_plan(three, PlanInputs("1e6/s", p99_ms=50))  # c=32: 11, 11 and 10 slots
+    assert any("c=32 was spread unevenly over 3 targets" in note for note in plan.notes)
+    two = dataclasses.replace(measured, targets=["127.0.0.1:8001", "127.0.0.1:8011"])
+    assert not any("unevenly" in note for note in make_plan(two, PlanInputs("1e6/s", p99_ms=50)).notes)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 
 import pytest
 
@@ -85,3 +86,82 @@ def test_compare_of_a_file_that_is_not_a_result_is_a_usage_error(tmp_path, capsy
         main(["loadtest", "--compare", str(bad)])
     assert exc.value.code == 2
     assert "not a loadtest result" in capsys.readouterr().err
+
+
+@pytest.fixture
+def failed_level(make_point):
+    """A level where every request failed: no latency was measured (the result holds zeros)."""
+    return make_point(level=128.0, requests=50, ok=0, throughput_rps=0.0, rows_per_s=0.0,
+                      latency_ms=LatencyMs(0, 0, 0, 0, 0, 0), errors={"UNAVAILABLE": 50}, error_rate=1.0, goodput_rps=0.0)
+
+
+def test_a_level_without_successes_shows_no_latency(sweep, failed_level, tmp_path):
+    sweep.points.append(failed_level)
+    [line] = [line for line in format_table(sweep).splitlines() if line.startswith("c=128")]
+    assert line.split()[3:7] == ["-", "-", "-", "-"] and "0.00" not in line
+    with write_csv([sweep], tmp_path / "r.csv").open() as f:
+        row = list(csv.DictReader(f))[-1]
+    assert [row[c] for c in ("p50_ms", "p99_ms", "p999_ms", "max_ms")] == ["", "", "", ""]
+    assert row["errors"] == "UNAVAILABLE=50" and float(row["error_rate"]) == 1.0
+
+
+def test_the_plot_leaves_out_levels_without_latency(sweep, failed_level, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: drawn.append(self))
+    sweep.points.append(failed_level)
+    plot_latency_throughput([sweep], tmp_path / "r.png")
+    [ax] = drawn[0].axes
+    plotted = [(x, y) for line in ax.lines[:2] for x, y in zip(line.get_xdata(), line.get_ydata())]
+    assert plotted and all(y > 0 for _, y in plotted)  # not a 0 ms point at 0 req/s
+    assert ax.get_yscale() == "log"
+
+
+def test_few_samples_say_which_percentiles_are_the_slowest_request(make_result, make_point):
+    table = format_table(make_result([make_point(level=1.0, ok=50), make_point(level=2.0, ok=400),
+                                      make_point(level=4.0, ok=1000), make_point(level=8.0, ok=0)]))
+    assert ("note: few successful requests at c=1 (50: p99 and p99.9 are the slowest), "
+            "c=2 (400: p99.9 is the slowest)") in table
+    assert "c=4 (" not in table and "c=8 (" not in table
+
+
+def test_the_inputs_sent_are_reported_and_saved(make_result, tmp_path):
+    result = make_result(inputs=["INPUT0 FP32 [2,1,3] random normal, open (-1) dimensions after the first sent as 1"])
+    assert "\ninputs: INPUT0 FP32 [2,1,3] random normal, open (-1)" in format_table(result)
+    assert LoadtestResult.load(write_json(result, tmp_path / "r.json")) == result
+    older = result.to_dict()
+    del older["inputs"]  # a result saved before inputs were recorded still loads
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert LoadtestResult.load(tmp_path / "old.json").inputs == []
+
+
+def test_csv_says_what_goodput_was_measured_against(sweep, make_result, tmp_path):
+    with write_csv([sweep, make_result(slo_ms=None)], tmp_path / "r.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["slo_ms"] for r in rows] == ["10.0", "10.0", ""]
+
+
+def test_compare_gates_on_assert(sweep, make_result, tmp_path, capsys):
+    a = write_json(sweep, tmp_path / "a.json")
+    args = ["loadtest", "--compare", str(a), "--out", str(tmp_path / "cmp")]
+    assert main([*args, "--assert", "p99<100ms"]) == 0
+    assert main([*args, "--assert", "p99<50ms,errors<0.1%"]) == 1  # c=64: p99 55 ms
+    out = capsys.readouterr().out
+    assert "tiny unary:\n" in out and "FAIL  p99<50ms" in out and "at c=64" in out and "actual 55 ms" in out
+    b = write_json(make_result(slo_ms=None), tmp_path / "b.json")
+    with pytest.raises(SystemExit) as exc:
+        main(["loadtest", "--compare", str(a), str(b), "--assert", "goodput>1"])
+    assert exc.value.code == 2 and f"goodput: {b} measured no goodput" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["loadtest", "--compare", str(a), "--assert", "p99<50"])
+    assert exc.value.code == 2 and "a latency needs a unit" in capsys.readouterr().err
+
+
+def test_without_matplotlib_the_png_is_skipped_with_a_note(sweep, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed: it is an optional dependency
+    a = write_json(sweep, tmp_path / "a.json")
+    assert main(["loadtest", "--compare", str(a), "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {tmp_path / 'compare.csv'}" in captured.out and not (tmp_path / "compare.png").exists()
+    assert "no compare.png: matplotlib is not installed" in captured.err

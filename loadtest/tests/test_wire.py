@@ -1,10 +1,13 @@
 """Request bytes built once: ids spliced in without re-encoding; inputs from metadata or a file."""
 
+import re
+
 import numpy as np
 import pytest
 
 from loadtest.wire import (
-    Batch, InputTensor, add_batches, batch_delta, encode_request, encode_varint, file_inputs, random_inputs, with_id,
+    Batch, InputTensor, add_batches, batch_delta, batch_inputs, describe_inputs, encode_request, encode_varint,
+    file_inputs, file_rows, random_inputs, with_id,
 )
 from server.protos import grpc_service_pb2 as pb
 
@@ -53,3 +56,52 @@ def test_batch_statistics_delta():
     assert batch_delta(before, after) == ({2: 10, 16: 20}, 300 / 30)
     assert batch_delta(after, after) == ({}, None)
     assert add_batches(before, Batch(1, 1, ((1, 1), (8, 1)))) == Batch(101, 51, ((1, 21), (2, 30), (8, 1)))
+
+
+def test_rows_need_a_batch_dimension():
+    """A model whose inputs have fixed shapes takes one inference per request: --rows cannot be sent."""
+    meta = pb.ModelMetadataResponse(name="m")
+    meta.inputs.add(name="A", datatype="FP32", shape=[1, 16])
+    with pytest.raises(ValueError, match=r"--rows 4: the model's inputs have no batch dimension .*A \[1, 16\]"):
+        random_inputs(meta, rows=4, seed=0)
+    [a] = random_inputs(meta, rows=1, seed=0)
+    assert a.shape == (1, 16) and batch_inputs(meta) == set()
+
+
+def test_the_inputs_sent_are_described():
+    meta = pb.ModelMetadataResponse(name="m")
+    meta.inputs.add(name="A", datatype="FP32", shape=[-1, -1, 3])
+    meta.inputs.add(name="B", datatype="BYTES", shape=[-1])
+    meta.inputs.add(name="C", datatype="INT32", shape=[2])
+    tensors = random_inputs(meta, rows=2, seed=0)
+    assert describe_inputs(meta, tensors) == [
+        "A FP32 [2,1,3] random normal, open (-1) dimensions after the first sent as 1",
+        "B BYTES [2] random 8-letter strings",
+        "C INT32 [2] random integers 0-99",
+    ]
+    assert describe_inputs(meta, tensors[:1], "from x.npz") == ["A FP32 [2,1,3] from x.npz"]
+
+
+def test_rows_of_inputs_from_a_file_count_only_a_batch_dimension():
+    batched, fixed = pb.ModelMetadataResponse(name="m"), pb.ModelMetadataResponse(name="m")
+    batched.inputs.add(name="A", datatype="FP32", shape=[-1, 4])
+    fixed.inputs.add(name="A", datatype="FP32", shape=[4])
+    tensors = [InputTensor("A", "FP32", (4,), bytes(16))]
+    assert file_rows(batched, [InputTensor("A", "FP32", (3, 4), bytes(48))]) == 3
+    assert file_rows(fixed, tensors) == 1  # one inference of shape [4], not 4 rows
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: np.save(p, np.ones((1, 16), np.float32)), "a .npy file holds one unnamed array"),
+    (lambda p: p.write_text("INPUT0,1,2\n"), "not a .npz file of arrays"),
+    (lambda p: np.savez(p, INPUT0=np.array([["a"]], dtype=object)), "array 'INPUT0': Object arrays cannot be loaded"),
+    (lambda p: np.savez(p, INPUT0=np.ones((1, 16), np.complex64)), "array 'INPUT0': numpy dtype complex64"),
+    (lambda p: np.savez(p), "no arrays"),
+])
+def test_a_file_that_cannot_be_sent_is_named_with_the_reason(tmp_path, write, message):
+    path = tmp_path / "in.npz"
+    write(path)
+    if not path.exists():  # np.save adds .npy
+        path = tmp_path / "in.npz.npy"
+    with pytest.raises(ValueError, match=re.escape(f"--input-file {path}: {message}")):
+        file_inputs(path)
