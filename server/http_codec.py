@@ -33,14 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
 from model_store.config import TensorSpec
 from model_store.datatypes import BY_NAME, Datatype
 from ops.errors import InvalidInput, Unsupported
-from ops.statistics import Duration, ModelStats
 from server.codec import (
     checked_shape,
     datatype_of,
@@ -351,68 +347,3 @@ def _to_json(name: str, data: np.ndarray, dt: Datatype) -> list[Any]:
         raise InvalidInput(
             f"output '{name}' holds bytes that are not UTF-8 text; request it with the binary_data parameter"
         ) from None
-
-
-# ---- Triton's REST extensions: statistics and model configuration as JSON -----------------------
-def _duration(d: Duration) -> dict[str, int]:
-    return {"count": d.count, "ns": d.ns}
-
-
-def stats_json(name: str, version: str, s: ModelStats) -> dict[str, Any]:
-    """One model version's statistics in Triton's JSON shape."""
-    return {
-        "name": name,
-        "version": version,
-        "last_inference": s.last_inference_ms,
-        "inference_count": s.inference_count,
-        "execution_count": s.execution_count,
-        "inference_stats": {
-            "success": _duration(s.success),
-            "fail": _duration(s.fail),
-            "queue": _duration(s.queue),
-            "compute_input": _duration(s.compute_input),
-            "compute_infer": _duration(s.compute_infer),
-            "compute_output": _duration(s.compute_output),
-            "cache_hit": _duration(s.cache_hit),
-            "cache_miss": _duration(s.cache_miss),
-        },
-        "batch_stats": [
-            {"batch_size": size, "compute_input": _duration(b.compute_input),
-             "compute_infer": _duration(b.compute_infer), "compute_output": _duration(b.compute_output)}
-            for size, b in sorted(s.batches.items())
-        ],
-    }
-
-
-_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
-
-
-def message_json(msg: Message) -> dict[str, Any]:
-    """A protobuf message as Triton's REST API writes it: proto field names, 64-bit integers as numbers,
-    and fields at their default value written out (``"max_batch_size": 0``), as Triton writes them and
-    its clients read them."""
-    out = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    _numbers(msg.DESCRIPTOR, out)
-    return out
-
-
-def _numbers(desc: Descriptor, d: dict[str, Any]) -> None:
-    """proto3 JSON writes 64-bit integers as strings; Triton (and its clients) use numbers."""
-    for f in desc.fields:
-        if f.name not in d:
-            continue
-        value = d[f.name]
-        sub = f.message_type
-        if sub is not None and sub.GetOptions().map_entry:
-            inner = sub.fields_by_name["value"]
-            if inner.message_type is not None:
-                for item in value.values():
-                    _numbers(inner.message_type, item)
-            elif inner.type in _INT64:
-                d[f.name] = {k: int(v) for k, v in value.items()}
-        elif sub is not None:
-            for item in value if f.is_repeated else [value]:
-                _numbers(sub, item)
-        elif f.type in _INT64:
-            d[f.name] = [int(v) for v in value] if f.is_repeated else int(value)

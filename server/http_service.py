@@ -18,15 +18,9 @@ from aiohttp import HttpVersion11, web
 
 from ops.errors import InvalidInput, Unsupported
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
-from server.http_codec import (
-    HEADER_LENGTH,
-    decode_infer_request,
-    encode_infer_response,
-    message_json,
-    parse_json,
-    stats_json,
-)
+from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
+from server.http_messages import message_json, stats_json
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTrace, RequestTracer
