@@ -25,6 +25,12 @@ Contract:
   wrapped in ``BackendError``) and the batcher keeps running. No future is
   ever left pending, also on ``stop()``. With ``preserve_ordering`` outcomes
   are released in arrival order.
+- ``drain()`` (shutdown, before the transports stop) ends every wait for a batch
+  to fill: what is queued, and whatever is submitted from then on, is
+  dispatched as soon as an instance is free, in batches of up to
+  ``max_batch_size`` rows, still in priority order, with queue timeouts,
+  deadlines, cancellation and ordering as above. Unlike ``stop()`` it keeps
+  accepting, so the requests the transports are still finishing get in.
 - Every successful batch's run time feeds the run-time estimate, exposed by
   ``estimate`` in every mode: timed here from dispatch to results on the
   injected clock, or reported by the owner (``record_run_time``).
@@ -103,6 +109,7 @@ class DynamicBatcher(Generic[T, R]):
         self._loop_task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
+        self._draining = False  # drain(): no more waiting for batches to fill
 
     @property
     def queue_depth(self) -> int:
@@ -113,6 +120,11 @@ class DynamicBatcher(Generic[T, R]):
     def accepting(self) -> bool:
         """Whether ``submit`` takes requests: started and not stopping."""
         return self._accepting
+
+    @property
+    def draining(self) -> bool:
+        """Whether ``drain`` was called: queued requests go without waiting for their batch to fill."""
+        return self._draining
 
     @property
     def batches_in_flight(self) -> int:
@@ -236,6 +248,15 @@ class DynamicBatcher(Generic[T, R]):
         self._probe_met = False
         return True
 
+    def drain(self) -> None:
+        """Stop waiting for batches to fill (shutdown): see the module docstring. Still accepting; ``stop`` ends it.
+
+        A server's shutdown calls it before its transports stop, so the grace they give requests in flight
+        has to cover their run, not also the rest of a queue delay that nothing will come to fill.
+        """
+        self._draining = True
+        self._wake.set()
+
     async def stop(self, timeout_s: float | None = None) -> None:
         """Stop accepting, run what is queued, wait for running batches; then fail any leftovers."""
         self._accepting = False
@@ -279,7 +300,7 @@ class DynamicBatcher(Generic[T, R]):
             if head is None:
                 continue
             decision = self._decide(now, now - oldest_at)
-            if decision.rows == 0 and self._accepting:
+            if decision.rows == 0 and self._accepting and not self._draining:
                 self._payoff.waiting(queues.rows)
                 await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
                 continue

@@ -8,8 +8,11 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
   1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING, HTTP /v2/health/ready 503;
   2. keep serving for shutdown_delay_s (default 0), so load balancers see 1. and stop routing here;
   3. stop the repository poller; in fleet mode, stop watching Redis and remove this replica's state;
-  4. stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s (open streams stop
-     reading and end UNAVAILABLE once they have answered what they read);
+  4. every model's batcher drains (``DynamicBatcher.drain``): what is queued, and what the transports still
+     submit, is dispatched at once, no longer waiting out max_queue_delay or a preferred batch size (priorities,
+     ordering, deadlines and queue timeouts still hold), so drain_timeout_s has to cover run times only, not a
+     queue delay; then stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s (open
+     streams stop reading and end UNAVAILABLE once they have answered what they read);
   5. drain each model's queue and close its kernel; close the Redis link;
   6. flush traces, close the metrics endpoint, exit 0. A second signal exits at once with status 1.
 
@@ -247,6 +250,13 @@ class App:
             log.error("model repository %s: %s; serving the copy from the last sync",
                       self.mirror.config.url, exc.message)
 
+    def _drain_queues(self) -> None:
+        """Step 4's start: every model version's batcher dispatches what is queued (and what the transports
+        still submit) at once, instead of waiting out its queue delay or a preferred batch size."""
+        for name in self.registry.names():
+            for servable in self.registry.ready_servables(name).values():
+                servable.drain()
+
     async def stop(self) -> None:
         """The shutdown checklist in the module docstring."""
         serving = self._ready
@@ -263,6 +273,7 @@ class App:
                 await self._poller
         if self.fleet is not None:
             await self.fleet.leave()
+        self._drain_queues()  # before the transports stop: their grace then covers run times, not queue delays
         stopping = []
         if self._servicer is not None:
             self._servicer.close_streams()  # open streams end once they have answered what they read

@@ -164,6 +164,10 @@ class Servable:
                                   time.perf_counter_ns() - start)
         return result.outputs
 
+    def drain(self) -> None:
+        """Shutdown: dispatch queued requests without waiting for their batches to fill; still accepting."""
+        self.batcher.drain()
+
     async def close(self, drain_timeout_s: float | None = None) -> None:
         """Finish queued and running requests, then release the kernel."""
         await self.batcher.stop(drain_timeout_s)

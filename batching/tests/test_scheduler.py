@@ -147,6 +147,31 @@ async def test_a_queue_timeout_is_on_time_when_the_batcher_already_sleeps(max_ba
     assert 2 not in kernel.executed
 
 
+async def test_drain_dispatches_what_is_queued_at_once_in_priority_order_and_keeps_accepting():
+    """Shutdown (server/app.py, step 4): the batcher stops waiting out the queue delay (10 s, on a clock that does
+    not move), so the transports' grace covers run times only; priorities and deadlines still hold, and a request
+    the transports were still finishing gets in and goes at once."""
+    clock = FakeClock()
+    kernel = FakeKernel()
+    b = batcher(kernel, clock, max_batch_size=8, delay_s=10.0, levels=[QueuePolicy(), QueuePolicy()], default_priority=2)
+    await b.start()
+    low = [b.submit(1), b.submit(2)]
+    high = b.submit(3, priority=1)
+    doomed = b.submit(4, deadline=clock() + 0.001)
+    await asyncio.sleep(0.02)
+    assert kernel.batches == [] and not b.draining  # waiting for the delay, or for 8 rows
+    clock.advance(0.002)  # the doomed request's deadline passes while it waits
+    b.drain()
+    assert b.draining and b.accepting
+    assert await asyncio.wait_for(asyncio.gather(high, *low), 1.0) == [30, 10, 20]
+    with pytest.raises(DeadlineExceeded, match="not executed"):
+        await asyncio.wait_for(doomed, 1.0)
+    assert kernel.batches == [[3, 1, 2]]  # one batch, the higher level first
+    assert await asyncio.wait_for(b.submit(5), 1.0) == 50  # still accepting, and no waiting
+    assert kernel.batches[-1] == [5]
+    await b.stop()
+
+
 async def test_delay_timeout_moves_the_request_behind_its_level():
     clock = FakeClock()
     gate = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import tritonclient.grpc as tc
 import tritonclient.http as th
 
@@ -423,6 +425,68 @@ def test_sigterm_ends_open_streams_once_they_have_answered_what_they_read(tmp_pa
     _, ended = got[2]
     assert ended is not None and ended.status() == "StatusCode.UNAVAILABLE", got
     assert "the server is shutting down" in ended.message()
+
+
+def test_sigterm_answers_queued_requests_at_once_though_the_drain_timeout_is_shorter_than_the_queue_delay(
+        tmp_path: Path):
+    """Requests waiting in a batcher for a 10 s queue delay (or a preferred size nobody will fill) at SIGTERM were
+    cancelled when --drain-timeout (1 s) ran out before the delay did. Draining starts by dispatching what is queued,
+    so unary gRPC, HTTP and stream requests are all answered, in well under the delay."""
+    repo = write_model_repository(tmp_path, {"held": ModelSpec(
+        partial(write_add_constant_model, features=4),
+        config="max_batch_size: 32\n"
+               "dynamic_batching { max_queue_delay_microseconds: 10000000 preferred_batch_size: [ 16 ] }")})
+    server = ServerProcess(repo, "--drain-timeout", "1").start()
+    client = tc.InferenceServerClient(server.grpc_address)
+    stream_client = tc.InferenceServerClient(server.grpc_address)
+    replies: queue.Queue = queue.Queue()
+    results: dict[str, object] = {}
+
+    def unary(i: int) -> None:
+        try:
+            results[f"grpc{i}"] = client.infer("held", add_input(float(i), features=4)).as_numpy("OUTPUT0")[0, 0]
+        except Exception as exc:
+            results[f"grpc{i}"] = exc
+
+    def http(i: int) -> None:
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [float(i)] * 4}]}
+        try:
+            reply = requests.post(server.http_url + "/v2/models/held/infer", json=body, timeout=30)
+            results[f"http{i}"] = reply.json()["outputs"][0]["data"][0] if reply.status_code == 200 else reply.text
+        except Exception as exc:
+            results[f"http{i}"] = exc
+
+    depth = ("fleetserve_queue_depth", frozenset({("model", "held"), ("version", "1")}))
+    callers = [threading.Thread(target=f, args=(i,)) for f in (unary, http) for i in (10, 20)]
+    stream_client.start_stream(callback=lambda result, error: replies.put((result, error)))
+    try:
+        for caller in callers:
+            caller.start()
+        for i in (30, 40):
+            stream_client.async_stream_infer("held", add_input(float(i), features=4), request_id=str(i))
+        assert wait_until(lambda: scrape_metrics(server.metrics_url).get(depth) == 6), server.log
+        assert server.proc is not None
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        for caller in callers:
+            caller.join(20)
+        assert server.proc.wait(15) == 0, server.log
+        took = time.monotonic() - signalled
+        got = []
+        with contextlib.suppress(queue.Empty):
+            while len(got) < 3:  # the two responses and the stream's end
+                got.append(replies.get(timeout=5))
+    finally:
+        stream_client.stop_stream()
+        stream_client.close()
+        client.close()
+        server.stop()
+    assert results == {"grpc10": 11.0, "grpc20": 21.0, "http10": 11.0, "http20": 21.0}, results
+    answered = {result.get_response().id: result.as_numpy("OUTPUT0")[0, 0] for result, error in got if error is None}
+    assert answered == {"30": 31.0, "40": 41.0}, got
+    _, ended = got[-1]
+    assert ended is not None and "the server is shutting down" in ended.message(), got
+    assert took < 5, f"shutdown took {took:.1f} s: it waited out the queue delay"
 
 
 def test_a_new_version_that_fails_to_load_leaves_the_old_one_serving(tmp_path: Path):
