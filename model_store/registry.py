@@ -45,6 +45,7 @@ from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError
 log = logging.getLogger(__name__)
 _KEPT = "serving the copy loaded earlier"  # a READY version's reason when its files in the repository fail
 _ABSENT = object()  # the fingerprint ``poll`` records for a model folder that is not there
+_VERSION_MAX_DIGITS = 255  # a version is a folder name: no longer than one can be
 
 
 class ModelState(enum.Enum):
@@ -120,7 +121,11 @@ class ModelRegistry(Generic[S]):
             return model.latest
         if not (version.isascii() and version.isdigit()):  # int() would also take " 1", "1_0" and "１"
             raise ModelNotFound(f"model '{name}' has no version '{version}': versions are whole numbers such as '1'")
-        number = int(version)
+        digits = version.lstrip("0") or "0"
+        if len(digits) > _VERSION_MAX_DIGITS:  # int() would raise ValueError past 4,300 digits: an INTERNAL error
+            raise ModelNotFound(f"model '{name}' has no version {digits[:20]}... ({len(digits)} digits: no version "
+                                f"folder's name is that long); versions: {self._version_list(model)}")
+        number = int(digits)
         servable = model.servables.get(number)
         if servable is None:
             if number not in model.status:

@@ -155,16 +155,20 @@ class DataPlane:
         return out
 
     # ---- repository control -------------------------------------------------------------------
-    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+    def repository_index(self, ready_only: bool = False, repository: str = "") -> list[IndexEntry]:
+        """``repository``: the one the request names (gRPC's ``repository_name``, REST's
+        ``/v2/repository/{repository}/…``), refused as Triton refuses it: never answered for the one served."""
+        _one_repository(repository)
         entries = self.registry.index()
         if ready_only:
             entries = [e for e in entries if e.state.value == "READY"]
         return entries
 
-    async def load_model(self, name: str, parameters: Collection[str] = ()) -> None:
+    async def load_model(self, name: str, parameters: Collection[str] = (), repository: str = "") -> None:
         """``parameters``: the names of the request's parameters. Triton's config override (``config``)
         and model files (``file:<path>``) are refused, never ignored: the model would load as it is
-        in the repository while the caller believes otherwise."""
+        in the repository while the caller believes otherwise. ``repository``: as for ``repository_index``."""
+        _one_repository(repository)
         self._check_explicit("load")
         overrides = sorted(p for p in parameters if p == "config" or p.startswith("file:"))
         if overrides:
@@ -175,7 +179,8 @@ class DataPlane:
             )
         await self.registry.load(name, retry=True)  # asked for explicitly: what failed is tried again
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, repository: str = "") -> None:
+        _one_repository(repository)
         self._check_explicit("unload")
         await self.registry.unload(name)
 
@@ -341,6 +346,14 @@ class DataPlane:
         self._metrics.record_unresolved(model if model in self.registry.names() else "", code)
         if self._request_log is not None:
             self._request_log.record(request_id, model, version, code, 0)
+
+
+def _one_repository(repository: str) -> None:
+    if repository:
+        raise Unsupported(
+            f"model repository '{repository}': naming a repository is not supported; this server serves the one "
+            "given by --model-repository: send the request without a repository name"
+        )
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import grpc
 
 
-from ops.errors import ShuttingDown, Unsupported
+from ops.errors import InvalidInput, ShuttingDown, Unsupported
 from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
 from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, request_names
@@ -133,18 +133,23 @@ class InferenceServicer:
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         msg = pb.RepositoryIndexResponse()
-        for e in self.dp.repository_index(ready_only=request.ready):
+        for e in self.dp.repository_index(request.ready, request.repository_name):
             msg.models.add(name=e.name, version=e.version, state=e.state.value, reason=e.reason)
         return msg
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
-        await self.dp.load_model(request.model_name, request.parameters.keys())
+        await self.dp.load_model(request.model_name, request.parameters.keys(), request.repository_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.dp.unload_model(request.model_name)
+        dependents = request.parameters.get("unload_dependents")  # as Triton: a bool, though none depend here
+        kind = dependents.WhichOneof("parameter_choice") if dependents is not None else "bool_param"
+        if kind != "bool_param":
+            raise InvalidInput(f"the unload request's parameter 'unload_dependents' must be a bool_param, "
+                               f"got {kind or 'no value'}")
+        await self.dp.unload_model(request.model_name, request.repository_name)
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: bytes, context: Any) -> bytes:

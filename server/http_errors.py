@@ -5,7 +5,7 @@ HTTP mapping (the same codes the gRPC transport sends). ``error_middleware``
 wraps every route of the REST application when it is built
 (server/http_server.py), so no endpoint can forget it. Every error body is
 ``{"error": "<message>"}``. Protocol-level errors of the HTTP layer itself (no
-such endpoint 404, wrong method 405, body over the limit 413, body that stopped
+such endpoint 404, wrong method 405 (with ``Allow``), body over the limit 413, body that stopped
 arriving 408, a content coding this server does not decode 415) keep their status and get the
 same body. Unknown exceptions become 500 with a generic message and a logged traceback.
 """
@@ -108,8 +108,10 @@ async def error_middleware(
     except web.HTTPNotFound:
         return error_response(404, f"no such endpoint: {request.method} {request.path}")
     except web.HTTPMethodNotAllowed as exc:
-        return error_response(405, f"{request.method} is not allowed on {request.path}; "
-                                   f"allowed: {', '.join(sorted(exc.allowed_methods))}")
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = error_response(405, f"{request.method} is not allowed on {request.path}; allowed: {allowed}")
+        response.headers["Allow"] = allowed  # RFC 9110 15.5.6: a 405 must name the methods the resource allows
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -1,18 +1,24 @@
-"""Triton's REST extensions beside inference: statistics and model configuration as JSON.
+"""Triton's REST extensions beside inference: statistics and model configuration as JSON, and the
+model repository extension's request bodies.
 
 ``stats_json`` writes one model version's statistics in Triton's JSON shape; ``message_json`` a
-protobuf message (the model config) as Triton's REST API writes it. Imports protobuf and
-ops.statistics only.
+protobuf message (the model config) as Triton's REST API writes it. ``index_ready``,
+``load_parameters`` and ``check_unload`` read the repository requests' bodies as strictly as Triton
+reads them: ``ready`` and ``unload_dependents`` are JSON booleans, ``parameters`` an object (absent or
+null is none, as in an inference request), so ``{"ready": "false"}`` is a 400, never read as true.
+Imports protobuf, ops.errors and ops.statistics only.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from ops.errors import InvalidInput
 from ops.statistics import Duration, ModelStats
 
 
@@ -78,3 +84,40 @@ def _numbers(desc: Descriptor, d: dict[str, Any]) -> None:
                 _numbers(sub, item)
         elif f.type in _INT64:
             d[f.name] = [int(v) for v in value] if f.is_repeated else int(value)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _flag(holder: dict[str, Any], name: str, what: str) -> bool:
+    value = holder.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{what} '{name}' must be true or false, got {_shown(value)}")
+    return value
+
+
+def _parameters(body: dict[str, Any], request: str) -> dict[str, Any]:
+    params = body.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidInput(f"the {request} request's 'parameters' must be a JSON object, got {_shown(params)}")
+    return params
+
+
+def index_ready(body: dict[str, Any]) -> bool:
+    """A repository index request's ``ready``: list only the versions ready for inference."""
+    return _flag(body, "ready", "the index request's")
+
+
+def load_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """A load request's ``parameters`` (the dataplane refuses ``config`` and ``file:…``)."""
+    return _parameters(body, "load")
+
+
+def check_unload(body: dict[str, Any]) -> None:
+    """An unload request's ``parameters``; ``unload_dependents`` changes nothing here (no model depends on
+    another: fleetserve has no ensembles), but must still be a boolean, as Triton requires."""
+    _flag(_parameters(body, "unload"), "unload_dependents", "the unload request's parameter")

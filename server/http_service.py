@@ -20,7 +20,7 @@ from ops.errors import InvalidInput, Unsupported
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
-from server.http_messages import message_json, stats_json
+from server.http_messages import check_unload, index_ready, load_parameters, message_json, stats_json
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTrace, RequestTracer
@@ -94,6 +94,11 @@ def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info["model"], request.match_info.get("version", "")
 
 
+def _repository(request: web.Request) -> str:
+    """The repository a ``/v2/repository/{repository}/…`` path names ("" for the plain paths)."""
+    return request.match_info.get("repository", "")
+
+
 async def _expect_body(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue``: a body declared over the limit gets its 413 instead of the 100 that
     would invite the client to send it (aiohttp's default handler always answers 100)."""
@@ -120,8 +125,11 @@ class HttpService:
         self._tracer = tracer
 
     def routes(self) -> list[web.RouteDef]:
-        m = "/v2/models/{model}"
-        v = "/v2/models/{model}/versions/{version}"
+        # Any name without a slash, as Triton's routes take it: aiohttp's default pattern also refuses '{' and '}',
+        # which a model folder's name may hold (a model gRPC serves would be "no such endpoint" here).
+        m = "/v2/models/{model:[^/]+}"
+        v = "/v2/models/{model:[^/]+}/versions/{version:[^/]+}"
+        r = "/v2/repository/{repository:[^/]+}"
         return [
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
@@ -139,8 +147,12 @@ class HttpService:
             web.post(v + "/infer", self.infer, expect_handler=_expect_body),
             web.post("/v2/repository/index", self.repository_index, expect_handler=_expect_body),
             web.get("/v2/repository/index", self.repository_index),
-            web.post("/v2/repository/models/{model}/load", self.load, expect_handler=_expect_body),
-            web.post("/v2/repository/models/{model}/unload", self.unload, expect_handler=_expect_body),
+            web.post("/v2/repository/models/{model:[^/]+}/load", self.load, expect_handler=_expect_body),
+            web.post("/v2/repository/models/{model:[^/]+}/unload", self.unload, expect_handler=_expect_body),
+            # Triton's paths naming a repository: refused (501), as gRPC's repository_name is
+            web.post(r + "/index", self.repository_index, expect_handler=_expect_body),
+            web.post(r + "/models/{model:[^/]+}/load", self.load, expect_handler=_expect_body),
+            web.post(r + "/models/{model:[^/]+}/unload", self.unload, expect_handler=_expect_body),
             web.route("*", "/v2/systemsharedmemory{tail:.*}", self.shared_memory),
             web.route("*", "/v2/cudasharedmemory{tail:.*}", self.shared_memory),
             web.route("*", "/v2/trace/setting", self.unimplemented_settings),
@@ -230,21 +242,18 @@ class HttpService:
     # ---- repository control -------------------------------------------------------------------
     async def repository_index(self, request: web.Request) -> web.Response:
         body = await self._json_body(request) if request.method == "POST" else {}
-        entries = self.dp.repository_index(ready_only=bool(body.get("ready", False)))
+        entries = self.dp.repository_index(index_ready(body), _repository(request))
         return _json([{"name": e.name, "version": e.version, "state": e.state.value, "reason": e.reason}
                       for e in entries])
 
     async def load(self, request: web.Request) -> web.Response:
-        body = await self._json_body(request)
-        parameters = body.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidInput("the load request's 'parameters' must be a JSON object")
-        await self.dp.load_model(request.match_info["model"], parameters.keys())
+        parameters = load_parameters(await self._json_body(request))
+        await self.dp.load_model(request.match_info["model"], parameters.keys(), _repository(request))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        await self._json_body(request)
-        await self.dp.unload_model(request.match_info["model"])
+        check_unload(await self._json_body(request))
+        await self.dp.unload_model(request.match_info["model"], _repository(request))
         return web.Response(status=200)
 
     async def shared_memory(self, request: web.Request) -> web.Response:

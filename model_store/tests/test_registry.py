@@ -178,3 +178,16 @@ async def test_a_version_present_but_not_selected_is_not_found_with_the_reason(t
     with pytest.raises(ModelNotFound) as err:
         server.registry.get("m", "7")
     assert err.value.message == "model 'm' has no version 7; versions: 1, 3"
+
+
+async def test_a_version_too_long_to_be_a_folder_name_is_not_found_not_an_internal_error(tmp_path: Path):
+    model_file(tmp_path, 1, b"v" + COMPLETE)
+    server = Server(tmp_path)
+    await server.registry.load("m")
+    for version in ("9" * 5000, "1" * 256):  # was: ValueError from int() past 4,300 digits (INTERNAL, 500)
+        with pytest.raises(ModelNotFound) as err:
+            server.registry.get("m", version)
+        assert err.value.message == (f"model 'm' has no version {version[:20]}... ({len(version)} digits: no version "
+                                     "folder's name is that long); versions: 1")
+        assert not server.registry.is_ready("m", version)
+    assert server.registry.get("m", "0" * 5000 + "1").version == 1  # leading zeros, as in "01"

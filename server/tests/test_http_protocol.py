@@ -15,7 +15,13 @@ import requests
 import tritonclient.http as th
 
 from model_store.datatypes import BY_NAME
-from model_store.testing import IDENTITY_DATATYPES, reference_outputs
+from model_store.testing import (
+    IDENTITY_DATATYPES,
+    ModelSpec,
+    reference_outputs,
+    write_dense_model,
+    write_model_repository,
+)
 from server.testing import ServerProcess, scrape_metrics
 
 
@@ -445,6 +451,76 @@ def test_unknown_endpoint_and_wrong_method_get_json_errors(server):
     assert reply.status_code == 404 and "no such endpoint" in reply.json()["error"]
     reply = requests.get(server.http_url + "/v2/models/dense/infer", timeout=10)
     assert reply.status_code == 405 and "POST" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("POST", "/v2/health/live", "GET, HEAD"),
+    ("GET", "/v2/repository/models/dense/load", "POST"),
+    ("HEAD", "/v2/repository/models/dense/unload", "POST"),
+    ("PUT", "/v2/repository/index", "GET, HEAD, POST"),
+    ("DELETE", "/v2/models/dense/versions/1/stats", "GET, HEAD"),
+])
+def test_a_wrong_method_is_405_with_an_allow_header(server, method, path, allowed):
+    reply = requests.request(method, server.http_url + path, timeout=10)
+    assert reply.status_code == 405 and reply.headers.get("Allow") == allowed, reply.headers  # was: no Allow
+    if method != "HEAD":
+        assert reply.json()["error"] == f"{method} is not allowed on {path}; allowed: {allowed}"
+
+
+def test_the_index_ready_flag_is_a_json_boolean_never_read_by_truthiness(server):
+    every = post(server, "/v2/repository/index", "").json()
+    assert any(m["state"] == "UNAVAILABLE" for m in every)
+    assert post(server, "/v2/repository/index", '{"ready": false}').json() == every
+    ready = post(server, "/v2/repository/index", '{"ready": true}').json()
+    assert ready == [m for m in every if m["state"] == "READY"]
+    for value in ('"false"', "0", "1", "null", "[]"):  # "false" was read as true: only the ready ones came back
+        reply = post(server, "/v2/repository/index", f'{{"ready": {value}}}')
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"] == f"the index request's 'ready' must be true or false, got {value}"
+
+
+@pytest.mark.parametrize("action, body, error", [
+    ("load", '{"parameters": []}', "the load request's 'parameters' must be a JSON object, got []"),
+    ("load", '{"parameters": ""}', "the load request's 'parameters' must be a JSON object, got \"\""),
+    ("unload", '{"parameters": 5}', "the unload request's 'parameters' must be a JSON object, got 5"),
+    ("unload", '{"parameters": {"unload_dependents": "yes"}}',
+     "the unload request's parameter 'unload_dependents' must be true or false, got \"yes\""),
+    ("unload", "[]", "the request body must be a JSON object"),
+    ("load", "{", "the request body is not valid JSON"),
+])
+def test_load_and_unload_bodies_are_read_strictly_before_anything_is_done(server, action, body, error):
+    reply = post(server, f"/v2/repository/models/dense/{action}", body)  # was: read loosely, then 501 here
+    assert reply.status_code == 400 and reply.json()["error"].startswith(error), reply.text
+
+
+@pytest.mark.parametrize("action, body", [
+    ("load", ""), ("load", "{}"), ("load", '{"parameters": null}'), ("load", '{"parameters": {}}'),
+    ("unload", ""), ("unload", '{"parameters": {"unload_dependents": false}}'),
+    ("unload", '{"parameters": {"unload_dependents": true}}'),
+])
+def test_well_formed_load_and_unload_bodies_reach_the_model_control_check(server, action, body):
+    reply = post(server, f"/v2/repository/models/dense/{action}", body)
+    assert reply.status_code == 501 and "--model-control-mode none" in reply.json()["error"], reply.text
+
+
+def test_a_model_whose_name_holds_braces_is_served_over_rest_as_over_grpc(tmp_path):
+    """A folder name may hold '{' and '}'; aiohttp's default route pattern refused them: "no such endpoint"."""
+    repo = write_model_repository(tmp_path, {"a{b}": ModelSpec(write_dense_model)})
+    with ServerProcess(repo, "--model-control-mode", "explicit") as server:
+        client = th.InferenceServerClient(server.http_address)
+        client.load_model("a{b}")
+        assert client.is_model_ready("a{b}") and client.is_model_ready("a{b}", "1")
+        assert client.get_model_metadata("a{b}", "1")["versions"] == ["1"]
+        assert client.get_model_config("a{b}")["name"] == "a{b}"
+        result = infer(client, "a{b}", {"INPUT0": np.ones((1, 16), np.float32)})
+        assert result.as_numpy("OUTPUT0").shape == (1, 8)
+        assert client.get_inference_statistics("a{b}", "1")["model_stats"][0]["inference_count"] == 1
+        reply = requests.get(server.http_url + "/v2/models/a%7Bb%7D/versions/%7B1%7D", timeout=10)
+        assert reply.status_code == 404, reply.text
+        assert reply.json()["error"] == "model 'a{b}' has no version '{1}': versions are whole numbers such as '1'"
+        client.unload_model("a{b}")
+        assert not client.is_model_ready("a{b}")
+        client.close()
 
 
 def test_body_over_the_limit_is_refused_with_413_before_it_is_read(server):

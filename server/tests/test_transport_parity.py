@@ -50,6 +50,10 @@ CASES = {
     "unknown version": (Code.NOT_FOUND,
                         lambda s: s.ModelInfer(service_pb2.ModelInferRequest(model_name="dense", model_version="9")),
                         ("POST", "/v2/models/dense/versions/9/infer", "{\"inputs\": []}")),
+    # int() refuses over 4,300 digits: was INTERNAL / 500 with a traceback, on every endpoint naming a version.
+    "version too long to be one": (
+        Code.NOT_FOUND, lambda s: s.ModelStatistics(service_pb2.ModelStatisticsRequest(name="dense", version="9" * 5000)),
+        ("GET", f"/v2/models/dense/versions/{'9' * 5000}/stats", None)),
     "metadata of unknown model": (Code.NOT_FOUND, lambda s: s.ModelMetadata(service_pb2.ModelMetadataRequest(name="nope")),
                                   ("GET", "/v2/models/nope", None)),
     "model failed to load": (Code.UNAVAILABLE, lambda s: s.ModelInfer(grpc_infer("corrupt")), http_infer("corrupt")),
@@ -91,6 +95,44 @@ def test_same_error_same_code_on_both_transports(server, stub, case):
     assert err.value.code() == GRPC_STATUS[code], err.value.details()
     assert reply.status_code == HTTP_STATUS[code], reply.text
     assert reply.json()["error"] == err.value.details()
+
+
+def test_a_non_boolean_unload_dependents_is_refused_on_both_transports(server, stub):
+    """As Triton: the parameter is a boolean (a bool_param over gRPC), refused before anything is done."""
+    request = service_pb2.RepositoryModelUnloadRequest(model_name="dense")
+    request.parameters["unload_dependents"].string_param = "yes"
+    with pytest.raises(grpc.RpcError) as err:  # was: UNIMPLEMENTED here, the parameter never looked at
+        stub.RepositoryModelUnload(request)
+    reply = requests.post(server.http_url + "/v2/repository/models/dense/unload",
+                          data='{"parameters": {"unload_dependents": "yes"}}', timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert err.value.details() == "the unload request's parameter 'unload_dependents' must be a bool_param, got string_param"
+    assert reply.status_code == 400 and "'unload_dependents' must be true or false" in reply.json()["error"]
+    request.parameters["unload_dependents"].bool_param = True  # well formed: on to the model control check
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RepositoryModelUnload(request)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("rpc, request_, path", [
+    ("RepositoryIndex", service_pb2.RepositoryIndexRequest(repository_name="other", ready=True),
+     "/v2/repository/other/index"),
+    ("RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(repository_name="other", model_name="dense"),
+     "/v2/repository/other/models/dense/load"),
+    ("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(repository_name="other", model_name="dense"),
+     "/v2/repository/other/models/dense/unload"),
+])
+def test_a_named_repository_is_refused_never_answered_for_the_one_served(server, stub, rpc, request_, path):
+    """As Triton: 'repository_name' is UNSUPPORTED. Was: gRPC answered for this server's repository (an index of
+    it, a load refused only for the control mode), and REST's paths naming a repository were no endpoint."""
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, rpc)(request_)
+    reply = requests.post(server.http_url + path, timeout=30)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, err.value.details()
+    assert reply.status_code == 501 and reply.json()["error"] == err.value.details()
+    assert err.value.details() == ("model repository 'other': naming a repository is not supported; this server "
+                                   "serves the one given by --model-repository: send the request without a "
+                                   "repository name")
 
 
 def held_grpc():
