@@ -27,20 +27,28 @@ _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; exceptions go in ``exc_info`` as text."""
+    """One JSON object per record; an exception's traceback goes in ``exc_info`` and a ``stack_info`` stack in
+    ``stack_info``, as text. A record whose arguments do not fit its format (a library's logging bug) keeps its
+    format and arguments as its message, where logging would print a multi-line error and drop the record."""
 
     def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception as exc:
+            message = f"{record.msg!r} % {record.args!r} ({type(exc).__name__}: {exc})"
         out = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
         fields = getattr(record, "fields", None)
         if fields:
             out.update(fields)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str)
 
 
@@ -53,6 +61,7 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings (numpy's on a client's out-of-range value...) as log records
 
 
 def capped(text: str, limit: int = LOGGED_TEXT_MAX_CHARS) -> str:

@@ -49,16 +49,25 @@ log = logging.getLogger(__name__)
 
 _NS = 1_000_000_000
 _CODES = tuple(Code)
+RETIRED_HANDLES = 256  # unloaded model versions whose counters are kept for a later load (about 10 KiB each)
 _MODEL_LABELS = ("model", "version")
 
 
-def _check_buckets(name: str, bounds: Sequence[float]) -> None:
+def bucket_problem(bounds: Sequence[float]) -> str | None:
+    """Why ``bounds`` cannot be a histogram's bucket bounds, or None."""
     if not bounds:
-        raise ValueError(f"{name}: give at least one bucket bound")
+        return "give at least one bucket bound"
     if any(not math.isfinite(b) or b <= 0 for b in bounds):
-        raise ValueError(f"{name}: bucket bounds must be positive and finite, got {list(bounds)}")
+        return f"bucket bounds must be positive and finite, got {list(bounds)}"
     if any(b >= c for b, c in zip(bounds, bounds[1:])):
-        raise ValueError(f"{name}: bucket bounds must be strictly increasing, got {list(bounds)}")
+        return f"bucket bounds must be strictly increasing, got {list(bounds)}"
+    return None
+
+
+def _check_buckets(name: str, bounds: Sequence[float]) -> None:
+    problem = bucket_problem(bounds)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,8 @@ class ServableMetrics:
 
     Loop-bound. ``inflight`` is written directly by the dataplane (admitted, not yet
     answered, queued ones included). A reloaded version shares the handle of the copy
-    it replaces, so its counters continue rather than reset.
+    it replaces, so its counters continue rather than reset; a version unloaded and
+    loaded again later gets its old handle back (``ServerMetrics`` keeps it, unexported).
     """
 
     __slots__ = (
@@ -180,18 +190,19 @@ class ServableMetrics:
             self.instances -= instances
 
     def release(self) -> None:
-        """The servable closed; the series disappear when no servable uses the handle any more."""
+        """The servable closed; the series leave the scrape when no servable uses the handle any more."""
         if self._owner is not None:
             self._owner._release(self)
 
     @property
     def queue_depth(self) -> int:
-        return sum(q.queue_depth for q in self._queues)
+        return sum(q.queue_depth for q in self._queues[:])
 
     @property
     def schedule_estimate(self) -> Any:
         """The newest attached batcher's estimate (a reload's new copy), or None."""
-        return self._queues[-1].estimate if self._queues else None
+        queues = self._queues[:]  # one atomic copy: the loop may detach the last one while a scrape reads
+        return queues[-1].estimate if queues else None
 
 
 class ServerMetrics:
@@ -206,6 +217,9 @@ class ServerMetrics:
         self.config = config or MetricsConfig()
         self.server_version = version
         self._servables: dict[tuple[str, str], ServableMetrics] = {}
+        # Handles of unloaded versions, oldest first, unexported: loaded again, a version's counters go on
+        # from where they stopped instead of falling back to 0 (the last RETIRED_HANDLES unloaded are kept).
+        self._retired: dict[tuple[str, str], ServableMetrics] = {}
         self._unresolved: dict[tuple[str, Code], int] = {}  # requests that reached no model version
         self.load_duration = Histogram(self.config.load_buckets_s, _NS)
         self._load_failures: dict[str, int] = {}
@@ -219,17 +233,24 @@ class ServerMetrics:
             GCCollector(registry=registry)
 
     def servable(self, model: str, version: str) -> ServableMetrics:
-        """The handle for ``model``/``version``, shared with any copy of it still loaded."""
-        handle = self._servables.get((model, version))
+        """The handle for ``model``/``version``, shared with any copy of it still loaded, or the one it had
+        when it last unloaded."""
+        key = (model, version)
+        handle = self._servables.get(key)
         if handle is None:
-            handle = self._servables[(model, version)] = ServableMetrics(model, version, self.config, self)
+            handle = self._retired.pop(key, None) or ServableMetrics(model, version, self.config, self)
+            self._servables[key] = handle
         handle._refs += 1
         return handle
 
     def _release(self, handle: ServableMetrics) -> None:
         handle._refs -= 1
-        if handle._refs <= 0 and self._servables.get((handle.model, handle.version)) is handle:
-            del self._servables[(handle.model, handle.version)]
+        key = (handle.model, handle.version)
+        if handle._refs <= 0 and self._servables.get(key) is handle:
+            del self._servables[key]  # its series leave the scrape
+            self._retired[key] = handle
+            if len(self._retired) > RETIRED_HANDLES:
+                del self._retired[next(iter(self._retired))]
 
     def record_unresolved(self, model: str, code: Code) -> None:
         """A request that named no servable version (unknown or unready model); ``model`` may be ""."""

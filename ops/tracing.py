@@ -8,7 +8,9 @@ end to end: ``receive`` (decode and validate), ``queue`` (waiting for a batch),
 ``execute`` (the batch's kernel run, until the result is back on the loop) and
 ``respond`` (encode). The timestamps are plain ``perf_counter_ns`` integers set
 along the way; spans are created all at once when the request finishes, so the
-batcher and the kernel never touch OpenTelemetry.
+batcher and the kernel never touch OpenTelemetry. Spans leave from the SDK's
+batch processor thread; ``shutdown_tracer_provider`` bounds the final flush, so
+a collector that is down or slow cannot hold up the server's exit.
 
 Caller-chosen attributes (request id, model name) are cut like the request log's
 (``ops.logs.capped``). Imports nothing from fleetserve but ``ops.errors`` and ``ops.logs``.
@@ -16,6 +18,7 @@ Caller-chosen attributes (request id, model name) are cut like the request log's
 
 from __future__ import annotations
 
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -28,6 +31,9 @@ from ops.errors import Code, code_of
 from ops.logs import capped
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# What shutdown gives the spans still queued to leave: a healthy collector takes well under a second, and the
+# SDK's own wait (30 s, each OTLP export retrying for up to 10 s) would outlast the pod's termination grace period.
+TRACE_FLUSH_TIMEOUT_S = 2.0
 
 
 def build_tracer_provider(exporter: str, service_version: str = "") -> Any:
@@ -55,6 +61,15 @@ def build_tracer_provider(exporter: str, service_version: str = "") -> Any:
                                                             "service.version": service_version}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     return provider
+
+
+def shutdown_tracer_provider(provider: Any, timeout_s: float = TRACE_FLUSH_TIMEOUT_S) -> bool:
+    """Export the spans still queued and shut ``provider`` down, waiting at most ``timeout_s``; False when
+    that was not enough (a collector down or slow): the rest is dropped when the process exits."""
+    worker = threading.Thread(target=provider.shutdown, name="trace-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return not worker.is_alive()
 
 
 class RequestTracer:

@@ -14,7 +14,8 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
      queue delay; then stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s (open
      streams stop reading and end UNAVAILABLE once they have answered what they read);
   5. drain each model's queue and close its kernel; close the Redis link;
-  6. flush traces, close the metrics endpoint, exit 0. A second signal exits at once with status 1.
+  6. flush traces (for at most 2 s), close the metrics endpoint, exit 0. A second signal exits at once with
+     status 1.
 
 A server that cannot start (a port in use, an unreachable remote repository with no copy, --trace
 without OpenTelemetry) raises ``StartupError``: ``serve`` closes what did open, logs one line
@@ -286,7 +287,12 @@ class App:
         if self.fleet is not None:
             await self.fleet.close()
         if self._owns_tracer_provider:
-            await asyncio.get_running_loop().run_in_executor(None, self._tracer_provider.shutdown)
+            from ops.tracing import TRACE_FLUSH_TIMEOUT_S, shutdown_tracer_provider
+
+            if not await asyncio.get_running_loop().run_in_executor(None, shutdown_tracer_provider,
+                                                                     self._tracer_provider):
+                log.warning("spans not exported %.0f s into shutdown are dropped: the trace collector is down "
+                            "or slow", TRACE_FLUSH_TIMEOUT_S)
         if self._metrics_http is not None:
             await self._metrics_http.stop()
         log.info("fleetserve stopped")

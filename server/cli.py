@@ -16,16 +16,21 @@ from pathlib import Path
 from loadtest.cli import COMMANDS as LOADTEST_COMMANDS, main as loadtest_main
 from model_store.remote import MirrorConfig
 from ops.logs import LOG_FORMATS, configure_logging
-from ops.metrics import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig
+from ops.metrics import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig, bucket_problem
 from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
 
 
 def _buckets(text: str) -> tuple[float, ...]:
+    """Histogram bounds: comma-separated numbers, positive, finite and strictly increasing (argparse names the flag)."""
     try:
-        return tuple(float(b) for b in text.split(",") if b.strip())
-    except ValueError:
+        bounds = tuple(float(b) for b in text.split(",")) if text.strip() else ()
+    except ValueError:  # a word, or an empty entry ("1,,2", "1,2,")
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+    problem = bucket_problem(bounds)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return bounds
 
 
 def _csv(values: tuple[float, ...]) -> str:

@@ -9,7 +9,8 @@ where aiohttp would pass an unknown coding through as is, read a truncated gzip
 body as a shorter one, and fail a corrupt one with a 500. ``rest_app`` builds
 the REST application with the one error middleware; ``metrics_app`` serves a
 ``CollectorRegistry`` in the text format Prometheus asks for (OpenMetrics or
-0.0.4), gzip-compressed when accepted. Collecting and encoding run in a worker
+0.0.4; 0.0.4 when the Accept header cannot be read), gzip-compressed when
+accepted. Collecting and encoding run in a worker
 thread (ops/metrics.py's collection is safe there): a scrape of many model
 versions takes tens of milliseconds, which must not stall the loop that answers
 requests. A request aiohttp's parser refuses (bad framing, a header line too long,
@@ -23,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from server.http_errors import error_middleware
@@ -65,9 +67,18 @@ def rest_app(service: HttpService) -> web.Application:
     return app
 
 
+def _encoder(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """The format the ``Accept`` header asks for; the 0.0.4 text format when prometheus_client cannot read it
+    (it raises on a version that is not numbers, such as ``version=x``): the scraper's mistake, never a 500."""
+    try:
+        return choose_encoder(accept)
+    except Exception:
+        return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+
+
 def metrics_app(registry: CollectorRegistry) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        encoder, content_type = _encoder(request.headers.get("Accept", ""))
         body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
         response = web.Response(body=body, headers={"Content-Type": content_type})
         if "gzip" in request.headers.get("Accept-Encoding", ""):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
 
-from ops.errors import InvalidInput, Unsupported
+from ops.errors import Code, InvalidInput, Unsupported
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
@@ -31,6 +31,9 @@ _JSON = "application/json"
 STREAMED_BODY_BYTES = 1 << 20
 # Content codings of a request body this server decodes (Triton's: gzip and deflate); x-gzip is gzip (RFC 9110).
 _CODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
+# A traced request's outcome when the HTTP layer refuses its body (not counted in the metrics): the code gRPC
+# gives a message over its limit, and the nearest ones for a body that stalled or is in an unknown coding.
+_REFUSED = {408: Code.DEADLINE_EXCEEDED, 413: Code.RESOURCE_EXHAUSTED, 415: Code.INVALID_ARGUMENT}
 
 
 def content_coding(request: web.BaseRequest) -> str | None:
@@ -270,7 +273,11 @@ class HttpService:
         headers = request.headers
         with self._tracer.begin(headers.get("traceparent"), headers.get("tracestate")) as trace:
             trace.model = request.match_info["model"]
-            return await self._infer(request, trace)
+            try:
+                return await self._infer(request, trace)
+            except web.HTTPException as exc:  # the HTTP layer refused the body: the caller's doing, not INTERNAL
+                trace.outcome = _REFUSED.get(exc.status, Code.INVALID_ARGUMENT if exc.status < 500 else Code.INTERNAL)
+                raise
 
     async def _infer(self, request: web.Request, trace: "RequestTrace | None") -> web.Response:
         model, version = _model(request)

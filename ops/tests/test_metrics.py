@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from ops.errors import Code
 from ops.gpu import GpuCollector, gpu_collector
 from model_store.testing import ModelSpec, write_dense_model, write_model_repository
-from ops.metrics import FAMILIES, MetricsConfig, ServerMetrics
+from ops.metrics import FAMILIES, RETIRED_HANDLES, MetricsConfig, ServerMetrics
 from server.testing import scrape_metrics
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -128,6 +128,45 @@ def test_a_reloaded_version_shares_its_handle_and_series_leave_with_the_last_cop
     assert key not in samples(registry)
 
 
+def test_a_version_unloaded_and_loaded_again_continues_its_counters():
+    """Its series leave the scrape while it is unloaded; loaded again, they go on from where they stopped:
+    a scraper never sees a counter fall (only the last RETIRED_HANDLES unloaded versions are remembered)."""
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
+    first = metrics.servable("m", "1")
+    first.record_success(1000)
+    first.record_batch(1, 1, 1, 1, 1000)
+    first.release()  # unloaded (another version took over, or the model left the repository)
+    assert not any(dict(labels).get("model") == "m" for _, labels in samples(registry))
+    again = metrics.servable("m", "1")
+    again.record_success(1000)
+    got = samples(registry)
+    mv = L(model="m", version="1")
+    assert got[("fleetserve_inference_requests_total", L(model="m", version="1", code="OK"))] == 2
+    assert got[("fleetserve_request_duration_seconds_count", mv)] == 2 and got[("fleetserve_kernel_runs_total", mv)] == 1
+    again.release()
+    for version in range(RETIRED_HANDLES):  # as many other versions unloaded since: the oldest is forgotten
+        metrics.servable("m", str(version + 2)).release()
+    assert metrics.servable("m", "1").outcomes[0] == 0
+
+
+class DetachingList(list):
+    """A servable's queue list whose last entry the loop detaches just after a scrape found it non-empty."""
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        self.clear()
+        return n
+
+
+def test_a_scrape_survives_the_last_servable_detaching_while_it_reads():
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
+    handle = metrics.servable("m", "1")
+    handle._queues = DetachingList([FakeQueue(0, None)])
+    samples(registry)  # IndexError before: the list was tested, then indexed
+
+
 def test_describe_matches_collect_and_two_servers_never_clash():
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry, MetricsConfig(process_metrics=False))
@@ -182,6 +221,15 @@ def test_live_server_exports_every_family_with_real_values(fleetserve, traffic):
         assert not (gpu & names), "GPU families must be absent on a host without a GPU"
     else:
         assert gpu <= names
+
+
+@pytest.mark.parametrize("accept", ["application/openmetrics-text; version=x", "text/plain; version=1.0.x"])
+def test_a_scrape_with_an_accept_header_that_cannot_be_read_gets_the_text_format(fleetserve, accept):
+    """prometheus_client raises on a version that is not numbers; the scraper gets 0.0.4, not a 500."""
+    reply = requests.get(fleetserve.metrics_url, headers={"Accept": accept}, timeout=10)
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "fleetserve_server_ready 1.0" in reply.text
+    assert "Error handling request" not in fleetserve.log
 
 
 def test_a_request_that_fails_to_decode_is_counted_on_a_stream_as_on_a_unary_call(fleetserve):

@@ -84,6 +84,24 @@ def test_serve_rejects_durations_that_are_negative_or_not_finite(flag: str, valu
     assert f"{flag} must be a finite number of seconds" in result.stderr
 
 
+@pytest.mark.parametrize("value, message", [
+    ("0.5,0.1", "bucket bounds must be strictly increasing, got [0.5, 0.1]"),
+    ("0.1,0.1", "bucket bounds must be strictly increasing, got [0.1, 0.1]"),
+    ("-1,2", "bucket bounds must be positive and finite, got [-1.0, 2.0]"),
+    ("1,inf", "bucket bounds must be positive and finite, got [1.0, inf]"),
+    ("nan", "bucket bounds must be positive and finite, got [nan]"),
+    ("", "give at least one bucket bound"),
+    ("a,b", "expected comma-separated numbers, got 'a,b'"),
+    ("1,,2", "expected comma-separated numbers, got '1,,2'"),  # was read as 1,2
+])
+@pytest.mark.parametrize("flag", ["--metrics-latency-buckets", "--metrics-batch-buckets"])
+def test_serve_rejects_histogram_buckets_naming_the_flag(flag: str, value: str, message: str):
+    """Was 'fleetserve serve: error: latency buckets: ...' (or 'batch size buckets'), naming no flag."""
+    result = run("serve", *LOOPBACK, f"{flag}={value}", timeout_s=60)
+    assert result.returncode == 2 and result.stderr.startswith("usage: fleetserve serve "), result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == f"fleetserve serve: error: argument {flag}: {message}"
+
+
 @pytest.mark.parametrize("listener, flag", [("metrics", "--metrics-port"), ("gRPC", "--grpc-port"),
                                             ("HTTP", "--http-port")])
 def test_serve_that_cannot_listen_exits_1_with_one_line_and_no_traceback(listener: str, flag: str):

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
+import requests
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,7 +27,9 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from model_store.testing import ModelSpec, write_dense_model, write_model_repository, write_slow_model
 from server.app import App
+from ops.tracing import TRACE_FLUSH_TIMEOUT_S
 from server.settings import Settings
+from server.testing import ServerProcess
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -39,12 +44,12 @@ def settings(repo: Path, **kwargs) -> Settings:
     return Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, **kwargs)
 
 
-async def traced_app(repo: Path) -> tuple[App, InMemorySpanExporter]:
+async def traced_app(repo: Path, **kwargs) -> tuple[App, InMemorySpanExporter]:
     """A started server whose spans are kept in memory."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = App(settings(repo, trace=True), tracer_provider=provider)
+    app = App(settings(repo, trace=True, **kwargs), tracer_provider=provider)
     await app.start()
     return app, exporter
 
@@ -166,6 +171,24 @@ async def test_failed_requests_spans_carry_the_request_and_the_outcome_the_metri
     assert all(s.attributes["fleetserve.version"] == "1" for s in roots.values())
 
 
+async def test_a_body_the_http_layer_refuses_is_the_callers_error_in_its_span_not_internal(repo: Path):
+    """413 and 415 are not counted (no request yet); their spans say what the caller did wrong, with no version."""
+    app, exporter = await traced_app(repo, http_max_body_bytes=1000)
+    try:
+        url = f"http://127.0.0.1:{app.http_port}/v2/models/dense/infer"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=b"x" * 5000, headers={"traceparent": "not a traceparent"}) as reply:
+                assert reply.status == 413
+            async with session.post(url, data=b"{}", headers={"Content-Encoding": "br"}) as reply:
+                assert reply.status == 415
+    finally:
+        await app.stop()
+    roots = [s for s in exporter.get_finished_spans() if s.name.startswith("infer")]
+    assert [(s.name, s.attributes["fleetserve.outcome"], s.status.status_code) for s in roots] == [
+        ("infer", "RESOURCE_EXHAUSTED", StatusCode.ERROR), ("infer", "INVALID_ARGUMENT", StatusCode.ERROR)]
+    assert roots[0].parent is None  # a malformed traceparent is ignored: a trace of its own
+
+
 async def test_span_attributes_cut_long_request_ids_and_model_names(repo: Path):
     """Ids and unknown model names are the caller's: a span carries at most their first 256 characters."""
     app, exporter = await traced_app(repo)
@@ -200,3 +223,42 @@ def test_trace_without_opentelemetry_installed_refuses_to_start_in_one_line(repo
     assert result.returncode == 1 and "Traceback" not in output, output
     last = result.stdout.splitlines()[-1]
     assert "cannot start: --trace needs OpenTelemetry" in last and "fleetserve[tracing]" in last, output
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_dense(server: ServerProcess, count: int) -> None:
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+    for _ in range(count):
+        assert requests.post(f"{server.http_url}/v2/models/dense/infer", json=body, timeout=10).status_code == 200
+
+
+def test_a_trace_collector_that_is_down_holds_up_neither_requests_nor_shutdown(repo: Path, monkeypatch):
+    """Spans leave in the background; on shutdown those still queued get TRACE_FLUSH_TIMEOUT_S, where the SDK
+    would wait 30 s (here each span is its own batch, each export retrying for seconds): the pod's grace period."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
+    with ServerProcess(repo, "--trace", "--trace-exporter", "otlp", "--log-format", "json") as server:
+        started = time.monotonic()
+        post_dense(server, 5)
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        assert server.stop() == 0
+        took = time.monotonic() - started
+    assert took < TRACE_FLUSH_TIMEOUT_S + 8, f"shutdown took {took:.1f} s:\n{server.log}"
+    records = [json.loads(line) for line in server.lines]
+    assert any(r["message"].startswith("spans not exported 2 s into shutdown are dropped") for r in records)
+
+
+def test_spans_still_queued_at_shutdown_are_exported(repo: Path):
+    """The console exporter writes one JSON span per line; the batch (5 s apart) leaves when the server stops."""
+    with ServerProcess(repo, "--trace", "--trace-exporter", "console") as server:
+        post_dense(server, 1)
+        assert server.stop() == 0
+    spans = [json.loads(line) for line in server.lines if line.startswith("{")]
+    assert sorted(s["name"] for s in spans) == ["execute", "infer dense", "queue", "receive", "respond"]
+    assert "spans not exported" not in server.log
