@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ops.metrics import Histogram, MetricsConfig
+from ops.histograms import Histogram, MetricsConfig
 
 log = logging.getLogger(__name__)
 

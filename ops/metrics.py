@@ -20,30 +20,22 @@ Names follow Prometheus conventions: ``fleetserve_`` prefix, base units
 (seconds, rows), ``_total`` on counters. Labels are low-cardinality: model,
 version, outcome code, phase, state. README.md "Metrics" lists every family.
 
-Imports nothing from fleetserve but ``ops.errors``, and no transport.
+Histograms and the bucket configuration live in ops/histograms.py. Imports nothing from fleetserve
+but ``ops.errors``, ``ops.histograms`` and ``ops.scheduler_metrics``, and no transport.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from bisect import bisect_left
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
 
 from ops.errors import Code
+from ops.histograms import Histogram, MetricsConfig
 from ops.scheduler_metrics import SCHEDULER_GAUGES, scheduler_families
-
-DEFAULT_LATENCY_BUCKETS_S: tuple[float, ...] = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-DEFAULT_BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-DEFAULT_LOAD_BUCKETS_S: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 log = logging.getLogger(__name__)
 
@@ -51,65 +43,6 @@ _NS = 1_000_000_000
 _CODES = tuple(Code)
 RETIRED_HANDLES = 256  # unloaded model versions whose counters are kept for a later load (about 10 KiB each)
 _MODEL_LABELS = ("model", "version")
-
-
-def bucket_problem(bounds: Sequence[float]) -> str | None:
-    """Why ``bounds`` cannot be a histogram's bucket bounds, or None."""
-    if not bounds:
-        return "give at least one bucket bound"
-    if any(not math.isfinite(b) or b <= 0 for b in bounds):
-        return f"bucket bounds must be positive and finite, got {list(bounds)}"
-    if any(b >= c for b, c in zip(bounds, bounds[1:])):
-        return f"bucket bounds must be strictly increasing, got {list(bounds)}"
-    return None
-
-
-def _check_buckets(name: str, bounds: Sequence[float]) -> None:
-    problem = bucket_problem(bounds)
-    if problem:
-        raise ValueError(f"{name}: {problem}")
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    """Histogram buckets (upper bounds; +Inf is implied) and which standard collectors to add."""
-
-    latency_buckets_s: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS_S  # request, queue and compute durations
-    batch_size_buckets: tuple[float, ...] = DEFAULT_BATCH_SIZE_BUCKETS  # rows per kernel run
-    load_buckets_s: tuple[float, ...] = DEFAULT_LOAD_BUCKETS_S  # model version load durations
-    process_metrics: bool = True  # process_* and python_* from prometheus_client
-
-    def __post_init__(self) -> None:
-        _check_buckets("latency buckets", self.latency_buckets_s)
-        _check_buckets("batch size buckets", self.batch_size_buckets)
-        _check_buckets("load buckets", self.load_buckets_s)
-
-
-class Histogram:
-    """Bucket counts of integer observations (nanoseconds or rows). Loop-bound; see the module docstring."""
-
-    __slots__ = ("_bounds", "_labels", "_scale", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float], scale: int = 1) -> None:
-        """``bounds`` in exported units; observations are ``scale`` times finer (ns for seconds)."""
-        self._bounds = [round(b * scale) for b in bounds]
-        self._labels = [floatToGoString(b) for b in bounds] + ["+Inf"]
-        self._scale = scale
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0
-
-    def observe(self, value: int) -> None:
-        self.counts[bisect_left(self._bounds, value)] += 1
-        self.sum += value
-
-    def export(self, family: HistogramMetricFamily, labels: list[str]) -> None:
-        counts = self.counts[:]  # one atomic copy: the cumulative counts below stay consistent
-        total = self.sum
-        buckets, running = [], 0
-        for le, count in zip(self._labels, counts):
-            running += count
-            buckets.append((le, running))
-        family.add_metric(labels, buckets, total / self._scale)
 
 
 class QueueProbe(Protocol):

@@ -16,7 +16,7 @@ from pathlib import Path
 from loadtest.cli import COMMANDS as LOADTEST_COMMANDS, main as loadtest_main
 from model_store.remote import MirrorConfig
 from ops.logs import LOG_FORMATS, configure_logging
-from ops.metrics import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig, bucket_problem
+from ops.histograms import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig, bucket_problem
 from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
 

@@ -28,7 +28,8 @@ from model_store.config import ModelConfig, TensorSpec
 from model_store.registry import IndexEntry, ModelRegistry
 from ops.errors import Code, InvalidInput, ModelNotReady, ServingError, Unsupported, code_of
 from ops.logs import RequestLog
-from ops.metrics import MetricsConfig, ServerMetrics
+from ops.histograms import MetricsConfig
+from ops.metrics import ServerMetrics
 from ops.statistics import ModelStats
 from server.servable import Servable
 from server.types import InferRequest, InferResponse, OutputTensor

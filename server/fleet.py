@@ -34,7 +34,7 @@ from model_store.rollout import Keys, ModelReport, ReplicaState, RolloutStore, V
 from model_store.routing import TrafficRouter
 from ops.errors import ServingError
 from ops.fleet_metrics import FleetMetrics, RolloutGauge
-from ops.metrics import MetricsConfig
+from ops.histograms import MetricsConfig
 from ops.redis_link import RedisLink, RedisUnavailable
 from server.cache_codec import version_digest
 from server.rate_limit import TenantLimiter

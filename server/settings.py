@@ -8,7 +8,7 @@ from pathlib import Path
 
 from model_store.remote import MirrorConfig
 from ops.logs import LOG_FORMATS
-from ops.metrics import MetricsConfig
+from ops.histograms import MetricsConfig
 from server.dataplane import ControlMode
 
 TRACE_EXPORTERS = ("otlp", "console")

@@ -16,7 +16,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from ops.errors import Code
 from ops.gpu import GpuCollector, gpu_collector
 from model_store.testing import ModelSpec, write_dense_model, write_model_repository
-from ops.metrics import FAMILIES, RETIRED_HANDLES, MetricsConfig, ServerMetrics
+from ops.histograms import MetricsConfig
+from ops.metrics import FAMILIES, RETIRED_HANDLES, ServerMetrics
 from server.testing import scrape_metrics
 
 README = Path(__file__).resolve().parents[2] / "README.md"

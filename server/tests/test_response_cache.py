@@ -115,7 +115,7 @@ async def test_a_version_whose_files_change_while_it_loads_is_not_cached(tmp_pat
     from model_store.registry import ModelRegistry
     from model_store.repository import ModelRepository
     from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
-    from ops.metrics import MetricsConfig
+    from ops.histograms import MetricsConfig
     from server.fleet import Fleet
     from server.settings import FleetSettings
 
