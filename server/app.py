@@ -202,7 +202,8 @@ class App:
         else:
             await self.registry.load_all()
         for entry in self.registry.index():
-            log.info("model %s version %s: %s %s", entry.name, entry.version or "-", entry.state.value, entry.reason)
+            log.info("model %s version %s: %s%s", entry.name, entry.version or "-", entry.state.value,
+                     f" {entry.reason}" if entry.reason else "")
         if s.model_control_mode is ControlMode.POLL or (self.mirror and s.model_control_mode is ControlMode.EXPLICIT):
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         if self.fleet is not None:
