@@ -1,7 +1,8 @@
 """An inference request checked against its model's config: inputs, shapes, outputs, scheduling parameters.
 
 Pure functions over the dataplane's types (server/types.py) and the model config; every error is
-``InvalidInput`` naming the tensor or parameter, what the model expects and what came. A transport
+``InvalidInput`` (or ``Unsupported`` for Triton's sequence parameters, ``scheduling``) naming the
+tensor or parameter, what the model expects and what came. A transport
 that cannot encode every output as the caller asked checks them here too (``InferRequest.check_outputs``),
 so that such a request fails before it queues, as any other invalid request.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_store.config import ModelConfig, TensorSpec
-from ops.errors import InvalidInput
+from ops.errors import InvalidInput, Unsupported
 from server.types import InferRequest
 
 
@@ -93,6 +94,9 @@ def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.n
 _UINT64_MAX = (1 << 64) - 1
 
 
+SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+
+
 def scheduling(parameters: dict[str, object]) -> tuple[int, int]:
     """The request's ``priority`` (0: the model's default level) and ``timeout`` (microseconds, 0: none).
 
@@ -101,7 +105,18 @@ def scheduling(parameters: dict[str, object]) -> tuple[int, int]:
     batcher checks the priority against the model's levels (InvalidInput
     naming the range) and applies the timeout only where the model's queue
     policy allows an override.
+
+    Triton's sequence parameters (``sequence_id``, ``sequence_start``, ``sequence_end``: tritonclient's
+    ``sequence_id=`` and its flags) are refused (``Unsupported``): there is no sequence batcher here, so
+    running the request as if they were absent would drop the sequence's state without the caller knowing.
     """
+    sequence = [name for name in SEQUENCE_PARAMETERS if name in parameters]
+    if sequence:
+        raise Unsupported(
+            f"parameter{'s' if len(sequence) > 1 else ''} {', '.join(repr(n) for n in sequence)}: sequence batching "
+            "(tritonclient's sequence_id, sequence_start and sequence_end) is not supported by this server; each "
+            "request runs on its own, with no state kept between requests: send it without them"
+        )
     return _count_parameter(parameters, "priority", ""), _count_parameter(parameters, "timeout", " of microseconds")
 
 

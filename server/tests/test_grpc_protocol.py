@@ -318,6 +318,41 @@ def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(c
     assert client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0")]).as_numpy("OUTPUT0").shape == (1, 16)
 
 
+SEQUENCE_REFUSED = "sequence batching (tritonclient's sequence_id, sequence_start and sequence_end) is not supported"
+
+
+@pytest.mark.parametrize("sequence", [
+    {"sequence_id": 7, "sequence_start": True},
+    {"sequence_id": "session-a", "sequence_end": True},
+], ids=["int-id-start", "string-id-end"])
+def test_a_sequence_request_is_refused_not_run_as_if_it_had_no_sequence(client, sequence):
+    """tritonclient's sequence_id / sequence_start / sequence_end were ignored: the request ran on its own and
+    the caller believed its sequence's state was kept. UNIMPLEMENTED over unary, async and stream alike."""
+    inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    for _ in range(2):  # the second time the structure is known (the template decoder) and still refused
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.infer("add_one", [inp], **sequence)
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED", err.value.message()
+        assert SEQUENCE_REFUSED in err.value.message(), err.value.message()
+        assert "'sequence_id'" in err.value.message()
+    done: queue.Queue = queue.Queue()
+    client.async_infer("add_one", [inp], lambda result, error: done.put((result, error)), **sequence)
+    result, error = done.get(timeout=10)
+    assert result is None and error.status() == "StatusCode.UNIMPLEMENTED" and SEQUENCE_REFUSED in error.message()
+    client.start_stream(lambda result, error: done.put((result, error)))
+    try:
+        client.async_stream_infer("add_one", [inp], request_id="seq", **sequence)
+        client.async_stream_infer("add_one", [inp], request_id="plain")
+        answers = [done.get(timeout=10), done.get(timeout=10)]
+    finally:
+        client.stop_stream()
+    errors = [e.message() for _, e in answers if e is not None]
+    assert len(errors) == 1 and SEQUENCE_REFUSED in errors[0], errors  # and the stream goes on
+    assert [r.get_response().id for r, e in answers if e is None] == ["plain"]
+    assert client.infer("add_one", [inp]).as_numpy("OUTPUT0").shape == (1, 16)
+
+
 @pytest.mark.parametrize("call, says", [
     (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus: shared-memory tensors are not supported"),
     (lambda c: c.register_system_shared_memory("r", "/k", 64), "SystemSharedMemoryRegister: shared-memory"),

@@ -574,6 +574,27 @@ def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(c
     assert infer(client, "add_one", x, outputs=["OUTPUT0"]).as_numpy("OUTPUT0").shape == (1, 16)
 
 
+@pytest.mark.parametrize("sequence", [
+    {"sequence_id": 7, "sequence_start": True},
+    {"sequence_id": "session-a", "sequence_end": True},
+], ids=["int-id-start", "string-id-end"])
+def test_a_sequence_request_is_501_not_run_as_if_it_had_no_sequence(client, server, sequence):
+    """tritonclient's sequence_id / sequence_start / sequence_end were ignored, as over gRPC (UNIMPLEMENTED there)."""
+    refused = "sequence batching (tritonclient's sequence_id, sequence_start and sequence_end) is not supported"
+    inp = th.InferInput("INPUT0", [1, 16], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+    for call in (lambda: client.infer("add_one", [inp], **sequence),
+                 lambda: client.async_infer("add_one", [inp], **sequence).get_result()):
+        with pytest.raises(th.InferenceServerException) as err:
+            call()
+        assert err.value.status() == "501" and refused in err.value.message(), err.value.message()
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [0.0] * 16}],
+            "parameters": {"sequence_start": True}}  # any one of the three, even without an id
+    reply = post(server, "/v2/models/add_one/infer", json.dumps(body).encode())
+    assert reply.status_code == 501 and "parameter 'sequence_start': sequence batching" in reply.json()["error"]
+    assert client.infer("add_one", [inp]).as_numpy("OUTPUT0").shape == (1, 16)
+
+
 def test_trace_and_log_settings_are_501_as_over_grpc(client):
     calls = [client.get_trace_settings, lambda: client.get_trace_settings(model_name="dense"),
              lambda: client.update_trace_settings(settings={"trace_rate": "1"}),
