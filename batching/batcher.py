@@ -47,12 +47,12 @@ from typing import Any, Awaitable, Callable, Generic, Hashable, TypeVar
 
 from batching.config import BatcherConfig, ScheduleEstimate
 from batching.estimate import RunTimeEstimator
+from batching.admission import SloAdmission
 from batching.planner import SloPlanner
 from batching.ordering import InOrderRelease, deliver
 from batching.policy import Decision, WaitPayoff, decide
 from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
-from batching.slo import predicted_latency
-from ops.errors import BackendError, DeadlineExceeded, InvalidInput, ModelNotReady, QueueFull, ServingError
+from ops.errors import BackendError, InvalidInput, ModelNotReady, QueueFull, ServingError
 
 log = logging.getLogger(__name__)
 _TIMER_RESOLUTION_S = 0.001
@@ -62,8 +62,6 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 _NEVER = 1 << 62  # wake_rows that no queue reaches
 _LOG_EVERY_S = 1.0
-_COLD_BATCHES = 1  # with an objective but no run-time estimate yet, admit this many full batches per instance
-_PROBE_EVERY_S = 1.0  # an idle model whose estimate sheds even a lone request admits one this often
 
 __all__ = ["BatcherConfig", "DynamicBatcher", "ScheduleEstimate"]
 
@@ -89,15 +87,14 @@ class DynamicBatcher(Generic[T, R]):
         objective = config.objective
         self._estimator = RunTimeEstimator(quantile=objective.percentile / 100 if objective else 0.99)
         self._planner: SloPlanner | None = None
+        self._admission: SloAdmission | None = None  # SLO mode's shedding at submit
         if objective is not None:
             self._planner = SloPlanner(objective, config.policy.max_batch_size, config.max_concurrent_batches)
+            self._admission = SloAdmission(name, objective, self._planner)
         self._last = Decision()
         self._payoff = WaitPayoff()  # read by the static policy only (SLO mode plans its own waits)
         self._admitted_rows = 0  # running totals: the planner's arrival rates
         self._offered_rows = 0
-        self._last_run_at = -math.inf  # last run-time observation or probe (objective mode)
-        self._probe_entry: Entry[T, R] | None = None  # the probe admitted last, until it is answered
-        self._probe_met = False  # whether the last probe answered was within the budget
         self._seq = 0
         self._wake = asyncio.Event()
         self._wake_rows = 1
@@ -171,7 +168,11 @@ class DynamicBatcher(Generic[T, R]):
                 f"{self.name}: {which} is full ({queues.policy(level).max_queue_size} requests waiting); retry later"
             )
         now = self._clock()
-        probe = self._planner is not None and self._admit(now, level, rows, deadline)
+        admission = self._admission
+        probe = admission is not None and admission.admit(
+            now, self._estimator.curve, queues.rows_up_to(level), rows,
+            self._free_at - now if self._free_at > now else 0.0, not (self._ends or queues.count), deadline,
+        )
         policy = queues.policy(level)
         timeout = policy.timeout_for(timeout_us) if (timeout_us or policy.timeout_s) else 0.0
         future: asyncio.Future[R] = self._event_loop.create_future()
@@ -180,73 +181,14 @@ class DynamicBatcher(Generic[T, R]):
                                    level, self._seq)
         queues.push(entry)
         if probe:
-            self._probe_entry = entry
+            assert admission is not None
+            admission.probe_queued(entry)
         self._admitted_rows += rows
         if self._release is not None:
             self._release.add(entry)
         if queues.rows >= self._wake_rows or (entry.timeout_at is not None and entry.timeout_at < self._wake_at):
             self._wake.set()  # enough rows, or a queue timeout due before the loop would wake to fire it
         return future
-
-    def _admit(self, now: float, level: int, rows: int, deadline: float | None) -> bool:
-        """Shed a request predicted to miss the objective (QueueFull) or its own deadline (DeadlineExceeded);
-        True when it is admitted only as a probe (``_probe``)."""
-        planner = self._planner
-        if planner is None:
-            return False
-        plan = planner.plan
-        curve = self._estimator.curve
-        ahead = self._queues.rows_up_to(level)
-        if curve is None:
-            if ahead + rows > _COLD_BATCHES * plan.max_batch_size * plan.instances:
-                raise QueueFull(
-                    f"{self.name}: the request cannot be admitted yet: the scheduler is still measuring the model's "
-                    f"run time against its latency objective and queues at most {_COLD_BATCHES} batches per instance "
-                    "meanwhile; retry shortly"
-                )
-            return False
-        busy = self._free_at - now if self._free_at > now else 0.0
-        predicted = predicted_latency(plan, curve, ahead, rows, busy, planner.admission_batch, planner.tail_scale)
-        probe = predicted > plan.budget_s
-        if probe and not self._probe(now):
-            objective = self.config.objective
-            assert objective is not None
-            if ahead or busy:
-                why = f"with {ahead} rows queued ahead it would take about {predicted * 1e3:.1f} ms"
-            else:  # the model alone is over the budget: the objective, or a stall the estimate still holds
-                why = (f"even alone on an idle instance it would take about {predicted * 1e3:.1f} ms, more than the "
-                       f"{plan.budget_s * 1e3:.1f} ms the objective leaves the scheduler (raise latency_slo_ms if "
-                       "this lasts; one request a second still runs, to measure the model again)")
-            raise QueueFull(
-                f"{self.name}: the request cannot meet the model's latency objective of "
-                f"{objective.latency_s * 1e3:g} ms (p{objective.percentile:g}): {why}; it was not queued, "
-                "retry later or elsewhere"
-            )
-        if deadline is not None and now + predicted > deadline:
-            raise DeadlineExceeded(
-                f"{self.name}: the request cannot finish before its deadline ({(deadline - now) * 1e3:.1f} ms left, "
-                f"about {predicted * 1e3:.1f} ms needed); it was not queued"
-            )
-        return probe
-
-    def _probe(self, now: float) -> bool:
-        """Whether to admit, as a probe, a request predicted to miss the objective (then it starts the probe).
-
-        The estimate learns only from batches that run. A stall (a noisy neighbour, a pause) can inflate it
-        so far that even a lone request on an idle instance is predicted to miss; every request is then shed,
-        nothing runs, and without a probe the model would shed forever. So an idle model (nothing queued or
-        running) that has seen no batch for ``_PROBE_EVERY_S`` admits one request: at most one miss a second
-        when the objective is truly out of reach, and a fresh measurement when it is not. A probe answered
-        within the budget shows the estimate too pessimistic: the next lone request on an idle model is then
-        a probe at once, not a second later, so the estimate (hundreds of batches in its windows) relearns at
-        the rate lone requests come, not at one batch a second, which held a light load to one request a
-        second for 20 seconds and more after a burst (batching/README.md).
-        """
-        if self._ends or self._queues.count or (now - self._last_run_at < _PROBE_EVERY_S and not self._probe_met):
-            return False
-        self._last_run_at = now
-        self._probe_met = False
-        return True
 
     def drain(self) -> None:
         """Stop waiting for batches to fill (shutdown): see the module docstring. Still accepting; ``stop`` ends it.
@@ -392,10 +334,8 @@ class DynamicBatcher(Generic[T, R]):
         try:
             if exc is None and results is not None and len(results) != len(batch):
                 exc = BackendError(f"{self.name}: the batch returned {len(results)} results for {len(batch)} requests")
-            probe, planner = self._probe_entry, self._planner
-            if probe is not None and planner is not None and probe in batch:
-                self._probe_entry = None
-                self._probe_met = exc is None and self._clock() - probe.enqueued_at <= planner.plan.budget_s
+            if self._admission is not None:
+                self._admission.settled(self._clock(), batch, exc is None)
             if exc is not None:
                 error = exc if isinstance(exc, ServingError) else BackendError(
                     f"{self.name}: batch execution failed: {exc!r}")
@@ -429,7 +369,8 @@ class DynamicBatcher(Generic[T, R]):
         estimator = self._estimator
         estimator.observe(rows, seconds)
         if self._planner is not None:
-            self._last_run_at = self._clock()
+            assert self._admission is not None  # both or neither
+            self._admission.observed(self._clock())
             self._planner.refit(estimator.curve)
         if log.isEnabledFor(logging.DEBUG):
             curve = estimator.curve
