@@ -74,6 +74,8 @@ class KernelOptions:
     device_ids: tuple[int, ...] = ()  # the GPU (provider option device_id) of each instance; empty: all on GPU 0
     intra_op_threads: int = 0  # 0: default_intra_op_threads(instances), the cores shared by the instances
     graph_optimization_level: int | None = None  # optimization.graph.level, Triton's meaning (GRAPH_LEVELS); None: all
+    # Options of each provider, by onnxruntime name (providers.accelerator_options); device_id is added per GPU.
+    provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     extra_session_config: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -192,13 +194,17 @@ class SessionPlan:
     provider_options: tuple[dict[str, str], ...]
 
 
-def plan_sessions(providers: Sequence[str], device_ids: Sequence[int]) -> tuple[SessionPlan, ...]:
+def plan_sessions(
+    providers: Sequence[str], device_ids: Sequence[int], options: Mapping[str, Mapping[str, str]] | None = None
+) -> tuple[SessionPlan, ...]:
     """The sessions for instances on ``device_ids`` (one id per instance) with ``providers`` (onnxruntime names).
 
     With a GPU provider in the chain: one session per GPU, in the order the instances name them, serving
-    that GPU's instances, each GPU provider told its ``device_id``. With the CPU provider alone (a KIND_CPU
-    group, or a build or machine without a GPU provider): one session serving every instance.
+    that GPU's instances, each GPU provider told its ``device_id`` on top of its ``options`` (by provider
+    name, from the config). With the CPU provider alone (a KIND_CPU group, or a build or machine without
+    a GPU provider): one session serving every instance.
     """
+    given = options or {}
     if not device_ids:
         raise ValueError("plan_sessions needs at least one instance")
     if all(p == "CPUExecutionProvider" for p in providers):
@@ -207,10 +213,11 @@ def plan_sessions(providers: Sequence[str], device_ids: Sequence[int]) -> tuple[
     for gpu in device_ids:
         per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
 
-    def options(gpu: int) -> tuple[dict[str, str], ...]:
-        return tuple({} if p == "CPUExecutionProvider" else {"device_id": str(gpu)} for p in providers)
+    def on(gpu: int) -> tuple[dict[str, str], ...]:
+        return tuple({} if p == "CPUExecutionProvider" else {**given.get(p, {}), "device_id": str(gpu)}
+                     for p in providers)
 
-    return tuple(SessionPlan(gpu, count, options(gpu)) for gpu, count in per_gpu.items())
+    return tuple(SessionPlan(gpu, count, on(gpu)) for gpu, count in per_gpu.items())
 
 
 def describe_plans(plans: Sequence[SessionPlan]) -> str:
@@ -271,7 +278,7 @@ class OrtKernel:
         device_ids = self.options.device_ids or (0,) * instances
         if len(device_ids) != instances:
             raise ValueError(f"{len(device_ids)} device ids for {instances} instances")
-        plans = plan_sessions(choice.providers, device_ids)
+        plans = plan_sessions(choice.providers, device_ids, self.options.provider_options)
         session = self._create(ort, opts, choice.providers, plans[0])
         actual = tuple(session.get_providers())
         if plans[0].device_id is not None and actual == ("CPUExecutionProvider",):

@@ -109,6 +109,7 @@ def build_config(
     model_out = tuple(_normalise(t, "output", where) for t in outputs)
     max_batch_size, completed = _max_batch_size(msg, model_in, model_out, "max_batch_size" in stated, where)
     instances = options.instances(msg, where)
+    accelerators, accelerator_parameters = options.accelerators(msg, where)
     return ModelConfig(
         name=model_name,
         max_batch_size=max_batch_size,
@@ -118,7 +119,8 @@ def build_config(
         instance_groups=instances.groups,
         instance_kind=instances.kind,
         version_policy=options.version_policy(msg, where),
-        execution_accelerators=options.accelerators(msg, where),
+        execution_accelerators=accelerators,
+        accelerator_parameters=accelerator_parameters,
         graph_optimization_level=options.graph_level(msg, where),
         default_model_filename=model_filename(msg, source),
         parameters=options.parameters(msg, where),
@@ -152,6 +154,12 @@ def _check_identity(msg: pb.ModelConfig, model_name: str, where: Where) -> None:
         raise where.error("platform", f'is "{msg.platform}"; {served}')
     if msg.backend and msg.backend != BACKEND:
         raise where.error("backend", f'is "{msg.backend}"; {served}')
+    if msg.model_transaction_policy.decoupled:
+        raise where.error(
+            "model_transaction_policy.decoupled",
+            "is true, which fleetserve does not support: each request gets exactly one response; remove it or "
+            "set it false (Triton's default)",
+        )
 
 
 def _normalise(tensor: SignatureTensor, kind: str, where: Where) -> _Tensor:

@@ -31,7 +31,9 @@ BACKEND = "onnxruntime"
 # backend reads too. Other keys (another backend's, e.g. onnxruntime's "execution_mode") have no effect.
 OWN_PARAMETERS = ("latency_slo_ms", "latency_slo_percentile", "priority_aging_ms", "response_cache_ttl_s",
                   "inline_run_max_us")
-PARAMETERS = ("intra_op_thread_count", *OWN_PARAMETERS)
+# Triton's deprecated model parameters for the CUDA provider (kernels.providers.CUDA_MODEL_PARAMETERS): read too.
+CUDA_PARAMETERS = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream")
+PARAMETERS = ("intra_op_thread_count", *OWN_PARAMETERS, *CUDA_PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     # Execution providers in preference order, e.g. ("tensorrt", "cuda", "cpu"); empty: the default chain.
     execution_accelerators: tuple[str, ...] = ()
+    # Each accelerator's parameters as written (Triton's keys; kernels.providers maps them), by short name.
+    accelerator_parameters: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     graph_optimization_level: int | None = None
     default_model_filename: str = DEFAULT_MODEL_FILENAME
     parameters: Mapping[str, str] = field(default_factory=dict)
@@ -244,7 +248,7 @@ class ModelConfig:
                 if name == "cpu"
                 else msg.optimization.execution_accelerators.gpu_execution_accelerator
             )
-            target.add(name=name)
+            target.add(name=name, parameters=self.accelerator_parameters.get(name, {}))
         if self.graph_optimization_level is not None:
             msg.optimization.graph.level = self.graph_optimization_level
         for key, value in self.parameters.items():

@@ -6,10 +6,10 @@ file (``source``) and the field and saying what is accepted. Pure functions;
 used by model_store/complete.py, and ``version_policy`` also by
 model_store/repository.py (the registry selects versions before it loads any).
 
-Imports model_store.config, the generated config messages, ops.errors and, from kernels.ort,
-``GRAPH_LEVELS`` only (the optimization.graph.level values the kernel maps to onnxruntime's, so that
-a config is refused at load for exactly the levels the kernel cannot apply); must not import server,
-batching or grpc, nor anything else of kernels.
+Imports model_store.config, the generated config messages, ops.errors and, from kernels, the
+checks of what the kernel can apply: ``GRAPH_LEVELS`` (the optimization.graph.level values it maps to
+onnxruntime's) and kernels.providers' accelerator options, so that a config is refused at load for
+exactly what the kernel cannot apply; must not import server, batching or grpc, nor anything else of kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from kernels.ort import GRAPH_LEVELS
+from kernels.providers import OptionError, accelerator_options, cuda_model_parameters
 from model_store.config import (
     DEFAULT_PRIORITY_AGING_MS,
     DEFAULT_RESPONSE_CACHE_TTL_S,
@@ -262,14 +263,18 @@ def instances(msg: pb.ModelConfig, where: Where) -> Instances:
     return Instances(tuple(groups), kinds.pop())
 
 
-def accelerators(msg: pb.ModelConfig, where: Where) -> tuple[str, ...]:
-    """optimization.execution_accelerators as lowercase names, GPU ones first, in the order written.
+def accelerators(msg: pb.ModelConfig, where: Where) -> tuple[tuple[str, ...], dict[str, dict[str, str]]]:
+    """optimization.execution_accelerators as lowercase names, GPU ones first, in the order written, and the
+    parameters of those that have some, by name.
 
-    Only the names in GPU_ACCELERATORS and CPU_ACCELERATORS are accepted, and
-    no accelerator parameters (fleetserve cannot pass them on).
+    Only the names in GPU_ACCELERATORS and CPU_ACCELERATORS are accepted. Parameters have the meaning Triton's
+    onnxruntime backend gives them, each checked here (kernels.providers.accelerator_options), so a config that
+    could not start on a GPU is refused on every machine. Triton's deprecated CUDA model parameters
+    (``cudnn_conv_algo_search``, ...) are checked too.
     """
     chosen = msg.optimization.execution_accelerators
     names: list[str] = []
+    given: dict[str, dict[str, str]] = {}
     groups = (("gpu_execution_accelerator", GPU_ACCELERATORS), ("cpu_execution_accelerator", CPU_ACCELERATORS))
     for group, known in groups:
         for index, accelerator in enumerate(getattr(chosen, group)):
@@ -277,11 +282,23 @@ def accelerators(msg: pb.ModelConfig, where: Where) -> tuple[str, ...]:
             name = accelerator.name.lower()
             if name not in known:
                 raise where.error(f"{field}.name", f'"{accelerator.name}" is not known; use one of: {", ".join(known)}')
-            if accelerator.parameters:
-                raise where.error(f"{field}.parameters", "are not supported by fleetserve; remove them")
-            if name not in names:
-                names.append(name)
-    return tuple(names)
+            parameters = dict(sorted(accelerator.parameters.items()))
+            if name in names:
+                if parameters or name in given:
+                    raise where.error(f"{field}.name", f'"{name}" is listed twice; list it once, with its parameters')
+                continue
+            try:
+                accelerator_options(name, parameters)
+            except OptionError as exc:
+                raise where.error(f"{field}.parameters.{exc.key}", str(exc)) from None
+            names.append(name)
+            if parameters:
+                given[name] = parameters
+    try:
+        cuda_model_parameters({key: value.string_value for key, value in msg.parameters.items()})
+    except OptionError as exc:
+        raise where.error(f"parameters.{exc.key}", f"{exc} (Triton's CUDA option for onnxruntime)") from None
+    return tuple(names), given
 
 
 def graph_level(msg: pb.ModelConfig, where: Where) -> int | None:

@@ -26,7 +26,7 @@ from ops.errors import ConfigError
 _TRITON_ONLY = frozenset(
     {
         "sequence_batching", "ensemble_scheduling", "model_warmup", "model_operations",
-        "model_transaction_policy", "model_repository_agents", "batch_input", "batch_output",
+        "model_repository_agents", "batch_input", "batch_output",
         "cc_model_filenames", "metric_tags", "runtime",
     }
 )  # fmt: skip

@@ -19,6 +19,7 @@ import numpy as np
 
 from batching.batcher import DynamicBatcher, ScheduleEstimate
 from kernels.ort import MAX_INTRA_OP_THREADS, BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
+from kernels.providers import SHORT_TO_ORT, accelerator_options, cuda_model_parameters
 from model_store.config import PARAMETERS, InstanceKind, ModelConfig
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
@@ -201,8 +202,19 @@ def _intra_op_threads(config: ModelConfig) -> int:
 
 
 def kernel_options(config: ModelConfig) -> KernelOptions:
+    """The kernel's options from the (checked) config: accelerator parameters become provider options, and
+    Triton's deprecated CUDA model parameters fill in the CUDA options the accelerator's own do not set."""
+    provider_options = {
+        SHORT_TO_ORT[name]: accelerator_options(name, parameters)
+        for name, parameters in config.accelerator_parameters.items()
+    }
+    legacy = cuda_model_parameters(config.parameters)
+    if legacy:
+        cuda = SHORT_TO_ORT["cuda"]
+        provider_options[cuda] = {**legacy, **provider_options.get(cuda, {})}
     return KernelOptions(
         providers=config.execution_accelerators,
+        provider_options=provider_options,
         allow_gpu=config.instance_kind is not InstanceKind.CPU,
         instances=config.instance_count,
         device_ids=config.instance_gpus,

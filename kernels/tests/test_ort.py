@@ -133,7 +133,7 @@ def test_gpu_instances_without_a_gpu_provider_fall_back_to_one_cpu_session(tmp_p
 
 def test_runs_go_to_the_session_with_the_fewest_runs_in_flight(tmp_path, monkeypatch):
     """Two sessions of two instances each (as two GPUs would have; CPU sessions here): four runs at once use both."""
-    monkeypatch.setattr(ort_module, "plan_sessions", lambda providers, ids: (SessionPlan(None, 2, ({},)),) * 2)
+    monkeypatch.setattr(ort_module, "plan_sessions", lambda providers, ids, options=None: (SessionPlan(None, 2, ({},)),) * 2)
     kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4), KernelOptions(instances=4))
     kernel.load()
     inside = threading.Barrier(5)

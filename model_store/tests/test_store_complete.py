@@ -219,6 +219,31 @@ def test_serving_options_are_read_from_a_full_config(signatures: dict[str, Signa
     assert [a.name for a in proto.optimization.execution_accelerators.cpu_execution_accelerator] == ["cpu"]
 
 
+def test_accelerator_parameters_have_tritons_meaning_and_are_reported_as_written(
+    signatures: dict[str, Signature],
+) -> None:
+    """A Triton config's TensorRT and CUDA parameters load; the ModelConfig RPC reports them as written."""
+    config = build(signatures, "dense", """
+        optimization { execution_accelerators { gpu_execution_accelerator: [
+          { name: "tensorrt"
+            parameters { key: "precision_mode" value: "FP16" }
+            parameters { key: "max_workspace_size_bytes" value: "1073741824" }
+            parameters { key: "trt_engine_cache_enable" value: "true" } },
+          { name: "cuda" parameters { key: "cudnn_conv_use_max_workspace" value: "0" } }
+        ] } }
+        model_transaction_policy { decoupled: false }
+        parameters { key: "gpu_mem_limit" value { string_value: "4294967200" } }
+        """)
+    assert config.execution_accelerators == ("tensorrt", "cuda")
+    assert config.accelerator_parameters == {
+        "tensorrt": {"max_workspace_size_bytes": "1073741824", "precision_mode": "FP16", "trt_engine_cache_enable": "true"},
+        "cuda": {"cudnn_conv_use_max_workspace": "0"},
+    }
+    assert config.unread_parameters == ()  # gpu_mem_limit is read: Triton's deprecated CUDA option
+    accelerators = config.to_proto().optimization.execution_accelerators.gpu_execution_accelerator
+    assert [(a.name, dict(a.parameters)) for a in accelerators] == list(config.accelerator_parameters.items())
+
+
 @pytest.mark.parametrize(("groups", "expected"), [
     # Triton: a group's count is per listed GPU, so 2 x [0, 1] is four instances, two on each GPU
     ("{ count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }", ((InstanceGroup(2, (0, 1)),), 4, (0, 0, 1, 1))),
@@ -290,6 +315,9 @@ def test_signature_may_be_built_by_hand_with_symbolic_dims() -> None:
     assert io(config.inputs) == [("x", "INT64", (3,))]
     assert io(config.outputs) == [("y", FP32, ())]
 
+
+TRT = 'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" %s } ] } }'
+CUDA = 'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "cuda" %s } ] } }'
 
 ERRORS = [
     pytest.param("dense", 'name: "other"', ["name:", '"other"', 'model folder is "m"'], id="name-differs-from-folder"),
@@ -442,11 +470,62 @@ ERRORS = [
         id="unknown-gpu-accelerator",
     ),
     pytest.param(
-        "dense",
-        'optimization { execution_accelerators { gpu_execution_accelerator: [ '
+        "dense", TRT % 'parameters { key: "precision_mode" value: "FP8" }',
+        ["gpu_execution_accelerator[0].parameters.precision_mode:", 'is "FP8"', '"FP16"', '"INT8"'],
+        id="tensorrt-precision",
+    ),
+    pytest.param(
+        "dense", TRT % 'parameters { key: "trt_engine_cache_enabled" value: "1" }',
+        ["parameters.trt_engine_cache_enabled:", "not a tensorrt accelerator parameter",
+         '(did you mean "trt_engine_cache_enable"?)', "max_workspace_size_bytes"],
+        id="tensorrt-misspelled-key",
+    ),
+    pytest.param(
+        "dense", TRT % 'parameters { key: "max_workspace_size_bytes" value: "1GB" }',
+        ["parameters.max_workspace_size_bytes:", 'is "1GB"', "a whole number of 0 or more"],
+        id="tensorrt-number",
+    ),
+    pytest.param(
+        "dense", TRT % 'parameters { key: "trt_engine_cache_enable" value: "yes please" }',
+        ["parameters.trt_engine_cache_enable:", '"1" or "0"'],
+        id="tensorrt-bool",
+    ),
+    pytest.param(
+        "dense", TRT % 'parameters { key: "device_id" value: "1" }',
+        ["parameters.device_id:", "instance group's gpus"],
+        id="accelerator-device-id",
+    ),
+    pytest.param(
+        "dense", CUDA % 'parameters { key: "cudnn_conv_algo_search" value: "FASTEST" }',
+        ["gpu_execution_accelerator[0].parameters.cudnn_conv_algo_search:", '"EXHAUSTIVE" or "HEURISTIC" or "DEFAULT"'],
+        id="cuda-enum",
+    ),
+    pytest.param(
+        "dense", CUDA % 'parameters { key: "gpu_memory_limit" value: "1" }',
+        ["parameters.gpu_memory_limit:", "not a cuda accelerator parameter", '(did you mean "gpu_mem_limit"?)'],
+        id="cuda-unknown-key",
+    ),
+    pytest.param(
+        "dense", 'optimization { execution_accelerators { cpu_execution_accelerator: [ '
+        '{ name: "cpu" parameters { key: "threads" value: "2" } } ] } }',
+        ["cpu_execution_accelerator[0].parameters.threads:", "takes no parameters"],
+        id="cpu-accelerator-parameters",
+    ),
+    pytest.param(
+        "dense", 'optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" }, '
         '{ name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } } ] } }',
-        ["gpu_execution_accelerator[0].parameters:", "not supported"],
-        id="accelerator-parameters",
+        ["gpu_execution_accelerator[1].name:", "listed twice"],
+        id="accelerator-twice",
+    ),
+    pytest.param(
+        "dense", 'parameters { key: "cudnn_conv_algo_search" value { string_value: "3" } }',
+        ["parameters.cudnn_conv_algo_search:", 'is "3"', "0 (EXHAUSTIVE), 1 (HEURISTIC), 2 (DEFAULT)"],
+        id="cuda-model-parameter",
+    ),
+    pytest.param(
+        "dense", "model_transaction_policy { decoupled: true }",
+        ["model_transaction_policy.decoupled:", "exactly one response", "set it false"],
+        id="decoupled",
     ),
     pytest.param(
         "dense", "optimization { graph { level: 99 } }",

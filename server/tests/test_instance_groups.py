@@ -32,6 +32,24 @@ def test_each_instance_is_given_its_own_gpu():
     assert (uneven.instances, uneven.device_ids) == (3, (2, 0, 0))
 
 
+def test_accelerator_parameters_become_the_kernels_provider_options():
+    """Triton's TensorRT keys are mapped; the deprecated CUDA model parameters fill in what the cuda accelerator's
+    own parameters leave out."""
+    options = kernel_options(config_of(
+        'optimization { execution_accelerators { gpu_execution_accelerator: [\n'
+        '  { name: "tensorrt" parameters { key: "precision_mode" value: "FP16" } },\n'
+        '  { name: "cuda" parameters { key: "gpu_mem_limit" value: "1024" } } ] } }\n'
+        'parameters { key: "gpu_mem_limit" value { string_value: "2048" } }\n'
+        'parameters { key: "cudnn_conv_algo_search" value { string_value: "1" } }\n'
+    ))
+    assert options.providers == ("tensorrt", "cuda")
+    assert options.provider_options == {
+        "TensorrtExecutionProvider": {"trt_fp16_enable": "1"},
+        "CUDAExecutionProvider": {"gpu_mem_limit": "1024", "cudnn_conv_algo_search": "HEURISTIC"},
+    }
+    assert kernel_options(config_of("max_batch_size: 8")).provider_options == {}
+
+
 def test_a_two_gpu_config_serves_four_instances_from_one_cpu_session_here(tmp_path: Path):
     repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model, config=TWO_GPUS)})
     with ServerProcess(repo) as server:
@@ -47,4 +65,29 @@ def test_a_two_gpu_config_serves_four_instances_from_one_cpu_session_here(tmp_pa
         assert instances == 4
         assert "model 'add' version 1 ready on CPUExecutionProvider (4 instances)" in server.log, server.log
         assert server.log.count("are not used") == 1, server.log  # the fallback is logged once, not per GPU
+        client.close()
+
+
+TRITON_GPU_CONFIG = """max_batch_size: 8
+optimization { execution_accelerators { gpu_execution_accelerator: [ {
+  name: "tensorrt"
+  parameters { key: "precision_mode" value: "FP16" }
+  parameters { key: "trt_engine_cache_enable" value: "1" } } ] } }
+model_transaction_policy { decoupled: false }
+"""
+
+
+def test_a_triton_tensorrt_config_serves_on_the_cpu_here_and_reports_its_parameters(tmp_path: Path):
+    """A config written for Triton's TensorRT accelerator loads as it is; without a GPU provider the model serves
+    from the CPU, and the fallback is logged once."""
+    repo = write_model_repository(tmp_path, {"add": ModelSpec(write_add_constant_model, config=TRITON_GPU_CONFIG)})
+    with ServerProcess(repo) as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        assert client.infer("add", [inp]).as_numpy("OUTPUT0")[0, 0] == 1.0
+        accelerators = client.get_model_config("add").config.optimization.execution_accelerators
+        assert [(a.name, dict(a.parameters)) for a in accelerators.gpu_execution_accelerator] == [
+            ("tensorrt", {"precision_mode": "FP16", "trt_engine_cache_enable": "1"})]
+        assert "execution providers tensorrt, cuda are not used" in server.log, server.log
         client.close()
