@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model_store import options
+from model_store import options, warmup
 from model_store.config import (
     BACKEND,
     DEFAULT_MAX_BATCH_SIZE,
@@ -110,10 +110,11 @@ def build_config(
     max_batch_size, completed = _max_batch_size(msg, model_in, model_out, "max_batch_size" in stated, where)
     instances = options.instances(msg, where)
     accelerators, accelerator_parameters = options.accelerators(msg, where)
+    specs = _tensors(msg.input, model_in, max_batch_size, where, every=True)
     return ModelConfig(
         name=model_name,
         max_batch_size=max_batch_size,
-        inputs=_tensors(msg.input, model_in, max_batch_size, where, every=True),
+        inputs=specs,
         outputs=_tensors(msg.output, model_out, max_batch_size, where, every=False),
         dynamic_batching=options.dynamic_batching(msg, max_batch_size, completed, where),
         instance_groups=instances.groups,
@@ -124,6 +125,7 @@ def build_config(
         graph_optimization_level=options.graph_level(msg, where),
         default_model_filename=model_filename(msg, source),
         parameters=options.parameters(msg, where),
+        model_warmup=warmup.samples(msg, specs, max_batch_size, where),
         response_cache=msg.response_cache.enable,
         response_cache_ttl_s=options.response_cache_ttl_s(msg, where),
     )

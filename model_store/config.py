@@ -152,6 +152,26 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class WarmupInput:
+    """One input of a warm-up sample (Triton's ModelWarmup.Input): its data, without the batch dimension."""
+
+    datatype: Datatype
+    dims: tuple[int, ...]
+    data: str  # "zero_data", "random_data" or "input_data_file"
+    file: str = ""  # input_data_file's name, in the model folder's warmup/ folder
+
+
+@dataclass(frozen=True)
+class WarmupSample:
+    """A request run at load before the version serves (Triton's model_warmup; model_store/warmup.py)."""
+
+    name: str
+    batch_size: int  # rows; each input's data repeated for each
+    inputs: Mapping[str, WarmupInput]
+    count: int = 1  # runs (Triton's 0 means once)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A complete model configuration; see the module docstring."""
 
@@ -170,6 +190,7 @@ class ModelConfig:
     graph_optimization_level: int | None = None
     default_model_filename: str = DEFAULT_MODEL_FILENAME
     parameters: Mapping[str, str] = field(default_factory=dict)
+    model_warmup: tuple[WarmupSample, ...] = ()
     response_cache: bool = False
     response_cache_ttl_s: float = DEFAULT_RESPONSE_CACHE_TTL_S  # parameter response_cache_ttl_s
 
@@ -253,6 +274,16 @@ class ModelConfig:
             msg.optimization.graph.level = self.graph_optimization_level
         for key, value in self.parameters.items():
             msg.parameters[key].string_value = value
+        for sample in self.model_warmup:
+            written = msg.model_warmup.add(name=sample.name, batch_size=sample.batch_size, count=sample.count)
+            for name, given in sample.inputs.items():
+                tensor = written.inputs[name]
+                tensor.data_type = pb.DataType.Value(given.datatype.config_name)
+                tensor.dims.extend(given.dims)
+                if given.data == "input_data_file":
+                    tensor.input_data_file = given.file
+                else:
+                    setattr(tensor, given.data, True)
         msg.response_cache.enable = self.response_cache
         return msg
 

@@ -25,7 +25,7 @@ from ops.errors import ConfigError
 # Top-level fields of Triton's schema that fleetserve leaves out on purpose.
 _TRITON_ONLY = frozenset(
     {
-        "sequence_batching", "ensemble_scheduling", "model_warmup", "model_operations",
+        "sequence_batching", "ensemble_scheduling", "model_operations",
         "model_repository_agents", "batch_input", "batch_output",
         "cc_model_filenames", "metric_tags", "runtime",
     }

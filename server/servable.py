@@ -21,6 +21,7 @@ from batching.batcher import DynamicBatcher, ScheduleEstimate
 from kernels.ort import MAX_INTRA_OP_THREADS, BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
 from kernels.providers import SHORT_TO_ORT, accelerator_options, cuda_model_parameters
 from model_store.config import PARAMETERS, InstanceKind, ModelConfig
+from model_store import warmup
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
 from ops.metrics import ServableMetrics, ServerMetrics
@@ -35,7 +36,7 @@ class ServingDefaults:
     """Server-wide defaults a model config does not set."""
 
     max_queue_size: int = 1024
-    warmup: bool = True
+    warmup: bool = True  # the zero-filled warm-up run of a version without model_warmup samples
 
 
 class _Work:
@@ -223,8 +224,19 @@ def kernel_options(config: ModelConfig) -> KernelOptions:
     )
 
 
-def _warm_up(kernel: OrtKernel, config: ModelConfig) -> None:
-    """Run one zero-filled request so the first caller does not pay for lazy initialisation."""
+def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path) -> None:
+    """Run the config's warm-up samples (Triton's model_warmup; a failure fails the load, as in Triton), else one
+    zero-filled request (best effort), so the first caller does not pay for lazy initialisation."""
+    for index, sample in enumerate(config.model_warmup):
+        try:
+            inputs = warmup.feeds(sample, model_folder, batching=config.max_batch_size > 0)
+            for _ in range(sample.count):
+                kernel.warm_up(inputs)
+        except Exception as exc:
+            kernel.close()
+            raise ConfigError(f"model '{config.name}': model_warmup[{index}] {sample.name!r} failed: {exc}") from exc
+    if config.model_warmup:
+        return
     feeds: dict[str, np.ndarray] = {}
     for spec in config.inputs:
         dims = tuple(1 if d < 0 else d for d in spec.dims)
@@ -269,8 +281,8 @@ def _load_sync(source: ModelSource, version: int, model_path: Path, defaults: Se
     _warn_of_unread_parameters(source, config)
     kernel = OrtKernel(model_path, kernel_options(config))
     kernel.load()
-    if defaults.warmup:
-        _warm_up(kernel, config)
+    if defaults.warmup or config.model_warmup:  # configured samples always run: a failing one fails the load
+        _warm_up(kernel, config, source.path)
     return config, kernel
 
 
