@@ -151,7 +151,26 @@ def from_contents(tensor_name: str, values: Any, dt: Datatype, shape: tuple[int,
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)
         return arr.reshape(shape)
-    try:
-        return np.array(values, dtype=dt.numpy).reshape(shape)
-    except OverflowError as exc:
-        raise InvalidInput(f"input '{tensor_name}': a value does not fit in {dt.name}: {exc}") from exc
+    if dt.name in _NARROW and count:  # int_contents and uint_contents are 32-bit: 300 fits there, not in UINT8
+        bounds = np.iinfo(dt.numpy)
+        if min(values) < bounds.min or max(values) > bounds.max:
+            raise value_out_of_range(tensor_name, next(v for v in values if not bounds.min <= v <= bounds.max), dt)
+    return np.array(values, dtype=dt.numpy).reshape(shape)
+
+
+_NARROW = ("INT8", "INT16", "UINT8", "UINT16")
+
+
+def value_out_of_range(tensor_name: str, value: int | float, dt: Datatype) -> InvalidInput:
+    """The error for a value ``dt`` cannot hold: an integer outside its range, or a finite number that
+    would become infinity in a floating-point type."""
+    digits = len(str(abs(value))) if isinstance(value, int) else 0
+    shown = f"a {digits}-digit number" if digits > 40 else repr(value)
+    if dt.numpy.kind == "f":
+        largest = float(np.finfo(dt.numpy).max)
+        return InvalidInput(
+            f"input '{tensor_name}': {shown} is out of range for {dt.name}, whose largest magnitude is {largest:g}: "
+            "it would become infinity (send Infinity or -Infinity if that is meant)"
+        )
+    bounds = np.iinfo(dt.numpy)
+    return InvalidInput(f"input '{tensor_name}': {shown} is out of range for {dt.name} ({bounds.min} to {bounds.max})")

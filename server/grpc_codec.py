@@ -71,6 +71,13 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
             field = CONTENTS_FIELD.get(dt.name)
             if field is None:
                 raise InvalidInput(f"input '{name}': {dt.name} has no typed contents field; send it as raw_input_contents")
+            # Values in another field would be dropped unread: refused, naming the field the datatype takes.
+            others = [f.name for f, _ in tensor.contents.ListFields() if f.name != field]
+            if others:
+                raise InvalidInput(
+                    f"input '{name}': {dt.name} values go in contents.{field}, but the request sets "
+                    f"{', '.join('contents.' + o for o in others)}"
+                )
             data = from_contents(name, getattr(tensor.contents, field), dt, shape)
         else:
             raise InvalidInput(f"input '{name}': no data; set contents or raw_input_contents")

@@ -6,9 +6,9 @@ header then gives the JSON's length, and each input with a ``binary_data_size``
 parameter takes that many bytes, in input order, from what follows. Binary
 contents are decoded by server/codec.py exactly as gRPC raw contents are
 (numeric inputs stay zero-copy views over the body). JSON ``data`` may be flat
-or nested; its elements are JSON values of the datatype, as Triton reads them
+or nested; its elements are JSON values of the datatype that fit it, as Triton reads them
 (true/false for BOOL, integers for integer types, numbers for FP16/32/64,
-strings for BYTES). Outputs are returned as binary when the output's ``binary_data``
+strings for BYTES: server/json_tensors.py). Outputs are returned as binary when the output's ``binary_data``
 parameter or the request's ``binary_data_output`` parameter asks for it, else
 as flat JSON ``data``; BF16 has no JSON form, so a request that asks for a BF16 output
 as JSON is refused once its model version is known, before it queues (``OutputChoice.check``,
@@ -32,20 +32,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
-
 from model_store.config import TensorSpec
-from model_store.datatypes import BY_NAME, Datatype
+from model_store.datatypes import BY_NAME
 from ops.errors import InvalidInput, Unsupported
 from server.codec import (
     checked_shape,
     datatype_of,
-    element_count,
     from_raw,
     refuse_classification,
     refuse_shared_memory,
     to_raw,
 )
+from server.json_tensors import from_json, no_json_output, to_json
 from server.types import InferRequest, InferResponse, InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -69,15 +67,7 @@ class OutputChoice:
         """InvalidInput for an output asked for as JSON that has no JSON form (BF16); see the module docstring."""
         for spec in outputs:
             if spec.datatype.name == "BF16" and not self.is_binary(spec.name):
-                raise _no_json_output(spec.name)
-
-
-def _no_json_output(name: str) -> InvalidInput:
-    return InvalidInput(
-        f"output '{name}': BF16 has no JSON form; ask for it as binary data: "
-        f'"parameters": {{"binary_data": true}} on the output, or "binary_data_output": true '
-        "in the request's parameters"
-    )
+                raise no_json_output(spec.name)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -202,7 +192,7 @@ def decode_infer_request(
             data = from_raw(name, binary[offset : offset + size], dt, shape)  # type: ignore[arg-type]
             offset += size
         elif "data" in t:
-            data = _from_json(name, t["data"], dt, shape)
+            data = from_json(name, t["data"], dt, shape)
         else:
             raise InvalidInput(f"input '{name}': no data; give 'data' or a binary_data_size parameter")
         inputs.append(InputTensor(name, dt.name, shape, data))
@@ -261,58 +251,6 @@ def _shape(name: str, shape: Any) -> tuple[int, ...]:
     return checked_shape(name, shape)
 
 
-def _from_json(name: str, data: Any, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:
-    count = element_count(shape)
-    if dt.name == "BF16":
-        raise InvalidInput(f"input '{name}': BF16 has no JSON form; send it as binary data")
-    if not isinstance(data, list):
-        data = [data]
-    if dt.itemsize:
-        _check_json_types(name, data, dt)
-    try:
-        if dt.itemsize == 0:
-            flat = np.asarray(data, dtype=object).reshape(-1)
-            arr = np.empty(len(flat), dtype=object)
-            arr[:] = [v.encode() if isinstance(v, str) else _not_a_string(name, v) for v in flat]
-        else:
-            arr = np.asarray(data, dtype=dt.numpy)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"input '{name}': 'data' is not a regular array of {dt.name}: {exc}") from None
-    if arr.size != count:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} needs {count} elements, but 'data' holds {arr.size}")
-    return arr.reshape(shape)
-
-
-# The JSON values each datatype takes, as Triton reads them: true/false for BOOL, integers for the
-# integer types, any number for the floating-point ones. numpy alone would read null as NaN,
-# "false" as True, "1.5" as 1.5 and 1.5 as 1 for an integer type.
-_INTEGERS = ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
-_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
-    "BOOL": (frozenset({bool}), "true or false"),
-    **{n: (frozenset({int}), "integers") for n in _INTEGERS},
-    **{n: (frozenset({int, float}), "numbers") for n in ("FP16", "FP32", "FP64")},
-}
-
-
-def _check_json_types(name: str, data: list[Any], dt: Datatype) -> None:
-    """InvalidInput unless every element of ``data`` (nested lists walked) is a JSON value of ``dt``."""
-    allowed, what = _JSON_TYPES[dt.name]
-    stack = [data]
-    while stack:
-        values = stack.pop()
-        kinds = set(map(type, values))  # exact types: a JSON true is a bool, never an int
-        if list in kinds:
-            stack.extend(v for v in values if type(v) is list)
-            kinds.discard(list)
-        if not kinds <= allowed:
-            bad = next(v for v in values if type(v) is not list and type(v) not in allowed)
-            raise InvalidInput(f"input '{name}': 'data' of {dt.name} must hold {what}, got {json.dumps(bad)[:40]}")
-
-
-def _not_a_string(name: str, value: Any) -> bytes:
-    raise InvalidInput(f"input '{name}': BYTES data must be JSON strings, got {type(value).__name__}")
-
-
 def encode_infer_response(response: InferResponse, choice: OutputChoice) -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when binary outputs follow it (else None)."""
     outputs, binaries = [], []
@@ -324,7 +262,7 @@ def encode_infer_response(response: InferResponse, choice: OutputChoice) -> tupl
             entry["parameters"] = {"binary_data_size": len(raw)}
             binaries.append(raw)
         else:
-            entry["data"] = _to_json(out.name, out.data, dt)
+            entry["data"] = to_json(out.name, out.data, dt)
         outputs.append(entry)
     head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
@@ -334,16 +272,3 @@ def encode_infer_response(response: InferResponse, choice: OutputChoice) -> tupl
     if not binaries:
         return text, None
     return b"".join([text, *binaries]), len(text)
-
-
-def _to_json(name: str, data: np.ndarray, dt: Datatype) -> list[Any]:
-    if dt.name == "BF16":  # refused before the request ran (OutputChoice.check); never answered as numbers
-        raise _no_json_output(name)
-    if dt.itemsize:
-        return data.reshape(-1).tolist()
-    try:
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in data.reshape(-1)]
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            f"output '{name}' holds bytes that are not UTF-8 text; request it with the binary_data parameter"
-        ) from None

@@ -1,6 +1,7 @@
 """An inference request checked against its model's config: inputs, shapes, outputs, scheduling parameters.
 
-Pure functions over the dataplane's types (server/types.py) and the model config; every error is
+Pure functions over the dataplane's types (server/types.py) and the model config (BYTES elements must be
+UTF-8: the models are ONNX, whose strings are text); every error is
 ``InvalidInput`` (or ``Unsupported`` for Triton's sequence parameters, ``scheduling``) naming the
 tensor or parameter, what the model expects and what came. A transport
 that cannot encode every output as the caller asked checks them here too (``InferRequest.check_outputs``),
@@ -80,6 +81,8 @@ def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.n
                 f"input '{tensor.name}': shape {dims_text(shape)} does not match the model's "
                 f"{dims_text(expected)} (-1 is any size)"
             )
+        if spec.datatype.itemsize == 0:
+            _check_text(tensor.name, tensor.data)
         feeds[tensor.name] = tensor.data
     if len(feeds) != len(config.inputs):
         missing = [s.name for s in config.inputs if s.name not in feeds and not s.optional]
@@ -134,6 +137,23 @@ def _count_parameter(parameters: dict[str, object], name: str, unit: str) -> int
             "integer in Triton's protocol)"
         )
     return value
+
+
+def _check_text(name: str, data: np.ndarray) -> None:
+    """InvalidInput unless every BYTES element is UTF-8: the model's BYTES tensors are ONNX strings, which
+    onnxruntime holds as text. Checked here, per request, so that such a request fails alone rather than
+    failing the batch it would have joined (the kernel converts merged batches)."""
+    for i, item in enumerate(data.reshape(-1)):
+        if isinstance(item, bytes) and not item.isascii():
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                where = list(np.unravel_index(i, data.shape)) if data.ndim > 1 else [i]
+                raise InvalidInput(
+                    f"input '{name}': element {dims_text(tuple(int(w) for w in where))} is not UTF-8 text "
+                    f"(byte 0x{item[exc.start]:02x} at offset {exc.start}); this model's BYTES tensors are ONNX "
+                    "strings, which hold UTF-8 text only"
+                ) from None
 
 
 def _dims_match(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:

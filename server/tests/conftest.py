@@ -42,6 +42,13 @@ dynamic_batching { max_queue_delay_microseconds: 20000 }
 """
 
 
+# BYTES rows of any length, batched over a window long enough that concurrent callers share a batch.
+BATCHING_BYTES_CONFIG = """
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 200000 }
+"""
+
+
 # Holds a lone request in the queue for 0.4 s with room for one: the next request is refused
 # (RESOURCE_EXHAUSTED), and a request with a shorter deadline or `timeout` parameter expires
 # there (DEADLINE_EXCEEDED).
@@ -131,6 +138,8 @@ def build_repository(root: Path) -> Path:
         "bf16": ModelSpec(write_bf16_output_model, config=BF16_CONFIG),
         "tuned": ModelSpec(write_dense_model, config=TUNED_CONFIG),
         "dirconfig": ModelSpec(write_dense_model),
+        "batching_bytes": ModelSpec(partial(write_identity_model, datatype="BYTES", dims=(-1,)),
+                                    config=BATCHING_BYTES_CONFIG),
     }
     for datatype in IDENTITY_DATATYPES:
         models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))

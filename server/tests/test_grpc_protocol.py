@@ -191,6 +191,69 @@ def test_fp16_has_no_typed_contents_and_says_so(stub):
     assert "raw_input_contents" in err.value.details()
 
 
+@pytest.mark.parametrize("datatype, field, value, says", [
+    ("UINT8", "uint_contents", 300, "300 is out of range for UINT8 (0 to 255)"),
+    ("UINT16", "uint_contents", 70000, "70000 is out of range for UINT16 (0 to 65535)"),
+    ("INT8", "int_contents", -200, "-200 is out of range for INT8 (-128 to 127)"),
+    ("INT16", "int_contents", 40000, "40000 is out of range for INT16 (-32768 to 32767)"),
+])
+def test_typed_contents_beyond_a_narrow_datatype_are_refused_naming_its_range(stub, datatype, field, value, says):
+    # int_contents and uint_contents are 32-bit: the value fits the field, not the datatype (numpy 1.x wraps it).
+    request = service_pb2.ModelInferRequest(model_name=f"identity_{datatype.lower()}")
+    getattr(request.inputs.add(name="INPUT0", datatype=datatype, shape=[1, 3]).contents, field).extend([1, value, 2])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"input 'INPUT0': {says}"
+
+
+@pytest.mark.parametrize("datatype, given, used", [
+    ("UINT32", "int_contents", "uint_contents"),  # -1 cannot be a UINT32; the field is the wrong one
+    ("INT32", "fp32_contents", "int_contents"),  # beside the right field, it would be dropped unread
+])
+def test_typed_contents_in_a_field_the_datatype_does_not_use_are_refused(stub, datatype, given, used):
+    request = service_pb2.ModelInferRequest(model_name=f"identity_{datatype.lower()}")
+    contents = request.inputs.add(name="INPUT0", datatype=datatype, shape=[1, 3]).contents
+    getattr(contents, given).extend([-1, 2, 3])
+    if datatype == "INT32":
+        contents.int_contents.extend([1, 2, 3])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (f"input 'INPUT0': {datatype} values go in contents.{used}, "
+                                   f"but the request sets contents.{given}")
+
+
+def test_bytes_that_are_not_utf8_fail_their_own_request_not_the_batch_it_would_join(stub, server):
+    def raw(items):
+        return b"".join(len(i).to_bytes(4, "little") + i for i in items)
+
+    def call(rid, shape, items):
+        request = service_pb2.ModelInferRequest(model_name="batching_bytes", id=rid)
+        request.inputs.add(name="INPUT0", datatype="BYTES", shape=shape)
+        request.raw_input_contents.append(raw(items))
+        try:
+            response = stub.ModelInfer(request)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+        return list(response.outputs[0].shape), response.raw_output_contents[0]
+
+    good = {f"g{i}": ([1, 2], [b"row%d" % i, b""]) if i % 2 else ([2, 3], [b"\x00", b"a%d" % i, b"", b"b", b"", b"c"])
+            for i in range(6)}
+    before = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="batching_bytes")).model_stats[0]
+    with ThreadPoolExecutor(8) as pool:
+        futures = {rid: pool.submit(call, rid, shape, items) for rid, (shape, items) in good.items()}
+        bad = pool.submit(call, "bad", [1, 2], [b"ok", b"caf\xe9"])  # Latin-1, not UTF-8
+        for rid, (shape, items) in good.items():
+            assert futures[rid].result() == (shape, raw(items)), rid  # own rows, own shape
+        assert bad.result() == (grpc.StatusCode.INVALID_ARGUMENT, (
+            "input 'INPUT0': element [0, 1] is not UTF-8 text (byte 0xe9 at offset 3); this model's BYTES tensors "
+            "are ONNX strings, which hold UTF-8 text only"))
+    after = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="batching_bytes")).model_stats[0]
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 6
+    assert after.execution_count - before.execution_count < 6  # they did share batches (one per shape, at best)
+
+
 def test_requested_outputs_are_honoured_and_request_id_echoed(client):
     arrays = {"INPUT0": np.ones((1, 4), np.float32), "INPUT1": np.full((1, 4), 2, np.float32)}
     result = infer(client, "simple", arrays, outputs=["OUTPUT1"], request_id="req-42")

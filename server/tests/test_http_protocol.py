@@ -154,6 +154,84 @@ def server_still_serves(server):
     return reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [True, False, True]
 
 
+def json_infer(server, datatype, data, shape=(1, 3), model=None):
+    body = {"inputs": [{"name": "INPUT0", "shape": list(shape), "datatype": datatype, "data": data}]}
+    return post(server, f"/v2/models/{model or 'identity_' + datatype.lower()}/infer", json.dumps(body))
+
+
+@pytest.mark.parametrize("datatype, data, says", [
+    ("UINT8", [1, 300, 2], "300 is out of range for UINT8 (0 to 255)"),  # numpy 1.x wraps it to 44
+    ("UINT8", [[1], [2], [300]], "300 is out of range for UINT8 (0 to 255)"),
+    ("UINT32", [-1, 0, 1], "-1 is out of range for UINT32 (0 to 4294967295)"),
+    ("INT8", [-129, 0, 1], "-129 is out of range for INT8 (-128 to 127)"),
+    ("UINT64", [2**64, 0, 1], "18446744073709551616 is out of range for UINT64 (0 to 18446744073709551615)"),
+    ("INT64", [0, 10**60, 1], "a 61-digit number is out of range for INT64 (-9223372036854775808 to "
+                              "9223372036854775807)"),
+    ("FP16", [1.0, 70000, 2.0], "70000 is out of range for FP16, whose largest magnitude is 65504: it would "
+                                "become infinity (send Infinity or -Infinity if that is meant)"),
+    ("FP32", [1e300, 1.0, 2.0], "1e+300 is out of range for FP32, whose largest magnitude is 3.40282e+38: it "
+                                "would become infinity (send Infinity or -Infinity if that is meant)"),
+    ("FP64", [1, 2**1100, 2], "a 332-digit number is out of range for FP64, whose largest magnitude is "
+                              "1.79769e+308: it would become infinity (send Infinity or -Infinity if that is meant)"),
+])
+def test_json_values_out_of_their_datatypes_range_are_refused_never_wrapped_or_made_infinite(
+        server, datatype, data, says):
+    reply = json_infer(server, datatype, data)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] == f"input 'INPUT0': {says}"
+    assert server_still_serves(server)
+
+
+@pytest.mark.parametrize("datatype, data", [
+    ("INT64", [2**53 + 1, -(2**63), 2**63 - 1]),  # beyond a double's integers: exact both ways
+    ("UINT64", [2**64 - 1, 2**53 + 1, 0]),
+    ("UINT8", [[0], [255], [7]]),
+    ("FP16", [65504.0, -65504.0, 0.0999755859375]),
+    ("FP32", [3.4028234663852886e38, -1.401298464324817e-45, 0.1]),
+    ("FP64", [1.7976931348623157e308, 5e-324, 0.1]),
+    ("BOOL", [[True, False, True]]),
+])
+def test_json_values_at_the_edges_of_their_datatype_round_trip_exactly(server, datatype, data):
+    reply = json_infer(server, datatype, data)
+    assert reply.status_code == 200, reply.text
+    flat = [v for row in data for v in (row if isinstance(row, list) else [row])]
+    expected = flat if datatype != "FP32" else np.array(flat, np.float32).tolist()
+    assert reply.json()["outputs"][0]["data"] == expected
+
+
+def test_json_nan_and_infinities_are_read_and_written_as_their_tokens(server):
+    for datatype in ("FP16", "FP32", "FP64"):
+        body = ('{"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "%s", "data": [NaN, Infinity, '
+                '-Infinity]}]}' % datatype)
+        reply = post(server, f"/v2/models/identity_{datatype.lower()}/infer", body)
+        assert reply.status_code == 200, reply.text
+        assert b'"data":[NaN,Infinity,-Infinity]' in reply.content
+
+
+@pytest.mark.parametrize("datatype, data, says", [
+    ("BYTES", ["a", "\ud800", "b"], "element 1 is not text: it holds the lone surrogate '\\ud800', an escape that "
+                                    "encodes no character. JSON strings carry Unicode text (sent as UTF-8); send "
+                                    "bytes that are not UTF-8 as binary data (binary_data_size)"),
+    ("BYTES", [["a", "b"], ["c"]], "'data' is not a regular array of BYTES: its nested lists differ in length"),
+    ("INT16", [[1, 2], [3]], "'data' is not a regular array of INT16: its nested lists differ in length"),
+])
+def test_json_data_that_is_no_text_or_no_array_says_so(server, datatype, data, says):
+    reply = json_infer(server, datatype, data)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] == f"input 'INPUT0': {says}"
+
+
+def test_binary_bytes_that_are_not_utf8_are_refused_naming_the_element(server):
+    raw = b"".join(len(i).to_bytes(4, "little") + i for i in [b"\x00", b"", b"\xff\xfe"])
+    head = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    reply = post(server, "/v2/models/identity_bytes/infer", head + raw,
+                 {"Inference-Header-Content-Length": str(len(head))})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"].startswith("input 'INPUT0': element [0, 2] is not UTF-8 text (byte 0xff at offset 0)")
+    assert server_still_serves(server)
+
+
 def test_an_empty_outputs_list_asks_for_every_output_as_over_grpc(server):
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
                        {"name": "INPUT1", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}],
