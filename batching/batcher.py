@@ -50,7 +50,7 @@ from batching.estimate import RunTimeEstimator
 from batching.admission import SloAdmission
 from batching.planner import SloPlanner
 from batching.ordering import InOrderRelease, deliver
-from batching.policy import Decision, WaitPayoff, decide
+from batching.policy import Decision, WaitPayoff, decide, preferred_rows
 from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
 from ops.errors import BackendError, InvalidInput, ModelNotReady, QueueFull, ServingError
 
@@ -241,7 +241,7 @@ class DynamicBatcher(Generic[T, R]):
             head, oldest_at = queues.front(now)
             if head is None:
                 continue
-            decision = self._decide(now, now - oldest_at)
+            decision = self._decide(now, now - oldest_at, head)
             if decision.rows == 0 and self._accepting and not self._draining:
                 self._payoff.waiting(queues.rows)
                 await self._sleep(min(decision.wait_s, queues.next_timer() - now), decision.wake_rows or queues.rows + 1)
@@ -254,9 +254,13 @@ class DynamicBatcher(Generic[T, R]):
         if self._release is not None:
             self._release.release()
 
-    def _decide(self, now: float, oldest_wait_s: float) -> Decision:
+    def _decide(self, now: float, oldest_wait_s: float, head: Entry[T, R]) -> Decision:
         if self._planner is None:
-            self._last = decide(self.config.policy, self._queues.rows, oldest_wait_s, self._payoff.pays(now))
+            policy, queues = self.config.policy, self._queues
+            preferred, formed = policy.preferred_batch_sizes, None
+            if preferred and queues.rows >= min(preferred):  # the preferred batch the queue forms in order
+                formed = preferred_rows(preferred, queues.prefix_rows(head, policy.max_batch_size, now))
+            self._last = decide(policy, queues.rows, oldest_wait_s, self._payoff.pays(now), formed)
             return self._last
         self._last = self._planner.decide(now, self._estimator.curve, self._queues.rows, oldest_wait_s,
                                           self._admitted_rows, self._offered_rows)

@@ -40,35 +40,57 @@ class Decision:
     wake_rows: int = 0
 
 
-def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float, wait_pays: bool = True) -> Decision:
-    """Decide for the rows that can share a batch with the oldest request.
+def decide(policy: BatchPolicy, queued_rows: int, oldest_wait_s: float, wait_pays: bool = True,
+           formed_rows: int | None = None) -> Decision:
+    """Decide for the rows that can share a batch with the oldest request, as Triton's dynamic batcher does.
 
+    - until the oldest request has waited ``max_queue_delay_s`` (always, with no delay), a batch of
+      the largest preferred size that the queue can form goes at once, also when more rows are
+      queued, up to ``max_batch_size`` and beyond (a burst, or a request of several rows that
+      overshoots it): ``formed_rows``, from ``preferred_rows`` over the batch as it would be taken
+      (None: the largest preferred size up to ``queued_rows``, exact for requests of one row);
     - a full batch (``max_batch_size`` rows) goes at once;
-    - before the delay, reaching exactly a preferred size dispatches it at once; so does
-      queueing more than the largest preferred size (a burst, or a request of several rows
-      that overshoots it): waiting can no longer form a preferred size, so a batch of up to
-      the largest one goes at once (as Triton does) instead of the whole queue after the delay;
-    - once the oldest request has waited ``max_queue_delay_s``, whatever is queued goes
-      (as Triton does when no preferred size can be formed); so does it at once when
-      ``wait_pays`` is False (recent waits gathered nothing: ``WaitPayoff``);
-    - otherwise wait for the rest of the oldest request's delay, or until the
-      next preferred size or a full batch is queued.
+    - once the oldest request has waited ``max_queue_delay_s``, whatever is queued goes, up to
+      ``max_batch_size`` (preferred sizes no longer matter, as in Triton); so it does at once with
+      no delay, or when ``wait_pays`` is False (recent waits gathered nothing: ``WaitPayoff``);
+    - otherwise wait for the rest of the oldest request's delay, or until the next preferred size
+      or a full batch is queued.
     """
     if queued_rows <= 0:
         return Decision()
     cap = policy.max_batch_size
+    preferred = policy.preferred_batch_sizes
+    remaining = policy.max_queue_delay_s - oldest_wait_s
+    if preferred and (remaining > 0 or policy.max_queue_delay_s == 0):
+        if formed_rows is None:
+            formed_rows = max((p for p in preferred if p <= queued_rows), default=0)
+        if formed_rows > 0:
+            return Decision(rows=formed_rows)
     if queued_rows >= cap:
         return Decision(rows=cap)
-    preferred = policy.preferred_batch_sizes
-    if queued_rows in preferred:
-        return Decision(rows=queued_rows)
-    remaining = policy.max_queue_delay_s - oldest_wait_s
-    if remaining > 0 and preferred and queued_rows > max(preferred):
-        return Decision(rows=max(preferred))
     if remaining <= 0 or not wait_pays:
         return Decision(rows=queued_rows)
     wake = min((p for p in preferred if p > queued_rows), default=cap)
     return Decision(wait_s=remaining, wake_rows=wake)
+
+
+def preferred_rows(preferred: tuple[int, ...], prefix_rows: list[int]) -> int:
+    """The rows of the preferred batch a queue can form now (Triton's rule); 0: none yet.
+
+    ``prefix_rows`` are the rows a batch would hold after each request, taken in order (the
+    batch stops at the first request that does not fit). The answer is the largest of them that
+    is a preferred size; or, when the queue holds more than the largest preferred size, the
+    rows before the request that overshoots it (at least the first request's).
+    """
+    largest = max(preferred)
+    best = before = 0
+    for rows in prefix_rows:
+        if rows > largest:
+            return best or before or rows
+        if rows in preferred:
+            best = rows
+        before = rows
+    return best
 
 
 FRUITLESS_WAITS = 8  # consecutive waits that gathered no row before the delay is skipped

@@ -35,7 +35,7 @@ import enum
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Any, Generic, Hashable, TypeVar
+from typing import Any, Generic, Hashable, Iterator, TypeVar
 
 from ops.errors import DeadlineExceeded
 
@@ -245,7 +245,6 @@ class PriorityQueues(Generic[T, R]):
         at its level, as in Triton); looks past at most ``max_rows`` entries of
         other keys in all.
         """
-        key = head.key
         batch: list[Entry[T, R]] = []
         rows = 0
         self._remove(head)
@@ -254,40 +253,64 @@ class PriorityQueues(Generic[T, R]):
         else:
             batch.append(head)
             rows = head.rows
-        skips_left = max(max_rows, 8)
+        if rows < max_rows:
+            for entry in self._same_key(head.key, max(max_rows, 8)):
+                if entry.deadline is not None and entry.deadline < finish_by:
+                    self._remove(entry)
+                    doomed.append(entry)
+                    continue
+                if rows + entry.rows > max_rows:
+                    break
+                self._remove(entry)
+                batch.append(entry)
+                rows += entry.rows
+                if rows >= max_rows:
+                    break
         for lv in self._levels:
-            if rows >= max_rows or skips_left <= 0:
-                break
+            self._sweep(lv.fifo, True)
+            self._sweep(lv.delayed, False)
+        self._compact()
+        return batch
+
+    def prefix_rows(self, head: Entry[T, R], max_rows: int, finish_by: float) -> list[int]:
+        """The rows a batch that ``take`` would form now holds after each of its entries; removes nothing.
+
+        For Triton's preferred sizes (``policy.preferred_rows``): which batch sizes the queue can
+        form in order. O(batch), like ``take``.
+        """
+        out: list[int] = []
+        rows = 0
+        if head.deadline is None or head.deadline >= finish_by:
+            rows = head.rows
+            out.append(rows)
+        if rows < max_rows:
+            for entry in self._same_key(head.key, max(max_rows, 8)):
+                if entry is head or (entry.deadline is not None and entry.deadline < finish_by):
+                    continue
+                if rows + entry.rows > max_rows:
+                    break
+                rows += entry.rows
+                out.append(rows)
+                if rows >= max_rows:
+                    break
+        return out
+
+    def _same_key(self, key: Hashable, skips: int) -> Iterator[Entry[T, R]]:
+        """The live entries of ``key`` in batching order: level by level, each level's FIFO before its
+        delayed FIFO. Gives up after passing ``skips`` entries of other keys."""
+        for lv in self._levels:
             if lv.count == 0:
                 continue
             for dq, in_fifo in ((lv.fifo, True), (lv.delayed, False)):
-                stop = False
                 for entry in dq:
-                    if rows >= max_rows:
-                        break
                     if not _live(entry, in_fifo):
                         continue
                     if entry.key != key:
-                        skips_left -= 1
-                        if skips_left <= 0:
-                            break
+                        skips -= 1
+                        if skips <= 0:
+                            return
                         continue
-                    if entry.deadline is not None and entry.deadline < finish_by:
-                        self._remove(entry)
-                        doomed.append(entry)
-                        continue
-                    if rows + entry.rows > max_rows:
-                        stop = True
-                        break
-                    self._remove(entry)
-                    batch.append(entry)
-                    rows += entry.rows
-                self._sweep(dq, in_fifo)
-                if stop:
-                    self._compact()
-                    return batch
-        self._compact()
-        return batch
+                    yield entry
 
     def drain(self) -> list[Entry[T, R]]:
         """Remove and return every live entry (for shutdown)."""

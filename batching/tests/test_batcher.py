@@ -75,6 +75,30 @@ async def test_preferred_size_dispatches_before_the_delay():
     await b.stop()
 
 
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([1] * 11, [[0], [1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11]]),  # 8 of the 11 queued, then the 3 left
+        ([3, 3, 3, 1], [[0], [1, 2], [3, 4]]),  # 3+3, as the third overshoots 8; then 3+1 forms 4
+    ],
+    ids=["one-row-requests", "several-rows"],
+)
+async def test_without_a_delay_the_largest_preferred_batch_formed_goes_not_the_whole_queue(rows, expected):
+    """Triton's preferred sizes with max_queue_delay 0: requests queued behind a busy instance go in
+    the largest preferred batch they form in order (or what is queued when they form none)."""
+    gate = asyncio.Event()
+    rec = FakeKernel(gate=gate)
+    b = make(rec, max_batch_size=16, delay_s=0.0, preferred=(4, 8))
+    await b.start()
+    futures = [b.submit(0)]
+    await asyncio.sleep(0.01)  # item 0 runs alone and holds the only instance
+    futures += [b.submit(i, rows=n) for i, n in enumerate(rows, start=1)]
+    gate.set()
+    await asyncio.gather(*futures)
+    assert rec.batches == expected
+    await b.stop()
+
+
 async def test_the_estimate_reports_the_static_policys_last_decision():
     """The fleetserve_scheduler_target_batch_rows and _wait_seconds gauges read it for every batching model."""
     rec = FakeKernel()

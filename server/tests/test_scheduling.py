@@ -22,7 +22,7 @@ import tritonclient.grpc as tc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
+from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository, write_slow_model
 from server.testing import ServerProcess
 
 PRIO_CONFIG = """
@@ -36,6 +36,13 @@ dynamic_batching {
 }
 """
 
+# Triton's preferred sizes without a queue delay: a burst queued behind a running batch goes in the
+# largest preferred batch it forms (4 or 8 rows), or whole when it forms none (1-3 rows).
+PREFERRED_CONFIG = """
+max_batch_size: 16
+dynamic_batching { preferred_batch_size: [ 4, 8 ] }
+"""
+
 IMPOSSIBLE_CONFIG = """
 max_batch_size: 8
 dynamic_batching { }
@@ -46,9 +53,11 @@ parameters { key: "latency_slo_ms" value { string_value: "0.001" } }
 @pytest.fixture(scope="module")
 def scheduling_server(tmp_path_factory: pytest.TempPathFactory):
     add4 = partial(write_add_constant_model, features=4)
+    slow = partial(write_slow_model, features=256, repeats=64)
     repo = write_model_repository(
         tmp_path_factory.mktemp("scheduling"),
-        {"prio": ModelSpec(add4, config=PRIO_CONFIG), "impossible": ModelSpec(add4, config=IMPOSSIBLE_CONFIG)},
+        {"prio": ModelSpec(add4, config=PRIO_CONFIG), "impossible": ModelSpec(add4, config=IMPOSSIBLE_CONFIG),
+         "preferred": ModelSpec(slow, config=PREFERRED_CONFIG)},
     )
     with ServerProcess(repo) as server:
         yield server
@@ -173,6 +182,20 @@ def test_a_cancelled_caller_is_removed_from_the_queue(client, scheduling_server)
         kept = stub.ModelInfer(request, timeout=10)  # waits its own 1 s delay, then runs alone
     assert list(kept.outputs[0].shape) == [1, 4]
     assert rows_inferred(client, "prio") == before + 1  # the cancelled request never ran
+
+
+def test_without_a_delay_a_burst_goes_in_preferred_batches_not_whole(client):
+    def one_row(_: int) -> None:
+        tensor = tc.InferInput("INPUT0", [1, 256], "FP32")
+        tensor.set_data_from_numpy(np.ones((1, 256), np.float32))
+        client.infer("preferred", [tensor])
+
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(one_row, range(48)))
+    stats = client.get_inference_statistics("preferred").model_stats[0]
+    sizes = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+    assert stats.inference_count == 48
+    assert set(sizes) <= {1, 2, 3, 4, 8}, sizes  # never the whole queue (e.g. 10 rows), nor 5-7 rows
 
 
 def test_requests_that_cannot_meet_the_latency_objective_are_shed_with_a_clear_message(client):
