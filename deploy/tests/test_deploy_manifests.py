@@ -293,6 +293,18 @@ def test_gpu_pods_ask_for_a_gpu_and_cpu_pods_do_not():
     assert server_container(render("cpu"))["image"].endswith("-cpu")
 
 
+@pytest.mark.parametrize("overlay", sorted(AUTOSCALED))
+def test_a_production_fleet_never_shrinks_to_one_pod_that_a_drain_could_evict(overlay: str):
+    """The PodDisruptionBudget lets a node drain evict one pod at a time: with one replica, that is the fleet."""
+    docs = render(overlay)
+    if AUTOSCALED[overlay] == "hpa":
+        minimum = one(docs, "HorizontalPodAutoscaler", "fleetserve")["spec"]["minReplicas"]
+    else:
+        minimum = one(docs, "ScaledObject", "fleetserve")["spec"]["minReplicaCount"]
+    assert minimum >= 2
+    assert one(docs, "PodDisruptionBudget", "fleetserve")["spec"]["maxUnavailable"] < minimum
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_pdb_and_service_monitor_select_the_server_pods(overlay: str):
     docs = render(overlay)
