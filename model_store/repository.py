@@ -32,6 +32,7 @@ from model_store import complete, options
 from model_store.config import ModelConfig, VersionPolicy
 from model_store.pbtxt import parse_config_text, stated_fields
 from model_store.protos import model_config_pb2 as pb
+from model_store.warmup import WARMUP_FOLDER
 from ops.errors import ConfigError, ModelNotFound
 
 CONFIG_FILENAME = "config.pbtxt"
@@ -51,8 +52,8 @@ class ModelSource:
     ``versions`` maps each version whose folder holds the model file to that
     file; ``missing`` gives, for version folders without it, the reason to
     report. ``fingerprint`` changes when config.pbtxt or any non-hidden file
-    directly in a version folder changes (inode, mtime, size), or a version
-    folder comes or goes; it is taken before the files are read, so a change
+    directly in a version folder or in the model's warmup/ folder changes (inode,
+    mtime, size), or a version folder comes or goes; it is taken before the files are read, so a change
     made while reading shows in the next one. The message must not be mutated.
     """
 
@@ -211,9 +212,11 @@ class ModelRepository:
             entries = list(os.scandir(model_dir))
         except OSError as exc:  # removed since the check: report it as gone
             raise ModelNotFound(f"model folder {model_dir} cannot be read: {exc.strerror or exc}") from exc
+        # The warm-up data (model_warmup) is read by every version's load: a change to it changes each version.
+        warmup = tuple((f"{WARMUP_FOLDER}/{name}", *rest) for name, *rest in _files(model_dir / WARMUP_FOLDER))
         for entry in entries:
             if _VERSION.fullmatch(entry.name) and _is_dir(entry):
-                versions[int(entry.name)] = _files(Path(entry.path))
+                versions[int(entry.name)] = _files(Path(entry.path)) + warmup
         return _Scan(config, versions)
 
 

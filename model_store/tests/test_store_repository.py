@@ -251,6 +251,8 @@ def test_the_fingerprint_is_stable_and_matches_fingerprint_of(root: Path) -> Non
         pytest.param(lambda m: write_dense_model(m / "5"), id="version-added"),
         pytest.param(lambda m: (m / "6").mkdir(), id="empty-version-folder-added"),
         pytest.param(lambda m: (m / "3" / "model.onnx").unlink(), id="model-file-removed"),
+        pytest.param(lambda m: (m / "warmup").mkdir() or (m / "warmup" / "x.bin").write_bytes(b"1"),
+                     id="warmup-data-added"),
     ],
 )
 def test_the_fingerprint_changes_when_a_file_changes(root: Path, change: Callable[[Path], object]) -> None:
@@ -287,3 +289,7 @@ def test_version_fingerprints_change_with_their_own_files_and_with_the_config(ro
     assert second.version_fingerprint(3) != first.version_fingerprint(3)
     assert third.version_fingerprint(1) != second.version_fingerprint(1)
     assert third.version_fingerprint(3) != second.version_fingerprint(3)
+    (root / "b" / "warmup").mkdir()
+    (root / "b" / "warmup" / "tokens.bin").write_bytes(b"\0" * 8)  # model_warmup data: every version reads it
+    fourth = repo.read("b")
+    assert all(fourth.version_fingerprint(v) != third.version_fingerprint(v) for v in (1, 3))
