@@ -213,7 +213,8 @@ class ModelRepository:
         except OSError as exc:  # removed since the check: report it as gone
             raise ModelNotFound(f"model folder {model_dir} cannot be read: {exc.strerror or exc}") from exc
         # The warm-up data (model_warmup) is read by every version's load: a change to it changes each version.
-        warmup = tuple((f"{WARMUP_FOLDER}/{name}", *rest) for name, *rest in _files(model_dir / WARMUP_FOLDER))
+        warmup = tuple((f"{WARMUP_FOLDER}/{name}", inode, mtime, size)
+                       for name, inode, mtime, size in _files(model_dir / WARMUP_FOLDER))
         for entry in entries:
             if _VERSION.fullmatch(entry.name) and _is_dir(entry):
                 versions[int(entry.name)] = _files(Path(entry.path)) + warmup
