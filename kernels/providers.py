@@ -96,7 +96,6 @@ _TENSORRT: dict[str, tuple[str, Callable[[str], str]]] = {
     "trt_profile_min_shapes": ("trt_profile_min_shapes", _text),
     "trt_profile_max_shapes": ("trt_profile_max_shapes", _text),
     "trt_profile_opt_shapes": ("trt_profile_opt_shapes", _text),
-    "trt_cuda_graph_enable": ("trt_cuda_graph_enable", _bool),
     "trt_dump_ep_context_model": ("trt_dump_ep_context_model", _bool),
     "trt_ep_context_file_path": ("trt_ep_context_file_path", _text),
     "trt_ep_context_embed_mode": ("trt_ep_context_embed_mode", _int),
@@ -111,7 +110,6 @@ _CUDA: dict[str, Callable[[str], str]] = {
     "do_copy_in_default_stream": _bool,
     "cudnn_conv_use_max_workspace": _bool,
     "cudnn_conv1d_pad_to_nc1d": _bool,
-    "enable_cuda_graph": _bool,
     "enable_skip_layer_norm_strict_mode": _bool,
     "use_tf32": _bool,
     "prefer_nhwc": _bool,
@@ -129,6 +127,16 @@ _NUMBERED = {
     "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
 }
 CUDA_MODEL_PARAMETERS = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy", "do_copy_in_default_stream")
+
+
+# Options onnxruntime offers that cannot work here: CUDA graphs replay one captured run, so they need every run to
+# have the same input shapes at the same GPU addresses (IO binding); batches of varying size have neither.
+_REFUSED = {
+    "enable_cuda_graph": "CUDA graphs need every run to have the same shapes, bound to fixed GPU buffers, which "
+                         "dynamic batches do not have; remove it",
+    "trt_cuda_graph_enable": "CUDA graphs need every run to have the same shapes, bound to fixed GPU buffers, which "
+                             "dynamic batches do not have; remove it",
+}
 
 
 class OptionError(ValueError):
@@ -149,6 +157,8 @@ def accelerator_options(short: str, parameters: Mapping[str, str]) -> dict[str, 
             raise OptionError(key, f"the {short} accelerator takes no parameters; remove them")
         if key == "device_id":
             raise OptionError(key, "is set by the instance group's gpus (each GPU gets its own session); remove it")
+        if key in _REFUSED:
+            raise OptionError(key, f"is not supported: {_REFUSED[key]}")
         if short == "tensorrt" and key == "precision_mode":
             if value not in _PRECISIONS:
                 raise OptionError(key, f'is "{value}"; use "FP32", "FP16", "BF16" or "INT8"')

@@ -47,8 +47,8 @@ def test_the_chain_is_what_was_asked_for_and_is_installed(requested, available, 
       "trt_builder_optimization_level": "3"}),
     ("tensorrt", {"trt_auxiliary_streams": "-1", "trt_timing_cache_enable": "False"},
      {"trt_auxiliary_streams": "-1", "trt_timing_cache_enable": "0"}),
-    ("cuda", {"cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "4294967296", "enable_cuda_graph": "1"},
-     {"cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "4294967296", "enable_cuda_graph": "1"}),
+    ("cuda", {"cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "4294967296", "use_tf32": "0"},
+     {"cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "4294967296", "use_tf32": "0"}),
     ("cuda", {}, {}),
     ("cpu", {}, {}),
 ])
@@ -68,6 +68,8 @@ def test_accelerator_parameters_become_onnxruntime_provider_options(short, param
     ("cuda", {"precision_mode": "FP16"}, "precision_mode", "not a cuda accelerator parameter"),
     ("cuda", {"arena_extend_strategy": "1"}, "arena_extend_strategy", '"kNextPowerOfTwo" or "kSameAsRequested"'),
     ("cpu", {"x": "1"}, "x", "takes no parameters"),
+    ("cuda", {"enable_cuda_graph": "1"}, "enable_cuda_graph", "CUDA graphs need every run to have the same shapes"),
+    ("tensorrt", {"trt_cuda_graph_enable": "1"}, "trt_cuda_graph_enable", "dynamic batches do not have"),
 ])
 def test_a_parameter_an_accelerator_cannot_take_is_refused_by_name(short, parameters, key, says):
     with pytest.raises(OptionError) as caught:
