@@ -7,9 +7,12 @@ Contract:
   dimension, runs a session once, and splits the outputs back. It is
   synchronous, thread-safe, and meant to run in ``executor``, a pool with one
   thread per model instance (onnxruntime's ``run()`` releases the GIL).
-- With a GPU provider there is one session per GPU the instances are on
-  (``plan_sessions``), and each run goes to the session with the fewest runs in
-  flight for its instance count; on the CPU one session serves every instance.
+- Instances follow Triton's instance groups (``kernels/placement.py``): with a GPU
+  provider, ``count`` on each GPU a group lists, or on each visible GPU
+  (``ops/visible_gpus.py``, found at the first load that needs it) when it lists
+  none; there is one session per GPU, and each run goes to the session with the
+  fewest runs in flight for its instance count. On the CPU one session serves
+  every instance. The real count (``instances``) is known after ``load()``.
 - onnxruntime exceptions are translated here into ``BackendError`` /
   ``InvalidInput`` (for shape/type errors the runtime detects).
 """
@@ -22,13 +25,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from kernels.placement import (
+    CPU_PROVIDER, GroupPlacement, SessionPlan, cpu_instances, describe_plans, gpu_instance_devices, plan_sessions,
+)
+from kernels.providers import SHORT_TO_ORT, ProviderChoice, choose_providers
 from ops.cores import available_cores
-from kernels.providers import ProviderChoice, choose_providers
 from ops.errors import BackendError, ConfigError, InvalidInput
+from ops.visible_gpus import VisibleGpus, visible_gpus
+
+__all__ = ["GRAPH_LEVELS", "MAX_INTRA_OP_THREADS", "BatchResult", "GroupPlacement", "KernelOptions", "OrtKernel",
+           "SessionPlan", "TensorSignature", "default_intra_op_threads", "describe_plans", "plan_sessions",
+           "read_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +81,9 @@ class KernelOptions:
 
     providers: tuple[str, ...] = ()  # short names; empty: TensorRT, CUDA, CPU as available
     allow_gpu: bool = True
-    instances: int = 1  # concurrent runs (threads in the executor)
-    device_ids: tuple[int, ...] = ()  # the GPU (provider option device_id) of each instance; empty: all on GPU 0
-    intra_op_threads: int = 0  # 0: default_intra_op_threads(instances), the cores shared by the instances
+    # The instance groups (kernels/placement.py): their instances are the concurrent runs (executor threads).
+    groups: tuple[GroupPlacement, ...] = (GroupPlacement(),)
+    intra_op_threads: int = 0  # 0: default_intra_op_threads(instances), the cores shared by the real instances
     graph_optimization_level: int | None = None  # optimization.graph.level, Triton's meaning (GRAPH_LEVELS); None: all
     # Options of each provider, by onnxruntime name (providers.accelerator_options); device_id is added per GPU.
     provider_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -184,56 +195,17 @@ def default_intra_op_threads(instances: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, instances))
 
 
-@dataclass(frozen=True)
-class SessionPlan:
-    """One session to create: the GPU it runs on (None: CPU only), how many instances it serves, and the
-    options of each of its providers (in the order of the providers)."""
-
-    device_id: int | None
-    instances: int
-    provider_options: tuple[dict[str, str], ...]
-
-
-def plan_sessions(
-    providers: Sequence[str], device_ids: Sequence[int], options: Mapping[str, Mapping[str, str]] | None = None
-) -> tuple[SessionPlan, ...]:
-    """The sessions for instances on ``device_ids`` (one id per instance) with ``providers`` (onnxruntime names).
-
-    With a GPU provider in the chain: one session per GPU, in the order the instances name them, serving
-    that GPU's instances, each GPU provider told its ``device_id`` on top of its ``options`` (by provider
-    name, from the config). With the CPU provider alone (a KIND_CPU group, or a build or machine without
-    a GPU provider): one session serving every instance.
-    """
-    given = options or {}
-    if not device_ids:
-        raise ValueError("plan_sessions needs at least one instance")
-    if all(p == "CPUExecutionProvider" for p in providers):
-        return (SessionPlan(None, len(device_ids), tuple({} for _ in providers)),)
-    per_gpu: dict[int, int] = {}
-    for gpu in device_ids:
-        per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
-
-    def on(gpu: int) -> tuple[dict[str, str], ...]:
-        return tuple({} if p == "CPUExecutionProvider" else {**given.get(p, {}), "device_id": str(gpu)}
-                     for p in providers)
-
-    return tuple(SessionPlan(gpu, count, on(gpu)) for gpu, count in per_gpu.items())
-
-
-def describe_plans(plans: Sequence[SessionPlan]) -> str:
-    """For the log: "4 instances" on the CPU, "instances: 2 on GPU 0, 2 on GPU 1" with a GPU provider."""
-    if len(plans) == 1 and plans[0].device_id is None:
-        return f"{plans[0].instances} instance{'' if plans[0].instances == 1 else 's'}"
-    return "instances: " + ", ".join(f"{p.instances} on GPU {p.device_id}" for p in plans)
-
-
 class OrtKernel:
     """One ONNX model file served by onnxruntime. See the module docstring."""
 
-    def __init__(self, model_path: Path, options: KernelOptions) -> None:
+    def __init__(
+        self, model_path: Path, options: KernelOptions, find_gpus: Callable[[], VisibleGpus] = visible_gpus
+    ) -> None:
+        """``find_gpus``: the visible GPUs, asked only when a GPU provider serves a group that lists no ``gpus``."""
         self.model_path = model_path
         self.options = options
-        self.executor = ThreadPoolExecutor(max_workers=max(1, options.instances), thread_name_prefix="ort")
+        self._find_gpus = find_gpus
+        self._executor: ThreadPoolExecutor | None = None
         self._sessions: list[object] = []
         self._capacity: list[int] = []  # instances per session
         self._busy: list[int] = []  # runs in flight per session (used when there are several)
@@ -246,47 +218,44 @@ class OrtKernel:
         self._string_inputs: frozenset[str] = frozenset()
         self._string_outputs: frozenset[str] = frozenset()
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The pool the runs belong in: one thread per instance, made by ``load()``."""
+        if self._executor is None:
+            raise BackendError(f"{self.model_path} is not loaded")
+        return self._executor
+
+    @property
+    def instances(self) -> int:
+        """Runs that may be in flight at once: the instances the sessions serve (0 before ``load()``)."""
+        return sum(plan.instances for plan in self.plans)
+
     def load(self) -> None:
-        """Create the session. Raises ConfigError when the file is missing or not a usable model."""
+        """Create the sessions. Raises ConfigError when the file is missing or not a usable model."""
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        instances = max(1, self.options.instances)
-        threads = self.options.intra_op_threads or default_intra_op_threads(instances)
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         level = self.options.graph_optimization_level
         if level is not None and level not in GRAPH_LEVELS:
             raise ConfigError(f"optimization.graph.level {level} is not one of {sorted(GRAPH_LEVELS)}")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel(GRAPH_LEVELS[0 if level is None else level])
-        # Spinning worker threads would steal the cores the event loop needs to
-        # decode the next requests; the server's batches keep them busy instead.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for key, value in self.options.extra_session_config.items():
-            opts.add_session_config_entry(key, value)
         choice = choose_providers(self.options.providers, ort.get_available_providers(), allow_gpu=self.options.allow_gpu)
         if choice.skipped:
-            # The default chain tries GPUs where present; only a chain the config asked for warns.
-            log.log(
-                logging.WARNING if self.options.providers else logging.INFO,
-                "%s: execution providers %s are not used (%s); using %s",
-                self.model_path, ", ".join(choice.skipped),
-                "the instance group is KIND_CPU" if not self.options.allow_gpu else "not in this onnxruntime build",
-                ", ".join(choice.providers),
-            )
-        device_ids = self.options.device_ids or (0,) * instances
-        if len(device_ids) != instances:
-            raise ValueError(f"{len(device_ids)} device ids for {instances} instances")
+            self._log_skipped(choice.skipped, choice.providers,
+                              "the instance group is KIND_CPU" if not self.options.allow_gpu else "not in this onnxruntime build")
+        choice, device_ids = self._place(choice)
         plans = plan_sessions(choice.providers, device_ids, self.options.provider_options)
+        opts = self._session_options(ort, len(device_ids))
         session = self._create(ort, opts, choice.providers, plans[0])
         actual = tuple(session.get_providers())
-        if plans[0].device_id is not None and actual == ("CPUExecutionProvider",):
+        if plans[0].device_id is not None and actual == (CPU_PROVIDER,):
             # A GPU build without a usable GPU: onnxruntime fell back to the CPU (and said so). One CPU
-            # session serves every instance, rather than one CPU session per GPU named.
-            plans = plan_sessions(actual, device_ids)
+            # session serves the instances the CPU would (not one per GPU named, nor per visible GPU).
+            instances = cpu_instances(self.options.groups)
+            plans = plan_sessions(actual, (0,) * instances)
             log.warning("%s: the GPU providers did not start; one CPU session serves all %d instances",
                         self.model_path, instances)
+            if self._threads(instances) != self._threads(len(device_ids)):
+                # Its threads were sized for the GPUs' instances: made again, so instances x threads fits the cores.
+                session = self._create(ort, self._session_options(ort, instances), actual, plans[0])
         sessions = [session] + [self._create(ort, opts, choice.providers, plan) for plan in plans[1:]]
         self.provider_choice = ProviderChoice(actual, choice.skipped)
         self.inputs = _signature(session.get_inputs())
@@ -298,6 +267,51 @@ class OrtKernel:
         self._capacity = [plan.instances for plan in plans]
         self._busy = [0] * len(plans)
         self._sessions = sessions
+        self._executor = ThreadPoolExecutor(max_workers=self.instances, thread_name_prefix="ort")
+
+    def _place(self, choice: ProviderChoice) -> tuple[ProviderChoice, tuple[int, ...]]:
+        """The providers and the device of each instance (kernels/placement.py); on the CPU only their number counts.
+
+        The visible GPUs are counted only for a GPU provider serving a group that lists none; with none
+        visible the GPU providers could not start, so the CPU serves, as on a build without them.
+        """
+        groups = self.options.groups
+        if not groups:
+            raise ValueError("a kernel needs at least one instance group")
+        if all(p == CPU_PROVIDER for p in choice.providers):
+            return choice, (0,) * cpu_instances(groups)
+        visible = 1
+        if any(not group.gpus for group in groups):
+            found = self._find_gpus()
+            if found.count == 0:
+                unused = tuple(short for short, name in SHORT_TO_ORT.items() if name in choice.providers and name != CPU_PROVIDER)
+                self._log_skipped(unused, (CPU_PROVIDER,), f"no GPU is visible: {found.source}")
+                return ProviderChoice((CPU_PROVIDER,), choice.skipped + unused), (0,) * cpu_instances(groups)
+            visible = found.count
+        return choice, gpu_instance_devices(groups, visible)
+
+    def _log_skipped(self, skipped: Sequence[str], providers: Sequence[str], reason: str) -> None:
+        # The default chain tries GPUs where present; only a chain the config asked for warns.
+        log.log(logging.WARNING if self.options.providers else logging.INFO,
+                "%s: execution providers %s are not used (%s); using %s",
+                self.model_path, ", ".join(skipped), reason, ", ".join(providers))
+
+    def _threads(self, instances: int) -> int:
+        return self.options.intra_op_threads or default_intra_op_threads(instances)
+
+    def _session_options(self, ort: Any, instances: int) -> Any:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads(instances)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        level = self.options.graph_optimization_level
+        opts.graph_optimization_level = ort.GraphOptimizationLevel(GRAPH_LEVELS[0 if level is None else level])
+        # Spinning worker threads would steal the cores the event loop needs to
+        # decode the next requests; the server's batches keep them busy instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in self.options.extra_session_config.items():
+            opts.add_session_config_entry(key, value)
+        return opts
 
     def _create(self, ort: Any, opts: Any, providers: Sequence[str], plan: SessionPlan) -> Any:
         try:
@@ -374,6 +388,7 @@ class OrtKernel:
         return BatchResult(per_request, t1 - t0, t2 - t1, t3 - t2, t3)
 
     def close(self) -> None:
-        """Release the session and threads; runs already submitted finish first."""
-        self.executor.shutdown(wait=True)
+        """Release the sessions and threads; runs already submitted finish first."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self._sessions = []

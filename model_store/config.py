@@ -60,14 +60,16 @@ class InstanceKind(enum.Enum):
 
 @dataclass(frozen=True)
 class InstanceGroup:
-    """One instance_group entry, as Triton reads it: ``count`` instances on each GPU ``gpus`` lists, or
-    ``count`` in all when it lists none."""
+    """One instance_group entry, as Triton reads it: ``count`` instances on each GPU ``gpus`` lists; one that
+    lists none has ``count`` on each visible GPU with a GPU provider, ``count`` in all on the CPU
+    (kernels/placement.py places them: the visible GPUs are the kernel's to count)."""
 
     count: int = 1  # at least 1 (a config's 0 means 1)
     gpus: tuple[int, ...] = ()
 
     @property
     def instances(self) -> int:
+        """Its instances where the CPU runs the model."""
         return self.count * max(1, len(self.gpus))
 
 
@@ -196,21 +198,14 @@ class ModelConfig:
 
     @property
     def instance_count(self) -> int:
-        """Model instances in all: batches that may run at once."""
+        """Model instances in all where the CPU runs the model. With a GPU provider a group that lists no GPUs has
+        ``count`` on each visible GPU, so the loaded kernel's ``instances`` is the count that serves."""
         return sum(group.instances for group in self.instance_groups)
 
     @property
     def gpus(self) -> tuple[int, ...]:
         """The GPUs the instance groups list, ascending."""
         return tuple(sorted({gpu for group in self.instance_groups for gpu in group.gpus}))
-
-    @property
-    def instance_gpus(self) -> tuple[int, ...]:
-        """The GPU of each instance, in config order: a group's ``count`` on each GPU it lists in turn, a
-        group that lists none on GPU 0. Where only the CPU runs the model, these mean nothing."""
-        return tuple(
-            gpu for group in self.instance_groups for gpu in (group.gpus or (0,)) for _ in range(group.count)
-        )
 
     @property
     def unread_parameters(self) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ class Where:
 
 @dataclass(frozen=True)
 class Instances:
-    """The instance_group section: its groups (each count per listed GPU) and their one kind."""
+    """The instance_group section: its groups (each count per listed GPU, or per visible GPU) and their one kind."""
 
     groups: tuple[InstanceGroup, ...] = (InstanceGroup(),)
     kind: InstanceKind = InstanceKind.AUTO
@@ -235,7 +235,8 @@ def parameters(msg: pb.ModelConfig, where: Where) -> dict[str, str]:
 
 
 def instances(msg: pb.ModelConfig, where: Where) -> Instances:
-    """instance_group checked; a group's ``count`` (0 means 1) is per listed GPU, as in Triton."""
+    """instance_group checked; a group's ``count`` (0 means 1) is per listed GPU, as in Triton (one that lists none:
+    per visible GPU where a GPU provider runs the model, which the kernel decides at load)."""
     if not msg.instance_group:
         return Instances()
     groups: list[InstanceGroup] = []

@@ -17,14 +17,18 @@ from batching.slo import LatencyObjective
 from model_store.config import ModelConfig, ModelQueuePolicy
 
 
-def batcher_config(config: ModelConfig, default_max_queue_size: int) -> BatcherConfig:
+def batcher_config(config: ModelConfig, default_max_queue_size: int, instances: int | None = None) -> BatcherConfig:
     """The batcher's configuration for ``config``; ``default_max_queue_size`` bounds levels that set no size.
+
+    ``instances``: the batches that may run at once, the loaded kernel's instance count (with a GPU
+    provider a group that lists no GPUs has ``count`` on each visible GPU); default: the config's count
+    where the CPU runs it.
 
     A model that does not batch (``max_batch_size`` 0 or no dynamic_batching)
     runs one request per batch, on one priority level with no timeouts.
     """
     db = config.dynamic_batching
-    instances = max(1, config.instance_count)
+    instances = max(1, config.instance_count if instances is None else instances)
     if config.max_batch_size <= 0 or db is None:
         return BatcherConfig(
             policy=BatchPolicy(max_batch_size=1),

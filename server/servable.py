@@ -18,7 +18,8 @@ from typing import Any, Awaitable
 import numpy as np
 
 from batching.batcher import DynamicBatcher, ScheduleEstimate
-from kernels.ort import MAX_INTRA_OP_THREADS, BatchResult, KernelOptions, OrtKernel, describe_plans, read_signature
+from kernels.ort import MAX_INTRA_OP_THREADS, BatchResult, KernelOptions, OrtKernel, read_signature
+from kernels.placement import GroupPlacement, describe_plans
 from kernels.providers import SHORT_TO_ORT, accelerator_options, cuda_model_parameters
 from model_store.config import PARAMETERS, InstanceKind, ModelConfig
 from model_store import warmup
@@ -91,7 +92,11 @@ class RunPlacement:
 
 
 class Servable:
-    """See the module docstring. Loop-bound except ``kernel`` runs in its executor."""
+    """See the module docstring. Loop-bound except ``kernel`` runs in its executor.
+
+    ``kernel`` is loaded: its instance count (which, with a GPU provider, depends on the visible GPUs) caps the
+    batches in flight and is what ``fleetserve_kernel_instances`` reports; the config keeps the groups as written.
+    """
 
     def __init__(
         self, config: ModelConfig, version: int, kernel: OrtKernel, defaults: ServingDefaults,
@@ -101,18 +106,19 @@ class Servable:
         self.version = version
         self.version_str = str(version)
         self.kernel = kernel
+        self.instances = max(1, kernel.instances)
         self.stats = ModelStats()
         self.metrics = metrics or ServableMetrics.detached(config.name, self.version_str)
         batching = config.max_batch_size > 0 and config.dynamic_batching is not None
         self.batcher: DynamicBatcher[_Work, dict[str, np.ndarray]] = DynamicBatcher(
             self._run_batch,
-            batcher_config(config, defaults.max_queue_size),
+            batcher_config(config, defaults.max_queue_size, self.instances),
             name=f"model '{config.name}' version {version}",
         )
         # Without dynamic batching a batching model still runs each request's own rows.
         self.rows_per_item = batching
         self.placement = RunPlacement(_int_parameter(config, "inline_run_max_us", DEFAULT_INLINE_RUN_MAX_US) * 1000)
-        self.metrics.attach(self.batcher, config.instance_count)
+        self.metrics.attach(self.batcher, self.instances)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -173,7 +179,7 @@ class Servable:
     async def close(self, drain_timeout_s: float | None = None) -> None:
         """Finish queued and running requests, then release the kernel."""
         await self.batcher.stop(drain_timeout_s)
-        self.metrics.detach(self.batcher, self.config.instance_count)
+        self.metrics.detach(self.batcher, self.instances)
         self.metrics.release()
         await asyncio.get_running_loop().run_in_executor(None, self.kernel.close)
 
@@ -217,8 +223,7 @@ def kernel_options(config: ModelConfig) -> KernelOptions:
         providers=config.execution_accelerators,
         provider_options=provider_options,
         allow_gpu=config.instance_kind is not InstanceKind.CPU,
-        instances=config.instance_count,
-        device_ids=config.instance_gpus,
+        groups=tuple(GroupPlacement(group.count, group.gpus) for group in config.instance_groups),
         intra_op_threads=_intra_op_threads(config),
         graph_optimization_level=config.graph_optimization_level,
     )

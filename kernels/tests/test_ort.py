@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import kernels.ort as ort_module
-from kernels.ort import KernelOptions, OrtKernel, SessionPlan, default_intra_op_threads, describe_plans, plan_sessions
+from kernels.ort import (
+    GroupPlacement, KernelOptions, OrtKernel, SessionPlan, default_intra_op_threads, describe_plans, plan_sessions,
+)
 from kernels.providers import ProviderChoice
 from model_store.testing import write_add_constant_model
 from ops.errors import ConfigError
@@ -120,12 +122,12 @@ def test_on_the_cpu_alone_one_session_serves_every_instance():
 def test_gpu_instances_without_a_gpu_provider_fall_back_to_one_cpu_session(tmp_path):
     """The test install has onnxruntime's CPU build: two GPUs' worth of instances still load, once, and all run."""
     path = write_add_constant_model(tmp_path / "model.onnx", features=4)
-    kernel = OrtKernel(path, KernelOptions(instances=4, device_ids=(0, 0, 1, 1)))
+    kernel = OrtKernel(path, KernelOptions(groups=(GroupPlacement(2, (0, 1)),)))
     kernel.load()
     try:
         assert kernel.provider_choice is not None and kernel.provider_choice.providers == ("CPUExecutionProvider",)
         assert kernel.plans == (SessionPlan(None, 4, ({},)),) and len(kernel._sessions) == 1
-        assert kernel.executor._max_workers == 4
+        assert kernel.executor._max_workers == kernel.instances == 4
         np.testing.assert_array_equal(kernel.run({"INPUT0": np.zeros((1, 4), np.float32)})["OUTPUT0"], np.ones((1, 4)))
     finally:
         kernel.close()
@@ -134,7 +136,7 @@ def test_gpu_instances_without_a_gpu_provider_fall_back_to_one_cpu_session(tmp_p
 def test_runs_go_to_the_session_with_the_fewest_runs_in_flight(tmp_path, monkeypatch):
     """Two sessions of two instances each (as two GPUs would have; CPU sessions here): four runs at once use both."""
     monkeypatch.setattr(ort_module, "plan_sessions", lambda providers, ids, options=None: (SessionPlan(None, 2, ({},)),) * 2)
-    kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4), KernelOptions(instances=4))
+    kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4), KernelOptions(groups=(GroupPlacement(4),)))
     kernel.load()
     inside = threading.Barrier(5)
     used: list[int] = []
@@ -176,7 +178,7 @@ def test_a_gpu_build_that_falls_back_to_the_cpu_makes_one_session_for_every_inst
     monkeypatch.setattr(ort_module, "choose_providers", lambda *a, **k: ProviderChoice(
         ("CUDAExecutionProvider", "CPUExecutionProvider"), ()))
     kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4),
-                       KernelOptions(instances=4, device_ids=(0, 0, 1, 1)))
+                       KernelOptions(groups=(GroupPlacement(2, (0, 1)),)))
     with caplog.at_level("WARNING", logger="kernels.ort"):
         kernel.load()
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kernels.ort as ort_module
-from kernels.ort import KernelOptions, OrtKernel, SessionPlan, plan_sessions
+from kernels.ort import GroupPlacement, KernelOptions, OrtKernel, SessionPlan, plan_sessions
 from kernels.providers import (
     OptionError,
     ProviderChoice,
@@ -111,7 +111,7 @@ def test_the_options_reach_onnxruntime(tmp_path, monkeypatch):
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
     monkeypatch.setattr(ort_module, "choose_providers", lambda *a, **k: ProviderChoice((TRT, CUDA, CPU), ()))
     kernel = OrtKernel(write_add_constant_model(tmp_path / "model.onnx", features=4), KernelOptions(
-        providers=("tensorrt",), device_ids=(1,),
+        providers=("tensorrt",), groups=(GroupPlacement(1, (1,)),),
         provider_options={TRT: {"trt_fp16_enable": "1"}, CUDA: {"cudnn_conv_algo_search": "HEURISTIC"}},
     ))
     kernel.load()
