@@ -17,7 +17,9 @@ An empty split returns the model to its version policy. Desired states only move
 revision at or below the one applied is ignored. When Redis is unreachable nothing changes: the
 registry keeps its pins and the router its splits (the last known desired state). When Redis
 answers without a desired state this replica knows (it restarted empty, was flushed), or with an
-older one, the full reconcile writes the known one back.
+older one, the full reconcile writes the known one back; a record written after the known one (on
+Redis's clock) but numbered below it, an operator's command that landed after the loss, wins
+instead: it is renumbered above what this replica knows, and applied (``RolloutStore.restore_desired``).
 
 Loop-bound. Imports model_store and ops only.
 """
@@ -32,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from model_store.registry import ModelRegistry
-from model_store.rollout import DesiredModel, RolloutStore
+from model_store.rollout import DesiredModel, RolloutStore, WriteBack
 from model_store.routing import TrafficRouter, describe_split
 from ops.errors import ServingError
 from ops.redis_link import RedisUnavailable
@@ -100,19 +102,40 @@ class Reconciler:
     async def _restore(self, stored: dict[str, DesiredModel]) -> None:
         """Write back the desired states this replica knows that Redis has lost (it restarted empty, was
         flushed, or came back from an older snapshot), so `fleet status`, promote and rollback see them again."""
-        for name, known in sorted(self._desired.items()):
-            found = stored.get(name)
-            if (found is None or found.revision < known.revision) and await self._store.restore_desired(known):
-                log.warning("model '%s': redis had %s; wrote back revision %d (%s), which this replica knows",
-                            name, f"revision {found.revision}" if found else "no desired state", known.revision,
-                            describe_split(known.split))
+        for name in sorted(self._desired):
+            await self._settle(name, stored.get(name))
+
+    async def _settle(self, name: str, found: DesiredModel | None) -> None:
+        """``found`` (what Redis holds for ``name``) is not what this replica knows, nor newer by revision: Redis
+        lost its data. Write the known state back, unless ``found`` was written after it (an operator's command
+        that landed after the loss, numbered below what replicas know): that one wins, renumbered above, and
+        this replica takes it (the others do on the event)."""
+        known = self._desired[name]
+        if found is not None and (found.revision > known.revision or found == known):
+            return
+        outcome, revision = await self._store.restore_desired(known)
+        if outcome is WriteBack.RESTORED:
+            log.warning("model '%s': redis had %s; wrote back revision %d (%s), which this replica knows",
+                        name, f"revision {found.revision}" if found else "no desired state", known.revision,
+                        describe_split(known.split))
+        elif outcome is WriteBack.RENUMBERED:
+            log.warning("model '%s': redis lost its data, then someone wrote %s as revision %d, below revision %d "
+                        "known here; it is the newer write: renumbered revision %d", name,
+                        describe_split(found.split) if found else "a desired state",
+                        found.revision if found else 0, known.revision, revision)
+            fresh = await self._store.read_desired(name)
+            if fresh is not None:
+                self._take(fresh)
 
     async def reconcile_model(self, model: str) -> None:
         """Read one model's desired state and apply it. Raises ``RedisUnavailable``."""
         desired = await self._store.read_desired(model)
-        if desired is not None:
-            self._take(desired)
-            await self._reconcile(model)
+        if desired is None:
+            return
+        if model in self._desired:
+            await self._settle(model, desired)  # nothing unless Redis lost its data
+        self._take(desired)
+        await self._reconcile(model)
 
     def poke(self, model: str, fetch: bool = True) -> None:
         """Reconcile ``model`` soon, in the background (an event arrived: ``fetch`` its desired state first);

@@ -3,7 +3,8 @@
 Keys (``prefix`` default ``fleetserve:``; one Redis, not Redis Cluster: scripts touch several keys):
 
 ``{p}revision``            counter: the last revision handed out (all models share it)
-``{p}desired:{model}``     hash: ``revision`` and ``doc``, the JSON of a ``DesiredModel`` without it
+``{p}desired:{model}``     hash: ``revision``, ``doc`` (the JSON of a ``DesiredModel`` without them) and
+                           ``written_us`` (when it was written, on Redis's clock)
 ``{p}desired``             set: the models that have a desired state
 ``{p}replica:{id}``        string: the JSON of a ``ReplicaState``, with a TTL (the heartbeat)
 ``{p}replicas``            sorted set: replica id -> expiry (Redis time, ms); live = not expired
@@ -13,7 +14,9 @@ A desired state is written by one script that compares the revision the writer r
 operators cannot overwrite each other), takes the next revision, and publishes the event, all
 atomically. Revisions only grow: the writer passes the highest revision live replicas report, so
 a Redis that lost its data cannot hand out a revision replicas would take for stale; and replicas
-write back the desired states they know that Redis lost (``restore_desired``).
+write back the desired states they know that Redis lost (``restore_desired``). A write that lands
+after the loss but before any replica published its state again gets a revision below what they
+know: the write-back keeps it (it was written later, on Redis's clock) and renumbers it above.
 
 Imports ``model_store.routing`` and ``ops.redis_link`` (so redis): fleet mode only.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,8 +36,14 @@ from ops.redis_link import Client, RedisLink, RedisUnavailable, as_text
 
 DEFAULT_PREFIX = "fleetserve:"
 
-_WRITE_DESIRED = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+# Redis's clock in microseconds (a Lua number holds it exactly): when a desired state was written.
+_NOW_US = """
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+"""
+
+_WRITE_DESIRED = _NOW_US + """
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0') or 0
 if current ~= tonumber(ARGV[1]) then return {0, current} end
 local revision = redis.call('INCR', KEYS[2])
 local floor = tonumber(ARGV[2])
@@ -41,24 +51,41 @@ if revision <= floor then
   revision = floor + 1
   redis.call('SET', KEYS[2], revision)
 end
-redis.call('HSET', KEYS[1], 'revision', revision, 'doc', ARGV[3])
+redis.call('HSET', KEYS[1], 'revision', revision, 'doc', ARGV[3], 'written_us', now)
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('PUBLISH', KEYS[4], 'desired ' .. revision .. ' ' .. ARGV[4])
 return {1, revision}
 """
 
-# A replica writing back a desired state it knows and Redis lost (restarted empty, flushed, or restored from an
-# older snapshot): only over nothing or an older revision (a writer always takes a revision above every one
-# replicas have seen, so a newer record is never overwritten); the counter is raised to it.
+# A replica settling what Redis holds for a model against the desired state it knows (ARGV: its revision, doc, the
+# model, ``written_us``) after Redis lost its data. Returns {outcome, revision}, the outcome a ``WriteBack``: 0 the
+# same record or a newer revision is there; 1 nothing, or a record written before the known one: the known one is
+# written back (the counter raised to it); 2 a record written after the known one yet numbered at or below it (an
+# operator's, before any replica raised the counter): it wins, renumbered above the known revision and the counter.
+# "Before/after" is Redis's clock (``written_us``); a record without it (older fleetserve) counts as the oldest.
 _RESTORE_DESIRED = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
-local revision = tonumber(ARGV[1])
-if current >= revision then return 0 end
-redis.call('HSET', KEYS[1], 'revision', ARGV[1], 'doc', ARGV[2])
+local stored = redis.call('HMGET', KEYS[1], 'revision', 'doc', 'written_us')
+local known = tonumber(ARGV[1])
+local known_at = tonumber(ARGV[4]) or 0
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local current = tonumber(stored[1] or '0') or 0
+local at = tonumber(stored[3] or '0') or 0
+if stored[1] and stored[2] then
+  if current > known then return {0, current} end
+  if current == known and (at == known_at or stored[2] == ARGV[2]) then return {0, current} end
+  if at > known_at then
+    local revision = math.max(counter, known) + 1
+    redis.call('HSET', KEYS[1], 'revision', revision)
+    redis.call('SET', KEYS[2], revision)
+    redis.call('PUBLISH', KEYS[4], 'desired ' .. revision .. ' ' .. ARGV[3])
+    return {2, revision}
+  end
+end
+redis.call('HSET', KEYS[1], 'revision', ARGV[1], 'doc', ARGV[2], 'written_us', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[3])
-if tonumber(redis.call('GET', KEYS[2]) or '0') < revision then redis.call('SET', KEYS[2], ARGV[1]) end
+if counter < known then redis.call('SET', KEYS[2], ARGV[1]) end
 redis.call('PUBLISH', KEYS[4], 'desired ' .. ARGV[1] .. ' ' .. ARGV[3])
-return 1
+return {1, known}
 """
 
 _HEARTBEAT = """
@@ -129,6 +156,7 @@ class DesiredModel:
     action: str = ""  # the command that wrote it, for `fleet status`
     by: str = ""  # user@host
     at: float = 0.0  # seconds since the epoch
+    written_us: int = 0  # when Redis stored it, on Redis's clock (µs); orders records across a loss of Redis's data
 
     @property
     def versions(self) -> frozenset[int]:
@@ -140,13 +168,22 @@ class DesiredModel:
                            "action": self.action, "by": self.by, "at": self.at}, separators=(",", ":"))
 
     @classmethod
-    def from_redis(cls, model: str, revision: Any, doc: Any) -> "DesiredModel":
+    def from_redis(cls, model: str, revision: Any, doc: Any, written_us: Any = None) -> "DesiredModel":
         """Raises ValueError for a malformed record."""
         data = json.loads(as_text(doc))
         canary = data.get("canary")
         return cls(model, int(as_text(revision)), check_split(data.get("split") or ()),
                    check_split(data.get("previous") or ()), int(canary) if canary is not None else None,
-                   str(data.get("action", "")), str(data.get("by", "")), float(data.get("at", 0.0)))
+                   str(data.get("action", "")), str(data.get("by", "")), float(data.get("at", 0.0)),
+                   int(as_text(written_us)) if written_us is not None else 0)
+
+
+class WriteBack(enum.Enum):
+    """What ``restore_desired`` did (the outcomes of ``_RESTORE_DESIRED``)."""
+
+    NOTHING = 0  # Redis holds this record, or a newer revision
+    RESTORED = 1  # Redis held nothing, or an older record: the known one is back, with its revision
+    RENUMBERED = 2  # Redis held a record written after the known one but numbered below it: it wins, renumbered
 
 
 @dataclass(frozen=True)
@@ -233,7 +270,7 @@ class RolloutStore:
         self.keys = keys or Keys()
 
     async def read_desired(self, model: str) -> DesiredModel | None:
-        values = await self.link.call(lambda c: c.hmget(self.keys.desired(model), "revision", "doc"))
+        values = await self.link.call(lambda c: c.hmget(self.keys.desired(model), *_FIELDS))
         return _desired(model, values)
 
     async def read_all_desired(self) -> dict[str, DesiredModel]:
@@ -241,7 +278,7 @@ class RolloutStore:
             names = sorted(as_text(n) for n in await client.smembers(self.keys.desired_set))
             pipe = client.pipeline(transaction=False)
             for name in names:
-                pipe.hmget(self.keys.desired(name), "revision", "doc")
+                pipe.hmget(self.keys.desired(name), *_FIELDS)
             out = {}
             for name, values in zip(names, await pipe.execute()):
                 desired = _desired(name, values)
@@ -261,14 +298,15 @@ class RolloutStore:
             expected_revision, floor_revision, desired.doc(), desired.model))
         return bool(written), int(revision)
 
-    async def restore_desired(self, desired: DesiredModel) -> bool:
-        """Write back ``desired`` (with its own revision) where Redis holds nothing or an older revision of the
-        model: Redis lost it. Returns whether it wrote."""
+    async def restore_desired(self, desired: DesiredModel) -> tuple["WriteBack", int]:
+        """Settle what Redis holds for ``desired.model`` against ``desired``, the state this replica knows, after
+        Redis lost it (see ``WriteBack``). Atomic: an operator's write is never overwritten, whenever it lands.
+        Returns what was done and the model's revision in Redis afterwards."""
         k = self.keys
-        written = await self.link.call(lambda c: c.eval(
+        outcome, revision = await self.link.call(lambda c: c.eval(
             _RESTORE_DESIRED, 4, k.desired(desired.model), k.revision, k.desired_set, k.events,
-            desired.revision, desired.doc(), desired.model))
-        return bool(written)
+            desired.revision, desired.doc(), desired.model, desired.written_us))
+        return WriteBack(int(outcome)), int(revision)
 
     async def publish_replica(self, state: ReplicaState, ttl_s: float) -> int:
         """Write this replica's state with a TTL; returns the number of live replicas (this one included)."""
@@ -344,12 +382,15 @@ class Subscription:
                 return None
 
 
+_FIELDS = ("revision", "doc", "written_us")
+
+
 def _desired(model: str, values: Any) -> DesiredModel | None:
-    revision, doc = values
+    revision, doc, written_us = values
     if revision is None or doc is None:
         return None
     try:
-        return DesiredModel.from_redis(model, revision, doc)
+        return DesiredModel.from_redis(model, revision, doc, written_us)
     except (ValueError, KeyError, TypeError):
         return None  # a malformed record is ignored; `fleet status` shows it as absent
 

@@ -28,8 +28,8 @@ from model_store.repository import ModelRepository
 from model_store.rollout import DesiredModel, ReplicaState, RolloutStore
 from model_store.routing import BUCKETS, Split, describe_split, make_split
 from ops.errors import ServingError
-from ops.redis_link import RedisLink, RedisUnavailable, as_text
-from server.rate_limit import LIMITS_MARKER, Limit, limit_field
+from ops.redis_link import RedisLink, RedisUnavailable
+from server.rate_limit import Limit, limit_field, parse_limits, write_limit
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -143,16 +143,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 async def _limits(store: RolloutStore) -> dict[str, Limit]:
-    raw = await store.link.call(lambda c: c.hgetall(store.keys.limits))
-    out = {}
-    for field, value in raw.items():
-        if as_text(field) == LIMITS_MARKER:
-            continue
-        try:
-            out[as_text(field)] = Limit.parse(as_text(value))
-        except ValueError:
-            continue
-    return out
+    return parse_limits(await store.link.call(lambda c: c.hgetall(store.keys.limits)))
 
 
 async def status(args: argparse.Namespace, store: RolloutStore) -> int:
@@ -242,7 +233,7 @@ async def _change(args: argparse.Namespace, store: RolloutStore,
     if not written:
         raise Refused(f"the desired state of '{args.model}' changed meanwhile (now revision {revision}); run it again")
     print(f"revision {revision} written")
-    return await wait_for(store, args.model, revision, args.wait, start) if args.wait > 0 else 0
+    return await wait_for(store, args.model, revision, args.wait, start, new.doc()) if args.wait > 0 else 0
 
 
 def _desired(args: argparse.Namespace, split: Split, previous: Split, canary: int | None, action: str) -> DesiredModel:
@@ -306,16 +297,27 @@ async def rollback(args: argparse.Namespace, store: RolloutStore) -> int:
     return await _change(args, store, plan)
 
 
-async def wait_for(store: RolloutStore, model: str, revision: int, timeout_s: float, start: float) -> int:
+async def wait_for(store: RolloutStore, model: str, revision: int, timeout_s: float, start: float,
+                   doc: str = "") -> int:
     """Wait until every live replica serving ``model`` applied ``revision`` or reported it cannot (polling
-    every 20 ms); the time printed runs from ``start`` (monotonic), taken before the write."""
+    every 20 ms); the time printed runs from ``start`` (monotonic), taken before the write.
+
+    ``doc``: the written record's, to follow it when a replica renumbers it (it was written after Redis lost
+    its data, below the revisions replicas know: until then they do not take it, though they seem past it)."""
     while True:
+        record = await store.read_desired(model) if doc else None
+        ours = record is not None and record.doc() == doc
+        if ours and record is not None and record.revision > revision:
+            print(f"revision {revision} was below what replicas knew (Redis had lost its data): "
+                  f"a replica renumbered it {record.revision}")
+            revision = record.revision
         replicas = [r for r in await store.read_replicas() if model in r.models]
+        behind = ours and any(r.models[model].desired_revision > revision for r in replicas)
         done = [r for r in replicas if r.models[model].applied_revision >= revision]
         failed = [r for r in replicas if r not in done and r.models[model].desired_revision >= revision
                   and r.models[model].error]
         elapsed = time.monotonic() - start
-        if replicas and len(done) + len(failed) == len(replicas):
+        if replicas and not behind and len(done) + len(failed) == len(replicas):
             break
         if elapsed > timeout_s:
             print(f"not converged after {timeout_s:g} s: {len(done)} of {len(replicas)} replicas applied revision "
@@ -335,11 +337,8 @@ async def limit(args: argparse.Namespace, store: RolloutStore) -> int:
         raise Refused("give a tenant and a model name (no '/' in the model name)")
     old = (await _limits(store)).get(field)
     was = f" (was {old.rps:g}/s, burst {old.burst})" if old else ""
-    # The marker keeps the hash when the last limit goes: replicas take a Redis without it for one that lost its data.
     if args.remove:
-        await store.link.call(lambda c: c.hset(store.keys.limits, LIMITS_MARKER, "1"))
-        await store.link.call(lambda c: c.hdel(store.keys.limits, field))
-        await store.link.call(lambda c: c.delete(store.keys.bucket(field)))
+        await write_limit(store.link, store.keys, args.tenant, args.model, None)
         print(f"tenant '{args.tenant}', model '{args.model}': no limit{was}")
     else:
         if args.rps is None or args.burst is None:
@@ -348,9 +347,8 @@ async def limit(args: argparse.Namespace, store: RolloutStore) -> int:
             new = Limit(args.rps, args.burst)
         except ValueError as exc:
             raise Refused(str(exc)) from None
-        await store.link.call(lambda c: c.hset(store.keys.limits, mapping={LIMITS_MARKER: "1", field: new.text()}))
+        await write_limit(store.link, store.keys, args.tenant, args.model, new)
         print(f"tenant '{args.tenant}', model '{args.model}': {new.rps:g} requests/s, bursts of {new.burst}{was}")
-    await store.publish("limits")
     return 0
 
 

@@ -10,9 +10,10 @@ than ``lease_ttl_s`` is dropped, so tokens never pile up outside Redis. When Red
 bucket is empty, the replica refuses locally until the next token is due.
 
 Redis down: each replica enforces its share of the limit locally (rate and burst divided by the
-live replicas it last saw). Redis back without the hash (it restarted empty, or was flushed; `fleet
-limit` leaves a marker field in it, so removing the last limit does not remove the hash): the
-replica keeps the limits it knows, on local shares, and writes them back. Requests without a
+live replicas it last saw). Redis back without the hash's marker field (it restarted empty, or was
+flushed; `fleet limit` keeps the marker, so removing the last limit does not remove it): the
+replica keeps the limits it knows, on local shares, and writes them back, except those `fleet
+limit` set or removed since (a removal without the marker is kept as ``REMOVED`` until then). Requests without a
 tenant, or for a tenant and model without a limit, are not limited. Refusals raise
 ``RateLimited`` (RESOURCE_EXHAUSTED on both transports).
 
@@ -39,10 +40,14 @@ log = logging.getLogger(__name__)
 # (removing the last limit leaves it). A Redis without the hash lost its data (restarted empty, flushed).
 LIMITS_MARKER = "#limits"
 
+# A field removed while the hash had no marker (Redis had lost its data): kept as this value until a replica
+# has written back the limits it knows, so the write-back does not bring the removed limit back.
+REMOVED = "-"
+
 _LEASE = """
 local limit = redis.call('HGET', KEYS[2], ARGV[1])
-if not limit then
-  if redis.call('EXISTS', KEYS[2]) == 0 then return {-2, 0, '', ''} end
+if not limit or limit == '""" + REMOVED + """' then
+  if redis.call('HEXISTS', KEYS[2], '""" + LIMITS_MARKER + """') == 0 then return {-2, 0, '', ''} end
   return {-1, 0, '', ''}
 end
 local sep = string.find(limit, ' ')
@@ -65,11 +70,35 @@ return {grant, wait_us, tostring(rps), tostring(burst)}
 """
 
 
-# Writes back the limits a replica knows into a Redis that has lost them all (only where the hash is gone).
+# Writes back the limits a replica knows (ARGV: field, value, ...) into a Redis that lost them (no marker). A field
+# already there was set or removed (REMOVED) by `fleet limit` since the loss: the operator's word wins over the
+# replica's memory. Then the removals are dropped and the marker set: from now on the hash is the whole truth.
 _RESTORE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i + 1] == '""" + REMOVED + """' then redis.call('HDEL', KEYS[1], all[i]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], '1')
 return 1
+"""
+
+# `fleet limit` (ARGV: field, "rps burst" or "" to remove): one script, so a replica's write-back (above) lands
+# wholly before or after it. Without the marker (Redis lost its data; or a new fleet, no limit set yet) the marker
+# is left to the write-back, and a removal is kept as REMOVED until then.
+_SET_LIMIT = """
+local kept = redis.call('HEXISTS', KEYS[1], '""" + LIMITS_MARKER + """') == 1
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif kept then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], '""" + REMOVED + """')
+end
+if ARGV[2] == '' then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', KEYS[3], 'limits')
+return kept and 1 or 0
 """
 
 
@@ -98,6 +127,27 @@ class Limit:
 
 def limit_field(tenant: str, model: str) -> str:
     return f"{tenant}/{model}"
+
+
+def parse_limits(raw: dict[Any, Any]) -> dict[str, Limit]:
+    """The limits in the hash as read (HGETALL), by field; the marker and removals left out, malformed ones too
+    (logged)."""
+    out = {}
+    for field, value in raw.items():
+        if as_text(field) == LIMITS_MARKER or as_text(value) == REMOVED:
+            continue
+        try:
+            out[as_text(field)] = Limit.parse(as_text(value))
+        except ValueError:
+            log.warning("ignoring a malformed rate limit %s = %r", as_text(field), as_text(value))
+    return out
+
+
+async def write_limit(link: RedisLink, keys: Keys, tenant: str, model: str, limit: Limit | None) -> None:
+    """Set (``limit``) or remove (None) a tenant's limit for a model, and announce it; raises ``RedisUnavailable``."""
+    field = limit_field(tenant, model)
+    await link.call(lambda c: c.eval(_SET_LIMIT, 3, keys.limits, keys.bucket(field), keys.events,
+                                     field, limit.text() if limit else ""))
 
 
 class _Bucket:
@@ -136,18 +186,13 @@ class TenantLimiter:
     async def refresh(self) -> None:
         """Read every limit from Redis (at start, on a ``limits`` event, at each full reconcile)."""
         raw = await self._link.call(lambda c: c.hgetall(self._keys.limits))
-        if not raw and self.limits:
-            await self._restore()
-            return
+        if self.limits and not any(as_text(f) == LIMITS_MARKER for f in raw):
+            await self._restore()  # Redis lost its data: write back what is known here, then read what it holds
+            raw = await self._link.call(lambda c: c.hgetall(self._keys.limits))
         limits: dict[tuple[str, str], Limit] = {}
-        for field, value in raw.items():
-            if as_text(field) == LIMITS_MARKER:
-                continue
-            tenant, _, model = as_text(field).rpartition("/")
-            try:
-                limits[(tenant, model)] = Limit.parse(as_text(value))
-            except ValueError:
-                log.warning("ignoring a malformed rate limit %s = %r", as_text(field), as_text(value))
+        for field, limit in parse_limits(raw).items():
+            tenant, _, model = field.rpartition("/")
+            limits[(tenant, model)] = limit
         if limits != self.limits:
             log.info("rate limits: %s", ", ".join(f"{t}/{m} {lim.rps:g}/s burst {lim.burst}"
                                                   for (t, m), lim in sorted(limits.items())) or "none")
@@ -157,14 +202,14 @@ class TenantLimiter:
         self.limits = limits
 
     async def _restore(self) -> None:
-        """Redis has no limits hash, not even the marker every `fleet limit` leaves: it lost its data (restarted
-        empty, flushed). Keep enforcing the limits known here, and write them back."""
+        """Redis has no marker in the limits hash: it lost its data (restarted empty, flushed). Write back the
+        limits known here, except where `fleet limit` set or removed one since (``_RESTORE``)."""
         args: list[str] = [LIMITS_MARKER, "1"]
         for key, limit in sorted(self.limits.items()):
             args += [limit_field(*key), limit.text()]
         if await self._link.call(lambda c: c.eval(_RESTORE, 1, self._keys.limits, *args)):
-            log.warning("redis had no rate limits (it lost its data?): wrote back the %d this replica knows",
-                        len(self.limits))
+            log.warning("redis had no rate limits (it lost its data?): wrote back the %d this replica knows, "
+                        "but for those set or removed since", len(self.limits))
 
     async def stop(self) -> None:
         """Leases under way are left to finish (within the Redis timeout): a request may be waiting on one."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from model_store.reconcile import Reconciler
 from model_store.registry import ModelRegistry
 from model_store.repository import ModelRepository, ModelSource
-from model_store.rollout import DesiredModel, Event, ModelReport, ReplicaState, RolloutStore, VersionReport
+from model_store.rollout import DesiredModel, Event, ModelReport, ReplicaState, RolloutStore, VersionReport, WriteBack
 from model_store.routing import BUCKETS, TrafficRouter, make_split
 from ops.errors import ConfigError
 from ops.redis_link import RedisLink
@@ -140,7 +141,8 @@ async def test_a_desired_state_redis_lost_is_written_back_and_serving_goes_on(tm
     await replica.reconciler.reconcile_all()
     assert replica.log == [] and replica.router.split("m") == make_split({1: 70, 2: 30})  # nothing moved
     restored = await store.read_desired("m")
-    assert restored == DesiredModel("m", canary, make_split({1: 70, 2: 30}), ((1, BUCKETS),), 2)
+    assert restored.written_us > 0  # kept from the first write: when it was written, on Redis's clock
+    assert replace(restored, written_us=0) == DesiredModel("m", canary, make_split({1: 70, 2: 30}), ((1, BUCKETS),), 2)
     assert int(await store.link.call(lambda c: c.get(store.keys.revision))) == canary  # the next write goes above
     promoted = await write(store, ((2, BUCKETS),), ((1, BUCKETS),))  # e.g. the canary promoted
     assert promoted == canary + 1
@@ -150,9 +152,44 @@ async def test_a_desired_state_redis_lost_is_written_back_and_serving_goes_on(tm
     await store.link.call(lambda c: c.hset(store.keys.desired("m"), "revision", 1))
     await replica.reconciler.reconcile_all()
     assert (await store.read_desired("m")).revision == promoted and replica.serving == [2]
-    assert not await store.restore_desired(DesiredModel("m", canary, ((1, BUCKETS),)))
-    assert not await store.restore_desired(DesiredModel("m", promoted, ((1, BUCKETS),)))
+    assert await store.restore_desired(DesiredModel("m", canary, ((1, BUCKETS),))) == (WriteBack.NOTHING, promoted)
+    assert await store.restore_desired(await store.read_desired("m")) == (WriteBack.NOTHING, promoted)
     assert (await store.read_desired("m")).split == ((2, BUCKETS),)
+
+
+async def test_a_write_that_lands_after_redis_lost_its_data_wins_over_the_write_back(tmp_path, store):
+    """Redis restarted empty or flushed, then an operator rolled out before any replica published its state again:
+    no live replica, so the command's floor was 0 and it took revision 1, below what replicas know. The write-back
+    replaced it with the older state it knows (and before that, replicas ignored it as stale). It was written
+    later, on Redis's clock: it wins, renumbered above every revision a replica knows, and is applied."""
+    await write(store, ((1, BUCKETS),))
+    canary = await write(store, make_split({1: 70, 2: 30}), ((1, BUCKETS),), 2)
+    a = Replica(tmp_path / "a", store)
+    await a.registry.load_all()
+    await a.reconciler.reconcile_all()  # a knows the canary
+    promoted = await write(store, ((2, BUCKETS),), ((1, BUCKETS),))
+    b = Replica(tmp_path / "b", store)
+    await b.registry.load_all()
+    await b.reconciler.reconcile_all()  # b knows the promote, a missed it (its event was lost, say)
+    assert a.reconciler.status()["m"].desired_revision == canary
+    assert b.reconciler.status()["m"].desired_revision == promoted
+    await store.link.call(lambda c: c.flushall())
+    ok, revision = await store.write_desired(DesiredModel("m", 0, ((3, BUCKETS),), action="rollout v3"), 0, 0)
+    assert ok and revision == 1  # as `fleet rollout` writes it in the first heartbeat after the loss
+    operators = await store.read_desired("m")
+
+    await a.reconciler.reconcile_model("m")  # its event arrives: a's write-back would replace it with the canary
+    stored = await store.read_desired("m")
+    assert stored.split == ((3, BUCKETS),) and stored.written_us == operators.written_us  # before the fix: canary
+    assert stored.revision == canary + 1 and a.router.split("m") == ((3, BUCKETS),) and a.serving == [3]
+    await b.reconciler.reconcile_all()  # b knows that revision number for the (older) promote: renumbered again
+    stored = await store.read_desired("m")
+    assert stored.split == ((3, BUCKETS),) and stored.revision == promoted + 1
+    assert b.reconciler.status()["m"].applied_revision == stored.revision and b.serving == [3]
+    await a.reconciler.reconcile_all()
+    assert a.reconciler.status()["m"].applied_revision == stored.revision
+    assert int(await store.link.call(lambda c: c.get(store.keys.revision))) == stored.revision
+    assert await write(store, ((2, BUCKETS),)) == stored.revision + 1  # the next command goes on from there
 
 
 async def test_writes_compare_the_revision_and_never_go_below_the_floor(store):
