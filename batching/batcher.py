@@ -31,6 +31,8 @@ Contract:
   ``max_batch_size`` rows, still in priority order, with queue timeouts,
   deadlines, cancellation and ordering as above. Unlike ``stop()`` it keeps
   accepting, so the requests the transports are still finishing get in.
+- ``stop(timeout_s, cut_reason)`` (a shutdown's drain timeout ending, with ``timeout_s`` 0) fails what is
+  queued and what runs with ``ShuttingDown`` at once, saying whether each request had started to run.
 - Every successful batch's run time feeds the run-time estimate, exposed by
   ``estimate`` in every mode: timed here from dispatch to results on the
   injected clock, or reported by the owner (``record_run_time``).
@@ -52,7 +54,7 @@ from batching.planner import SloPlanner
 from batching.ordering import InOrderRelease, deliver
 from batching.policy import Decision, WaitPayoff, decide, preferred_rows
 from batching.queues import Entry, Expiry, PriorityQueues, expiry_error
-from ops.errors import BackendError, InvalidInput, ModelNotReady, QueueFull, ServingError
+from ops.errors import BackendError, InvalidInput, ModelNotReady, QueueFull, ServingError, ShuttingDown
 
 log = logging.getLogger(__name__)
 _TIMER_RESOLUTION_S = 0.001
@@ -107,6 +109,7 @@ class DynamicBatcher(Generic[T, R]):
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self._draining = False  # drain(): no more waiting for batches to fill
+        self._cut_reason = ""  # stop(cut_reason=...): why the requests still queued or running fail
 
     @property
     def queue_depth(self) -> int:
@@ -199,10 +202,14 @@ class DynamicBatcher(Generic[T, R]):
         self._draining = True
         self._wake.set()
 
-    async def stop(self, timeout_s: float | None = None) -> None:
-        """Stop accepting, run what is queued, wait for running batches; then fail any leftovers."""
+    async def stop(self, timeout_s: float | None = None, cut_reason: str = "") -> None:
+        """Stop accepting, run what is queued, wait for running batches (up to ``timeout_s``); then fail any
+        leftovers. With ``cut_reason`` (a shutdown's drain timeout ending) the leftovers fail with
+        ``ShuttingDown`` (UNAVAILABLE) saying so, and whether the request had run; else ``ModelNotReady``."""
         self._accepting = False
         self._wake.set()
+        if cut_reason:
+            self._cut_reason = cut_reason
         if self._loop_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._loop_task), timeout_s)
@@ -214,7 +221,9 @@ class DynamicBatcher(Generic[T, R]):
             task.cancel()
         if running:
             await asyncio.wait(running)
-        stopped = ModelNotReady(f"{self.name} stopped before the request ran")
+        stopped: ServingError = ModelNotReady(f"{self.name} stopped before the request ran")
+        if self._cut_reason:
+            stopped = ShuttingDown(f"{self._cut_reason} before this request ran; it can be sent again")
         for entry in self._queues.drain():
             self._settle(entry, None, stopped)
         if self._release is not None:
@@ -343,6 +352,9 @@ class DynamicBatcher(Generic[T, R]):
             if exc is not None:
                 error = exc if isinstance(exc, ServingError) else BackendError(
                     f"{self.name}: batch execution failed: {exc!r}")
+                if isinstance(exc, asyncio.CancelledError) and self._cut_reason:  # stop() cut it short
+                    error = ShuttingDown(f"{self._cut_reason} while this request's batch was running; its result "
+                                         "is lost")
                 if not isinstance(exc, (ServingError, asyncio.CancelledError)):
                     log.error("%s: batch of %d failed", self.name, len(batch), exc_info=exc)
                 for entry in batch:

@@ -13,6 +13,8 @@ Contract:
   none; there is one session per GPU, and each run goes to the session with the
   fewest runs in flight for its instance count. On the CPU one session serves
   every instance. The real count (``instances``) is known after ``load()``.
+- ``terminate()`` (shutdown, at its drain timeout) ends the runs in progress, which then fail, and any
+  later run; ``close()`` then returns at once instead of waiting out a long run.
 - onnxruntime exceptions are translated here into ``BackendError`` /
   ``InvalidInput`` (for shape/type errors the runtime detects).
 """
@@ -217,6 +219,7 @@ class OrtKernel:
         self._output_names: list[str] = []
         self._string_inputs: frozenset[str] = frozenset()
         self._string_outputs: frozenset[str] = frozenset()
+        self._run_options: Any = None  # one onnxruntime RunOptions for every run: terminate() flags it
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -234,6 +237,7 @@ class OrtKernel:
         """Create the sessions. Raises ConfigError when the file is missing or not a usable model."""
         import onnxruntime as ort
 
+        self._run_options = ort.RunOptions()
         level = self.options.graph_optimization_level
         if level is not None and level not in GRAPH_LEVELS:
             raise ConfigError(f"optimization.graph.level {level} is not one of {sorted(GRAPH_LEVELS)}")
@@ -349,7 +353,7 @@ class OrtKernel:
         for name in self._string_inputs & feeds.keys():
             feeds[name] = _bytes_to_str(name, feeds[name])
         try:
-            results = session.run(self._output_names, feeds)  # type: ignore[attr-defined]
+            results = session.run(self._output_names, feeds, self._run_options)  # type: ignore[attr-defined]
         except Exception as exc:
             text = str(exc)
             if "INVALID_ARGUMENT" in text or "Invalid rank" in text or "Got invalid dimensions" in text:
@@ -387,8 +391,13 @@ class OrtKernel:
         t3 = time.perf_counter_ns()
         return BatchResult(per_request, t1 - t0, t2 - t1, t3 - t2, t3)
 
+    def terminate(self) -> None:
+        """End the runs in progress (onnxruntime stops them at its next check) and refuse later ones."""
+        if self._run_options is not None:
+            self._run_options.terminate = True
+
     def close(self) -> None:
-        """Release the sessions and threads; runs already submitted finish first."""
+        """Release the sessions and threads; runs already submitted finish first (see ``terminate``)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self._sessions = []

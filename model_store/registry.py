@@ -25,6 +25,8 @@ Contract:
   order they were called: a load that waited for an unload loads afterwards.
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
   state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
+- ``loads.close()`` (the start of shutdown): loads are refused from then on, and one under way is not
+  waited for and never serves (model_store/load_gate.py); ``close()`` then unloads everything.
 - Loop-bound: call from the event loop.
 
 Generic over the servable type: ``load_version(source, version)`` builds one,
@@ -39,8 +41,9 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
+from model_store.load_gate import LoadGate
 from model_store.repository import ModelRepository, ModelSource
-from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError
+from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError, ShuttingDown
 
 log = logging.getLogger(__name__)
 _KEPT = "serving the copy loaded earlier"  # a READY version's reason when its files in the repository fail
@@ -109,6 +112,7 @@ class ModelRegistry(Generic[S]):
         self._models: dict[str, _Model[S]] = {}
         self._pins: dict[str, frozenset[int]] = {}
         self._polled: dict[str, object] = {}  # the previous poll's fingerprints of the models it found changed
+        self.loads: LoadGate[S] = LoadGate()
 
     # ---- hot path -------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> S:
@@ -161,11 +165,13 @@ class ModelRegistry(Generic[S]):
         load failed though their files have not changed since (an explicit load); else only changed files are.
         """
         self.repository.validate_name(name)
+        self.loads.check(name)
         while True:
             model = self._models.setdefault(name, _Model())
             async with model.lock:
                 if self._models.get(name) is not model:
                     continue  # unloaded while we waited for the lock: load into the current entry
+                self.loads.check(name)  # shutdown started while this load waited
                 await self._load_locked(name, model, retry)
                 return
 
@@ -248,7 +254,11 @@ class ModelRegistry(Generic[S]):
             if version not in model.servables:  # a reload keeps reporting READY while the new copy loads
                 model.status[version] = VersionStatus(ModelState.LOADING)
             try:
-                servable = await self._load_version(source, version)
+                servable = await self.loads.run(source.name, version, lambda: self._load_version(source, version))
+            except ShuttingDown:
+                if version not in model.servables:
+                    model.status[version] = VersionStatus(ModelState.UNAVAILABLE, "the server is shutting down")
+                raise
             except ServingError as exc:
                 log.error("model '%s' version %d failed to load: %s", source.name, version, exc.message)
                 self._on_load_failed(source.name)
@@ -405,6 +415,7 @@ class ModelRegistry(Generic[S]):
         return bool(retired) and (bool(wanted & set(model.servables)) or not wanted)
 
     async def close(self) -> None:
+        self.loads.close()
         for name in list(self._models):
             await self.unload(name)
 

@@ -5,15 +5,19 @@ NOT_SERVING, so probes get an answer while models load), then models load,
 then readiness turns on. gRPC (grpc.aio) and HTTP (aiohttp) share one event loop.
 
 Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
-  1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING, HTTP /v2/health/ready 503;
+  1. mark not ready: ServerReady false, grpc.health.v1 NOT_SERVING, HTTP /v2/health/ready 503; refuse model
+     loads (UNAVAILABLE), and stop waiting for those under way: they never serve, what they build is released;
   2. keep serving for shutdown_delay_s (default 0), so load balancers see 1. and stop routing here;
   3. stop the repository poller; in fleet mode, stop watching Redis and remove this replica's state;
   4. every model's batcher drains (``DynamicBatcher.drain``): what is queued, and what the transports still
      submit, is dispatched at once, no longer waiting out max_queue_delay or a preferred batch size (priorities,
      ordering, deadlines and queue timeouts still hold), so drain_timeout_s has to cover run times only, not a
      queue delay; then stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s (open
-     streams stop reading and end UNAVAILABLE once they have answered what they read);
-  5. drain each model's queue and close its kernel; close the Redis link;
+     streams stop reading and end UNAVAILABLE once they have answered what they read); what is still queued or
+     running then is answered UNAVAILABLE (``Servable.cut``: its runs are ended) and the transports get
+     _CUT_GRACE_S to send those answers before they cut what is left;
+  5. close each model's kernel; close the Redis link; a load still running is not waited for (``serve`` exits
+     without joining its thread);
   6. flush traces (for at most 2 s), close the metrics endpoint, exit 0. A second signal exits at once with
      status 1.
 
@@ -62,6 +66,9 @@ if TYPE_CHECKING:
     from server.fleet import Fleet
 
 log = logging.getLogger("fleetserve")
+# Past --drain-timeout: the time the transports get to send the UNAVAILABLE answers to the requests the
+# drain timeout cut, before they cut the calls themselves. A bound of the whole shutdown (README).
+_CUT_GRACE_S = 1.0
 
 
 class StartupError(Exception):
@@ -188,7 +195,8 @@ class App:
         log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
         service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
                               body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer)
-        self._http = HttpListener(rest_app(service), s.host, s.http_port, shutdown_timeout_s=s.drain_timeout_s,
+        self._http = HttpListener(rest_app(service), s.host, s.http_port,
+                                  shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
                                   auto_decompress=False)  # HttpService decodes request bodies itself
         self.http_port = await self._listen(self._http, "HTTP", s.http_port)
         log.info("HTTP listening on %s:%d", s.host, self.http_port)
@@ -263,6 +271,7 @@ class App:
         """The shutdown checklist in the module docstring."""
         serving = self._ready
         self._ready = False
+        self.registry.loads.close()  # 1. no load starts from now on; one under way never serves
         await self._set_health(False)
         if serving and self.settings.shutdown_delay_s > 0:
             log.info("not ready; serving on for %.1f s before closing the listeners", self.settings.shutdown_delay_s)
@@ -276,15 +285,11 @@ class App:
         if self.fleet is not None:
             await self.fleet.leave()
         self._drain_queues()  # before the transports stop: their grace then covers run times, not queue delays
-        stopping = []
-        if self._servicer is not None:
-            self._servicer.close_streams()  # open streams end once they have answered what they read
-        if self._grpc is not None:
-            stopping.append(self._grpc.stop(grace=self.settings.drain_timeout_s))
-        if self._http is not None:
-            stopping.append(self._http.stop())
-        await asyncio.gather(*stopping)
+        await self._stop_transports()
         await self.registry.close()
+        if not await self.registry.loads.wait_released(_CUT_GRACE_S):
+            log.warning("%d model load(s) still running; exiting without waiting for them (a session being "
+                        "built cannot be interrupted)", self.registry.loads.loading)
         if self.fleet is not None:
             await self.fleet.close()
         if self._owns_tracer_provider:
@@ -298,6 +303,28 @@ class App:
             await self._metrics_http.stop()
         log.info("fleetserve stopped")
 
+    async def _stop_transports(self) -> None:
+        """Step 4: stop accepting; in-flight requests get drain_timeout_s; then what is still queued or running
+        is answered UNAVAILABLE (``Servable.cut``), and the transports get _CUT_GRACE_S to send those answers
+        before they cut what is left (gRPC cancels its calls, HTTP closes its connections)."""
+        drain_s = self.settings.drain_timeout_s
+        stopping: list[asyncio.Future[None]] = []
+        if self._servicer is not None:
+            self._servicer.close_streams()  # open streams end once they have answered what they read
+        if self._grpc is not None:
+            stopping.append(asyncio.ensure_future(self._grpc.stop(grace=drain_s + _CUT_GRACE_S)))
+        if self._http is not None:
+            stopping.append(asyncio.ensure_future(self._http.stop()))  # bounded by drain_s + _CUT_GRACE_S
+        if stopping:
+            _, pending = await asyncio.wait(stopping, timeout=drain_s)
+            if pending:
+                reason = (f"the server is shutting down: its drain timeout (--drain-timeout {drain_s:g} s) "
+                          "ended")
+                cut = [s.cut(reason) for n in self.registry.names() for s in self.registry.ready_servables(n).values()]
+                log.warning("drain timeout (%g s) ended with requests in flight: answering them UNAVAILABLE",
+                            drain_s)
+                await asyncio.gather(*cut)
+        await asyncio.gather(*stopping)
 
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM, then shut down cleanly (a second signal forces exit); the exit status."""
@@ -322,10 +349,14 @@ async def serve(settings: Settings) -> int:
         failure = exc
     finally:
         await app.stop()
+    status = 0
     if failure is not None:
         log.error("cannot start: %s", failure)  # one line, the last one: no traceback for an operator's error
-        return 1
-    return 0
+        status = 1
+    if app.registry.loads.loading:  # its worker thread would hold the interpreter's exit until the load ends
+        logging.shutdown()
+        os._exit(status)
+    return status
 
 
 def run(settings: Settings) -> int:

@@ -22,6 +22,7 @@ ERROR with a traceback, which a port scanner could otherwise fill the log with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from typing import Callable
@@ -54,6 +55,7 @@ class ClientFramingFilter(logging.Filter):
 
 
 _AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+_CUT_S = 0.05  # past the shutdown timeout: how long a cancelled handler gets before its connection closes
 
 
 def _quiet_client_framing_errors() -> None:
@@ -128,7 +130,20 @@ class HttpListener:
         return self.port
 
     async def stop(self) -> None:
-        """Stop accepting; requests in progress may finish within the shutdown timeout."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Stop accepting; requests in progress may finish within the shutdown timeout, which bounds the whole
+        stop: a handler still running then is cancelled and its connection closed at once (aiohttp alone
+        would wait the timeout a second time for a handler that does not end when cancelled)."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        cleanup = asyncio.ensure_future(runner.cleanup())
+        done, _ = await asyncio.wait({cleanup}, timeout=self._shutdown_timeout_s)
+        if done:
+            cleanup.result()
+            return
+        cleanup.cancel()
+        await asyncio.wait({cleanup})
+        if runner.server is not None:  # cancel what still runs and close its connections, without waiting
+            await runner.server.shutdown(_CUT_S)
+        with contextlib.suppress(asyncio.TimeoutError):  # the app's own cleanup (none waits, in our apps)
+            await asyncio.wait_for(runner.cleanup(), _CUT_S)

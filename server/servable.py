@@ -176,6 +176,14 @@ class Servable:
         """Shutdown: dispatch queued requests without waiting for their batches to fill; still accepting."""
         self.batcher.drain()
 
+    async def cut(self, reason: str) -> None:
+        """Shutdown, as its drain timeout ends: what is queued or running fails now with ``ShuttingDown``
+        (UNAVAILABLE, ``reason`` first), then the kernel's runs in progress are ended, so ``close`` releases
+        the kernel at once instead of waiting out a long run. The batcher goes first: the runs it gave up
+        must not answer their requests with the kernel's error."""
+        await self.batcher.stop(0, cut_reason=reason)
+        self.kernel.terminate()
+
     async def close(self, drain_timeout_s: float | None = None) -> None:
         """Finish queued and running requests, then release the kernel."""
         await self.batcher.stop(drain_timeout_s)

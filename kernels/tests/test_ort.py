@@ -146,11 +146,11 @@ def test_runs_go_to_the_session_with_the_fewest_runs_in_flight(tmp_path, monkeyp
         def __init__(self, index: int, session: object) -> None:
             self.index, self.session = index, session
 
-        def run(self, names, feeds):
+        def run(self, names, feeds, run_options=None):
             used.append(self.index)
             if hold[0]:
                 inside.wait(10)  # all four runs in flight at once
-            return self.session.run(names, feeds)
+            return self.session.run(names, feeds, run_options)
 
     kernel._sessions = [Held(i, s) for i, s in enumerate(kernel._sessions)]
     try:
