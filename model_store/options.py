@@ -39,7 +39,8 @@ from ops.errors import ConfigError
 
 GPU_ACCELERATORS = ("tensorrt", "cuda")  # gpu_execution_accelerator names, matched case-insensitively
 CPU_ACCELERATORS = ("cpu",)  # cpu_execution_accelerator names
-MAX_PRIORITY_LEVELS = 64  # each level is a queue the scheduler looks at per batch
+MAX_PRIORITY_LEVELS = 64
+MAX_INSTANCES = 1024  # instances a config may list (count x listed GPUs, over its groups): each is a thread  # each level is a queue the scheduler looks at per batch
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,9 @@ def instances(msg: pb.ModelConfig, where: Where) -> Instances:
         field = f"instance_group[{index}]"
         if group.count < 0:
             raise where.error(f"{field}.count", f"must be 0 or more, not {group.count}")
+        if group.count > MAX_INSTANCES:
+            raise where.error(f"{field}.count", f"is {group.count}; each instance is a thread running batches, so "
+                              f"give at most {MAX_INSTANCES} (a few per core, or per GPU, is what serves fastest)")
         try:
             kind_name = pb.ModelInstanceGroup.Kind.Name(group.kind)
         except ValueError:
@@ -258,6 +262,9 @@ def instances(msg: pb.ModelConfig, where: Where) -> Instances:
             raise where.error(f"{field}.gpus", "are given for a KIND_CPU group; remove them or use KIND_GPU")
         groups.append(InstanceGroup(max(group.count, 1), tuple(group.gpus)))
         kinds.add(kind)
+    listed = sum(group.count * max(1, len(group.gpus)) for group in groups)
+    if listed > MAX_INSTANCES:
+        raise where.error("instance_group", f"makes {listed} instances; give at most {MAX_INSTANCES} in all")
     if len(kinds) > 1:
         names = ", ".join(sorted(k.value for k in kinds))
         raise where.error("instance_group", f"mixes kinds {names}; fleetserve runs one kind of instance per model")

@@ -456,6 +456,16 @@ ERRORS = [
         id="gpus-for-cpu",
     ),
     pytest.param(
+        "dense", "instance_group [ { count: 1025 kind: KIND_CPU } ]",
+        ["instance_group[0].count:", "is 1025", "at most 1024"],
+        id="too-many-instances",
+    ),
+    pytest.param(
+        "dense", "instance_group [ { count: 600 kind: KIND_GPU gpus: [ 0, 1 ] } ]",
+        ["instance_group:", "makes 1200 instances", "at most 1024 in all"],
+        id="too-many-instances-on-gpus",
+    ),
+    pytest.param(
         "dense", "instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU } ]",
         ["instance_group:", "mixes kinds KIND_CPU, KIND_GPU"],
         id="mixed-kinds",
