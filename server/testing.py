@@ -15,11 +15,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ops.processes import stop_process
 
 _LISTENING = re.compile(r"(gRPC|HTTP|metrics) listening on \S+:(\d+)")
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.05) -> bool:
+    """Whether ``predicate()`` became true within ``timeout_s``, asked every ``interval_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
 
 
 def scrape_metrics(url: str, timeout_s: float = 10.0) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

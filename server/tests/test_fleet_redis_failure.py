@@ -20,18 +20,9 @@ from model_store.testing import ModelSpec, write_add_constant_model, write_model
 from ops.redis_testing import RedisServer
 from server.fleet_testing import LoadThread, fleet_args, fleet_cli, infer_request, start_replicas
 from server.protos import grpc_service_pb2_grpc as rpc
-from server.testing import scrape_metrics
+from server.testing import scrape_metrics, wait_until
 
 UP = ("fleetserve_redis_up", frozenset())
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")

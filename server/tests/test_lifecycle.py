@@ -26,7 +26,7 @@ from model_store.testing import (
     write_model_repository,
     write_slow_model,
 )
-from server.testing import ServerProcess, scrape_metrics
+from server.testing import ServerProcess, scrape_metrics, wait_until
 
 
 def add_input(value: float, features: int = 16) -> list[tc.InferInput]:
@@ -329,15 +329,6 @@ class Load:
         self._stop.set()
         self._thread.join(10)
         self.client.close()
-
-
-def wait_until(predicate, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_poll_mode_swaps_versions_under_load_without_failures(tmp_path: Path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import tritonclient.grpc as tc
 from model_store.remote_store import write_index
 from model_store.remote_testing import CREDENTIALS, HttpServer, S3Server
 from model_store.testing import ModelSpec, write_add_constant_model, write_dense_model, write_model_repository
-from server.testing import ServerProcess
+from server.testing import ServerProcess, wait_until
 
 ALL_VERSIONS = "version_policy: { all { } }"
 
@@ -38,15 +37,6 @@ def ones(features: int = 16) -> list[tc.InferInput]:
 
 def index(client: tc.InferenceServerClient) -> dict[tuple[str, str], tuple[str, str]]:
     return {(m.name, m.version): (m.state, m.reason) for m in client.get_model_repository_index().models}
-
-
-def wait_for(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_s3_repository_serves_picks_up_new_versions_and_reports_a_corrupt_download(tmp_path: Path):
@@ -68,7 +58,7 @@ def test_s3_repository_serves_picks_up_new_versions_and_reports_a_corrupt_downlo
             # A new version appears in the bucket: poll mode downloads it and serves it.
             write_add_constant_model(local / "add" / "2", constant=10.0)
             s3.upload(local / "add" / "2", "prod/add/2")
-            assert wait_for(lambda: index(client).get(("add", "2")) == ("READY", "")), index(client)
+            assert wait_until(lambda: index(client).get(("add", "2")) == ("READY", ""), 30), index(client)
             out = client.infer("add", ones()).as_numpy("OUTPUT0")  # the latest version
             np.testing.assert_array_equal(out, np.full((1, 16), 11.0, np.float32))
             assert client.is_model_ready("add", "1")
@@ -81,7 +71,7 @@ def test_s3_repository_serves_picks_up_new_versions_and_reports_a_corrupt_downlo
                     entry["size"] -= 7
             (local / "index.json").write_text(json.dumps(doc))
             s3.upload(local, "prod")
-            assert wait_for(lambda: index(client).get(("add", "3"), ("",))[0] == "UNAVAILABLE"), index(client)
+            assert wait_until(lambda: index(client).get(("add", "3"), ("",))[0] == "UNAVAILABLE", 30), index(client)
             state, reason = index(client)[("add", "3")]
             assert reason.startswith("version 3 could not be downloaded: s3://models/prod/add/3/model.onnx: "
                                      "size mismatch: the index says"), reason
@@ -95,7 +85,7 @@ def test_s3_repository_serves_picks_up_new_versions_and_reports_a_corrupt_downlo
             s3.delete("prod/dense")
             doc["files"] = [e for e in doc["files"] if not e["path"].startswith("dense/")]
             s3.put(json.dumps(doc).encode(), "prod/index.json")
-            assert wait_for(lambda: not client.is_model_ready("dense")), index(client)
+            assert wait_until(lambda: not client.is_model_ready("dense"), 30), index(client)
             client.close()
         assert server.proc is not None and server.proc.returncode == 0
 

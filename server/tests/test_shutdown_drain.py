@@ -19,7 +19,7 @@ from aiohttp import web
 
 from model_store.testing import ModelSpec, write_dense_model, write_model_repository, write_slow_model
 from server.http_server import HttpListener
-from server.testing import ServerProcess, scrape_metrics
+from server.testing import ServerProcess, scrape_metrics, wait_until
 
 ROWS_RUNNING = 384  # about 3 s of MatMuls on one core: still running when a 1 s drain timeout ends
 
@@ -176,10 +176,3 @@ async def test_the_rest_listener_stops_within_its_shutdown_timeout_though_a_hand
     assert 1.0 <= took < 1.5, f"stop took {took:.2f} s for a 1 s shutdown timeout"
 
 
-def wait_until(predicate, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
