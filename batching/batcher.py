@@ -194,11 +194,8 @@ class DynamicBatcher(Generic[T, R]):
         return future
 
     def drain(self) -> None:
-        """Stop waiting for batches to fill (shutdown): see the module docstring. Still accepting; ``stop`` ends it.
-
-        A server's shutdown calls it before its transports stop, so the grace they give requests in flight
-        has to cover their run, not also the rest of a queue delay that nothing will come to fill.
-        """
+        """Stop waiting for batches to fill (shutdown, before the transports stop, so their grace covers runs, not
+        queue delays nothing will fill): see the module docstring. Still accepting; ``stop`` ends it."""
         self._draining = True
         self._wake.set()
 
@@ -208,8 +205,7 @@ class DynamicBatcher(Generic[T, R]):
         ``ShuttingDown`` (UNAVAILABLE) saying so, and whether the request had run; else ``ModelNotReady``."""
         self._accepting = False
         self._wake.set()
-        if cut_reason:
-            self._cut_reason = cut_reason
+        self._cut_reason = cut_reason or self._cut_reason
         if self._loop_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._loop_task), timeout_s)
@@ -221,9 +217,8 @@ class DynamicBatcher(Generic[T, R]):
             task.cancel()
         if running:
             await asyncio.wait(running)
-        stopped: ServingError = ModelNotReady(f"{self.name} stopped before the request ran")
-        if self._cut_reason:
-            stopped = ShuttingDown(f"{self._cut_reason} before this request ran; it can be sent again")
+        stopped = (ShuttingDown(f"{self._cut_reason} before this request ran; it can be sent again") if self._cut_reason
+                   else ModelNotReady(f"{self.name} stopped before the request ran"))
         for entry in self._queues.drain():
             self._settle(entry, None, stopped)
         if self._release is not None:
@@ -264,15 +259,15 @@ class DynamicBatcher(Generic[T, R]):
             self._release.release()
 
     def _decide(self, now: float, oldest_wait_s: float, head: Entry[T, R]) -> Decision:
-        if self._planner is None:
-            policy, queues = self.config.policy, self._queues
+        policy, queues = self.config.policy, self._queues
+        if self._planner is not None:
+            self._last = self._planner.decide(now, self._estimator.curve, queues.rows, oldest_wait_s,
+                                              self._admitted_rows, self._offered_rows)
+        else:
             preferred, formed = policy.preferred_batch_sizes, None
             if preferred and queues.rows >= min(preferred):  # the preferred batch the queue forms in order
                 formed = preferred_rows(preferred, queues.prefix_rows(head, policy.max_batch_size, now))
             self._last = decide(policy, queues.rows, oldest_wait_s, self._payoff.pays(now), formed)
-            return self._last
-        self._last = self._planner.decide(now, self._estimator.curve, self._queues.rows, oldest_wait_s,
-                                          self._admitted_rows, self._offered_rows)
         return self._last
 
     async def _sleep(self, timeout_s: float, wake_rows: int) -> None:
