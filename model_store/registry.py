@@ -30,18 +30,17 @@ Contract:
 - Loop-bound: call from the event loop.
 
 Generic over the servable type: ``load_version(source, version)`` builds one,
-``servable.close()`` releases it. Must not import server, batching or grpc.
+``servable.close()`` releases it. The records it keeps are in model_store/model_state.py.
+Must not import server, batching or grpc.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Protocol, TypeVar
+from typing import Awaitable, Callable, Generic
 
 from model_store.load_gate import LoadGate
+from model_store.model_state import IndexEntry, ModelRecord, ModelState, S, VersionStatus
 from model_store.repository import ModelRepository, ModelSource
 from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError, ShuttingDown
 
@@ -49,50 +48,6 @@ log = logging.getLogger(__name__)
 _KEPT = "serving the copy loaded earlier"  # a READY version's reason when its files in the repository fail
 _ABSENT = object()  # the fingerprint ``poll`` records for a model folder that is not there
 _VERSION_MAX_DIGITS = 255  # a version is a folder name: no longer than one can be
-
-
-class ModelState(enum.Enum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNLOADING = "UNLOADING"
-    UNAVAILABLE = "UNAVAILABLE"
-
-
-class Closable(Protocol):
-    async def close(self) -> None: ...
-
-
-S = TypeVar("S", bound=Closable)
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    state: ModelState
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: str  # "" for a model with no version loaded
-    state: ModelState
-    reason: str
-
-
-class _Model(Generic[S]):
-    def __init__(self) -> None:
-        self.servables: dict[int, S] = {}  # READY versions only
-        self.latest: S | None = None
-        self.status: dict[int, VersionStatus] = {}
-        self.fingerprints: dict[int, object] = {}
-        self.reason = ""  # a model-level failure (bad config, no version to serve), when no version could be tried
-        self.reason_fingerprint: object = None  # the repository files that failed so: polls retry once they change
-        self.unselected: frozenset[int] = frozenset()  # versions in the repository that the policy (or pin) leaves out
-        self.selection = ""  # what chose the versions served, for a request naming an unselected one
-        self.lock = asyncio.Lock()
-
-    def publish(self) -> None:
-        self.latest = self.servables[max(self.servables)] if self.servables else None
 
 
 class ModelRegistry(Generic[S]):
@@ -109,7 +64,7 @@ class ModelRegistry(Generic[S]):
         self._load_version = load_version
         self._on_change = on_change
         self._on_load_failed = on_load_failed  # a model in the repository failed to load (config or version)
-        self._models: dict[str, _Model[S]] = {}
+        self._models: dict[str, ModelRecord[S]] = {}
         self._pins: dict[str, frozenset[int]] = {}
         self._polled: dict[str, object] = {}  # the previous poll's fingerprints of the models it found changed
         self.loads: LoadGate[S] = LoadGate()
@@ -121,14 +76,14 @@ class ModelRegistry(Generic[S]):
             raise ModelNotFound(f"unknown model '{name}': it is not loaded on this server")
         if not version:
             if model.latest is None:
-                raise ModelNotReady(f"model '{name}' is not ready: {self._why(model, None)}")
+                raise ModelNotReady(f"model '{name}' is not ready: {model.why(None)}")
             return model.latest
         if not (version.isascii() and version.isdigit()):  # int() would also take " 1", "1_0" and "１"
             raise ModelNotFound(f"model '{name}' has no version '{version}': versions are whole numbers such as '1'")
         digits = version.lstrip("0") or "0"
         if len(digits) > _VERSION_MAX_DIGITS:  # int() would raise ValueError past 4,300 digits: an INTERNAL error
             raise ModelNotFound(f"model '{name}' has no version {digits[:20]}... ({len(digits)} digits: no version "
-                                f"folder's name is that long); versions: {self._version_list(model)}")
+                                f"folder's name is that long); versions: {model.version_list()}")
         number = int(digits)
         servable = model.servables.get(number)
         if servable is None:
@@ -136,10 +91,10 @@ class ModelRegistry(Generic[S]):
                 if number in model.unselected:
                     raise ModelNotFound(
                         f"model '{name}' version {number} is in the repository but not served: {model.selection}; "
-                        f"versions: {self._version_list(model)}"
+                        f"versions: {model.version_list()}"
                     )
-                raise ModelNotFound(f"model '{name}' has no version {number}; versions: {self._version_list(model)}")
-            raise ModelNotReady(f"model '{name}' version {number} is not ready: {self._why(model, number)}")
+                raise ModelNotFound(f"model '{name}' has no version {number}; versions: {model.version_list()}")
+            raise ModelNotReady(f"model '{name}' version {number} is not ready: {model.why(number)}")
         return servable
 
     def ready_servables(self, name: str) -> dict[int, S]:
@@ -167,7 +122,7 @@ class ModelRegistry(Generic[S]):
         self.repository.validate_name(name)
         self.loads.check(name)
         while True:
-            model = self._models.setdefault(name, _Model())
+            model = self._models.setdefault(name, ModelRecord())
             async with model.lock:
                 if self._models.get(name) is not model:
                     continue  # unloaded while we waited for the lock: load into the current entry
@@ -175,7 +130,7 @@ class ModelRegistry(Generic[S]):
                 await self._load_locked(name, model, retry)
                 return
 
-    async def _load_locked(self, name: str, model: _Model[S], retry: bool) -> None:
+    async def _load_locked(self, name: str, model: ModelRecord[S], retry: bool) -> None:
         fingerprint: object = None
         try:
             fingerprint = self.repository.fingerprint_of(name)  # before the read: a change meanwhile shows next poll
@@ -197,12 +152,12 @@ class ModelRegistry(Generic[S]):
             self._on_load_failed(name)
         self._on_change()
         if not model.servables:
-            raise ModelNotReady(f"model '{name}' did not load: {self._why(model, None)}")
+            raise ModelNotReady(f"model '{name}' did not load: {model.why(None)}")
         failed = [v for v in sorted(wanted) if self._failed(model, v)]
         if failed:  # a copy loaded earlier serves on (the version's reason says so), or other versions do
             why = "; ".join(  # a READY version's reason already says its earlier copy serves
                 f"version {v}: {model.status[v].reason}" if v in model.servables
-                else f"version {v} {self._why(model, v)}"
+                else f"version {v} {model.why(v)}"
                 for v in failed
             )
             others = sorted(set(model.servables) - set(failed))
@@ -210,7 +165,7 @@ class ModelRegistry(Generic[S]):
                 why += f"; serving version{'s' if len(others) > 1 else ''} {', '.join(str(v) for v in others)}"
             raise ConfigError(f"model '{name}' did not load as the repository has it: {why}", model=name)
 
-    def _forget(self, name: str, model: _Model[S]) -> None:
+    def _forget(self, name: str, model: ModelRecord[S]) -> None:
         if self._models.get(name) is model:  # not a newer entry a load made meanwhile
             del self._models[name]
 
@@ -229,7 +184,7 @@ class ModelRegistry(Generic[S]):
             return {v for v in present if v in pinned}
         return set(source.version_policy().select(present))
 
-    async def _apply(self, model: _Model[S], source: ModelSource, retry: bool = False) -> set[int]:
+    async def _apply(self, model: ModelRecord[S], source: ModelSource, retry: bool = False) -> set[int]:
         """Serve what ``source`` selects; returns the versions it selects."""
         wanted = self._wanted(source)
         present = set(source.versions) | set(source.missing)
@@ -289,7 +244,7 @@ class ModelRegistry(Generic[S]):
         return wanted
 
     @staticmethod
-    def _failed(model: _Model[S], version: int) -> bool:
+    def _failed(model: ModelRecord[S], version: int) -> bool:
         """Whether the last load of ``version`` failed (UNAVAILABLE, or READY on a copy loaded earlier)."""
         status = model.status.get(version)
         return status is not None and bool(status.reason)
@@ -317,7 +272,7 @@ class ModelRegistry(Generic[S]):
         return f"{chosen}, but the repository has versions {present} only"
 
     @staticmethod
-    def _record_failure(model: _Model[S], version: int, fingerprint: object, reason: str) -> None:
+    def _record_failure(model: ModelRecord[S], version: int, fingerprint: object, reason: str) -> None:
         """Remember the failed files so polls do not retry them until they change."""
         model.fingerprints[version] = fingerprint
         if version in model.servables:  # the previous copy of this version keeps serving: say why it is old
@@ -325,7 +280,7 @@ class ModelRegistry(Generic[S]):
         else:
             model.status[version] = VersionStatus(ModelState.UNAVAILABLE, reason)
 
-    async def _retire(self, model: _Model[S], version: int) -> None:
+    async def _retire(self, model: ModelRecord[S], version: int) -> None:
         servable = model.servables.pop(version)
         model.fingerprints.pop(version, None)
         model.status[version] = VersionStatus(ModelState.UNLOADING)
@@ -396,7 +351,7 @@ class ModelRegistry(Generic[S]):
                   name)
         return False
 
-    def _changed(self, name: str, model: _Model[S]) -> bool:
+    def _changed(self, name: str, model: ModelRecord[S]) -> bool:
         if model.reason:  # failed as a whole: try again once its files change
             try:
                 return self.repository.fingerprint_of(name) != model.reason_fingerprint
@@ -436,15 +391,3 @@ class ModelRegistry(Generic[S]):
                     reason = f"{_KEPT}; the repository's files do not load: {model.reason}"
                 entries.append(IndexEntry(name, str(version), status.state, reason))
         return entries
-
-    def _version_list(self, model: _Model[S]) -> str:
-        return ", ".join(str(v) for v in sorted(model.status)) or "none"
-
-    def _why(self, model: _Model[S], version: int | None) -> str:
-        if version is not None:
-            status = model.status.get(version)
-            return f"{status.state.value}{': ' + status.reason if status and status.reason else ''}" if status else "unknown"
-        if model.reason:
-            return model.reason
-        reasons = [f"version {v} {s.state.value}{': ' + s.reason if s.reason else ''}" for v, s in sorted(model.status.items())]
-        return "; ".join(reasons) or "no version loaded"
