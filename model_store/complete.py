@@ -16,7 +16,7 @@ Triton's auto-complete for ONNX models:
   batch dimension.
 
 The serving options (versions, batching, instances, accelerators) are read
-by model_store/options.py. Imports model_store.config, .datatypes, .options,
+by model_store/options.py. Imports model_store.config, .datatypes, .defaults_only, .options, .warmup,
 the generated config messages, numpy and ops.errors only; must not import server, batching,
 kernels, onnxruntime or grpc.
 """
@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model_store import options, warmup
+from model_store import defaults_only, options, warmup
 from model_store.config import (
     BACKEND,
     DEFAULT_MAX_BATCH_SIZE,
@@ -105,6 +105,7 @@ def build_config(
     msg = message if message is not None else pb.ModelConfig()
     where = Where(model_name, source)
     _check_identity(msg, model_name, where)
+    defaults_only.check(msg, where)
     model_in = tuple(_normalise(t, "input", where) for t in inputs)
     model_out = tuple(_normalise(t, "output", where) for t in outputs)
     max_batch_size, completed = _max_batch_size(msg, model_in, model_out, "max_batch_size" in stated, where)
@@ -225,7 +226,11 @@ def _tensors(
             known = ", ".join(t.describe() for t in model) or "none"
             raise where.error(field, f"the model has no {kind} of that name; its {kind}s are: {known}")
         if entry.HasField("reshape"):
-            raise where.error(f"{field}.reshape", "is not supported by fleetserve; give dims as the model's shape")
+            own = list(tensor.dims(max_batch_size))
+            after = " after the batch dimension" if max_batch_size else ""
+            raise where.error(f"{field}.reshape", f"is not supported by fleetserve, which serves each tensor in the "
+                              f"model's own shape: remove reshape and give dims {own} (or leave dims out); clients "
+                              f"then send and receive that shape{after}")
         if isinstance(entry, pb.ModelInput) and entry.optional:
             # The model's inputs are its session's, and onnxruntime runs only with every one of them given:
             # a request leaving this one out would fail inside onnxruntime instead of being refused up front.

@@ -22,14 +22,15 @@ from google.protobuf import descriptor, text_format
 from model_store.protos import model_config_pb2 as pb
 from ops.errors import ConfigError
 
-# Top-level fields of Triton's schema that fleetserve leaves out on purpose.
-_TRITON_ONLY = frozenset(
-    {
+# Fields of Triton's schema that fleetserve leaves out on purpose, by the message holding them.
+_TRITON_ONLY: dict[str, frozenset[str]] = {
+    "inference.ModelConfig": frozenset({
         "sequence_batching", "ensemble_scheduling", "model_operations",
-        "model_repository_agents", "batch_input", "batch_output",
-        "cc_model_filenames", "metric_tags", "runtime",
-    }
-)  # fmt: skip
+        "model_repository_agents", "model_metrics",
+    }),
+    "inference.ModelInstanceGroup": frozenset({"rate_limiter"}),
+    "inference.ModelOptimizationPolicy.Cuda": frozenset({"graph_spec"}),
+}  # fmt: skip
 
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
 _NO_ENUM = re.compile(r'Enum type "([\w.]+)" has no value named ([^\s.]+)')
@@ -105,10 +106,12 @@ def _explain(exc: text_format.ParseError, text: str, source: str) -> str:
 
 def _unknown_field(type_name: str, field: str) -> str:
     message_type = pb.DESCRIPTOR.pool.FindMessageTypeByName(type_name)
-    if message_type is pb.ModelConfig.DESCRIPTOR and field in _TRITON_ONLY:
-        return f'field "{field}" of Triton\'s model configuration is not supported by fleetserve; remove it'
-    known = [f.name for f in message_type.fields]
     path = _PATHS.get(type_name, message_type.name)
+    if field in _TRITON_ONLY.get(type_name, ()):
+        where = "" if message_type is pb.ModelConfig.DESCRIPTOR else f" {path}.{field}"
+        name = f'field "{field}"' if not where else f"field{where}"
+        return f"{name} of Triton's model configuration is not supported by fleetserve; remove it"
+    known = [f.name for f in message_type.fields]
     close = difflib.get_close_matches(field, known, n=1)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
     return f'unknown field "{field}" in {path}{hint}; fleetserve reads these fields: {", ".join(known)}'

@@ -292,6 +292,74 @@ def test_reported_config_written_as_config_pbtxt_gives_the_same_config(
         assert config.to_proto().output[0].label_filename == "labels.txt"
 
 
+# What Triton's GET /v2/models/m/config returns for the dense model (its auto-complete of an ONNX model),
+# written as config.pbtxt: every field it fills in at its default, which users copy into their configs.
+TRITON_COMPLETE = """
+name: "m"
+platform: "onnxruntime_onnx"
+backend: "onnxruntime"
+runtime: ""
+version_policy: { latest: { num_versions: 1 } }
+max_batch_size: 4
+input [ { name: "INPUT0" data_type: TYPE_FP32 format: FORMAT_NONE dims: [ 16 ]
+          is_shape_tensor: false allow_ragged_batch: false optional: false is_non_linear_format_io: false } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 8 ] label_filename: ""
+           is_shape_tensor: false is_non_linear_format_io: false } ]
+batch_input: []
+batch_output: []
+optimization {
+  priority: PRIORITY_DEFAULT
+  input_pinned_memory { enable: true }
+  output_pinned_memory { enable: true }
+  gather_kernel_buffer_threshold: 0
+  eager_batching: false
+  cuda { graphs: false busy_wait_events: false output_copy_stream: false }
+}
+dynamic_batching {
+  preferred_batch_size: [ 4 ]
+  max_queue_delay_microseconds: 0
+  preserve_ordering: false
+  priority_levels: 0
+  default_priority_level: 0
+  default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 0 allow_timeout_override: false
+                         max_queue_size: 0 }
+}
+instance_group [ { name: "m_0" kind: KIND_CPU count: 2 gpus: [] secondary_devices: [] profile: []
+                   passive: false host_policy: "" } ]
+default_model_filename: "model.onnx"
+cc_model_filenames: []
+metric_tags: []
+model_transaction_policy { decoupled: false }
+model_warmup: []
+"""
+
+# The same configuration as a person writes it: the fields above that are at Triton's defaults left out.
+TRITON_WRITTEN = """
+max_batch_size: 4
+dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 0 }
+instance_group [ { kind: KIND_CPU count: 2 } ]
+"""
+
+
+@pytest.mark.parametrize(("written", "instead"), [
+    ("", ""),
+    ('runtime: ""', 'runtime: "libtriton_onnxruntime.so"'),
+    ("input_pinned_memory { enable: true }", "input_pinned_memory { enable: false }"),
+    ("output_pinned_memory { enable: true }", "output_pinned_memory { }"),
+    ("cc_model_filenames: []", "cc_model_filenames { }"),  # one entry, empty key and value
+], ids=["complete", "runtime-library", "input-pinned-off", "output-pinned-off", "empty-map-entry"])
+def test_tritons_complete_config_loads_and_its_defaults_change_nothing(
+    signatures: dict[str, Signature], written: str, instead: str
+) -> None:
+    """Triton's auto-completed config parses and loads as the short one does (each field at Triton's default has
+    no effect, nor does pinned memory, which only speeds up Triton's own host-GPU copies)."""
+    assert written in TRITON_COMPLETE
+    config = build(signatures, "dense", TRITON_COMPLETE.replace(written, instead))
+
+    assert config == build(signatures, "dense", TRITON_WRITTEN)
+    assert config.instance_count == 2 and config.dynamic_batching is not None
+
+
 def test_parameters_fleetserve_does_not_read_are_kept_and_listed(signatures: dict[str, Signature]) -> None:
     config = build(
         signatures,
@@ -550,6 +618,51 @@ ERRORS = [
     pytest.param(
         "dense", "version_policy { specific { } }", ["version_policy.specific.versions:", "list version numbers"],
         id="specific-empty",
+    ),
+    # Triton fields at a value other than its default: each asks for something fleetserve does not do.
+    pytest.param("dense", 'runtime: "model.py"', ["runtime:", '"model.py"', "onnxruntime only", "remove runtime"],
+                 id="runtime-other-backend"),
+    pytest.param(
+        "dense", 'batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_INT32 '
+        'source_input: "INPUT0" } ]', ["batch_input:", "not supported", "remove it"], id="batch-input",
+    ),
+    pytest.param("dense", 'batch_output [ { target_name: "OUTPUT0" } ]', ["batch_output:", "remove it"],
+                 id="batch-output"),
+    pytest.param("dense", 'cc_model_filenames { key: "8.0" value: "a100.onnx" }',
+                 ["cc_model_filenames:", "default_model_filename", "remove it"], id="cc-model-filenames"),
+    pytest.param("dense", 'metric_tags { key: "team" value: "search" }', ["metric_tags:", "remove it"],
+                 id="metric-tags"),
+    pytest.param("dense", "optimization { priority: PRIORITY_MAX }",
+                 ["optimization.priority:", "is PRIORITY_MAX", "TensorRT backend", "PRIORITY_DEFAULT"],
+                 id="priority"),
+    pytest.param("dense", "optimization { cuda { graphs: true } }",
+                 ["optimization.cuda.graphs:", "is true", "TensorRT backend", "remove it"], id="cuda-graphs"),
+    pytest.param("dense", "optimization { gather_kernel_buffer_threshold: 4 }",
+                 ["optimization.gather_kernel_buffer_threshold:", "is 4", "give 0"], id="gather-threshold"),
+    pytest.param("dense", "optimization { eager_batching: true }", ["optimization.eager_batching:", "set it false"],
+                 id="eager-batching"),
+    pytest.param("dense", "instance_group [ { passive: true } ]",
+                 ["instance_group[0].passive:", "every instance", "set it false"], id="passive"),
+    pytest.param("dense", 'instance_group [ { host_policy: "numa0" } ]',
+                 ["instance_group[0].host_policy:", '"numa0"', "no host policies"], id="host-policy"),
+    pytest.param("dense", 'instance_group [ { kind: KIND_GPU profile: [ "0" ] } ]',
+                 ["instance_group[0].profile:", "optimization profiles", "remove it"], id="profile"),
+    pytest.param("dense", "instance_group [ { secondary_devices [ { kind: KIND_NVDLA device_id: 0 } ] } ]",
+                 ["instance_group[0].secondary_devices:", "NVDLA"], id="secondary-devices"),
+    pytest.param("dense", 'input [ { name: "INPUT0" is_shape_tensor: true } ]',
+                 ['input "INPUT0".is_shape_tensor:', "TensorRT backend", "set it false"], id="input-shape-tensor"),
+    pytest.param("dense", 'output [ { name: "OUTPUT0" is_shape_tensor: true } ]',
+                 ['output "OUTPUT0".is_shape_tensor:', "set it false"], id="output-shape-tensor"),
+    pytest.param("dense", 'input [ { name: "INPUT0" allow_ragged_batch: true } ]',
+                 ['input "INPUT0".allow_ragged_batch:', "shapes match", "set it false"], id="ragged-batch"),
+    pytest.param("dense", 'output [ { name: "OUTPUT0" is_non_linear_format_io: true } ]',
+                 ['output "OUTPUT0".is_non_linear_format_io:', "set it false"], id="non-linear-format"),
+    pytest.param(
+        "two_io", 'max_batch_size: 4 input [ { name: "INPUT0" dims: [ 4 ] }, '
+        '{ name: "INPUT1" dims: [ 2, 2 ] reshape { shape: [ 4 ] } } ]',
+        ['input "INPUT1".reshape:', "not supported", "remove reshape and give dims [4]",
+         "after the batch dimension"],
+        id="reshape-says-which-dims",
     ),
     pytest.param(
         "dense", 'default_model_filename: "../other/model.onnx"',

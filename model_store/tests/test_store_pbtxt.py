@@ -110,6 +110,16 @@ def test_the_example_repository_configs_parse(path: Path) -> None:
             id="triton-field-fleetserve-leaves-out",
         ),
         pytest.param(
+            "model_metrics { }",
+            [f"{SOURCE}:1:1: ", '"model_metrics" of Triton\'s model configuration is not supported', "remove it"],
+            id="triton-field-fleetserve-leaves-out-not-taken-for-a-typo",
+        ),
+        pytest.param(
+            "instance_group [\n  { count: 1 rate_limiter { priority: 2 } }\n]",
+            [f"{SOURCE}:2:14: ", "field instance_group.rate_limiter of Triton's model configuration is not supported"],
+            id="nested-triton-field-fleetserve-leaves-out",
+        ),
+        pytest.param(
             'input [\n  { name: "x" data_type: TYPE_FP33 }\n]',
             [f"{SOURCE}:2:", 'unknown value TYPE_FP33 for field "data_type"', "expected one of", "TYPE_FP32"],
             id="bad-enum-value",
