@@ -23,6 +23,7 @@ kernels, onnxruntime or grpc.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -195,8 +196,10 @@ def _max_batch_size(
         return 0, False
     # Not stated: the model batches unless listed dims include the batch dimension (Triton does the same).
     shapes = {t.name: len(t.shape) for t in model_in + model_out}
-    listed = [e for e in (*msg.input, *msg.output) if e.dims and e.name in shapes]
-    if any(len(e.dims) == shapes[e.name] for e in listed):
+    # A reshaped tensor's dims are the clients' view: its reshape is what has the model's rank.
+    listed = {e.name: tuple(e.reshape.shape) if e.HasField("reshape") else tuple(e.dims)
+              for e in (*msg.input, *msg.output) if (e.dims or e.HasField("reshape")) and e.name in shapes}
+    if any(len(dims) == shapes[name] for name, dims in listed.items()):
         return 0, False
     return DEFAULT_MAX_BATCH_SIZE, True
 
@@ -225,24 +228,24 @@ def _tensors(
         if tensor is None:
             known = ", ".join(t.describe() for t in model) or "none"
             raise where.error(field, f"the model has no {kind} of that name; its {kind}s are: {known}")
+        reshape = None
         if entry.HasField("reshape"):
-            own = list(tensor.dims(max_batch_size))
-            after = " after the batch dimension" if max_batch_size else ""
-            raise where.error(f"{field}.reshape", f"is not supported by fleetserve, which serves each tensor in the "
-                              f"model's own shape: remove reshape and give dims {own} (or leave dims out); clients "
-                              f"then send and receive that shape{after}")
+            reshape = _reshape(tuple(entry.reshape.shape), tensor, max_batch_size, field, where)
         if isinstance(entry, pb.ModelInput) and entry.optional:
             # The model's inputs are its session's, and onnxruntime runs only with every one of them given:
             # a request leaving this one out would fail inside onnxruntime instead of being refused up front.
             raise where.error(f"{field}.optional", "is true, but the ONNX model needs this input on every run; "
                                                    "remove optional (or the input from the model)")
         datatype = _datatype(entry.data_type, tensor, field, where)
-        dims = _dims(tuple(entry.dims), tensor, max_batch_size, field, where)
+        if reshape is None:
+            dims = _dims(tuple(entry.dims), tensor, max_batch_size, field, where)
+        else:
+            dims = _client_dims(tuple(entry.dims), reshape, field, where)
         if isinstance(entry, pb.ModelInput):
             layout = _format(entry.format, dims, field, where)
-            specs.append(TensorSpec(entry.name, datatype, dims, optional=entry.optional, format=layout))
+            specs.append(TensorSpec(entry.name, datatype, dims, optional=entry.optional, format=layout, reshape=reshape))
         else:
-            specs.append(TensorSpec(entry.name, datatype, dims, label_filename=entry.label_filename))
+            specs.append(TensorSpec(entry.name, datatype, dims, label_filename=entry.label_filename, reshape=reshape))
     if every:
         named = {spec.name for spec in specs}
         missing = [t.describe() for t in model if t.name not in named]
@@ -305,3 +308,35 @@ def _dims(stated: tuple[int, ...], tensor: _Tensor, max_batch_size: int, field: 
         if mine != -1 and theirs != -1 and mine != theirs:
             raise where.error(f"{field}.dims", f"are {list(stated)}, but {expected}")
     return tuple(theirs if mine == -1 else mine for mine, theirs in zip(stated, model))
+
+
+def _reshape(shape: tuple[int, ...], tensor: _Tensor, max_batch_size: int, field: str, where: Where) -> tuple[int, ...]:
+    """Triton's ``reshape``: the shape the model takes (without the batch dimension), checked against the model's;
+    a -1 where the model has a fixed size takes that size."""
+    model = tensor.dims(max_batch_size)
+    fits = len(shape) == len(model) and all((r >= 1 or r == -1) and (m == -1 or r in (-1, m)) for r, m in zip(shape, model))
+    if not fits:
+        after = " after the batch dimension" if max_batch_size > 0 else ""
+        raise where.error(f"{field}.reshape", f"shape is {list(shape)}, but the model's {tensor.kind} has shape "
+                          f"{list(tensor.shape)}: give {list(model)}, its shape{after}")
+    return tuple(m if r == -1 else r for r, m in zip(shape, model))
+
+
+def _client_dims(stated: tuple[int, ...], reshape: tuple[int, ...], field: str, where: Where) -> tuple[int, ...]:
+    """The dims clients send and receive for a reshaped tensor: the same elements as ``reshape`` holds, for every
+    size of a variable dim (one -1 on each side at most: the other sizes are then derived)."""
+    if not stated:
+        raise where.error(f"{field}.dims", "are needed with reshape: they are the shape clients send and receive")
+    if any(d < 1 and d != -1 for d in stated):
+        raise where.error(f"{field}.dims", f"are {list(stated)}; each dim is a size >= 1, or -1 for a variable size")
+    fixed_dims, fixed_model = math.prod(d for d in stated if d != -1), math.prod(d for d in reshape if d != -1)
+    variable = (stated.count(-1), reshape.count(-1))
+    if variable == (0, 0):
+        fits = fixed_dims == fixed_model
+    else:
+        fits = variable == (1, 1) and fixed_dims % fixed_model == 0
+    if not fits:
+        raise where.error(f"{field}.dims", f"are {list(stated)}, which cannot always hold the elements of the reshape "
+                          f"{list(reshape)}: give dims with as many elements (at most one -1 on each side, the dims' "
+                          "fixed sizes a multiple of the reshape's)")
+    return stated

@@ -16,6 +16,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
+
 from model_store.datatypes import BY_NAME, Datatype
 from model_store.protos import model_config_pb2 as pb
 
@@ -46,10 +48,30 @@ class TensorSpec:
     optional: bool = False
     format: str = "FORMAT_NONE"  # an input's stated layout (Triton's ModelInput.Format): reported, not used
     label_filename: str = ""  # an output's class labels file, in the model folder: reported, not used
+    # Triton's reshape: the shape the model takes or gives (without the batch dimension), when clients see ``dims``
+    reshape: tuple[int, ...] | None = None
 
     def shape_with_batch(self, max_batch_size: int) -> tuple[int, ...]:
         """The full shape a client sees in metadata (-1 for the batch dimension)."""
         return ((-1,) + self.dims) if max_batch_size > 0 else self.dims
+
+    @property
+    def model_dims(self) -> tuple[int, ...]:
+        """The dims the model runs with: ``reshape``'s, else ``dims``."""
+        return self.dims if self.reshape is None else self.reshape
+
+    def to_model(self, data: np.ndarray) -> np.ndarray:
+        """An input as a client sent it (its leading batch dimension, if any, then ``dims``) as the model takes it:
+        the same elements in the reshape's dims (a view, no copy). The identity without a reshape."""
+        if self.reshape is None:
+            return data
+        return data.reshape(data.shape[:data.ndim - len(self.dims)] + self.reshape)
+
+    def to_client(self, data: np.ndarray) -> np.ndarray:
+        """An output as the model gave it, in the ``dims`` clients see: the inverse of ``to_model``."""
+        if self.reshape is None:
+            return data
+        return data.reshape(data.shape[:data.ndim - len(self.reshape)] + self.dims)
 
 
 class InstanceKind(enum.Enum):
@@ -228,16 +250,20 @@ class ModelConfig:
             default_model_filename=self.default_model_filename,
         )
         for spec in self.inputs:
-            msg.input.add(
+            added = msg.input.add(
                 name=spec.name,
                 data_type=pb.DataType.Value(spec.datatype.config_name),
                 dims=spec.dims,
                 optional=spec.optional,
                 format=pb.ModelInput.Format.Value(spec.format),
             )
+            if spec.reshape is not None:
+                added.reshape.shape.extend(spec.reshape)
         for spec in self.outputs:
-            msg.output.add(name=spec.name, data_type=pb.DataType.Value(spec.datatype.config_name), dims=spec.dims,
-                           label_filename=spec.label_filename)
+            out = msg.output.add(name=spec.name, data_type=pb.DataType.Value(spec.datatype.config_name), dims=spec.dims,
+                                 label_filename=spec.label_filename)
+            if spec.reshape is not None:
+                out.reshape.shape.extend(spec.reshape)
         policy = self.version_policy
         if policy.kind == "all":
             msg.version_policy.all.SetInParent()

@@ -199,6 +199,21 @@ def write_identity_model(path: PathLike, datatype: str, dims: Sequence[int] = (4
     return _save(path, graph)
 
 
+def write_lookup_model(path: PathLike) -> Path:
+    """OUT = TABLE[INDEX], a 3-row table of FP32 values 1, 2, 3 (OUT: [batch, 1]).
+
+    INDEX is INT64 of shape ``[batch]`` (one value per row, no other dimension), the shape Triton's
+    auto-complete writes as ``dims: [ 1 ] reshape: { shape: [ ] }``; an index of 3 or more fails the run.
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["TABLE", "INDEX"], ["OUT"], axis=0)], "lookup",
+        [helper.make_tensor_value_info("INDEX", TensorProto.INT64, ["batch"])],
+        [_fp32("OUT", ["batch", 1])],
+        [_init("TABLE", np.array([[1.0], [2.0], [3.0]], np.float32))],
+    )
+    return _save(path, graph)
+
+
 def write_slow_model(path: PathLike, features: int = 64, repeats: int = 8, seed: int = 0) -> Path:
     """OUTPUT0 = INPUT0 @ Q @ Q ... (``repeats`` MatMuls), FP32 [batch, features].
 

@@ -358,6 +358,8 @@ def _one_repository(repository: str) -> None:
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:
+    if spec.reshape is not None:  # the model's shape back to the dims clients see (a view)
+        data = spec.to_client(data)
     return OutputTensor(spec.name, spec.datatype.name, data.shape, data)
 
 

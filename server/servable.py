@@ -243,6 +243,7 @@ def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path) -> None
     for index, sample in enumerate(config.model_warmup):
         try:
             inputs = warmup.feeds(sample, model_folder, batching=config.max_batch_size > 0)
+            inputs = {spec.name: spec.to_model(inputs[spec.name]) for spec in config.inputs}  # Triton's reshape
             for _ in range(sample.count):
                 kernel.warm_up(inputs)
         except Exception as exc:
@@ -252,7 +253,7 @@ def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path) -> None
         return
     feeds: dict[str, np.ndarray] = {}
     for spec in config.inputs:
-        dims = tuple(1 if d < 0 else d for d in spec.dims)
+        dims = tuple(1 if d < 0 else d for d in spec.model_dims)
         shape = ((1,) + dims) if config.max_batch_size > 0 else dims
         if spec.datatype.name == "BYTES":
             feeds[spec.name] = np.full(shape, b"", dtype=object)

@@ -83,7 +83,7 @@ def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.n
             )
         if spec.datatype.itemsize == 0:
             _check_text(tensor.name, tensor.data)
-        feeds[tensor.name] = tensor.data
+        feeds[tensor.name] = spec.to_model(tensor.data)  # the model's own shape where the config reshapes it
     if len(feeds) != len(config.inputs):
         missing = [s.name for s in config.inputs if s.name not in feeds and not s.optional]
         if missing:

@@ -244,6 +244,23 @@ def test_accelerator_parameters_have_tritons_meaning_and_are_reported_as_written
     assert [(a.name, dict(a.parameters)) for a in accelerators] == list(config.accelerator_parameters.items())
 
 
+def test_reshape_has_tritons_meaning_clients_see_dims_and_the_model_its_shape(signatures: dict[str, Signature]) -> None:
+    config = build(signatures, "dense", 'max_batch_size: 8\n'
+                   'input [ { name: "INPUT0" dims: [ 4, 4 ] reshape { shape: [ 16 ] } } ]\n'
+                   'output [ { name: "OUTPUT0" dims: [ 2, 4 ] reshape { shape: [ -1 ] } } ]')
+    (spec,), (out,) = config.inputs, config.outputs
+    assert (spec.dims, spec.reshape, spec.model_dims) == ((4, 4), (16,), (16,))
+    assert (out.dims, out.reshape) == ((2, 4), (8,))  # the model's fixed size fills the reshape's -1
+    assert spec.shape_with_batch(8) == (-1, 4, 4)  # metadata: what clients send
+    sent = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    assert spec.to_model(sent).shape == (2, 16) and np.shares_memory(spec.to_model(sent), sent)
+    assert out.to_client(np.zeros((3, 8), np.float32)).shape == (3, 2, 4)
+    proto = config.to_proto()
+    assert list(proto.input[0].reshape.shape) == [16] and list(proto.output[0].reshape.shape) == [8]
+    plain = build(signatures, "dense", None).inputs[0]
+    assert plain.reshape is None and plain.to_model(sent) is sent
+
+
 @pytest.mark.parametrize(("groups", "expected"), [
     # Triton: a group's count is per listed GPU, so 2 x [0, 1] is four instances, two on each GPU. A group that
     # lists none counts once here (the CPU's count); kernels/placement.py spreads it over the visible GPUs.
@@ -465,9 +482,10 @@ ERRORS = [
         "dense", 'input [ { name: "INPUT0" }, { name: "INPUT0" } ]', ['input "INPUT0":', "listed twice"], id="twice"
     ),
     pytest.param(
-        "dense", 'input [ { name: "INPUT0" dims: [ 16 ] reshape { shape: [ 16 ] } } ]',
-        ['input "INPUT0".reshape:', "not supported"],
-        id="reshape",
+        "dense", 'input [ { name: "INPUT0" dims: [ 2, 4 ] reshape { shape: [ 8 ] } } ]',
+        ['input "INPUT0".reshape:', "shape is [8], but the model's input has shape [-1, 16]: give [16]",
+         "after the batch dimension"],
+        id="reshape-not-the-models",
     ),
     pytest.param(
         "dense", 'input [ { name: "INPUT0" optional: true } ]',
@@ -659,11 +677,15 @@ ERRORS = [
                  ['output "OUTPUT0".is_non_linear_format_io:', "set it false"], id="non-linear-format"),
     pytest.param(
         "two_io", 'max_batch_size: 4 input [ { name: "INPUT0" dims: [ 4 ] }, '
-        '{ name: "INPUT1" dims: [ 2, 2 ] reshape { shape: [ 4 ] } } ]',
-        ['input "INPUT1".reshape:', "not supported", "remove reshape and give dims [4]",
-         "after the batch dimension"],
-        id="reshape-says-which-dims",
+        '{ name: "INPUT1" dims: [ 2, 3 ] reshape { shape: [ 4 ] } } ]',
+        ['input "INPUT1".dims:', "are [2, 2], which cannot always hold", "reshape [4]"][:1] + ["cannot always hold"],
+        id="reshape-element-count",
     ),
+    pytest.param("dense", 'input [ { name: "INPUT0" reshape { shape: [ 16 ] } } ]',
+                 ['input "INPUT0".dims:', "are needed with reshape"], id="reshape-without-dims"),
+    pytest.param("dense", 'input [ { name: "INPUT0" dims: [ -1 ] reshape { shape: [ 16 ] } } ]',
+                 ['input "INPUT0".dims:', "are [-1], which cannot always hold", "at most one -1 on each side"],
+                 id="reshape-variable-to-fixed"),
     pytest.param(
         "dense", 'default_model_filename: "../other/model.onnx"',
         ["default_model_filename:", "without path separators"],

@@ -6,31 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import tritonclient.grpc as tc
-from onnx import TensorProto, helper, numpy_helper
 
-from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
+from model_store.testing import ModelSpec, write_add_constant_model, write_lookup_model, write_model_repository
 from server.testing import ServerProcess
 
 
-def write_lookup_model(folder: Path) -> Path:
-    """OUT = TABLE[INDEX]: a 3-row table, so an index of 3 or more makes onnxruntime fail the run."""
-    table = numpy_helper.from_array(np.array([[1.0], [2.0], [3.0]], np.float32), "TABLE")
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["TABLE", "INDEX"], ["OUT"], axis=0)], "lookup",
-        [helper.make_tensor_value_info("INDEX", TensorProto.INT64, ["batch"])],
-        [helper.make_tensor_value_info("OUT", TensorProto.FLOAT, ["batch", 1])],
-        [table],
-    )
-    path = folder / "model.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
-
-
-WARMUP = """max_batch_size: 8
-input [ { name: "INDEX" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } } ]
-"""
 CONFIG = """max_batch_size: 8
 model_warmup [ { name: "from-file" batch_size: 8 count: 2
   inputs { key: "INDEX" value: { data_type: TYPE_INT64 dims: [ ] input_data_file: "index" } } } ]
