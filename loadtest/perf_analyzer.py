@@ -28,6 +28,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 WHEELS = ("tritonclient==2.51.0", "nvidia-cuda-runtime-cu12>=12.1,<13")
 HOME_ENV = "FLEETSERVE_PERF_ANALYZER_HOME"
@@ -135,30 +136,42 @@ def parse_csv(text: str) -> PaResult:
     )
 
 
-def command(pa: PerfAnalyzer, address: str, model: str, *, concurrency: int, streaming: bool = False,
+def command(pa: PerfAnalyzer, address: str, model: str, *, concurrency: int | None, streaming: bool = False,
             batch: int = 1, protocol: str = "grpc", window_ms: int = 2000, trials: int = 3,
-            stability_percent: int = 100, csv_path: Path | None = None) -> list[str]:
+            stability_percent: int = 100, csv_path: Path | None = None, extra: Sequence[str] = ()) -> list[str]:
     """The perf_analyzer command line for one closed-loop load (asynchronous, as the bench's targets use).
 
     The defaults take exactly ``trials`` windows: a stability of 100% accepts the first three, which
-    keeps the run bounded; perf_analyzer reports their average."""
-    args = [str(pa.path), "-m", model, "-u", address, "-i", protocol, "--async",
-            "--concurrency-range", str(concurrency), "-b", str(batch), "--measurement-interval", str(window_ms),
-            "--max-trials", str(max(trials, 3)), "--stability-percentage", str(stability_percent)]
+    keeps the run bounded; perf_analyzer reports their average. ``extra`` options go last; with
+    ``concurrency=None`` they choose the load (perf_analyzer takes one mode: ``--request-rate-range`` ...)."""
+    args = [str(pa.path), "-m", model, "-u", address, "-i", protocol, "--async", "-b", str(batch),
+            "--measurement-interval", str(window_ms), "--max-trials", str(max(trials, 3)),
+            "--stability-percentage", str(stability_percent)]
+    if concurrency is not None:
+        args += ["--concurrency-range", str(concurrency)]
     if streaming:
         args.append("--streaming")
     if csv_path is not None:
         args += ["-f", str(csv_path)]
-    return args
+    return args + list(extra)
 
 
 def run(pa: PerfAnalyzer, address: str, model: str, *, concurrency: int, streaming: bool = False, batch: int = 1,
-        protocol: str = "grpc", window_ms: int = 2000, trials: int = 3, timeout_s: float = 120.0) -> PaResult:
+        protocol: str = "grpc", window_ms: int = 2000, trials: int = 3, timeout_s: float = 120.0,
+        extra: Sequence[str] = ()) -> PaResult:
     """One load against ``address``; raises ``PerfAnalyzerError`` with perf_analyzer's output when it fails."""
+    return parse_csv(run_csv(pa, address, model, concurrency=concurrency, streaming=streaming, batch=batch,
+                             protocol=protocol, window_ms=window_ms, trials=trials, timeout_s=timeout_s, extra=extra))
+
+
+def run_csv(pa: PerfAnalyzer, address: str, model: str, *, concurrency: int | None, streaming: bool = False,
+            batch: int = 1, protocol: str = "grpc", window_ms: int = 2000, trials: int = 3, timeout_s: float = 120.0,
+            extra: Sequence[str] = ()) -> str:
+    """As ``run``, but the text of perf_analyzer's CSV, every column it wrote (``--verbose-csv`` adds some)."""
     with tempfile.TemporaryDirectory(prefix="fleetserve-pa-") as tmp:
         out = Path(tmp) / "pa.csv"
         args = command(pa, address, model, concurrency=concurrency, streaming=streaming, batch=batch,
-                       protocol=protocol, window_ms=window_ms, trials=trials, csv_path=out)
+                       protocol=protocol, window_ms=window_ms, trials=trials, csv_path=out, extra=extra)
         try:
             done = subprocess.run(args, env=pa.env(), capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
@@ -166,7 +179,7 @@ def run(pa: PerfAnalyzer, address: str, model: str, *, concurrency: int, streami
         if done.returncode != 0 or not out.is_file():
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-12:])
             raise PerfAnalyzerError(f"perf_analyzer exited with {done.returncode}: {' '.join(args)}\n{tail}")
-        return parse_csv(out.read_text(encoding="utf-8"))
+        return out.read_text(encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

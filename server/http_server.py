@@ -32,6 +32,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from ops.gpu import write_triton_values_in_full
 from server.http_errors import error_middleware
 from server.http_service import HttpService
 
@@ -78,10 +79,14 @@ def _encoder(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
         return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
 
 
+def _expose(encoder: Callable[[CollectorRegistry], bytes], registry: CollectorRegistry) -> bytes:
+    return write_triton_values_in_full(encoder(registry))  # perf_analyzer's parse of Triton's GPU names
+
+
 def metrics_app(registry: CollectorRegistry) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = _encoder(request.headers.get("Accept", ""))
-        body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+        body = await asyncio.get_running_loop().run_in_executor(None, _expose, encoder, registry)
         response = web.Response(body=body, headers={"Content-Type": content_type})
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()

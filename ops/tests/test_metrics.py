@@ -15,6 +15,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from ops.errors import Code
 from ops.gpu import GpuCollector, gpu_collector
+from ops.gpu_testing import FakeGpu, FakeNvml
 from model_store.testing import ModelSpec, write_dense_model, write_model_repository
 from ops.histograms import MetricsConfig
 from ops.metrics import FAMILIES, RETIRED_HANDLES, ServerMetrics
@@ -303,31 +304,23 @@ def test_readme_documents_every_exported_family():
     assert not missing, f"README.md 'Metrics' lacks {missing}"
 
 
-class FakeNvml:
-    """The slice of pynvml that GpuCollector reads: device 1 has fallen off the bus."""
-
-    class NVMLError(Exception):
-        pass
-
-    class Rates:
-        gpu = 37
-
-    class Memory:
-        used, total = 3 << 30, 80 << 30
-
-    def nvmlDeviceGetUtilizationRates(self, handle):
-        if handle == "gone":
-            raise self.NVMLError("GPU is lost")
-        return self.Rates()
-
-    def nvmlDeviceGetMemoryInfo(self, handle):
-        return self.Memory()
-
-
-def test_gpu_collector_reports_each_readable_gpu():
+def test_gpu_collector_reports_each_readable_gpu_under_its_own_names_and_tritons():
     registry = CollectorRegistry()
-    registry.register(GpuCollector(FakeNvml(), ["ok", "gone"]))  # type: ignore[arg-type]
+    nvml = FakeNvml({"ok": FakeGpu("GPU-0a"), "no-power": FakeGpu("GPU-1b", utilization_percent=5, power_mw=None)})
+    registry.register(GpuCollector(nvml, ["ok", "gone", "no-power"]))  # type: ignore[arg-type]
     got = samples(registry)
+    gib = float(1 << 30)
     assert got == {("fleetserve_gpu_utilization_ratio", L(gpu="0")): 0.37,
-                   ("fleetserve_gpu_memory_used_bytes", L(gpu="0")): float(3 << 30),
-                   ("fleetserve_gpu_memory_total_bytes", L(gpu="0")): float(80 << 30)}
+                   ("fleetserve_gpu_memory_used_bytes", L(gpu="0")): 3 * gib,
+                   ("fleetserve_gpu_memory_total_bytes", L(gpu="0")): 80 * gib,
+                   ("fleetserve_gpu_utilization_ratio", L(gpu="2")): 0.05,
+                   ("fleetserve_gpu_memory_used_bytes", L(gpu="2")): 3 * gib,
+                   ("fleetserve_gpu_memory_total_bytes", L(gpu="2")): 80 * gib,
+                   # Triton's names, units and label, which perf_analyzer --collect-metrics parses
+                   ("nv_gpu_utilization", L(gpu_uuid="GPU-0a")): 0.37,
+                   ("nv_gpu_power_usage", L(gpu_uuid="GPU-0a")): 123.456,  # watts (NVML says milliwatts)
+                   ("nv_gpu_memory_used_bytes", L(gpu_uuid="GPU-0a")): 3 * gib,
+                   ("nv_gpu_memory_total_bytes", L(gpu_uuid="GPU-0a")): 80 * gib,
+                   ("nv_gpu_utilization", L(gpu_uuid="GPU-1b")): 0.05,  # no power reading: that sample left out
+                   ("nv_gpu_memory_used_bytes", L(gpu_uuid="GPU-1b")): 3 * gib,
+                   ("nv_gpu_memory_total_bytes", L(gpu_uuid="GPU-1b")): 80 * gib}
