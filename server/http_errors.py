@@ -46,6 +46,8 @@ INTERNAL_MESSAGE = "internal server error; the server log has the details"
 
 
 def error_response(status: int, message: str) -> web.Response:
+    # Exactly "application/json", no charset parameter (RFC 8259 defines none): KServe's REST
+    # client reads the message of an error only when the Content-Type is that string (test_kserve_client.py).
     return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
 
 
