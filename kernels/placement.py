@@ -5,7 +5,7 @@ on each GPU ``gpus`` lists; a group that lists none is as if it listed every vis
 and KIND_AUTO where GPUs exist). Where only the CPU runs the model, a group is ``count`` instances
 per GPU it lists (at least ``count``), all served by one session.
 
-Pure functions, tested with tables and no GPU. Imports nothing from fleetserve.
+Pure functions, tested with tables and no GPU. Imports only ops.errors from fleetserve.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from ops.errors import ConfigError
+
 CPU_PROVIDER = "CPUExecutionProvider"
+MAX_INSTANCES = 1024  # instances a model version may run: each is a thread that runs batches
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,20 @@ def cpu_instances(groups: Sequence[GroupPlacement]) -> int:
 
 def gpu_instance_devices(groups: Sequence[GroupPlacement], visible_gpus: int) -> tuple[int, ...]:
     """The GPU of each instance with a GPU provider, in config order: a group's ``count`` on each GPU it lists in
-    turn, or on each of the ``visible_gpus`` (device ids 0 .. visible_gpus - 1) when it lists none."""
+    turn, or on each of the ``visible_gpus`` (device ids 0 .. visible_gpus - 1) when it lists none.
+
+    Raises ``ConfigError`` past ``MAX_INSTANCES`` in all (a config is held to it as written; here the visible
+    GPUs multiply the groups that list none)."""
     if visible_gpus < 1:
         raise ValueError("placing instances on GPUs needs at least one visible GPU")
-    return tuple(
+    devices = tuple(
         gpu for group in groups for gpu in (group.gpus or range(visible_gpus)) for _ in range(group.count)
     )
+    if len(devices) > MAX_INSTANCES:
+        raise ConfigError(f"the instance groups make {len(devices)} instances on the {visible_gpus} visible GPUs "
+                          f"(a group without gpus has its count on each); at most {MAX_INSTANCES} run, each a thread: "
+                          "give smaller counts, or list the gpus")
+    return devices
 
 
 @dataclass(frozen=True)

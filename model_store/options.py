@@ -8,7 +8,7 @@ model_store/repository.py (the registry selects versions before it loads any).
 
 Imports model_store.config, the generated config messages, ops.errors and, from kernels, the
 checks of what the kernel can apply: ``GRAPH_LEVELS`` (the optimization.graph.level values it maps to
-onnxruntime's) and kernels.providers' accelerator options, so that a config is refused at load for
+onnxruntime's), the instance bound of kernels.placement and kernels.providers' accelerator options, so that a config is refused at load for
 exactly what the kernel cannot apply; must not import server, batching or grpc, nor anything else of kernels.
 """
 
@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from kernels.ort import GRAPH_LEVELS
+from kernels.placement import MAX_INSTANCES
 from kernels.providers import OptionError, accelerator_options, cuda_model_parameters
 from model_store.config import (
     DEFAULT_PRIORITY_AGING_MS,
@@ -39,8 +40,7 @@ from ops.errors import ConfigError
 
 GPU_ACCELERATORS = ("tensorrt", "cuda")  # gpu_execution_accelerator names, matched case-insensitively
 CPU_ACCELERATORS = ("cpu",)  # cpu_execution_accelerator names
-MAX_PRIORITY_LEVELS = 64
-MAX_INSTANCES = 1024  # instances a config may list (count x listed GPUs, over its groups): each is a thread  # each level is a queue the scheduler looks at per batch
+MAX_PRIORITY_LEVELS = 64  # each level is a queue the scheduler looks at per batch
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ops.errors import ConfigError
+
 from kernels.placement import GroupPlacement, cpu_instances, describe_plans, gpu_instance_devices, plan_sessions
 
 G = GroupPlacement
@@ -24,6 +26,12 @@ GPU_CHAIN = ("CUDAExecutionProvider", "CPUExecutionProvider")
 ])
 def test_a_group_without_gpus_has_count_instances_on_each_visible_gpu(groups, visible, devices):
     assert gpu_instance_devices(groups, visible) == devices
+
+
+def test_the_visible_gpus_cannot_multiply_a_group_past_the_instance_bound():
+    assert len(gpu_instance_devices((G(128),), 8)) == 1024
+    with pytest.raises(ConfigError, match="make 1032 instances on the 8 visible GPUs .* at most 1024 run"):
+        gpu_instance_devices((G(129),), 8)
 
 
 def test_gpu_placement_needs_a_visible_gpu():
