@@ -788,3 +788,12 @@ def test_requests_the_http_parser_refuses_are_400_and_one_debug_line_not_an_erro
         assert any("Invalid character in chunk size" in line for line in lines), lines
     else:
         assert lines == []
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"inputs": "nope"}', b'{"inputs": [{"name": "X"}]}'])
+def test_an_unknown_model_is_404_before_what_is_wrong_with_the_body(server, body):
+    """The path names the model: as Triton, and as gRPC (whose body names it), an unknown model is said first."""
+    reply = post(server, "/v2/models/no_such_model/infer", body, {"Content-Type": "application/json"})
+    assert reply.status_code == 404 and "no_such_model" in reply.json()["error"], reply.text
+    known = post(server, "/v2/models/simple/infer", b"{}", {"Content-Type": "application/json"})
+    assert known.status_code == 400, known.text  # a known model: the body's fault, as before
