@@ -7,9 +7,13 @@ Contract:
 - ``run(name, version, load)`` runs one version's load and returns what it built. A load still running
   when the gate closes is not waited for: ``run`` raises ``ShuttingDown`` at once (its caller, holding
   the model's lock, lets go, so the shutdown's unloads are not held up by it), the version never serves,
-  and what the load builds is closed as soon as the load ends. A caller cancelled mid-load (a poller
-  stopped, a client gone) leaves the same way: the load cannot be interrupted (onnxruntime builds the
-  session in a worker thread), so it runs on and what it built is released, never leaked.
+  and what the load builds is closed as soon as the load ends. A caller of ``run`` cancelled mid-load
+  leaves the same way: the load cannot be interrupted (onnxruntime builds the session in a worker
+  thread), so it runs on and what it built is released, never leaked.
+- ``outlive_caller(operation)`` runs a whole load or unload (the registry's, under the model's lock) to its
+  end even when whoever awaits it is cancelled: an explicit load whose client gave up still serves (as in
+  Triton) rather than being thrown away and leaving its version LOADING until the next load. After ``close``
+  a cancelled caller (shutdown's poller) cancels the operation, as before.
 - ``loading`` counts the loads still running (abandoned ones included); ``wait_released(timeout_s)``
   waits, up to a bound, for them and for the releases of what they built.
 - Loop-bound: call from the event loop. Imports ops.errors only.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Generic, Protocol, TypeVar
 
 from ops.errors import ShuttingDown
 
@@ -41,6 +45,7 @@ class LoadGate(Generic[S]):
         self._wake: asyncio.Event | None = None  # made on first use, on the running loop
         self._loads: set[asyncio.Future[S]] = set()
         self._releases: set[asyncio.Task[None]] = set()
+        self._outliving: set[asyncio.Future[None]] = set()  # operations whose callers went away (``outlive_caller``)
 
     @property
     def closed(self) -> bool:
@@ -61,6 +66,29 @@ class LoadGate(Generic[S]):
         if self._closed:
             raise ShuttingDown(f"the server is shutting down: model '{name}' is not loaded (loads are refused "
                                "from the start of shutdown)")
+
+    async def outlive_caller(self, operation: Coroutine[Any, Any, None], what: str) -> None:
+        """Await ``operation``; if the caller is cancelled first, ``operation`` runs on to its end (its outcome is
+        then logged by whoever recorded it, not raised) and the caller gets its ``CancelledError``. Once the gate
+        is closed (shutdown) a cancelled caller cancels ``operation`` too."""
+        task = asyncio.ensure_future(operation)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            if self._closed:  # shutdown cancels its poller: what is under way stops with it, as before
+                task.cancel()
+                raise
+            log.info("the caller of the %s went away; it runs to its end", what)
+            self._outliving.add(task)
+            task.add_done_callback(self._outlived)
+            raise
+
+    def _outlived(self, task: "asyncio.Future[None]") -> None:
+        self._outliving.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the registry recorded and logged it
 
     async def run(self, name: str, version: int, load: Callable[[], Awaitable[S]]) -> S:
         """``load()``'s result, unless the gate closes first (``ShuttingDown``); see the module docstring."""

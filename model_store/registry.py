@@ -25,13 +25,14 @@ Contract:
   order they were called: a load that waited for an unload loads afterwards.
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
   state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
+- ``load`` and ``unload`` complete when their caller is cancelled meanwhile (an explicit load's client
+  gone, or its deadline passed), as in Triton: the outcome shows in ``index`` and the log.
 - ``loads.close()`` (the start of shutdown): loads are refused from then on, and one under way is not
   waited for and never serves (model_store/load_gate.py); ``close()`` then unloads everything.
 - Loop-bound: call from the event loop.
 
-Generic over the servable type: ``load_version(source, version)`` builds one,
-``servable.close()`` releases it. The records it keeps are in model_store/model_state.py.
-Must not import server, batching or grpc.
+Generic over the servable type: ``load_version(source, version)`` builds one, ``servable.close()`` releases it.
+Its records are in model_store/model_state.py. Must not import server, batching or grpc.
 """
 
 from __future__ import annotations
@@ -118,9 +119,12 @@ class ModelRegistry(Generic[S]):
         Raises ServingError when nothing serves, and ``ConfigError`` when a selected version did not load
         while others (or its own earlier copy) serve on. ``retry``: also load again the versions whose last
         load failed though their files have not changed since (an explicit load); else only changed files are.
-        """
+        A caller cancelled meanwhile does not cancel the load (module docstring)."""
         self.repository.validate_name(name)
         self.loads.check(name)
+        await self.loads.outlive_caller(self._load(name, retry), f"load of model '{name}'")
+
+    async def _load(self, name: str, retry: bool) -> None:
         while True:
             model = self._models.setdefault(name, ModelRecord())
             async with model.lock:
@@ -292,11 +296,14 @@ class ModelRegistry(Generic[S]):
             model.status.pop(version, None)
 
     async def unload(self, name: str) -> None:
-        """Stop serving every version of ``name``; queued requests finish first."""
+        """Stop serving every version of ``name``; queued requests finish first; completes as ``load`` does."""
         self.repository.validate_name(name)
         model = self._models.get(name)
         if model is None:
             raise ModelNotFound(f"unknown model '{name}': it is not loaded on this server")
+        await self.loads.outlive_caller(self._unload(name, model), f"unload of model '{name}'")
+
+    async def _unload(self, name: str, model: ModelRecord[S] | None) -> None:
         while model is not None:
             async with model.lock:
                 if self._models.get(name) is model:

@@ -80,13 +80,36 @@ async def test_a_poller_cancelled_mid_load_leaks_nothing(tmp_path: Path):
     await registry.poll()
     poll = asyncio.ensure_future(registry.poll())
     await asyncio.wait_for(loads.started.wait(), 5)
-    poll.cancel()  # App.stop cancels its poller
+    registry.loads.close()  # App.stop shuts the gate, then cancels its poller
+    poll.cancel()
     with pytest.raises(asyncio.CancelledError):
         await poll
     loads.release.set()
     assert await registry.loads.wait_released(5)
     assert [(s.version, s.closed) for s in loads.built] == [(1, False), (2, True)]
     assert sorted(registry.ready_servables("m")) == [1]
+
+
+async def test_a_load_whose_caller_gives_up_still_serves(tmp_path: Path):
+    """An explicit load's client gone (its deadline passed) cancels the RPC's task: the load used to be thrown
+    away when it finished, leaving the version LOADING in the index until the next load. It completes, as in
+    Triton."""
+    registry, loads = await serving_v1_then_v2_loading(tmp_path)
+    caller = asyncio.ensure_future(registry.load("m"))
+    await asyncio.wait_for(loads.started.wait(), 5)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    loads.release.set()
+    assert await asyncio.wait_for(_until(lambda: sorted(registry.ready_servables("m")) == [1, 2]), 5)
+    assert [(s.version, s.closed) for s in loads.built] == [(1, False), (2, False)]
+    assert {e.version: e.state for e in registry.index()} == {"1": ModelState.READY, "2": ModelState.READY}
+
+
+async def _until(predicate) -> bool:
+    while not predicate():
+        await asyncio.sleep(0.01)
+    return True
 
 
 async def test_no_load_starts_once_shutdown_started(tmp_path: Path):

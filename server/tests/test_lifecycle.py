@@ -115,6 +115,27 @@ def test_a_model_folder_whose_name_is_not_utf8_is_left_out_of_the_index_and_metr
         client.close()
 
 
+SLOW_WARMUP_CONFIG = """max_batch_size: 8
+model_warmup [ { name: "zeros" batch_size: 8 count: 30
+  inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 1024 ] zero_data: true } } } ]
+"""
+
+
+def test_an_explicit_load_whose_client_gives_up_still_serves(tmp_path: Path):
+    """A client's deadline shorter than the load (a long warm-up) cancelled the load's RPC task: what it built was
+    released and the version stayed LOADING until the next load. As in Triton, the load completes."""
+    repo = write_model_repository(tmp_path, {"slow": ModelSpec(
+        partial(write_slow_model, features=1024, repeats=100), config=SLOW_WARMUP_CONFIG)})
+    with ServerProcess(repo, "--model-control-mode", "explicit") as server:
+        client = tc.InferenceServerClient(server.grpc_address)
+        with pytest.raises(tc.InferenceServerException) as err:
+            client.load_model("slow", client_timeout=0.3)
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        assert wait_until(lambda: client.is_model_ready("slow"), timeout_s=60), index(client)
+        assert index(client)[("slow", "1")] == ("READY", "")
+        client.close()
+
+
 def test_explicit_load_of_a_broken_model_reports_why(tmp_path: Path):
     repo = write_model_repository(tmp_path, {"broken": ModelSpec(lambda p: (p / "model.onnx").write_bytes(b"junk"))})
     with ServerProcess(repo, "--model-control-mode", "explicit") as server:
