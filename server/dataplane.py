@@ -339,6 +339,18 @@ class DataPlane:
         elif not verdict:
             raise limiter.refusal(tenant, model)
 
+    def refuse_undecoded(self, model: str, version: str, request_id: str, exc: BaseException) -> BaseException:
+        """What the caller gets for a request that failed to decode, counted (``reject``). As Triton, on both
+        transports, an unknown or unready model the request names (REST's path, gRPC's ``model_name``) is said
+        first (NOT_FOUND, UNAVAILABLE), before what is wrong with the body; ``model`` empty: none could be read."""
+        if isinstance(exc, InvalidInput) and model:
+            try:
+                self.registry.get(model, version)
+            except ServingError as unresolved:
+                exc = unresolved
+        self.reject(model, version, request_id, exc)
+        return exc
+
     def reject(self, model: str, version: str, request_id: str, exc: BaseException) -> None:
         """Count (and log) an inference request that reached no model version: the transport could not
         decode it, or the model is unknown or not ready. Unknown names share one empty metrics label.

@@ -159,8 +159,10 @@ class InferenceServicer:
         try:
             infer = self.decoder.decode(request, context.time_remaining())
         except Exception as exc:  # counted whatever it is: the caller gets an error status for it
-            self.dp.reject(*request_names(request), exc)
-            raise
+            refused = self.dp.refuse_undecoded(*request_names(request), exc)  # an unknown or unready model first
+            if refused is exc:
+                raise
+            raise refused from None
         if self.dp.tenant_aware:
             infer.tenant = _tenant(context)
         return self.encoder.encode(await self.dp.infer(infer))
@@ -173,8 +175,10 @@ class InferenceServicer:
             except Exception as exc:
                 model, version, request_id = request_names(request)
                 trace.model, trace.request_id = model, request_id
-                self.dp.reject(model, version, request_id, exc)
-                raise
+                refused = self.dp.refuse_undecoded(model, version, request_id, exc)
+                if refused is exc:
+                    raise
+                raise refused from None
             trace.model, trace.request_id = infer.model_name, infer.id
             infer.trace = trace
             if self.dp.tenant_aware:
@@ -272,8 +276,9 @@ class InferenceServicer:
             try:
                 infer = decode(request, context.time_remaining())
             except Exception as exc:
-                dp.reject(*request_names(request), exc)  # counted as ModelInfer counts it
-                answer(request, exc=exc, slot=None if request_names(request)[2] else hold())
+                names = request_names(request)
+                refused = dp.refuse_undecoded(*names, exc)  # counted, and said, as ModelInfer does
+                answer(request, exc=refused, slot=None if names[2] else hold())
                 return
             slot = None if infer.id else hold()
             try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import HttpVersion11, web
 
-from ops.errors import Code, InvalidInput, ServingError, Unsupported
+from ops.errors import Code, InvalidInput, Unsupported
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
@@ -288,16 +288,10 @@ class HttpService:
         except web.HTTPException:
             raise  # the HTTP layer's own refusals (413, 415, 408), as grpc's own (an over-limit message): not counted
         except Exception as exc:  # counted whatever it is: the caller gets an error status for it
-            if isinstance(exc, InvalidInput):
-                # The path names the model: as Triton (and gRPC, where the name is in the body), an unknown or
-                # unready model is said first, before what is wrong with the body.
-                try:
-                    self.dp.model_config(model, version)
-                except ServingError as unresolved:
-                    self.dp.reject(model, version, "", unresolved)
-                    raise unresolved from None
-            self.dp.reject(model, version, "", exc)
-            raise
+            refused = self.dp.refuse_undecoded(model, version, "", exc)  # an unknown or unready model first
+            if refused is exc:
+                raise
+            raise refused from None
         infer.trace = trace
         if trace is not None:
             trace.request_id = infer.id

@@ -3,15 +3,23 @@
 Each case makes the same mistake over gRPC and over REST against one real server and checks
 both statuses against the two tables (server/grpc_errors.py, server/http_errors.py) and that
 the messages agree. CANCELLED cannot reach a caller that left, so it is checked where it is
-recorded: the requests-by-outcome metric.
+recorded: the requests-by-outcome metric. The inference rows (``INFER_ROWS``) pin the message too, and are
+also sent on the stream (an error is a response with error_message) and counted alike on all three
+(requests by outcome, ModelStatistics' fail count). This module's server adds models whose load fails
+(warm-up, accelerator, instance bound) and one with a reshape to the shared repository.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 import grpc
 import pytest
@@ -21,7 +29,42 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from ops.errors import Code
 from server.grpc_errors import GRPC_STATUS
 from server.http_errors import HTTP_STATUS
-from server.testing import scrape_metrics
+from model_store.testing import ModelSpec, write_dense_model, write_lookup_model, write_model_repository
+from server.testing import ServerProcess, scrape_metrics
+from server.tests.conftest import build_repository
+
+RESHAPED_CONFIG = """max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4, 4 ] reshape: { shape: [ 16 ] } } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2, 4 ] reshape: { shape: [ 8 ] } } ]
+"""
+# Index 7 of a 3-row table: the sample fails, and the version never serves.
+WARM_BAD_CONFIG = """max_batch_size: 8
+model_warmup [ { name: "from-file" batch_size: 8 count: 1
+  inputs { key: "INDEX" value: { data_type: TYPE_INT64 dims: [ ] input_data_file: "index" } } } ]
+"""
+CUDA_GRAPH_CONFIG = """optimization { execution_accelerators { gpu_execution_accelerator [
+  { name: "tensorrt" parameters { key: "trt_cuda_graph_enable" value: "1" } } ] } }"""
+TOO_MANY_CONFIG = "instance_group [ { count: 1025, kind: KIND_CPU } ]"
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = build_repository(tmp_path_factory.mktemp("parity_repo"))
+    write_model_repository(root, {
+        "reshaped": ModelSpec(write_dense_model, config=RESHAPED_CONFIG),
+        "warm_bad": ModelSpec(write_lookup_model, config=WARM_BAD_CONFIG),
+        "cuda_graph": ModelSpec(write_dense_model, config=CUDA_GRAPH_CONFIG),
+        "too_many": ModelSpec(write_dense_model, config=TOO_MANY_CONFIG),
+    })
+    (root / "warm_bad" / "warmup").mkdir()
+    (root / "warm_bad" / "warmup" / "index").write_bytes(np.array(7, "<i8").tobytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path):
+    with ServerProcess(repository) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +87,90 @@ def http_infer(model, name="INPUT0", features=16, shape=None, parameters=None):
         body["parameters"] = parameters
     return "POST", f"/v2/models/{model}/infer", json.dumps(body)
 
+
+def typed_infer(model, datatype, field, values):
+    msg = service_pb2.ModelInferRequest(model_name=model)
+    getattr(msg.inputs.add(name="INPUT0", datatype=datatype, shape=[1, len(values)]).contents, field).extend(values)
+    return msg
+
+
+def json_infer(model, datatype, values, name="INPUT0", shape=None):
+    body = {"inputs": [{"name": name, "datatype": datatype, "shape": shape or [1, len(values)], "data": values}]}
+    return "POST", f"/v2/models/{model}/infer", json.dumps(body)
+
+
+BAD_UTF8 = b"".join(struct.pack("<I", len(item)) + item for item in (b"a", b"\xff", b"c"))
+
+
+def bad_utf8_grpc():
+    msg = service_pb2.ModelInferRequest(model_name="identity_bytes")
+    msg.inputs.add(name="INPUT0", datatype="BYTES", shape=[1, 3])
+    msg.raw_input_contents.append(BAD_UTF8)
+    return msg
+
+
+def bad_utf8_http():  # REST's binary extension: JSON strings cannot hold bytes that are not UTF-8
+    header = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "BYTES", "shape": [1, 3],
+                                     "parameters": {"binary_data_size": len(BAD_UTF8)}}]}).encode()
+    return "POST", "/v2/models/identity_bytes/infer", header + BAD_UTF8, {"Inference-Header-Content-Length":
+                                                                           str(len(header))}
+
+
+def lookup_infer():
+    msg = service_pb2.ModelInferRequest(model_name="warm_bad")
+    msg.inputs.add(name="INDEX", datatype="INT64", shape=[1])
+    msg.raw_input_contents.append(bytes(8))
+    return msg
+
+
+NOT_READY = "model '{model}' is not ready: version 1 UNAVAILABLE: "
+# Inference errors that landed with the reshape, BYTES, range, warm-up, accelerator, instance bound and
+# model-first changes: (code, gRPC request, REST request, the message both say; {repo}: the repository).
+INFER_ROWS: dict[str, tuple[Code, Any, tuple, str]] = {
+    "reshape: the client's dims, not the model's": (
+        Code.INVALID_ARGUMENT, grpc_infer("reshaped"), http_infer("reshaped"),
+        "input 'INPUT0': shape [1, 16] does not match the model's [-1, 4, 4] (first dimension is the batch, "
+        "-1 is any size)"),
+    "BYTES element not UTF-8": (
+        Code.INVALID_ARGUMENT, bad_utf8_grpc(), bad_utf8_http(),
+        "input 'INPUT0': element [0, 1] is not UTF-8 text (byte 0xff at offset 0); this model's BYTES tensors "
+        "are ONNX strings, which hold UTF-8 text only"),
+    "value out of its datatype's range": (
+        Code.INVALID_ARGUMENT, typed_infer("identity_int8", "INT8", "int_contents", [300, 0, 0]),
+        json_infer("identity_int8", "INT8", [300, 0, 0]), "input 'INPUT0': 300 is out of range for INT8 (-128 to 127)"),
+    "unsigned value out of its datatype's range": (
+        Code.INVALID_ARGUMENT, typed_infer("identity_uint16", "UINT16", "uint_contents", [70000, 0, 0]),
+        json_infer("identity_uint16", "UINT16", [70000, 0, 0]),
+        "input 'INPUT0': 70000 is out of range for UINT16 (0 to 65535)"),
+    "model_warmup sample failed": (
+        Code.UNAVAILABLE, lookup_infer(), json_infer("warm_bad", "INT64", [0], name="INDEX", shape=[1]),
+        NOT_READY.format(model="warm_bad") + "model 'warm_bad': model_warmup[0] 'from-file' failed: the model "
+        "rejected the input: [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while "
+        "running Gather node. Name:'' Status Message: indices element out of data bounds, idx=7 must be within "
+        "the inclusive range [-3,2]"),
+    "accelerator option refused": (
+        Code.UNAVAILABLE, grpc_infer("cuda_graph"), http_infer("cuda_graph"),
+        NOT_READY.format(model="cuda_graph") + "{repo}/cuda_graph/config.pbtxt: optimization.execution_accelerators"
+        ".gpu_execution_accelerator[0].parameters.trt_cuda_graph_enable: is not supported: CUDA graphs need every "
+        "run to have the same shapes, bound to fixed GPU buffers, which dynamic batches do not have; remove it"),
+    "instance bound": (
+        Code.UNAVAILABLE, grpc_infer("too_many"), http_infer("too_many"),
+        NOT_READY.format(model="too_many") + "{repo}/too_many/config.pbtxt: instance_group[0].count: is 1025; each "
+        "instance is a thread running batches, so give at most 1024 (a few per core, or per GPU, is what serves "
+        "fastest)"),
+    # Was: gRPC (and the stream) said what was wrong with the body (INVALID_ARGUMENT) where REST said 404 / 503.
+    "unknown model before the body's error": (
+        Code.NOT_FOUND, typed_infer("nope", "INT8", "int_contents", [300, 0, 0]), json_infer("nope", "INT8", [300, 0, 0]),
+        "unknown model 'nope': it is not loaded on this server"),
+    "unknown model before an unknown datatype": (
+        Code.NOT_FOUND, typed_infer("nope", "INT9", "int_contents", [1]), json_infer("nope", "INT9", [1]),
+        "unknown model 'nope': it is not loaded on this server"),
+    "unready model before the body's error": (
+        Code.UNAVAILABLE, typed_infer("corrupt", "INT8", "fp32_contents", [1.5]), json_infer("corrupt", "INT8", [1.5]),
+        NOT_READY.format(model="corrupt") + "{repo}/corrupt/1/model.onnx is not a readable ONNX model: Error parsing "
+        "message with type 'onnx.ModelProto'"),
+}
+MESSAGES = {case: row[3] for case, row in INFER_ROWS.items()}
 
 CASES = {
     "unknown model": (Code.NOT_FOUND, lambda s: s.ModelInfer(grpc_infer("nope")), http_infer("nope")),
@@ -73,6 +200,7 @@ CASES = {
     "control outside explicit mode": (
         Code.UNIMPLEMENTED, lambda s: s.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="dense")),
         ("POST", "/v2/repository/models/dense/unload", "")),
+    **{case: (code, lambda s, r=request: s.ModelInfer(r), http) for case, (code, request, http, _) in INFER_ROWS.items()},
 }
 
 
@@ -87,14 +215,52 @@ def test_the_tables_are_total_and_agree_with_google_rpc():
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_error_same_code_on_both_transports(server, stub, case):
-    code, grpc_call, (method, path, body) = CASES[case]
+def test_same_error_same_code_on_both_transports(server, repository, stub, case):
+    code, grpc_call, (method, path, body, *headers) = CASES[case]
     with pytest.raises(grpc.RpcError) as err:
         grpc_call(stub)
-    reply = requests.request(method, server.http_url + path, data=body, timeout=30)
+    reply = requests.request(method, server.http_url + path, data=body, headers=headers[0] if headers else None,
+                             timeout=30)
     assert err.value.code() == GRPC_STATUS[code], err.value.details()
     assert reply.status_code == HTTP_STATUS[code], reply.text
     assert reply.json()["error"] == err.value.details()
+    if case in MESSAGES:
+        assert err.value.details() == MESSAGES[case].format(repo=repository)
+
+
+def fail_counts(server, stub):
+    """Requests by outcome (every series) and ModelStatistics' fail count of every version."""
+    outcomes = {k: v for k, v in scrape_metrics(server.metrics_url).items()
+                if k[0] == "fleetserve_inference_requests_total"}
+    stats = stub.ModelStatistics(service_pb2.ModelStatisticsRequest()).model_stats
+    return outcomes, {(s.name, s.version): s.inference_stats.fail.count for s in stats}
+
+
+def delta(before, after):
+    return tuple({k: part.get(k, 0) - was.get(k, 0) for k in set(was) | set(part) if part.get(k, 0) != was.get(k, 0)}
+                 for was, part in zip(before, after))
+
+
+@pytest.mark.parametrize("case", sorted(INFER_ROWS))
+def test_the_stream_says_it_too_and_each_transport_counts_it_alike(server, repository, stub, case):
+    code, request, (method, path, body, *headers), message = INFER_ROWS[case]
+    counts = [fail_counts(server, stub)]
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(request)
+    counts.append(fail_counts(server, stub))
+    reply = next(iter(stub.ModelStreamInfer(iter([request]), timeout=30)))
+    counts.append(fail_counts(server, stub))
+    requests.request(method, server.http_url + path, data=body, headers=headers[0] if headers else None, timeout=30)
+    counts.append(fail_counts(server, stub))
+    assert reply.error_message == message.format(repo=repository)
+    assert reply.infer_response.model_name == request.model_name
+    grpc_delta, stream_delta, rest_delta = (delta(a, b) for a, b in zip(counts, counts[1:]))
+    assert grpc_delta == stream_delta == rest_delta, (grpc_delta, stream_delta, rest_delta)
+    (series, added), = grpc_delta[0].items()  # one request, one outcome, under the code of its status
+    assert dict(series[1])["code"] == code.name and added == 1
+    # A request that reached a model version fails in its statistics; one refused before (decode, an
+    # unready or unknown model) is counted only by outcome.
+    assert grpc_delta[1] == ({(dict(series[1])["model"], "1"): 1} if dict(series[1])["version"] else {})
 
 
 def test_a_non_boolean_unload_dependents_is_refused_on_both_transports(server, stub):
