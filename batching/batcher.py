@@ -31,8 +31,8 @@ Contract:
   ``max_batch_size`` rows, still in priority order, with queue timeouts,
   deadlines, cancellation and ordering as above. Unlike ``stop()`` it keeps
   accepting, so the requests the transports are still finishing get in.
-- ``stop(timeout_s, cut_reason)`` (a shutdown's drain timeout ending, with ``timeout_s`` 0) fails what is
-  queued and what runs with ``ShuttingDown`` at once, saying whether each request had started to run.
+- ``stop(timeout_s, cut_reason)`` (a shutdown's drain timeout ending, ``timeout_s`` 0) fails what is queued and
+  runs with ``ShuttingDown`` at once, saying whether each had started to run; also during a plain ``stop()``.
 - Every successful batch's run time feeds the run-time estimate, exposed by
   ``estimate`` in every mode: timed here from dispatch to results on the
   injected clock, or reported by the owner (``record_run_time``).
@@ -206,11 +206,12 @@ class DynamicBatcher(Generic[T, R]):
         self._accepting = False
         self._wake.set()
         self._cut_reason = cut_reason or self._cut_reason
-        if self._loop_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._loop_task), timeout_s)
-            except asyncio.TimeoutError:
-                self._loop_task.cancel()
+        loop_task = self._loop_task
+        if loop_task is not None:
+            # not wait_for: a cut meanwhile may cancel the loop, which must end this wait, not raise into the caller
+            await asyncio.wait({loop_task}, timeout=timeout_s)
+            if not loop_task.done():
+                loop_task.cancel()
             self._loop_task = None
         running = set(self._running)
         for task in running:

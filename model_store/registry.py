@@ -1,26 +1,21 @@
 """What is loaded in memory, with its state: the registry (the store is on disk).
 
 Contract:
-- ``get(name, version)`` is the hot-path lookup: two dict reads, no awaits.
-  It raises ModelNotFound for a name or version the repository does not have
-  and ModelNotReady for one that is loading, unloading or failed.
-- ``load(name)`` (re)reads the model from the repository, loads the versions
-  its policy selects that are new or changed, then swaps them in atomically;
-  versions no longer selected are removed from lookup first and closed after
-  (closing drains their queued requests). A failed version load leaves any
-  previous copy of that version serving and records the reason (the version
-  stays READY, with the reason in ``index``); so does a version folder whose
-  model file was deleted, logged once. A model with no version to
-  serve (no version folders, or none its policy selects) is UNAVAILABLE with
-  why; ``poll`` retries a failed model or version only once its files change.
-  ``load`` raises when a version it selects did not load, even while a copy
-  loaded earlier serves on (the caller of an explicit load learns it failed);
-  ``load(name, retry=True)`` also tries again versions that failed from
-  unchanged files.
-- ``poll`` acts on a changed, new or removed model only once its files have
-  stayed the same for one poll (they are compared with the previous poll's):
-  a file still being copied in, or a config written in steps, is not loaded
-  half-written.
+- ``get(name, version)`` is the hot-path lookup: two dict reads, no awaits. It raises ModelNotFound for a name
+  or version the repository does not have and ModelNotReady for one that is loading, unloading or failed.
+- ``load(name)`` (re)reads the model from the repository, loads the versions its policy selects that are new
+  or changed, then swaps them in atomically; versions no longer selected are removed from lookup first and
+  closed after (closing drains their queued requests; ``retiring`` lists them meanwhile, for shutdown's drain
+  timeout: model_store/retiring.py). A failed version load leaves any previous copy of that version serving
+  and records the reason (the version stays READY, with the reason in ``index``); so does a version folder
+  whose model file was deleted, logged once. A model with no version to serve (no version folders, or none its
+  policy selects) is UNAVAILABLE with why; ``poll`` retries a failed model or version only once its files
+  change. ``load`` raises when a version it selects did not load, even while a copy loaded earlier serves on
+  (the caller of an explicit load learns it failed); ``load(name, retry=True)`` also tries again versions that
+  failed from unchanged files.
+- ``poll`` acts on a changed, new or removed model only once its files have stayed the same for one poll (they
+  are compared with the previous poll's): a file still being copied in, or a config written in steps, is not
+  loaded half-written.
 - Loads and unloads of one model are serialised by a per-model lock, in the
   order they were called: a load that waited for an unload loads afterwards.
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
@@ -28,7 +23,8 @@ Contract:
 - ``load`` and ``unload`` complete when their caller is cancelled meanwhile (an explicit load's client
   gone, or its deadline passed), as in Triton: the outcome shows in ``index`` and the log.
 - ``loads.close()`` (the start of shutdown): loads are refused from then on, and one under way is not
-  waited for and never serves (model_store/load_gate.py); ``close()`` then unloads everything.
+  waited for and never serves (model_store/load_gate.py); ``close()`` then unloads everything and waits
+  for every retired version's close.
 - Loop-bound: call from the event loop.
 
 Generic over the servable type: ``load_version(source, version)`` builds one, ``servable.close()`` releases it.
@@ -43,6 +39,7 @@ from typing import Awaitable, Callable, Generic
 from model_store.load_gate import LoadGate
 from model_store.model_state import IndexEntry, ModelRecord, ModelState, S, VersionStatus
 from model_store.repository import ModelRepository, ModelSource
+from model_store.retiring import Retirements
 from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -69,6 +66,7 @@ class ModelRegistry(Generic[S]):
         self._pins: dict[str, frozenset[int]] = {}
         self._polled: dict[str, object] = {}  # the previous poll's fingerprints of the models it found changed
         self.loads: LoadGate[S] = LoadGate()
+        self.retiring: Retirements[S] = Retirements()  # versions out of lookup, still closing
 
     # ---- hot path -------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> S:
@@ -234,7 +232,7 @@ class ModelRegistry(Generic[S]):
             model.status[version] = VersionStatus(ModelState.READY)
             model.publish()
             if old is not None:
-                await old.close()
+                await self.retiring.close(old)
         if wanted & set(model.servables) or not wanted:
             for version in sorted(set(model.servables) - wanted):
                 await self._retire(model, version)
@@ -291,7 +289,7 @@ class ModelRegistry(Generic[S]):
         model.publish()
         self._on_change()
         try:
-            await servable.close()
+            await self.retiring.close(servable)
         finally:
             model.status.pop(version, None)
 
@@ -380,6 +378,7 @@ class ModelRegistry(Generic[S]):
         self.loads.close()
         for name in list(self._models):
             await self.unload(name)
+        await self.retiring.wait_closed()  # also those whose reload or unload was cancelled (a poll's)
 
     # ---- reporting ------------------------------------------------------------------------
     def index(self) -> list[IndexEntry]:

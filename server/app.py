@@ -14,7 +14,8 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
      ordering, deadlines and queue timeouts still hold), so drain_timeout_s has to cover run times only, not a
      queue delay; then stop accepting RPCs and HTTP requests; in-flight ones finish, up to drain_timeout_s (open
      streams stop reading and end UNAVAILABLE once they have answered what they read); what is still queued or
-     running then is answered UNAVAILABLE (``Servable.cut``: its runs are ended) and the transports get
+     running then, on a serving version or on one being retired (an unload or a reload under way, its queue
+     still draining), is answered UNAVAILABLE (``Servable.cut``: its runs are ended) and the transports get
      _CUT_GRACE_S to send those answers before they cut what is left;
   5. close each model's kernel; close the Redis link; a load still running is not waited for (``serve`` exits
      without joining its thread);
@@ -320,7 +321,9 @@ class App:
             if pending:
                 reason = (f"the server is shutting down: its drain timeout (--drain-timeout {drain_s:g} s) "
                           "ended")
-                cut = [s.cut(reason) for n in self.registry.names() for s in self.registry.ready_servables(n).values()]
+                held = [s for n in self.registry.names() for s in self.registry.ready_servables(n).values()]
+                held += self.registry.retiring.servables()  # unloaded or swapped out, their queues still draining
+                cut = [s.cut(reason) for s in held]
                 log.warning("drain timeout (%g s) ended with requests in flight: answering them UNAVAILABLE",
                             drain_s)
                 await asyncio.gather(*cut)

@@ -255,6 +255,22 @@ async def test_stop_timeout_fails_leftovers_instead_of_leaving_them_pending():
     assert all(f.done() for f in futures)
 
 
+async def test_a_cut_while_a_plain_stop_drains_fails_what_is_left_and_ends_that_stop_too():
+    """A version being retired drains in ``stop()`` when shutdown's drain timeout cuts it (``stop(0, cut_reason)``):
+    the drain's own ``stop()`` used to raise CancelledError into its caller (the registry's close), as if cancelled."""
+    gate = asyncio.Event()  # never set: the batch runs on
+    b = make(FakeKernel(gate=gate), max_batch_size=1)
+    await b.start()
+    futures = [b.submit(i) for i in range(2)]
+    await asyncio.sleep(0.01)
+    draining = asyncio.ensure_future(b.stop())
+    await asyncio.sleep(0.01)
+    await b.stop(0, cut_reason="cut")
+    await asyncio.wait_for(draining, 1)  # ends, without raising
+    assert [str(f.exception()) for f in futures] == [
+        "cut while this request's batch was running; its result is lost",
+        "cut before this request ran; it can be sent again",
+    ]
 def test_waiting_out_a_sub_millisecond_delay_does_not_spin_the_loop():
     # uvloop (the server's loop) rounds timers to whole milliseconds: a wait under 0.5 ms fires
     # at once. A batcher that re-decides on every such wake-up spins through the end of every

@@ -6,6 +6,7 @@ matter of timing.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -191,3 +192,44 @@ async def test_a_version_too_long_to_be_a_folder_name_is_not_found_not_an_intern
                                      "folder's name is that long); versions: 1")
         assert not server.registry.is_ready("m", version)
     assert server.registry.get("m", "0" * 5000 + "1").version == 1  # leading zeros, as in "01"
+
+
+async def test_a_swapped_out_version_is_retiring_until_its_close_ends_though_its_reload_was_cancelled(tmp_path: Path):
+    """Shutdown's drain timeout answers the requests of the versions ``retiring`` lists (server/app.py). A reload
+    cancelled mid-swap (shutdown cancels its poller) used to cancel the old copy's close too: its queue drained
+    on unlisted and its kernel was never released. Now the close runs on, listed, and ``close`` waits for it."""
+    path = model_file(tmp_path, 1, b"old" + COMPLETE)
+    drained = asyncio.Event()  # the old copy's queue still has requests until this is set
+    closed: list[bytes] = []
+
+    class Draining(FakeServable):
+        async def close(self) -> None:
+            await drained.wait()
+            closed.append(self.content)
+
+    class DrainingServer(Server):
+        async def load(self, source: ModelSource, version: int) -> FakeServable:
+            loaded = await super().load(source, version)
+            return Draining(loaded.version, loaded.content)
+
+    server = DrainingServer(tmp_path)
+    await server.registry.load_all()
+    path.write_bytes(b"new" + COMPLETE)
+    reload = asyncio.ensure_future(server.registry.load("m"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert server.serving() == {1: b"new" + COMPLETE}
+    assert [s.content for s in server.registry.retiring.servables()] == [b"old" + COMPLETE]
+    server.registry.loads.close()  # shutdown starts, then cancels the poller running the reload
+    reload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reload
+    assert [s.content for s in server.registry.retiring.servables()] == [b"old" + COMPLETE]
+    closing = asyncio.ensure_future(server.registry.close())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not closing.done() and closed == []
+    drained.set()
+    await asyncio.wait_for(closing, 1)
+    assert sorted(closed) == [b"new" + COMPLETE, b"old" + COMPLETE]
+    assert server.registry.retiring.servables() == []

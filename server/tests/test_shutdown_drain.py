@@ -176,3 +176,70 @@ async def test_the_rest_listener_stops_within_its_shutdown_timeout_though_a_hand
     assert 1.0 <= took < 1.5, f"stop took {took:.2f} s for a 1 s shutdown timeout"
 
 
+
+
+def test_the_drain_timeout_also_answers_the_requests_of_a_version_being_unloaded(tmp_path: Path):
+    """A version being retired (an unload, or a reload swapping it out) drains its queue outside the versions
+    that serve: the drain timeout's cut missed it, so its callers got a bare CANCELLED or a closed connection and
+    the exit waited for its batches. Now they get the same answers as a serving version's, and the exit does not
+    wait for the run."""
+    repo = write_model_repository(tmp_path, {"slow": ModelSpec(
+        partial(write_slow_model, features=1024, repeats=500),
+        config="max_batch_size: 1024\ndynamic_batching { max_queue_delay_microseconds: 1000 }")})
+    server = ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "slow",
+                           "--drain-timeout", "1").start()
+    client = tc.InferenceServerClient(server.grpc_address)
+    control = tc.InferenceServerClient(server.grpc_address)
+    results: dict[str, object] = {}
+
+    def running() -> None:
+        try:
+            # About 6 s, past the shutdown's bound: a run not cut holds the exit.
+            results["running"] = client.infer("slow", slow_input(2 * ROWS_RUNNING)).as_numpy("OUTPUT0").shape
+        except Exception as exc:
+            results["running"] = (exc.status(), exc.message())  # type: ignore[attr-defined]
+
+    def queued() -> None:
+        body: dict = {"inputs": [{"name": "INPUT0", "shape": [1, 1024], "datatype": "FP32", "data": [1.0] * 1024}]}
+        try:
+            reply = requests.post(server.http_url + "/v2/models/slow/infer", json=body, timeout=30)
+            results["queued"] = (reply.status_code, reply.json().get("error", ""))
+        except Exception as exc:
+            results["queued"] = exc
+
+    def unload() -> None:
+        try:
+            control.unload_model("slow")
+            results["unload"] = "unloaded"
+        except Exception as exc:
+            results["unload"] = (exc.status(), exc.message())  # type: ignore[attr-defined]
+
+    inflight = ("fleetserve_inflight_requests", frozenset({("model", "slow"), ("version", "1")}))
+    depth = ("fleetserve_queue_depth", frozenset({("model", "slow"), ("version", "1")}))
+    callers = [threading.Thread(target=running), threading.Thread(target=queued), threading.Thread(target=unload)]
+    try:
+        callers[0].start()
+        assert wait_until(lambda: scrape_metrics(server.metrics_url).get(inflight, 0) >= 1), server.log
+        callers[1].start()
+        assert wait_until(lambda: scrape_metrics(server.metrics_url).get(depth) == 1), server.log
+        callers[2].start()
+        assert wait_until(lambda: any(m.name == "slow" and m.state == "UNLOADING"
+                                      for m in control.get_model_repository_index().models)), server.log
+        assert server.proc is not None
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        for caller in callers:
+            caller.join(20)
+        assert server.proc.wait(20) == 0, server.log
+        took = time.monotonic() - signalled
+    finally:
+        control.close()
+        client.close()
+        server.stop()
+    assert results["running"] == ("StatusCode.UNAVAILABLE", "the server is shutting down: its drain timeout "
+                                  "(--drain-timeout 1 s) ended while this request's batch was running; its result "
+                                  "is lost"), results
+    assert results["queued"] == (503, "the server is shutting down: its drain timeout (--drain-timeout 1 s) ended "
+                                 "before this request ran; it can be sent again"), results
+    assert results["unload"] == "unloaded", results  # its close ended with the cut, within the transports' grace
+    assert took < 3.5, f"shutdown took {took:.1f} s: it waited for the retiring version's batch to finish"
