@@ -16,25 +16,19 @@ Contract:
   a cancelled caller (shutdown's poller) cancels the operation, as before.
 - ``loading`` counts the loads still running (abandoned ones included); ``wait_released(timeout_s)``
   waits, up to a bound, for them and for the releases of what they built.
-- Loop-bound: call from the event loop. Imports ops.errors only.
+- Loop-bound: call from the event loop. Imports model_store.model_state and ops.errors only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Coroutine, Generic, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Generic
 
+from model_store.model_state import S
 from ops.errors import ShuttingDown
 
 log = logging.getLogger(__name__)
-
-
-class _Closable(Protocol):
-    async def close(self) -> None: ...
-
-
-S = TypeVar("S", bound=_Closable)
 
 
 class LoadGate(Generic[S]):
