@@ -30,6 +30,16 @@ def slow_input(rows: int) -> list[tc.InferInput]:
     return [inp]
 
 
+def post_queued(server: ServerProcess, results: dict[str, object]) -> None:
+    """A one-row REST request to the slow model; its status and error (or the exception) in ``results["queued"]``."""
+    body: dict = {"inputs": [{"name": "INPUT0", "shape": [1, 1024], "datatype": "FP32", "data": [1.0] * 1024}]}
+    try:
+        reply = requests.post(server.http_url + "/v2/models/slow/infer", json=body, timeout=30)
+        results["queued"] = (reply.status_code, reply.json().get("error", ""))
+    except Exception as exc:
+        results["queued"] = exc
+
+
 def test_when_the_drain_timeout_ends_each_request_is_answered_unavailable_saying_whether_it_ran(tmp_path: Path):
     """A batch longer than --drain-timeout used to be cut: gRPC callers got a bare CANCELLED, REST callers a
     closed connection with no response. Now each gets UNAVAILABLE / 503 saying whether it had run, and the
@@ -49,17 +59,9 @@ def test_when_the_drain_timeout_ends_each_request_is_answered_unavailable_saying
         except Exception as exc:
             results["running"] = (exc.status(), exc.message())  # type: ignore[attr-defined]
 
-    def queued() -> None:
-        body: dict = {"inputs": [{"name": "INPUT0", "shape": [1, 1024], "datatype": "FP32", "data": [1.0] * 1024}]}
-        try:
-            reply = requests.post(server.http_url + "/v2/models/slow/infer", json=body, timeout=30)
-            results["queued"] = (reply.status_code, reply.json().get("error", ""))
-        except Exception as exc:
-            results["queued"] = exc
-
     inflight = ("fleetserve_inflight_requests", frozenset({("model", "slow"), ("version", "1")}))
     depth = ("fleetserve_queue_depth", frozenset({("model", "slow"), ("version", "1")}))
-    callers = [threading.Thread(target=running), threading.Thread(target=queued)]
+    callers = [threading.Thread(target=running), threading.Thread(target=post_queued, args=(server, results))]
     stream.start_stream(callback=lambda result, error: replies.put((result, error)))
     try:
         callers[0].start()
@@ -199,14 +201,6 @@ def test_the_drain_timeout_also_answers_the_requests_of_a_version_being_unloaded
         except Exception as exc:
             results["running"] = (exc.status(), exc.message())  # type: ignore[attr-defined]
 
-    def queued() -> None:
-        body: dict = {"inputs": [{"name": "INPUT0", "shape": [1, 1024], "datatype": "FP32", "data": [1.0] * 1024}]}
-        try:
-            reply = requests.post(server.http_url + "/v2/models/slow/infer", json=body, timeout=30)
-            results["queued"] = (reply.status_code, reply.json().get("error", ""))
-        except Exception as exc:
-            results["queued"] = exc
-
     def unload() -> None:
         try:
             control.unload_model("slow")
@@ -216,7 +210,8 @@ def test_the_drain_timeout_also_answers_the_requests_of_a_version_being_unloaded
 
     inflight = ("fleetserve_inflight_requests", frozenset({("model", "slow"), ("version", "1")}))
     depth = ("fleetserve_queue_depth", frozenset({("model", "slow"), ("version", "1")}))
-    callers = [threading.Thread(target=running), threading.Thread(target=queued), threading.Thread(target=unload)]
+    callers = [threading.Thread(target=running), threading.Thread(target=post_queued, args=(server, results)),
+               threading.Thread(target=unload)]
     try:
         callers[0].start()
         assert wait_until(lambda: scrape_metrics(server.metrics_url).get(inflight, 0) >= 1), server.log
