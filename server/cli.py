@@ -94,7 +94,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"(default {_csv(DEFAULT_LATENCY_BUCKETS_S)})")
     p.add_argument("--metrics-batch-buckets", type=_buckets, default=DEFAULT_BATCH_SIZE_BUCKETS,
                    help=f"histogram bounds in rows for executed batch sizes (default {_csv(DEFAULT_BATCH_SIZE_BUCKETS)})")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="the level logged from at start-up (default INFO); it can be changed while the server "
+                        "runs over the API: REST /v2/logging, gRPC LogSettings")
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
                    help="text (default) or json: one JSON object per line, plus one line per inference request "
                         "with request id, model, version, outcome and latency")

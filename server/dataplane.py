@@ -51,6 +51,7 @@ EXTENSIONS = (
     "model_repository(unload_dependents)",
     "statistics",
     "binary_tensor_data",
+    "logging",
 )
 
 

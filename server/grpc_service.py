@@ -23,6 +23,7 @@ from ops.statistics import Duration, ModelStats
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
 from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, request_names
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
+from server.grpc_log_settings import log_settings
 from server.protos import grpc_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -38,13 +39,12 @@ _BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 # Triton's methods of the service that fleetserve does not serve: answered UNIMPLEMENTED with the reason and
 # what to do instead (as their REST endpoints answer 501), rather than grpc's bare "Method not found!".
 _SHARED_MEMORY = "shared-memory tensors are not supported; send tensors in the request"
-_SETTINGS = ("trace and log settings cannot be read or changed over the API; use the server's command-line "
-             "options (fleetserve serve --help)")
+_TRACE = ("trace settings cannot be read or changed over the API; use the server's command-line options "
+          "(fleetserve serve --help)")
 _NOT_SERVED = {
     **{f"{kind}SharedMemory{verb}": _SHARED_MEMORY
        for kind in ("System", "Cuda") for verb in ("Status", "Register", "Unregister")},
-    "TraceSetting": _SETTINGS,
-    "LogSettings": _SETTINGS,
+    "TraceSetting": _TRACE,
 }
 
 
@@ -151,6 +151,10 @@ class InferenceServicer:
                                f"got {kind or 'no value'}")
         await self.dp.unload_model(request.model_name, request.repository_name)
         return pb.RepositoryModelUnloadResponse()
+
+    async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
+        """Triton's logging extension: process-wide, the same settings REST's /v2/logging reads and changes."""
+        return log_settings(request)
 
     async def ModelInfer(self, request: bytes, context: Any) -> bytes:
         """``request`` and the result: the serialised ModelInferRequest and ModelInferResponse (``_BYTES_METHODS``)."""

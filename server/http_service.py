@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import HttpVersion11, web
 
 from ops.errors import Code, InvalidInput, Unsupported
+from ops.log_settings import update_log_settings
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
@@ -160,7 +161,8 @@ class HttpService:
             web.route("*", "/v2/cudasharedmemory{tail:.*}", self.shared_memory),
             web.route("*", "/v2/trace/setting", self.unimplemented_settings),
             web.route("*", m + "/trace/setting", self.unimplemented_settings),
-            web.route("*", "/v2/logging", self.unimplemented_settings),
+            web.get("/v2/logging", self.log_settings),
+            web.post("/v2/logging", self.log_settings, expect_handler=_expect_body),
         ]
 
     async def _body(self, request: web.Request) -> bytes:
@@ -263,8 +265,13 @@ class HttpService:
         raise Unsupported(f"{request.path}: shared-memory tensors are not supported; send tensors in the request")
 
     async def unimplemented_settings(self, request: web.Request) -> web.Response:
-        raise Unsupported(f"{request.path}: trace and log settings cannot be read or changed over the API; "
+        raise Unsupported(f"{request.path}: trace settings cannot be read or changed over the API; "
                           "use the server's command-line options (fleetserve serve --help)")
+
+    async def log_settings(self, request: web.Request) -> web.Response:
+        """Triton's logging extension: POST applies the JSON object's settings; both answer every setting."""
+        changes = await self._json_body(request) if request.method == "POST" else {}
+        return _json(update_log_settings(changes).as_dict())
 
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:

@@ -420,9 +420,8 @@ def test_a_sequence_request_is_refused_not_run_as_if_it_had_no_sequence(client, 
     (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus: shared-memory tensors are not supported"),
     (lambda c: c.register_system_shared_memory("r", "/k", 64), "SystemSharedMemoryRegister: shared-memory"),
     (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister: shared-memory"),
-    (lambda c: c.get_trace_settings(), "TraceSetting: trace and log settings cannot be read or changed"),
-    (lambda c: c.update_log_settings({"log_verbose_level": 1}), "LogSettings: trace and log settings"),
-], ids=["shm-status", "shm-register", "cuda-unregister", "trace", "log"])
+    (lambda c: c.get_trace_settings(), "TraceSetting: trace settings cannot be read or changed"),
+], ids=["shm-status", "shm-register", "cuda-unregister", "trace"])
 def test_tritons_methods_not_served_say_why_and_what_to_do_instead(client, call, says):
     """As their REST endpoints answer 501: UNIMPLEMENTED with the reason, not grpc's bare "Method not found!"."""
     with pytest.raises(tc.InferenceServerException) as err:
