@@ -47,7 +47,7 @@ class TensorSpec:
     dims: tuple[int, ...]  # without the batch dimension when the model batches
     optional: bool = False
     format: str = "FORMAT_NONE"  # an input's stated layout (Triton's ModelInput.Format): reported, not used
-    label_filename: str = ""  # an output's class labels file, in the model folder: reported, not used
+    label_filename: str = ""  # an output's class labels file, in the model folder (model_store/labels.py)
     # Triton's reshape: the shape the model takes or gives (without the batch dimension), when clients see ``dims``
     reshape: tuple[int, ...] | None = None
 

@@ -53,15 +53,6 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def refuse_classification(output_name: str) -> Unsupported:
-    """Triton's classification extension (an output's ``classification`` parameter, tritonclient's
-    ``class_count``) is not implemented: refused, never answered with the plain tensor."""
-    return Unsupported(
-        f"output '{output_name}': classification (the 'classification' parameter, tritonclient's class_count) "
-        "is not supported by this server; request the output without it and take the top classes from the tensor"
-    )
-
-
 def refuse_shared_memory(tensor: str, instead: str) -> Unsupported:
     """A tensor in a shared-memory region (tritonclient's ``set_shared_memory``, the ``shared_memory_region``
     parameter): refused, never answered in the body while the caller reads the region, nor read from the

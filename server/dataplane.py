@@ -9,6 +9,8 @@ In fleet mode (server/fleet.py) an inference also passes, in this order: the tra
 router (a request without a version gets the version the rollout's split gives its id),
 the tenant's rate limit (``RateLimited``, RESOURCE_EXHAUSTED), validation, and the
 response cache (before the request is queued). Standalone, each is one ``is None`` check.
+Outputs a request asks for as classes (Triton's classification extension, server/classification.py)
+are built from its own rows as it is answered, after the cache: the cache holds tensors only.
 A request whose version is swapped out while it awaits the rate limit or the cache has not
 queued anywhere yet: it is resolved again, so a swap fails none of them.
 """
@@ -31,6 +33,7 @@ from ops.logs import RequestLog
 from ops.histograms import MetricsConfig
 from ops.metrics import ServerMetrics
 from ops.statistics import ModelStats
+from server.classification import classify_outputs
 from server.servable import Servable
 from server.types import InferRequest, InferResponse, OutputTensor
 from server.validation import output_spec, scheduling, validate
@@ -52,6 +55,7 @@ EXTENSIONS = (
     "statistics",
     "binary_tensor_data",
     "logging",
+    "classification",
 )
 
 
@@ -316,12 +320,11 @@ class DataPlane:
             self._request_log.record(request.id, config.name, servable.version_str, Code.OK, elapsed)
         wanted = request.requested_outputs
         specs = config.outputs if wanted is None else tuple(output_spec(config, name) for name in wanted)
-        return InferResponse(
-            model_name=request.model_name,
-            model_version=servable.version_str,
-            id=request.id,
-            outputs=[_output(spec, outputs[spec.name]) for spec in specs],
-        )
+        answered = [_output(spec, outputs[spec.name]) for spec in specs]
+        if request.classification:  # this request's own rows: its batch was split already
+            answered = classify_outputs(answered, request.classification, config.max_batch_size > 0, servable.labels)
+        return InferResponse(model_name=request.model_name, model_version=servable.version_str, id=request.id,
+                             outputs=answered)
 
     async def _admit(self, request: InferRequest, model: str) -> None:
         """The tenant's rate limit (fleet mode); raises ``RateLimited``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -23,10 +23,10 @@ from server.codec import (
     datatype_of,
     from_contents,
     from_raw,
-    refuse_classification,
     refuse_shared_memory,
     to_raw,
 )
+from server.classification import PARAMETER as CLASSIFICATION, grpc_class_count
 from server.protos import grpc_service_pb2 as pb
 from server.types import InferRequest, InferResponse, InputTensor
 
@@ -82,10 +82,17 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
         else:
             raise InvalidInput(f"input '{name}': no data; set contents or raw_input_contents")
         inputs.append(InputTensor(name, dt.name, shape, data))
+    classes: dict[str, int] | None = None
     for output in msg.outputs:
-        if "classification" in output.parameters and _param_value(output.parameters["classification"]):
-            raise refuse_classification(output.name)
-        if "shared_memory_region" in output.parameters:
+        out_params = output.parameters
+        if not out_params:
+            continue
+        if CLASSIFICATION in out_params:
+            p = out_params[CLASSIFICATION]
+            if classes is None:
+                classes = {}
+            classes[output.name] = grpc_class_count(output.name, p.WhichOneof("parameter_choice"), _param_value(p))
+        if "shared_memory_region" in out_params:
             raise refuse_shared_memory(f"output '{output.name}'",
                                        "in the response's raw_output_contents (leave the parameter out)")
     params = {k: _param_value(v) for k, v in msg.parameters.items()} if msg.parameters else {}
@@ -97,6 +104,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
         requested_outputs=[o.name for o in msg.outputs] if msg.outputs else None,
         parameters=params,
         deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
+        classification=classes,
     )
 
 
@@ -144,6 +152,7 @@ class _Template:
     inputs: tuple[_Input, ...]
     requested_outputs: tuple[str, ...] | None
     parameters: dict[str, Any]
+    classification: Mapping[str, int] | None
 
 
 def _split(data: bytes) -> tuple[bytes, bytes, list[memoryview]] | None:
@@ -199,9 +208,9 @@ class RequestDecoder:
     The first request of a structure is decoded in full (``decode_infer_request``). When it has raw
     contents for every input, all of fixed-size datatypes, its decoded form becomes a template, keyed
     by the request's bytes without its ``id`` and raw contents. A later request with the same key is
-    then decoded from its bytes: the template's names, shapes, outputs and parameters, its own id,
-    and numpy views over its own raw contents. That skips the protobuf message and its accessors,
-    most of what decoding costs. Any mismatch (a raw content of another size, an id that is not
+    then decoded from its bytes: the template's names, shapes, outputs (with their classification counts)
+    and parameters, its own id, and numpy views over its own raw contents. That skips the protobuf
+    message and its accessors, most of what decoding costs. Any mismatch (a raw content of another size, an id that is not
     UTF-8) falls back to the full decoder, which names the error.
     """
 
@@ -239,7 +248,7 @@ class RequestDecoder:
         outputs = request.requested_outputs
         self._templates[key] = _Template(
             request.model_name, request.model_version, tuple(inputs), tuple(outputs) if outputs is not None else None,
-            dict(request.parameters),
+            dict(request.parameters), request.classification,
         )
 
 
@@ -266,6 +275,7 @@ def _from_template(template: _Template, rid: bytes, raws: list[memoryview], time
         requested_outputs=list(outputs) if outputs is not None else None,
         parameters=dict(template.parameters) if template.parameters else {},
         deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
+        classification=template.classification,
     )
 
 

@@ -10,7 +10,9 @@ or nested; its elements are JSON values of the datatype that fit it, as Triton r
 (true/false for BOOL, integers for integer types, numbers for FP16/32/64,
 strings for BYTES: server/json_tensors.py). Outputs are returned as binary when the output's ``binary_data``
 parameter or the request's ``binary_data_output`` parameter asks for it, else
-as flat JSON ``data``; BF16 has no JSON form, so a request that asks for a BF16 output
+as flat JSON ``data``. An output's ``classification`` parameter asks for its top classes instead
+(Triton's classification extension, server/classification.py): a BYTES output, returned as JSON
+strings or as binary data as the output asks. BF16 has no JSON form, so a request that asks for a BF16 output
 as JSON is refused once its model version is known, before it queues (``OutputChoice.check``,
 run by validation). Request parameters other than ``binary_data_output``
 reach the dataplane as gRPC's do (``priority``, ``timeout``: Triton's queue
@@ -39,10 +41,10 @@ from server.codec import (
     checked_shape,
     datatype_of,
     from_raw,
-    refuse_classification,
     refuse_shared_memory,
     to_raw,
 )
+from server.classification import PARAMETER as CLASSIFICATION, json_class_count
 from server.json_tensors import from_json, no_json_output, to_json
 from server.types import InferRequest, InferResponse, InputTensor
 
@@ -201,6 +203,7 @@ def decode_infer_request(
     params = _parameters(msg, "the request's parameters")
     choice = OutputChoice(default_binary=_flag(params, "binary_data_output", "the request's"))
     requested = None
+    classes: dict[str, int] | None = None
     outputs = msg.get("outputs")
     if outputs is not None and not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
@@ -212,8 +215,13 @@ def decode_infer_request(
                 raise InvalidInput(f"outputs[{i}] needs a 'name' string")
             requested.append(o["name"])
             out_params = _parameters(o, f"output '{o['name']}' parameters")
-            if out_params.get("classification"):
-                raise refuse_classification(o["name"])
+            if not out_params:
+                continue
+            count = json_class_count(o["name"], out_params[CLASSIFICATION]) if CLASSIFICATION in out_params else 0
+            if count:  # 0 asks for the tensor, as Triton reads it
+                if classes is None:
+                    classes = {}
+                classes[o["name"]] = count
             if "shared_memory_region" in out_params:
                 raise refuse_shared_memory(f"output '{o['name']}'", "in the response's body (leave the parameter out)")
             if out_params.get("binary_data") is not None:
@@ -229,6 +237,7 @@ def decode_infer_request(
         requested_outputs=requested,
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
         check_outputs=None if choice.all_binary() else choice.check,
+        classification=classes,
     ), choice
 
 

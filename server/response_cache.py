@@ -12,6 +12,11 @@ validating a request and before queueing it:
 4. a miss: ``compute()`` (the batcher), then the outputs go into the local tier and, in the
    background, into Redis with the model's TTL.
 
+Entries are the model's output tensors. An output asked for as classes (Triton's classification
+extension) is made from them per request once ``fetch`` returns (server/classification.py), so a
+cached tensor answers plain and classification requests alike, each its own: the key needs no
+part of the classification parameters, and an entry never holds a request's strings.
+
 Redis down, slow or failing: steps 3 and 4's write are skipped at once (``RedisLink``), and
 counted; the local tier and single flight keep working. A request whose leader failed computes
 on its own. Statistics: a hit adds its lookup time to ``cache_hit``, a miss its lookup and insert

@@ -1,4 +1,4 @@
-"""One loaded model version: its config, kernel, batcher and statistics.
+"""One loaded model version: its config, kernel, batcher, statistics and class labels.
 
 Built by ``load_servable`` off the hot path; ``infer`` is the per-request path
 (validated inputs in, outputs out). Closing drains the batcher before the
@@ -23,6 +23,7 @@ from kernels.placement import GroupPlacement, describe_plans
 from kernels.providers import SHORT_TO_ORT, accelerator_options, cuda_model_parameters
 from model_store.config import PARAMETERS, InstanceKind, ModelConfig
 from model_store import warmup
+from model_store.labels import Labels, read_labels
 from model_store.repository import ModelSource
 from ops.errors import ConfigError
 from ops.metrics import ServableMetrics, ServerMetrics
@@ -100,9 +101,11 @@ class Servable:
 
     def __init__(
         self, config: ModelConfig, version: int, kernel: OrtKernel, defaults: ServingDefaults,
-        metrics: ServableMetrics | None = None,
+        metrics: ServableMetrics | None = None, labels: Labels | None = None,
     ) -> None:
+        """``labels``: the outputs' class labels (``read_labels``), for classification; read-only."""
         self.config = config
+        self.labels: Labels = labels or {}
         self.version = version
         self.version_str = str(version)
         self.kernel = kernel
@@ -265,18 +268,6 @@ def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path) -> None
         log.info("%s: warm-up run skipped: %s", config.name, exc)
 
 
-def _warn_of_missing_label_files(source: ModelSource, config: ModelConfig) -> None:
-    """Triton refuses to load a model whose output names a label file the model folder lacks. fleetserve never
-    reads labels (they serve only classification, which it refuses), so it loads the model and says so."""
-    for spec in config.outputs:
-        if spec.label_filename and not (source.path / spec.label_filename).is_file():
-            log.warning(
-                "model '%s' output '%s': label_filename %r is not a file in %s; fleetserve does not use labels "
-                "and serves the model, but Triton would refuse to load it", config.name, spec.name,
-                spec.label_filename, source.path,
-            )
-
-
 def _warn_of_unread_parameters(source: ModelSource, config: ModelConfig) -> None:
     """Triton passes parameters to the model's backend, which ignores keys it does not know; so does fleetserve,
     but says so: a Triton onnxruntime backend setting (execution_mode, ...) is not applied here."""
@@ -287,17 +278,19 @@ def _warn_of_unread_parameters(source: ModelSource, config: ModelConfig) -> None
         )
 
 
-def _load_sync(source: ModelSource, version: int, model_path: Path, defaults: ServingDefaults) -> tuple[ModelConfig, OrtKernel]:
+def _load_sync(
+    source: ModelSource, version: int, model_path: Path, defaults: ServingDefaults,
+) -> tuple[ModelConfig, OrtKernel, Labels]:
     inputs, outputs = read_signature(model_path)
     config = source.build_config(inputs, outputs)
     _int_parameter(config, "inline_run_max_us", 0)  # checked before a session exists to leak
-    _warn_of_missing_label_files(source, config)
+    labels = read_labels(source.path, config)  # as Triton, a label file that cannot be read fails the load
     _warn_of_unread_parameters(source, config)
     kernel = OrtKernel(model_path, kernel_options(config))
     kernel.load()
     if defaults.warmup or config.model_warmup:  # configured samples always run: a failing one fails the load
         _warm_up(kernel, config, source.path)
-    return config, kernel
+    return config, kernel, labels
 
 
 async def load_servable(
@@ -310,9 +303,9 @@ async def load_servable(
     if model_path is None or not os.path.isfile(model_path):
         raise ConfigError(f"model '{source.name}' version {version}: no model file at {model_path}")
     loop = asyncio.get_running_loop()
-    config, kernel = await loop.run_in_executor(None, _load_sync, source, version, model_path, defaults)
+    config, kernel, labels = await loop.run_in_executor(None, _load_sync, source, version, model_path, defaults)
     handle = metrics.servable(config.name, str(version)) if metrics is not None else None
-    servable = Servable(config, version, kernel, defaults, handle)
+    servable = Servable(config, version, kernel, defaults, handle, labels)
     await servable.start()
     choice = kernel.provider_choice
     log.info("model '%s' version %d ready on %s (%s)", source.name, version,

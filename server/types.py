@@ -7,7 +7,7 @@ request bytes where possible); BYTES tensors are object arrays of ``bytes``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +46,9 @@ class InferRequest:
     # form). Validation calls it with the specs of the outputs the response will hold, once the model
     # version is known and before the request queues; it raises InvalidInput. None: nothing to check.
     check_outputs: "Callable[[Sequence[TensorSpec]], None] | None" = None
+    # Triton's classification extension (server/classification.py): output name -> how many top classes to
+    # return instead of the tensor. None when no output asks for it; shared, never mutated.
+    classification: Mapping[str, int] | None = None
 
 
 @dataclass(slots=True)

@@ -3,7 +3,8 @@
 Pure functions over the dataplane's types (server/types.py) and the model config (BYTES elements must be
 UTF-8: the models are ONNX, whose strings are text); every error is
 ``InvalidInput`` (or ``Unsupported`` for Triton's sequence parameters, ``scheduling``) naming the
-tensor or parameter, what the model expects and what came. A transport
+tensor or parameter, what the model expects and what came. Outputs asked for as classes (Triton's
+classification extension) must have a datatype that has them (server/classification.py). A transport
 that cannot encode every output as the caller asked checks them here too (``InferRequest.check_outputs``),
 so that such a request fails before it queues, as any other invalid request.
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from model_store.config import ModelConfig, TensorSpec
 from ops.errors import InvalidInput, Unsupported
+from server.classification import check_classification
 from server.types import InferRequest
 
 
@@ -39,6 +41,8 @@ def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.n
         if len(set(wanted)) != len(wanted):
             twice = next(name for i, name in enumerate(wanted) if name in wanted[:i])
             raise InvalidInput(f"output '{twice}' is requested more than once")
+    if request.classification:
+        check_classification(config.name, outputs, request.classification)
     if request.check_outputs is not None:
         request.check_outputs(outputs)
     mbs = config.max_batch_size

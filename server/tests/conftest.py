@@ -63,11 +63,16 @@ dynamic_batching {
 # An intra_op_thread_count refused at load: over MAX_INTRA_OP_THREADS (2048), or negative.
 THREADS_CONFIG = 'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{count}" }} }}'
 
-# Label files are reported in the config, never read: one is there, the other missing (a warning; Triton
-# would refuse the model).
+# Label files name the classes of classification answers (line i names class i): OUTPUT0's names each of its
+# four classes; OUTPUT1's leaves class 1 unnamed (an empty line) and class 3 past its last line.
 LABELLED_CONFIG = """
-output [ { name: "OUTPUT0", label_filename: "labels.txt" }, { name: "OUTPUT1", label_filename: "gone.txt" } ]
+output [ { name: "OUTPUT0", label_filename: "labels.txt" }, { name: "OUTPUT1", label_filename: "few.txt" } ]
 """
+LABELS = (b"cat", b"dog", b"fish", b"bird")
+FEW_LABELS = (b"zero", b"", b"two")
+# A label file that is not in the model folder fails the load, as in Triton: missing, or outside it.
+LABEL_MISSING_CONFIG = 'output [ { name: "OUTPUT0", label_filename: "gone.txt" } ]'
+LABEL_OUTSIDE_CONFIG = 'output [ { name: "OUTPUT0", label_filename: "../labelled/labels.txt" } ]'
 
 # A parameter Triton's onnxruntime backend reads and fleetserve does not: the model loads, with a warning.
 TUNED_CONFIG = 'parameters { key: "execution_mode" value: { string_value: "1" } }'
@@ -134,6 +139,9 @@ def build_repository(root: Path) -> Path:
         "threads": ModelSpec(write_dense_model, config=THREADS_CONFIG.format(count=2048)),
         "negative_threads": ModelSpec(write_dense_model, config=THREADS_CONFIG.format(count=-2)),
         "labelled": ModelSpec(partial(write_two_io_model, features=4), config=LABELLED_CONFIG),
+        "label_missing": ModelSpec(write_dense_model, config=LABEL_MISSING_CONFIG),
+        "label_outside": ModelSpec(write_dense_model, config=LABEL_OUTSIDE_CONFIG),
+        "grid": ModelSpec(partial(write_identity_model, datatype="FP32", dims=(2, 3))),  # rows of 2 x 3 values
         "held": ModelSpec(partial(write_add_constant_model, features=4), config=HELD_CONFIG),
         "bf16": ModelSpec(write_bf16_output_model, config=BF16_CONFIG),
         "tuned": ModelSpec(write_dense_model, config=TUNED_CONFIG),
@@ -144,7 +152,8 @@ def build_repository(root: Path) -> Path:
     for datatype in IDENTITY_DATATYPES:
         models[f"identity_{datatype.lower()}"] = ModelSpec(partial(write_identity_model, datatype=datatype, dims=(3,)))
     repository = write_model_repository(root, models)
-    (repository / "labelled" / "labels.txt").write_text("cat\ndog\nfish\nbird\n")
+    (repository / "labelled" / "labels.txt").write_bytes(b"\n".join(LABELS) + b"\n")
+    (repository / "labelled" / "few.txt").write_bytes(b"\n".join(FEW_LABELS))  # no final newline
     (repository / "dirconfig" / "config.pbtxt").mkdir()  # not a file: UNAVAILABLE, never served as if absent
     return repository
 

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as tc
 
 from model_store.testing import (
     ModelSpec,
@@ -92,6 +93,33 @@ def test_a_response_computed_on_one_replica_is_a_hit_on_the_other(pair):
     for _ in range(2):
         stub_a.ModelInfer(infer_request("plain"))
     assert stats(stub_a, "plain").execution_count == 2 and stats(stub_a, "plain").inference_stats.cache_hit.count == 0
+
+
+def test_classes_are_made_per_request_from_the_cached_tensor_never_taken_from_another_answer(pair):
+    """The cache holds the model's tensors and a classification request's classes are made after it (tritonclient's
+    class_count): a plain answer cached first serves a class_count request as classes, and a class_count request
+    cached first leaves a plain one its tensor."""
+    a, _, (stub_a, _) = pair
+    client = tc.InferenceServerClient(a.grpc_address)
+    try:
+        for counts, base in (((0, 3), 300.0), ((3, 0), 400.0)):  # fresh inputs: nothing cached for them yet
+            x = (np.arange(16, dtype=np.float32) / 4 + base).reshape(1, 16)  # "cached" answers x + 1
+            inp = tc.InferInput("INPUT0", [1, 16], "FP32")
+            inp.set_data_from_numpy(x)
+            before = stats(stub_a, "cached").inference_stats
+            answers = [client.infer("cached", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=k)])
+                       for k in counts]
+            after = stats(stub_a, "cached").inference_stats
+            assert (after.cache_miss.count - before.cache_miss.count, after.cache_hit.count - before.cache_hit.count) \
+                == (1, 1)
+            for k, answer in zip(counts, answers):
+                if k:
+                    assert answer.get_output("OUTPUT0").datatype == "BYTES"
+                    assert answer.as_numpy("OUTPUT0").tolist() == [[b"%.6f:%d" % (x[0, i] + 1, i) for i in (15, 14, 13)]]
+                else:
+                    np.testing.assert_array_equal(answer.as_numpy("OUTPUT0"), x + 1)
+    finally:
+        client.close()
 
 
 def test_the_same_bytes_in_another_shape_is_another_entry(pair):

@@ -51,7 +51,7 @@ def test_health_and_server_metadata(client, server):
     assert not client.is_model_ready("corrupt")
     meta = client.get_server_metadata()
     assert meta.name == "fleetserve"
-    assert {"model_configuration", "model_repository", "statistics"} <= set(meta.extensions)
+    assert {"model_configuration", "model_repository", "statistics", "classification"} <= set(meta.extensions)
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
@@ -76,13 +76,21 @@ def test_model_metadata_and_config(client):
     assert nobatch.max_batch_size == 0 and list(nobatch.input[0].dims) == [1, 16]
 
 
-def test_label_files_are_reported_as_configured_and_a_missing_one_only_warns(client, server):
+def test_label_files_are_reported_as_configured_and_one_that_cannot_be_read_fails_the_load(client, repository):
+    """As in Triton: classification answers would lose their labels without the file, so the model is not served."""
     assert client.is_model_ready("labelled")
     config = client.get_model_config("labelled").config
-    assert [(o.name, o.label_filename) for o in config.output] == [("OUTPUT0", "labels.txt"), ("OUTPUT1", "gone.txt")]
-    warned = [line for line in server.lines if "label_filename" in line]
-    assert len(warned) == 1, warned
-    assert "model 'labelled' output 'OUTPUT1': label_filename 'gone.txt' is not a file" in warned[0]
+    assert [(o.name, o.label_filename) for o in config.output] == [("OUTPUT0", "labels.txt"), ("OUTPUT1", "few.txt")]
+    index = {m.name: m for m in client.get_model_repository_index().models}
+    assert index["label_missing"].state == "UNAVAILABLE"
+    assert index["label_missing"].reason == (
+        f"model 'label_missing' output 'OUTPUT0': label_filename 'gone.txt' cannot be read from the model folder "
+        f"{repository / 'label_missing'}: No such file or directory; add the file (one label per line, line i naming "
+        "class i) or remove label_filename")
+    assert index["label_outside"].state == "UNAVAILABLE"
+    assert index["label_outside"].reason == (
+        f"model 'label_outside' output 'OUTPUT0': label_filename '../labelled/labels.txt' leads outside the model "
+        f"folder {repository / 'label_outside'}; the label file must be in the model folder, beside config.pbtxt")
 
 
 def test_a_parameter_fleetserve_does_not_read_is_reported_and_only_warns(client, server):
@@ -371,13 +379,12 @@ def test_every_stream_response_is_marked_final_as_triton_marks_it(client):
     assert got == {"plain": True, "asked": True}
 
 
-def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(client):
+def test_a_classification_output_is_answered_with_its_top_classes(client):
+    """tritonclient's class_count (Triton's classification extension); server/tests/test_classification.py has the rest."""
     inp = tc.InferInput("INPUT0", [1, 16], "FP32")
-    inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
-    with pytest.raises(tc.InferenceServerException) as err:
-        client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=3)])
-    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "output 'OUTPUT0': classification" in err.value.message()
+    inp.set_data_from_numpy(np.arange(16, dtype=np.float32).reshape(1, 16) / 4)  # add_one: x + 1
+    result = client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0", class_count=3)])
+    assert result.as_numpy("OUTPUT0").tolist() == [[b"4.750000:15", b"4.500000:14", b"4.250000:13"]]
     assert client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0")]).as_numpy("OUTPUT0").shape == (1, 16)
 
 

@@ -48,7 +48,7 @@ def test_health_metadata_config_index_and_stats(client):
     assert client.is_model_ready("dense") and not client.is_model_ready("corrupt")
     assert not client.is_model_ready("nope")
     meta = client.get_server_metadata()
-    assert meta["name"] == "fleetserve" and "binary_tensor_data" in meta["extensions"]
+    assert meta["name"] == "fleetserve" and {"binary_tensor_data", "classification"} <= set(meta["extensions"])
     model = client.get_model_metadata("simple")
     assert model["versions"] == ["1"] and model["platform"] == "onnxruntime_onnx"
     assert model["inputs"] == [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 4]},
@@ -60,7 +60,7 @@ def test_health_metadata_config_index_and_stats(client):
     config = client.get_model_config("nobatch")  # fields at their default are written out, as Triton does
     assert config["max_batch_size"] == 0 and config["input"][0]["optional"] is False
     assert config["input"][0]["format"] == "FORMAT_NONE" and config["instance_group"][0]["kind"] == "KIND_AUTO"
-    assert [o["label_filename"] for o in client.get_model_config("labelled")["output"]] == ["labels.txt", "gone.txt"]
+    assert [o["label_filename"] for o in client.get_model_config("labelled")["output"]] == ["labels.txt", "few.txt"]
     index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
     assert index[("dense", "1")]["state"] == "READY"
     assert any(m["state"] == "UNAVAILABLE" and "max_batch_sise" in m["reason"] for m in index.values())
@@ -642,13 +642,16 @@ def test_a_compressed_body_is_held_to_the_limit_once_inflated_and_the_413_says_s
     assert server_still_serves(server)
 
 
-def test_a_classification_output_is_refused_not_answered_with_the_plain_tensor(client):
-    x = {"INPUT0": np.zeros((1, 16), np.float32)}
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_a_classification_output_is_answered_with_its_top_classes(client, binary):
+    """tritonclient's class_count (Triton's classification extension); server/tests/test_classification.py has the rest."""
+    x = {"INPUT0": np.arange(16, dtype=np.float32).reshape(1, 16) / 4}  # add_one: x + 1
     inp = th.InferInput("INPUT0", [1, 16], "FP32")
     inp.set_data_from_numpy(x["INPUT0"])
-    with pytest.raises(th.InferenceServerException) as err:
-        client.infer("add_one", [inp], outputs=[th.InferRequestedOutput("OUTPUT0", class_count=3)])
-    assert err.value.status() == "501" and "output 'OUTPUT0': classification" in err.value.message()
+    result = client.infer("add_one", [inp], outputs=[th.InferRequestedOutput("OUTPUT0", binary_data=binary, class_count=3)])
+    top = [e.decode() if isinstance(e, bytes) else e for e in result.as_numpy("OUTPUT0").reshape(-1)]
+    assert top == ["4.750000:15", "4.500000:14", "4.250000:13"]
+    assert result.get_output("OUTPUT0")["shape"] == [1, 3]
     assert infer(client, "add_one", x, outputs=["OUTPUT0"]).as_numpy("OUTPUT0").shape == (1, 16)
 
 

@@ -21,7 +21,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 }
 # server/ modules that must stay transport-free: the dataplane and what it is built from
 TRANSPORT_FREE = ("server/dataplane.py", "server/servable.py", "server/types.py", "server/codec.py",
-                  "server/response_cache.py", "server/cache_codec.py", "server/rate_limit.py")
+                  "server/response_cache.py", "server/cache_codec.py", "server/rate_limit.py",
+                  "server/classification.py")
 
 
 def imports_of(path: Path) -> set[str]:

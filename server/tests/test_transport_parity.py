@@ -123,9 +123,23 @@ def lookup_infer():
     return msg
 
 
+def classified_bool_grpc():
+    msg = service_pb2.ModelInferRequest(model_name="identity_bool")
+    msg.inputs.add(name="INPUT0", datatype="BOOL", shape=[1, 3])
+    msg.raw_input_contents.append(bytes([1, 0, 1]))
+    msg.outputs.add(name="OUTPUT0").parameters["classification"].int64_param = 2
+    return msg
+
+
+def classified_bool_http():
+    body = {"inputs": [{"name": "INPUT0", "datatype": "BOOL", "shape": [1, 3], "data": [True, False, True]}],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]}
+    return "POST", "/v2/models/identity_bool/infer", json.dumps(body)
+
+
 NOT_READY = "model '{model}' is not ready: version 1 UNAVAILABLE: "
-# Inference errors that landed with the reshape, BYTES, range, warm-up, accelerator, instance bound and
-# model-first changes: (code, gRPC request, REST request, the message both say; {repo}: the repository).
+# Inference errors that landed with the reshape, BYTES, range, warm-up, accelerator, instance bound,
+# model-first and classification changes: (code, gRPC request, REST request, the message both say; {repo}: the repository).
 INFER_ROWS: dict[str, tuple[Code, Any, tuple, str]] = {
     "reshape: the client's dims, not the model's": (
         Code.INVALID_ARGUMENT, grpc_infer("reshaped"), http_infer("reshaped"),
@@ -158,6 +172,16 @@ INFER_ROWS: dict[str, tuple[Code, Any, tuple, str]] = {
         NOT_READY.format(model="too_many") + "{repo}/too_many/config.pbtxt: instance_group[0].count: is 1025; each "
         "instance is a thread running batches, so give at most 1024 (a few per core, or per GPU, is what serves "
         "fastest)"),
+    "classification of an output without numeric values": (
+        Code.INVALID_ARGUMENT, classified_bool_grpc(), classified_bool_http(),
+        "model 'identity_bool' output 'OUTPUT0' is BOOL: the 'classification' parameter (tritonclient's class_count: "
+        "how many top classes to return) needs a numeric output (UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, "
+        "INT64, FP32, FP64); request the output without it"),
+    "a label file that cannot be read": (
+        Code.UNAVAILABLE, grpc_infer("label_missing"), http_infer("label_missing"),
+        NOT_READY.format(model="label_missing") + "model 'label_missing' output 'OUTPUT0': label_filename 'gone.txt' "
+        "cannot be read from the model folder {repo}/label_missing: No such file or directory; add the file (one "
+        "label per line, line i naming class i) or remove label_filename"),
     # Was: gRPC (and the stream) said what was wrong with the body (INVALID_ARGUMENT) where REST said 404 / 503.
     "unknown model before the body's error": (
         Code.NOT_FOUND, typed_infer("nope", "INT8", "int_contents", [300, 0, 0]), json_infer("nope", "INT8", [300, 0, 0]),
