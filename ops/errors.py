@@ -66,6 +66,18 @@ class ModelNotFound(ServingError):
     code = Code.NOT_FOUND
 
 
+class RegionNotFound(ServingError):
+    """No shared-memory region is registered under the name a request gives (NOT_FOUND)."""
+
+    code = Code.NOT_FOUND
+
+
+class AlreadyExists(ServingError):
+    """The request would create what already exists: a shared-memory region's name (ALREADY_EXISTS)."""
+
+    code = Code.ALREADY_EXISTS
+
+
 class ModelNotReady(ServingError):
     """The model exists but cannot serve now: loading, unloading, failed (UNAVAILABLE)."""
 

@@ -17,8 +17,8 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
      running then, on a serving version or on one being retired (an unload or a reload under way, its queue
      still draining), is answered UNAVAILABLE (``Servable.cut``: its runs are ended) and the transports get
      _CUT_GRACE_S to send those answers before they cut what is left;
-  5. close each model's kernel; close the Redis link; a load still running is not waited for (``serve`` exits
-     without joining its thread);
+  5. unregister every shared-memory region; close each model's kernel; close the Redis link; a load still
+     running is not waited for (``serve`` exits without joining its thread);
   6. flush traces (for at most 2 s), close the metrics endpoint, exit 0. A second signal exits at once with
      status 1.
 
@@ -60,6 +60,7 @@ from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
 from server.http_service import HttpService
 from server.servable import Servable, ServingDefaults, load_servable
+from server.shared_memory import SharedMemoryRegistry
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class App:
         self._tracer_provider = tracer_provider
         self._owns_tracer_provider = False
         self._health = health.aio.HealthServicer()
+        self.regions = SharedMemoryRegistry()  # system shared-memory regions, one registry for both transports
         self._poller: asyncio.Task[None] | None = None
         self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size)
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
@@ -180,7 +182,7 @@ class App:
             options.append(("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)))
             options.append(("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)))
         server = grpc.aio.server(options=options)
-        self._servicer = InferenceServicer(self.dataplane, tracer=tracer)
+        self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions)
         server.add_generic_rpc_handlers((method_handlers(self._servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)
@@ -195,7 +197,7 @@ class App:
         self._grpc = server
         log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
         service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
-                              body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer)
+                              body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions)
         self._http = HttpListener(rest_app(service), s.host, s.http_port,
                                   shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
                                   auto_decompress=False)  # HttpService decodes request bodies itself
@@ -287,6 +289,7 @@ class App:
             await self.fleet.leave()
         self._drain_queues()  # before the transports stop: their grace then covers run times, not queue delays
         await self._stop_transports()
+        self.regions.close()  # 5. no request is left to read or write a region
         await self.registry.close()
         if not await self.registry.loads.wait_released(_CUT_GRACE_S):
             log.warning("%d model load(s) still running; exiting without waiting for them (a session being "

@@ -53,16 +53,6 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def refuse_shared_memory(tensor: str, instead: str) -> Unsupported:
-    """A tensor in a shared-memory region (tritonclient's ``set_shared_memory``, the ``shared_memory_region``
-    parameter): refused, never answered in the body while the caller reads the region, nor read from the
-    request's data beside it. ``instead``: how to send it on this transport."""
-    return Unsupported(
-        f"{tensor}: shared-memory tensors (the 'shared_memory_region' parameter) are not supported by this "
-        f"server; send the tensor in the request, {instead}"
-    )
-
-
 def from_raw(tensor_name: str, raw: bytes, dt: Datatype, shape: tuple[int, ...]) -> np.ndarray:
     """Decode one tensor's raw contents; numeric data is a zero-copy view over ``raw``."""
     count = element_count(shape)

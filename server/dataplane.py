@@ -56,6 +56,7 @@ EXTENSIONS = (
     "binary_tensor_data",
     "logging",
     "classification",
+    "system_shared_memory",
 )
 
 
@@ -209,7 +210,7 @@ class DataPlane:
                 if not admitted:
                     await self._admit(request, config.name)
                     admitted = True
-                if self._cache is not None and config.response_cache:
+                if self._cache is not None and config.response_cache and request.output_regions is None:
                     outputs = await self._cache.fetch(servable, request.inputs, request.requested_outputs,
                                                       self._submitter(call))
                 else:
@@ -240,8 +241,8 @@ class DataPlane:
         if self._limiter is not None:
             return None
         servable = self._servable(request)
-        if self._cache is not None and servable.config.response_cache:
-            return None
+        if self._cache is not None and servable.config.response_cache and request.output_regions is None:
+            return None  # (outputs in shared memory bypass the cache: see README, "Shared memory")
         call = self._begin(request, servable)
         try:
             return self._submitter(call)(), call
@@ -324,7 +325,7 @@ class DataPlane:
         if request.classification:  # this request's own rows: its batch was split already
             answered = classify_outputs(answered, request.classification, config.max_batch_size > 0, servable.labels)
         return InferResponse(model_name=request.model_name, model_version=servable.version_str, id=request.id,
-                             outputs=answered)
+                             outputs=answered, output_regions=request.output_regions)
 
     async def _admit(self, request: InferRequest, model: str) -> None:
         """The tenant's rate limit (fleet mode); raises ``RateLimited``."""

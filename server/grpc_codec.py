@@ -23,11 +23,11 @@ from server.codec import (
     datatype_of,
     from_contents,
     from_raw,
-    refuse_shared_memory,
     to_raw,
 )
 from server.classification import PARAMETER as CLASSIFICATION, grpc_class_count
 from server.protos import grpc_service_pb2 as pb
+from server.shared_memory import REGION, SharedMemoryRegistry, TensorRegion, read_input
 from server.types import InferRequest, InferResponse, InputTensor
 
 # ModelInferRequest's fields are 1-7, all length-delimited, so each tag is one byte: field << 3 | 2.
@@ -37,7 +37,7 @@ _TEMPLATES = 1024  # structures remembered per decoder; a full table starts over
 _TEMPLATE_KEY_BYTES = 4096  # longer structures (typed contents, many parameters) are decoded in full
 _ENCODED_PARTS = 4096  # serialised headers and output descriptions remembered; a full table starts over
 
-_IN_REQUEST = "as raw_input_contents or contents"
+_NO_REGIONS = SharedMemoryRegistry()  # what a decoder without a registry sees: no region is registered
 
 
 def _param_value(p: Any) -> Any:
@@ -45,28 +45,38 @@ def _param_value(p: Any) -> Any:
     return getattr(p, which) if which else None
 
 
-def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> InferRequest:
-    """Decode a request; numeric raw inputs stay views over the message's bytes."""
+def _params(parameters: Any) -> dict[str, Any]:
+    return {k: _param_value(v) for k, v in parameters.items()}
+
+
+def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None,
+                         regions: SharedMemoryRegistry | None = None) -> InferRequest:
+    """Decode a request; numeric raw inputs stay views over the message's bytes, or over the shared-memory
+    region that ``regions`` maps (None: no region is registered)."""
     raw = msg.raw_input_contents
     n_raw = len(raw)
-    if n_raw and n_raw != len(msg.inputs):
+    if n_raw and n_raw != len(msg.inputs) and n_raw != sum(REGION not in t.parameters for t in msg.inputs):
         raise InvalidInput(
             f"the request has {len(msg.inputs)} inputs but {n_raw} raw_input_contents entries; "
-            "give raw contents for every input or for none"
+            "give raw contents for every input not in shared memory, or for none"
         )
     inputs = []
-    for i, tensor in enumerate(msg.inputs):
+    i = 0  # the next raw content: inputs in shared memory have none
+    for tensor in msg.inputs:
         name = tensor.name
-        if "shared_memory_region" in tensor.parameters:
-            raise refuse_shared_memory(f"input '{name}'", _IN_REQUEST)
         dt = datatype_of(name, tensor.datatype)
         shape = checked_shape(name, tensor.shape)
-        if n_raw:
+        if REGION in tensor.parameters:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input '{name}': contents must not be set when the input is in shared memory")
+            data = read_input(regions or _NO_REGIONS, name, _params(tensor.parameters), dt, shape)
+        elif n_raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(
                     f"input '{name}': contents must not be set when the request uses raw_input_contents"
                 )
             data = from_raw(name, raw[i], dt, shape)
+            i += 1
         elif tensor.HasField("contents"):
             field = CONTENTS_FIELD.get(dt.name)
             if field is None:
@@ -83,6 +93,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
             raise InvalidInput(f"input '{name}': no data; set contents or raw_input_contents")
         inputs.append(InputTensor(name, dt.name, shape, data))
     classes: dict[str, int] | None = None
+    output_regions: dict[str, TensorRegion] | None = None
     for output in msg.outputs:
         out_params = output.parameters
         if not out_params:
@@ -92,9 +103,10 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
             if classes is None:
                 classes = {}
             classes[output.name] = grpc_class_count(output.name, p.WhichOneof("parameter_choice"), _param_value(p))
-        if "shared_memory_region" in out_params:
-            raise refuse_shared_memory(f"output '{output.name}'",
-                                       "in the response's raw_output_contents (leave the parameter out)")
+        if REGION in out_params:
+            output_regions = output_regions or {}
+            output_regions[output.name] = (regions or _NO_REGIONS).tensor(
+                f"output '{output.name}'", _params(out_params))
     params = {k: _param_value(v) for k, v in msg.parameters.items()} if msg.parameters else {}
     return InferRequest(
         model_name=msg.model_name,
@@ -105,6 +117,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, timeout_s: float | None) -> 
         parameters=params,
         deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
         classification=classes,
+        output_regions=output_regions,
     )
 
 
@@ -214,8 +227,9 @@ class RequestDecoder:
     UTF-8) falls back to the full decoder, which names the error.
     """
 
-    def __init__(self, capacity: int = _TEMPLATES) -> None:
+    def __init__(self, capacity: int = _TEMPLATES, regions: SharedMemoryRegistry | None = None) -> None:
         self.capacity = capacity
+        self.regions = regions  # where tensors in shared memory are (None: no region is registered)
         self._templates: dict[bytes, _Template] = {}
         self.reused = 0  # requests decoded from a template
 
@@ -229,13 +243,15 @@ class RequestDecoder:
                 if request is not None:
                     self.reused += 1
                     return request
-        request = decode_infer_request(parse_infer_request(data), timeout_s)
+        request = decode_infer_request(parse_infer_request(data), timeout_s, self.regions)
         if split is not None and len(split[0]) <= _TEMPLATE_KEY_BYTES:
             self._remember(split[0], request, len(split[2]))
         return request
 
     def _remember(self, key: bytes, request: InferRequest, n_raw: int) -> None:
         if not n_raw or n_raw != len(request.inputs):  # typed contents live in the key: each request its own
+            return
+        if request.output_regions is not None:  # each request its own place in shared memory
             return
         inputs = []
         for tensor in request.inputs:
@@ -277,6 +293,18 @@ def _from_template(template: _Template, rid: bytes, raws: list[memoryview], time
         deadline=(time.monotonic() + timeout_s) if timeout_s is not None else None,
         classification=template.classification,
     )
+
+
+def _in_region(out: Any, place: TensorRegion) -> bytes:
+    """The serialised output entry of an output written to shared memory: no data, the region's parameters."""
+    params = place.write(out.name, to_raw(out.data, BY_NAME[out.datatype]))
+    entry = pb.ModelInferResponse.InferOutputTensor(name=out.name, datatype=out.datatype, shape=out.shape)
+    for key, value in params.items():
+        if isinstance(value, str):
+            entry.parameters[key].string_param = value
+        else:
+            entry.parameters[key].int64_param = value
+    return entry.SerializeToString()
 
 
 def _varint(n: int) -> bytes:
@@ -330,7 +358,12 @@ class ResponseEncoder:
                                              + _field(b"\x12", response.model_version.encode()))
         parts = [head, _field(b"\x1a", response.id.encode()), parameters]
         raws: list[bytes] = []
+        regions = response.output_regions
         for out in response.outputs:
+            if regions is not None and out.name in regions:
+                parts.append(_field(b"\x2a", _in_region(out, regions[out.name])))
+                raws += (b"\x32", b"\x00")  # an empty raw content for it: every output has one, as in Triton
+                continue
             key = (out.name, out.datatype, out.shape)
             parts.append(known.get(key) or self._store(key, _field(b"\x2a", (
                 _field(b"\x0a", out.name.encode()) + _field(b"\x12", out.datatype.encode())

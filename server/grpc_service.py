@@ -25,6 +25,8 @@ from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, re
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.grpc_log_settings import log_settings
 from server.protos import grpc_service_pb2 as pb
+from server.shared_memory import SharedMemoryRegistry
+from server.shared_memory_rpc import METHODS as SHARED_MEMORY_METHODS, SharedMemoryRpcs
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTracer
@@ -38,12 +40,12 @@ _STREAM_WINDOW = 1024  # requests of one stream not yet answered on the wire; re
 _BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 # Triton's methods of the service that fleetserve does not serve: answered UNIMPLEMENTED with the reason and
 # what to do instead (as their REST endpoints answer 501), rather than grpc's bare "Method not found!".
-_SHARED_MEMORY = "shared-memory tensors are not supported; send tensors in the request"
+_CUDA = ("CUDA shared memory is not supported (this server keeps no tensors on a GPU); use system shared "
+         "memory, or send tensors in the request")
 _TRACE = ("trace settings cannot be read or changed over the API; use the server's command-line options "
           "(fleetserve serve --help)")
 _NOT_SERVED = {
-    **{f"{kind}SharedMemory{verb}": _SHARED_MEMORY
-       for kind in ("System", "Cuda") for verb in ("Status", "Register", "Unregister")},
+    **{f"CudaSharedMemory{verb}": _CUDA for verb in ("Status", "Register", "Unregister")},
     "TraceSetting": _TRACE,
 }
 
@@ -82,12 +84,16 @@ def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatis
 
 
 class InferenceServicer:
-    """One instance per server; every method converts and delegates to ``dataplane``."""
+    """One instance per server; every method converts and delegates to ``dataplane`` (the shared-memory
+    ones to ``shared_memory``, over ``regions``: the server's registry, shared with REST)."""
 
-    def __init__(self, dataplane: DataPlane, *, tracer: "RequestTracer | None" = None) -> None:
+    def __init__(self, dataplane: DataPlane, *, tracer: "RequestTracer | None" = None,
+                 regions: SharedMemoryRegistry | None = None) -> None:
         self.dp = dataplane
         self._tracer = tracer
-        self.decoder = RequestDecoder()
+        regions = regions if regions is not None else SharedMemoryRegistry()
+        self.shared_memory = SharedMemoryRpcs(regions)
+        self.decoder = RequestDecoder(regions=regions)
         self.encoder = ResponseEncoder()
         self._closing = False
         self._streams: set[asyncio.Event] = set()  # each open ModelStreamInfer's wake-up
@@ -351,7 +357,7 @@ def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
-        fn = getattr(servicer, method.name)
+        fn = getattr(servicer.shared_memory if method.name in SHARED_MEMORY_METHODS else servicer, method.name)
         request_cls = _message_class(method.input_type.name)
         response_cls = _message_class(method.output_type.name)
         as_bytes = method.name in _BYTES_METHODS

@@ -21,8 +21,12 @@ parameters, applied by the scheduler the same way for both transports).
 The framing is read strictly, as Triton reads it or stricter where Triton would misread: the header
 length is ASCII digits, given once (repeated only with the same value); an input gives exactly one of
 ``data`` and ``binary_data_size``; the binary sizes must account for every byte after the JSON. Triton's
-raw binary request (header length 0: the body is one input's bytes, no JSON) and shared-memory tensors
-are refused as unsupported, never read as something else.
+raw binary request (header length 0: the body is one input's bytes, no JSON) is refused as unsupported,
+never read as something else.
+
+Tensors in shared memory (the ``shared_memory_region`` parameter, server/shared_memory.py) take no
+``data`` and no binary data: an input is read from its region, and an output is written to its region
+and answered with its name, datatype and shape only.
 
 Errors are ``InvalidInput`` naming the field, what was expected and what came, or ``Unsupported``
 for what Triton offers and this server does not.
@@ -41,11 +45,11 @@ from server.codec import (
     checked_shape,
     datatype_of,
     from_raw,
-    refuse_shared_memory,
     to_raw,
 )
 from server.classification import PARAMETER as CLASSIFICATION, json_class_count
 from server.json_tensors import from_json, no_json_output, to_json
+from server.shared_memory import REGION, SharedMemoryRegistry, TensorRegion, read_input
 from server.types import InferRequest, InferResponse, InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -136,10 +140,11 @@ def _trailing_bytes(body: bytes) -> int:
 
 
 def decode_infer_request(
-    model: str, version: str, body: bytes, header_value: str | None
+    model: str, version: str, body: bytes, header_value: str | None, regions: SharedMemoryRegistry | None = None
 ) -> tuple[InferRequest, OutputChoice]:
     """Decode one inference request; ``header_value``: every ``Inference-Header-Content-Length`` given,
-    comma-joined, or None. See the module docstring."""
+    comma-joined, or None; ``regions``: where tensors in shared memory are (None: no region is registered).
+    See the module docstring."""
     head: bytes | memoryview
     n = header_length(header_value, len(body))
     if n is None:
@@ -173,9 +178,11 @@ def decode_infer_request(
         dt = datatype_of(name, datatype)
         shape = _shape(name, t.get("shape"))
         params = _parameters(t, f"input '{name}' parameters")
-        if "shared_memory_region" in params:
-            raise refuse_shared_memory(f"input '{name}'", "as JSON 'data' or binary data")
-        if "binary_data_size" in params:
+        if REGION in params:
+            if "data" in t or "binary_data_size" in params:
+                raise InvalidInput(f"input '{name}' is in shared memory: give it no 'data' and no binary_data_size")
+            data = read_input(regions or SharedMemoryRegistry(), name, params, dt, shape)
+        elif "binary_data_size" in params:
             if "data" in t:  # as Triton: exactly one of the two, never one silently preferred
                 raise InvalidInput(
                     f"input '{name}' has both 'data' and a binary_data_size parameter; give one: 'data' for "
@@ -204,6 +211,7 @@ def decode_infer_request(
     choice = OutputChoice(default_binary=_flag(params, "binary_data_output", "the request's"))
     requested = None
     classes: dict[str, int] | None = None
+    output_regions: dict[str, TensorRegion] | None = None
     outputs = msg.get("outputs")
     if outputs is not None and not isinstance(outputs, list):
         raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
@@ -222,10 +230,13 @@ def decode_infer_request(
                 if classes is None:
                     classes = {}
                 classes[o["name"]] = count
-            if "shared_memory_region" in out_params:
-                raise refuse_shared_memory(f"output '{o['name']}'", "in the response's body (leave the parameter out)")
             if out_params.get("binary_data") is not None:
                 choice.binary[o["name"]] = _flag(out_params, "binary_data", f"output '{o['name']}'")
+            if REGION in out_params:
+                output_regions = output_regions or {}
+                output_regions[o["name"]] = (regions or SharedMemoryRegistry()).tensor(f"output '{o['name']}'",
+                                                                                      out_params)
+                choice.binary[o["name"]] = True  # written as raw bytes, as binary data is (BF16 included)
     request_id = msg.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidInput(f"the request's 'id' must be a string, got {json.dumps(request_id)}")
@@ -238,6 +249,7 @@ def decode_infer_request(
         parameters={k: v for k, v in params.items() if k not in _RESERVED},
         check_outputs=None if choice.all_binary() else choice.check,
         classification=classes,
+        output_regions=output_regions,
     ), choice
 
 
@@ -263,10 +275,15 @@ def _shape(name: str, shape: Any) -> tuple[int, ...]:
 def encode_infer_response(response: InferResponse, choice: OutputChoice) -> tuple[bytes, int | None]:
     """The response body, and the JSON part's length when binary outputs follow it (else None)."""
     outputs, binaries = [], []
+    regions = response.output_regions
     for out in response.outputs:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.shape)}
         dt = BY_NAME[out.datatype]
-        if choice.is_binary(out.name):
+        if regions is not None and out.name in regions:
+            # Written there; its entry has neither data nor parameters, as Triton's REST answer (its C++ client
+            # reads an output's parameters as binary data, needing binary_data_size).
+            regions[out.name].write(out.name, to_raw(out.data, dt))
+        elif choice.is_binary(out.name):
             raw = to_raw(out.data, dt)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binaries.append(raw)

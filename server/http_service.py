@@ -22,6 +22,8 @@ from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
 from server.http_messages import check_unload, index_ready, load_parameters, message_json, stats_json
+from server.shared_memory import SharedMemoryRegistry
+from server.shared_memory_http import SharedMemoryEndpoints
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTrace, RequestTracer
@@ -122,11 +124,13 @@ class HttpService:
     """The REST endpoints over one ``DataPlane``. Loop-bound; ``routes()`` lists them for the app."""
 
     def __init__(self, dataplane: DataPlane, *, max_body_bytes: int, body_idle_timeout_s: float,
-                 tracer: "RequestTracer | None" = None) -> None:
+                 tracer: "RequestTracer | None" = None, regions: SharedMemoryRegistry | None = None) -> None:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
         self.body_idle_timeout_s = body_idle_timeout_s
         self._tracer = tracer
+        self.regions = regions if regions is not None else SharedMemoryRegistry()  # the server's, shared with gRPC
+        self._shared_memory = SharedMemoryEndpoints(self.regions, self._json_body)
 
     def routes(self) -> list[web.RouteDef]:
         # Any name without a slash, as Triton's routes take it: aiohttp's default pattern also refuses '{' and '}',
@@ -157,8 +161,8 @@ class HttpService:
             web.post(r + "/index", self.repository_index, expect_handler=_expect_body),
             web.post(r + "/models/{model:[^/]+}/load", self.load, expect_handler=_expect_body),
             web.post(r + "/models/{model:[^/]+}/unload", self.unload, expect_handler=_expect_body),
-            web.route("*", "/v2/systemsharedmemory{tail:.*}", self.shared_memory),
-            web.route("*", "/v2/cudasharedmemory{tail:.*}", self.shared_memory),
+            *self._shared_memory.routes(_expect_body),
+            web.route("*", "/v2/cudasharedmemory{tail:.*}", self.cuda_shared_memory),
             web.route("*", "/v2/trace/setting", self.unimplemented_settings),
             web.route("*", m + "/trace/setting", self.unimplemented_settings),
             web.get("/v2/logging", self.log_settings),
@@ -261,8 +265,9 @@ class HttpService:
         await self.dp.unload_model(request.match_info["model"], _repository(request))
         return web.Response(status=200)
 
-    async def shared_memory(self, request: web.Request) -> web.Response:
-        raise Unsupported(f"{request.path}: shared-memory tensors are not supported; send tensors in the request")
+    async def cuda_shared_memory(self, request: web.Request) -> web.Response:
+        raise Unsupported(f"{request.path}: CUDA shared memory is not supported (this server keeps no tensors on a "
+                          "GPU); use system shared memory, or send tensors in the request")
 
     async def unimplemented_settings(self, request: web.Request) -> web.Response:
         raise Unsupported(f"{request.path}: trace settings cannot be read or changed over the API; "
@@ -291,7 +296,8 @@ class HttpService:
         try:
             body = await self._body(request)  # a compressed body that does not inflate fails here, counted too
             lengths = request.headers.getall(HEADER_LENGTH, ())  # every one given: repeats must agree
-            infer, choice = decode_infer_request(model, version, body, ", ".join(lengths) if lengths else None)
+            infer, choice = decode_infer_request(model, version, body, ", ".join(lengths) if lengths else None,
+                                                 self.regions)
         except web.HTTPException:
             raise  # the HTTP layer's own refusals (413, 415, 408), as grpc's own (an over-limit message): not counted
         except Exception as exc:  # counted whatever it is: the caller gets an error status for it

@@ -1,7 +1,8 @@
 """The dataplane's own request and response types: no protobuf, no transport.
 
 Tensors are numpy arrays already shaped and typed by the codec (views over the
-request bytes where possible); BYTES tensors are object arrays of ``bytes``.
+request bytes, or over a shared-memory region, where possible); BYTES tensors are
+object arrays of ``bytes``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from model_store.config import TensorSpec
+    from server.shared_memory import TensorRegion
 
 
 @dataclass(slots=True)
@@ -49,6 +51,8 @@ class InferRequest:
     # Triton's classification extension (server/classification.py): output name -> how many top classes to
     # return instead of the tensor. None when no output asks for it; shared, never mutated.
     classification: Mapping[str, int] | None = None
+    # Outputs the caller asked for in shared-memory regions (server/shared_memory.py), by name; None: none.
+    output_regions: "dict[str, TensorRegion] | None" = None
 
 
 @dataclass(slots=True)
@@ -57,3 +61,4 @@ class InferResponse:
     model_version: str
     id: str
     outputs: list[OutputTensor]
+    output_regions: "dict[str, TensorRegion] | None" = None  # the request's: the encoders write these there

@@ -16,6 +16,7 @@ import numpy as np
 from model_store.config import ModelConfig, TensorSpec
 from ops.errors import InvalidInput, Unsupported
 from server.classification import check_classification
+from server.shared_memory import check_output_regions
 from server.types import InferRequest
 
 
@@ -94,6 +95,10 @@ def validate(config: ModelConfig, request: InferRequest) -> tuple[dict[str, np.n
             raise InvalidInput(
                 f"model '{config.name}' expects {len(config.inputs)} inputs; missing: {', '.join(missing)}"
             )
+    if request.output_regions is not None:  # an output asked for as classes is BYTES: checked when written
+        classified = request.classification or {}
+        check_output_regions([s for s in outputs if s.name not in classified], request.output_regions,
+                             max(rows, 1) if mbs > 0 else None)
     key = tuple(feeds[s.name].shape[1:] if s.name in feeds else None for s in config.inputs) if mbs > 0 else ()
     return feeds, max(rows, 1), key
 

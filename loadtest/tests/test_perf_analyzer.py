@@ -181,9 +181,18 @@ def test_an_open_loop_at_a_poisson_rate_over_http(pa, tiny_server):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_shared_memory_fails_at_once_saying_why(pa, tiny_server, protocol):
+def test_system_shared_memory_carries_the_tensors(pa, tiny_server, protocol):
+    """perf_analyzer --shared-memory system: it registers its regions, every request names them for its input
+    and its output, and the run succeeds; the regions are unregistered at its end."""
     address = tiny_server.grpc_address if protocol == "grpc" else tiny_server.http_address
-    with pytest.raises(PerfAnalyzerError, match="shared-memory tensors are not supported; send tensors in the request"):
-        perf_analyzer.run(pa, address, "add_one", concurrency=1, protocol=protocol,
-                          stability_percent=ANY_WINDOWS, window_ms=300, timeout_s=20,
-                          extra=["--shared-memory", "system"])
+    before = _inference_count(tiny_server.grpc_address, "add_one")
+    result = perf_analyzer.run(pa, address, "add_one", concurrency=2, protocol=protocol,
+                               stability_percent=ANY_WINDOWS, window_ms=300, timeout_s=60,
+                               extra=["--shared-memory", "system", "--output-shared-memory-size", "64"])
+    assert result.throughput > 0
+    assert _inference_count(tiny_server.grpc_address, "add_one") > before
+    client = grpcclient.InferenceServerClient(tiny_server.grpc_address)
+    try:
+        assert not client.get_system_shared_memory_status().regions  # perf_analyzer unregistered its own
+    finally:
+        client.close()

@@ -51,6 +51,7 @@ def pair(tmp_path_factory):
         "flex": ModelSpec(partial(write_identity_model, datatype="FP32", dims=(-1,)), config=CACHED),
         "text": ModelSpec(partial(write_identity_model, datatype="BYTES", dims=(-1,)), config=CACHED),
         "plain": ModelSpec(write_add_constant_model),
+        "shared": ModelSpec(write_add_constant_model, config=CACHED),  # test_shared_memory_and_the_cache
     })
     with RedisServer() as redis:
         a, b = start_replicas([(repo, fleet_args(redis.url, "a")), (repo, fleet_args(redis.url, "b"))])
@@ -265,3 +266,41 @@ def test_new_weights_beside_an_unchanged_model_file_never_meet_old_answers(tmp_p
         finally:
             channel.close()
             server.stop()
+
+
+def test_shared_memory_and_the_cache(pair):
+    """An output in a shared-memory region never comes from the cache nor goes into it: the model runs each
+    time and writes the region. Inputs in a region may hit: the key hashes the bytes read from it."""
+    import uuid
+
+    import tritonclient.grpc as tc
+    import tritonclient.utils.shared_memory as shm
+
+    a, _, (stub_a, _) = pair
+    key = f"/fleetserve-test-{uuid.uuid4().hex[:12]}"
+    handle = shm.create_shared_memory_region("cache", key, 128, create_only=True)
+    client = tc.InferenceServerClient(a.grpc_address)
+    try:
+        client.register_system_shared_memory("cache", key, 128)
+        shm.set_shared_memory_region(handle, [np.full((1, 16), 2.0, np.float32)])
+        x = tc.InferInput("INPUT0", [1, 16], "FP32")
+        x.set_shared_memory("cache", 64)
+        out = tc.InferRequestedOutput("OUTPUT0")
+        out.set_shared_memory("cache", 64, offset=64)
+        for _ in range(2):
+            shm.set_shared_memory_region(handle, [np.zeros((1, 16), np.float32)], offset=64)
+            client.infer("shared", [x], outputs=[out])
+            assert shm.get_contents_as_numpy(handle, np.float32, [1, 16], offset=64).tolist() == [[3.0] * 16]
+        s = stats(stub_a, "shared")
+        assert s.execution_count == 2 and s.inference_stats.cache_hit.count == 0
+        assert s.inference_stats.cache_miss.count == 0
+        answers = [client.infer("shared", [x]).as_numpy("OUTPUT0").tolist() for _ in range(2)]
+        shm.set_shared_memory_region(handle, [np.full((1, 16), 7.0, np.float32)])  # other bytes: another entry
+        answers.append(client.infer("shared", [x]).as_numpy("OUTPUT0").tolist())
+        assert answers == [[[3.0] * 16], [[3.0] * 16], [[8.0] * 16]]
+        s = stats(stub_a, "shared")
+        assert s.inference_stats.cache_miss.count == 2 and s.inference_stats.cache_hit.count == 1
+    finally:
+        client.unregister_system_shared_memory()
+        client.close()
+        shm.destroy_shared_memory_region(handle)

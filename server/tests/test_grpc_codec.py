@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ops.errors import InvalidInput
+from ops.errors import InvalidInput, ServingError
 from model_store.datatypes import BY_NAME
 from server.codec import to_raw
 from server.grpc_codec import RequestDecoder, ResponseEncoder, _split, decode_infer_request, parse_infer_request
@@ -172,3 +172,59 @@ def test_the_encoders_table_starts_over_when_full():
     for rows in range(1, 20):  # a new shape per row count: the table fills and empties, the bytes stay right
         assert encoder.encode(_response("r", rows)) == _protobuf(_response("r", rows)).SerializeToString()
     assert len(encoder._parts) <= 4
+
+
+def test_an_output_in_shared_memory_is_written_there_and_answered_without_data():
+    """Its entry carries the region's parameters and an empty raw content, so the outputs after it keep
+    theirs at their index; the bytes parse as the protobuf message they stand for."""
+    from server.shared_memory import TensorRegion
+
+    memory = bytearray(24)
+    place = TensorRegion("out", 8, memoryview(memory)[8:24])
+    data = np.arange(4, dtype=np.float32).reshape(1, 4)
+    response = InferResponse("m", "1", "r", [OutputTensor("A", "FP32", (1, 4), data),
+                                             OutputTensor("B", "FP32", (1, 4), data + 1)], output_regions={"A": place})
+    decoded = pb.ModelInferResponse.FromString(ResponseEncoder().encode(response))
+    assert bytes(memory[8:]) == data.tobytes()
+    params = {k: v.string_param or v.int64_param for k, v in decoded.outputs[0].parameters.items()}
+    assert params == {"shared_memory_region": "out", "shared_memory_byte_size": 16, "shared_memory_offset": 8}
+    assert list(decoded.outputs[0].shape) == [1, 4] and decoded.outputs[0].datatype == "FP32"
+    assert decoded.raw_output_contents[0] == b"" and decoded.raw_output_contents[1] == (data + 1).tobytes()
+    too_small = TensorRegion("out", 0, memoryview(memory)[:8])
+    with pytest.raises(InvalidInput, match="output 'A': its 16 bytes do not fit in the 8 bytes given for it"):
+        ResponseEncoder().encode(InferResponse("m", "1", "r", response.outputs, output_regions={"A": too_small}))
+
+
+def test_a_request_with_an_output_in_shared_memory_is_never_a_template():
+    """Each such request has its own place in shared memory: decoded in full, never from a template."""
+    import uuid
+
+    import tritonclient.utils.shared_memory as shm
+
+    from server.shared_memory import SharedMemoryRegistry
+
+    key = f"/fleetserve-test-{uuid.uuid4().hex[:12]}"
+    handle = shm.create_shared_memory_region("codec", key, 16, create_only=True)
+    regions = SharedMemoryRegistry()
+    try:
+        regions.register("codec", key, 0, 16)
+        decoder = RequestDecoder(regions=regions)
+        msg = pb.ModelInferRequest(model_name="m")
+        msg.inputs.add(name="X", datatype="FP32", shape=[1, 2])
+        msg.raw_input_contents.append(bytes(8))
+        msg.outputs.add(name="Y").parameters["shared_memory_region"].string_param = "codec"
+        msg.outputs[0].parameters["shared_memory_byte_size"].int64_param = 8
+        for offset in (0, 0, 8):  # the second: the same bytes as the first
+            msg.outputs[0].parameters["shared_memory_offset"].int64_param = offset
+            request = decoder.decode(msg.SerializeToString(), None)
+            assert request.output_regions is not None and request.output_regions["Y"].offset == offset
+        assert decoder.reused == 0
+        msg.outputs[0].parameters["shared_memory_offset"].int64_param = 12
+        with pytest.raises(InvalidInput, match="shared_memory_offset 12 and shared_memory_byte_size 8 run past the end"):
+            decoder.decode(msg.SerializeToString(), None)
+        regions.unregister("codec")
+        with pytest.raises(ServingError, match="no system shared-memory region named 'codec' is registered"):
+            decoder.decode(msg.SerializeToString(), None)
+    finally:
+        regions.close()
+        shm.destroy_shared_memory_region(handle)

@@ -177,7 +177,7 @@ def test_status_text_fits_its_encoded_limit():
 
 def test_unimplemented_protocol_rpcs_answer_unimplemented(server):
     with grpc.insecure_channel(server.grpc_address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/SystemSharedMemoryStatus")
+        call = channel.unary_unary("/inference.GRPCInferenceService/CudaSharedMemoryStatus")
         with pytest.raises(grpc.RpcError) as err:
             call(b"")
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED

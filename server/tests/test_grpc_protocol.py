@@ -51,7 +51,8 @@ def test_health_and_server_metadata(client, server):
     assert not client.is_model_ready("corrupt")
     meta = client.get_server_metadata()
     assert meta.name == "fleetserve"
-    assert {"model_configuration", "model_repository", "statistics", "classification"} <= set(meta.extensions)
+    assert {"model_configuration", "model_repository", "statistics", "logging", "classification",
+            "system_shared_memory"} <= set(meta.extensions)
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService"):
@@ -424,11 +425,11 @@ def test_a_sequence_request_is_refused_not_run_as_if_it_had_no_sequence(client, 
 
 
 @pytest.mark.parametrize("call, says", [
-    (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus: shared-memory tensors are not supported"),
-    (lambda c: c.register_system_shared_memory("r", "/k", 64), "SystemSharedMemoryRegister: shared-memory"),
-    (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister: shared-memory"),
+    (lambda c: c.get_cuda_shared_memory_status(), "CudaSharedMemoryStatus: CUDA shared memory is not supported"),
+    (lambda c: c.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 64), "CudaSharedMemoryRegister: CUDA shared memory"),
+    (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister: CUDA shared memory"),
     (lambda c: c.get_trace_settings(), "TraceSetting: trace settings cannot be read or changed"),
-], ids=["shm-status", "shm-register", "cuda-unregister", "trace"])
+], ids=["cuda-status", "cuda-register", "cuda-unregister", "trace"])
 def test_tritons_methods_not_served_say_why_and_what_to_do_instead(client, call, says):
     """As their REST endpoints answer 501: UNIMPLEMENTED with the reason, not grpc's bare "Method not found!"."""
     with pytest.raises(tc.InferenceServerException) as err:
@@ -437,9 +438,9 @@ def test_tritons_methods_not_served_say_why_and_what_to_do_instead(client, call,
     assert says in err.value.message(), err.value.message()
 
 
-def test_shared_memory_tensors_are_refused_not_ignored(client):
-    """An output in a shared-memory region was answered in raw_output_contents while the caller read the
-    (stale) region; an input in one was "no data". Both are UNIMPLEMENTED, as over REST."""
+def test_a_tensor_in_an_unregistered_region_is_not_found_never_answered_in_the_body(client):
+    """An output named in a region that is not registered: NOT_FOUND, never answered in raw_output_contents
+    while the caller reads a stale region; the same for an input (server/tests/test_shared_memory.py has the rest)."""
     x = tc.InferInput("INPUT0", [1, 16], "FP32")
     x.set_data_from_numpy(np.ones((1, 16), np.float32))
     out = tc.InferRequestedOutput("OUTPUT0")
@@ -447,15 +448,12 @@ def test_shared_memory_tensors_are_refused_not_ignored(client):
     for _ in range(2):  # the second time the structure is known (the template decoder) and still refused
         with pytest.raises(tc.InferenceServerException) as err:
             client.infer("add_one", [x], outputs=[out])
-        assert err.value.status() == "StatusCode.UNIMPLEMENTED", err.value.message()
-        assert err.value.message().startswith(
-            "output 'OUTPUT0': shared-memory tensors (the 'shared_memory_region' parameter) are not supported"
-        ), err.value.message()
+        assert err.value.status() == "StatusCode.NOT_FOUND", err.value.message()
+        assert err.value.message().startswith("no system shared-memory region named 'region' is registered")
     x.set_shared_memory("region", 64)
     with pytest.raises(tc.InferenceServerException) as err:
         client.infer("add_one", [x])
-    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert err.value.message().startswith("input 'INPUT0': shared-memory tensors"), err.value.message()
+    assert err.value.status() == "StatusCode.NOT_FOUND", err.value.message()
 
 
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_rows(server):

@@ -48,7 +48,7 @@ def test_health_metadata_config_index_and_stats(client):
     assert client.is_model_ready("dense") and not client.is_model_ready("corrupt")
     assert not client.is_model_ready("nope")
     meta = client.get_server_metadata()
-    assert meta["name"] == "fleetserve" and {"binary_tensor_data", "classification"} <= set(meta["extensions"])
+    assert meta["name"] == "fleetserve" and {"binary_tensor_data", "classification", "system_shared_memory"} <= set(meta["extensions"])
     model = client.get_model_metadata("simple")
     assert model["versions"] == ["1"] and model["platform"] == "onnxruntime_onnx"
     assert model["inputs"] == [{"name": "INPUT0", "datatype": "FP32", "shape": [-1, 4]},
@@ -454,20 +454,19 @@ def test_an_input_with_both_data_and_binary_data_size_is_refused_not_read_one_wa
         "binary_data_size for that many bytes after the JSON")
 
 
-def test_shared_memory_tensors_are_refused_not_ignored(client):
+def test_a_tensor_in_an_unregistered_region_is_not_found_never_answered_in_the_body(client):
     x = th.InferInput("INPUT0", [1, 3], "INT32")
     x.set_data_from_numpy(np.array([[1, -2, 3]], np.int32))
     out = th.InferRequestedOutput("OUTPUT0")
-    out.set_shared_memory("region", 12)  # the output was answered in the body while the caller read the region
+    out.set_shared_memory("region", 12)  # never answered in the body while the caller reads the region
     with pytest.raises(th.InferenceServerException) as err:
         client.infer("identity_int32", [x], outputs=[out])
-    assert err.value.status() == "501", err.value.message()
-    assert err.value.message().startswith("output 'OUTPUT0': shared-memory tensors (the 'shared_memory_region' "
-                                          "parameter) are not supported by this server")
-    x.set_shared_memory("region", 12)  # was 400 "no data"
+    assert err.value.status() == "404", err.value.message()
+    assert err.value.message().startswith("no system shared-memory region named 'region' is registered")
+    x.set_shared_memory("region", 12)
     with pytest.raises(th.InferenceServerException) as err:
         client.infer("identity_int32", [x])
-    assert err.value.status() == "501" and err.value.message().startswith("input 'INPUT0': shared-memory tensors")
+    assert err.value.status() == "404", err.value.message()
 
 
 # ---- Content-Encoding ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # server/ modules that must stay transport-free: the dataplane and what it is built from
 TRANSPORT_FREE = ("server/dataplane.py", "server/servable.py", "server/types.py", "server/codec.py",
                   "server/response_cache.py", "server/cache_codec.py", "server/rate_limit.py",
-                  "server/classification.py")
+                  "server/classification.py", "server/shared_memory.py")
 
 
 def imports_of(path: Path) -> set[str]:
