@@ -11,13 +11,18 @@ followed by its bytes).
 ``SharedMemoryRegistry`` holds the regions, one per server, shared by both transports. Keys are POSIX
 shared-memory names only (an optional leading '/', then at least one character, none of them '/' or
 NUL, and not '.' or '..'), opened without following links, and must be regular files large enough:
-a client can map nothing but a shared-memory object.
+a client can make the server read or write nothing but a shared-memory object.
 
-Lifetime: a request holds a ``memoryview`` of its tensors' bytes from decoding until it is answered
-(inputs are numpy views over the mapping, never copied). Unregistering removes the name at once (new
-requests naming it get NOT_FOUND) and unmaps the region when no request holds a view of it; when one
-does, the mapping stays until the last such request is done (the views keep it alive), so a request in
-flight never sees its memory vanish. Shutdown unregisters every region (``close``).
+Reads and writes go through the object's file descriptor (``pread``, ``pwrite``), not a mapping: a
+client that shrinks its object while it is registered (``ftruncate``) then gets an error naming the
+region, where reading a mapping past the object's new end would kill the server (SIGBUS). An input is
+thus copied once, out of the region into its own buffer, as it is decoded; an output is written as
+its response is encoded.
+
+Lifetime: unregistering removes the name at once (new requests naming it get NOT_FOUND). A request
+decoded before that keeps the object's descriptor open until it is answered (its ``TensorRegion``
+holds it), so it still writes its outputs there; the descriptor closes when the last such request is
+done. Shutdown unregisters every region (``close``).
 
 Transport-free: imports neither grpc nor aiohttp nor protobuf. Loop-bound, not thread-safe. Errors are
 ``InvalidInput``, ``RegionNotFound`` (NOT_FOUND) or ``AlreadyExists`` (ALREADY_EXISTS).
@@ -25,8 +30,8 @@ Transport-free: imports neither grpc nor aiohttp nor protobuf. Loop-bound, not t
 
 from __future__ import annotations
 
+import io
 import math
-import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -70,40 +75,55 @@ class RegionStatus:
 
 @dataclass(frozen=True, slots=True)
 class TensorRegion:
-    """One tensor's bytes in a region, as a request named them; the view keeps the mapping alive."""
+    """One tensor's place in a region, as a request named it; holds the object's descriptor open."""
 
     region: str
     offset: int  # within the region
-    view: memoryview  # writable, ``byte_size`` bytes long
+    byte_size: int
+    file: io.FileIO  # the object, opened at registration; closed when nothing holds it any more
+    position: int  # the place's first byte in the object
 
-    @property
-    def byte_size(self) -> int:
-        return len(self.view)
+    def read(self, what: str) -> bytes:
+        """The place's bytes, copied out of the object."""
+        data = os.pread(self.file.fileno(), self.byte_size, self.position)
+        if len(data) < self.byte_size:
+            raise self._shrunk(what, self.position + len(data))
+        return data
 
     def write(self, output: str, raw: bytes) -> dict[str, Any]:
         """Write an output's raw contents at the start of its place; return the parameters its response
         entry carries. InvalidInput when they do not fit (the request ran; nothing is written)."""
-        if len(raw) > len(self.view):
+        if len(raw) > self.byte_size:
             raise InvalidInput(
-                f"output '{output}': its {len(raw)} bytes do not fit in the {len(self.view)} bytes given for it "
+                f"output '{output}': its {len(raw)} bytes do not fit in the {self.byte_size} bytes given for it "
                 f"in shared-memory region '{self.region}' (shared_memory_byte_size); give at least {len(raw)}"
             )
-        self.view[: len(raw)] = raw
+        fd = self.file.fileno()
+        size = os.fstat(fd).st_size
+        if self.position + len(raw) > size:  # a write past the end would grow the object, not fill the region
+            raise self._shrunk(f"output '{output}'", size)
+        os.pwrite(fd, raw, self.position)
         params: dict[str, Any] = {REGION: self.region, BYTE_SIZE: len(raw)}
         if self.offset:
             params[OFFSET] = self.offset
         return params
 
+    def _shrunk(self, what: str, size: int) -> InvalidInput:
+        return InvalidInput(
+            f"{what}: shared-memory region '{self.region}' is no longer all there: its object now ends at byte "
+            f"{size}, before the tensor's place ends (byte {self.position + self.byte_size}); it was made smaller "
+            "after it was registered: unregister the region and register it again at its new size"
+        )
+
 
 class _Region:
-    """A registered region: the mapping of its object's pages, and where the region starts in it."""
+    """A registered region: its object, open, and where the region starts in it."""
 
-    __slots__ = ("status", "mapping", "start")
+    __slots__ = ("status", "file")
 
-    def __init__(self, status: RegionStatus, mapping: mmap.mmap, start: int) -> None:
+    def __init__(self, status: RegionStatus, file: io.FileIO) -> None:
         self.status = status
-        self.mapping = mapping
-        self.start = start
+        self.file = file
 
     def tensor(self, what: str, offset: int, byte_size: int) -> TensorRegion:
         size, name = self.status.byte_size, self.status.name
@@ -112,15 +132,7 @@ class _Region:
                 f"{what}: shared_memory_offset {offset} and shared_memory_byte_size {byte_size} run past the end "
                 f"of shared-memory region '{name}', which holds {size} bytes"
             )
-        start = self.start + offset
-        return TensorRegion(name, offset, memoryview(self.mapping)[start : start + byte_size])
-
-    def release(self) -> None:
-        """Unmap now, or, while a request still holds a view, once the last view is released."""
-        try:
-            self.mapping.close()
-        except BufferError:
-            pass  # exported: the views hold the mapping, which is unmapped when the last one goes
+        return TensorRegion(name, offset, byte_size, self.file, self.status.offset + offset)
 
 
 class SharedMemoryRegistry:
@@ -149,29 +161,22 @@ class SharedMemoryRegistry:
         except OSError as exc:
             reason = "no such object: create it first (shm_open)" if exc.errno == 2 else exc.strerror
             raise InvalidInput(f"shared-memory region '{name}': cannot open key '{key}' ({reason})") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidInput(f"shared-memory region '{name}': key '{key}' is not a shared-memory object")
-            if offset + byte_size > info.st_size:
-                raise InvalidInput(
-                    f"shared-memory region '{name}': offset {offset} + byte_size {byte_size} runs past the end of "
-                    f"key '{key}', which holds {info.st_size} bytes"
-                )
-            start = offset % mmap.ALLOCATIONGRANULARITY  # mmap's offset must be a multiple of it
-            mapping = mmap.mmap(fd, start + byte_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                                offset=offset - start)
-        finally:
-            os.close(fd)
-        self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), mapping, start)
+        file = io.FileIO(fd, "r+")  # closes the descriptor once neither the registry nor a request holds it
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"shared-memory region '{name}': key '{key}' is not a shared-memory object")
+        if offset + byte_size > info.st_size:
+            raise InvalidInput(
+                f"shared-memory region '{name}': offset {offset} + byte_size {byte_size} runs past the end of "
+                f"key '{key}', which holds {info.st_size} bytes"
+            )
+        self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), file)
 
     def unregister(self, name: str = "") -> None:
         """Forget ``name`` (every region when ""); a name that is not registered is no error, as in Triton."""
         names = [name] if name else list(self._regions)
         for n in names:
-            region = self._regions.pop(n, None)
-            if region is not None:
-                region.release()
+            self._regions.pop(n, None)  # its descriptor closes once no request holds it
 
     def close(self) -> None:
         """Shutdown: unregister every region."""
@@ -211,7 +216,7 @@ def _count(what: str, params: Mapping[str, Any], key: str) -> int:
 
 def read_input(registry: SharedMemoryRegistry, name: str, params: Mapping[str, Any], dt: Datatype,
                shape: tuple[int, ...]) -> np.ndarray:
-    """An input read from the region its parameters name: a numpy view over the mapping (BYTES: copied out)."""
+    """An input read from the region its parameters name, copied out of it."""
     place = registry.tensor(f"input '{name}'", params)
     if dt.itemsize:
         count = element_count(shape)
@@ -220,7 +225,7 @@ def read_input(registry: SharedMemoryRegistry, name: str, params: Mapping[str, A
                 f"input '{name}': shared_memory_byte_size is {place.byte_size}, but shape {list(shape)} of {dt.name} "
                 f"needs {count * dt.itemsize} bytes ({count} elements x {dt.itemsize} bytes)"
             )
-    return from_raw(name, place.view, dt, shape)  # type: ignore[arg-type]
+    return from_raw(name, place.read(f"input '{name}'"), dt, shape)
 
 
 def check_output_regions(specs: Sequence["TensorSpec"], regions: Mapping[str, TensorRegion], rows: int | None) -> None:

@@ -331,3 +331,31 @@ def test_a_region_unregistered_while_a_request_uses_it_serves_that_request(serve
         np.testing.assert_array_equal(client.infer("held", [plain]).as_numpy("OUTPUT0"), row + 1)
     finally:
         client.close()
+
+
+def test_an_object_shrunk_while_registered_is_invalid_argument_and_the_server_serves_on(server, regions):
+    """The client truncates its object after registering a region of it. Reading or writing a mapping past the
+    object's new end would kill the server (SIGBUS); through its descriptor the request fails alone, naming
+    the region, and the server answers the next request."""
+    region = regions("shrunk", 128)
+    client = tc.InferenceServerClient(server.grpc_address)
+    try:
+        client.register_system_shared_memory("shrunk", region.key, 128)
+        os.truncate(os.path.join("/dev/shm", region.key.lstrip("/")), 0)
+        x = tc.InferInput("INPUT0", [1, 4], "FP32")
+        x.set_shared_memory("shrunk", 16)
+        err = _error(lambda: client.infer("held", [x]))
+        assert err.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "input 'INPUT0': shared-memory region 'shrunk' is no longer all there: its object now ends at byte 0" \
+            in err.message()
+        plain = tc.InferInput("INPUT0", [1, 4], "FP32")
+        plain.set_data_from_numpy(np.ones((1, 4), np.float32))
+        out = tc.InferRequestedOutput("OUTPUT0")
+        out.set_shared_memory("shrunk", 16, offset=64)
+        err = _error(lambda: client.infer("held", [plain], outputs=[out]))
+        assert err.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "output 'OUTPUT0': shared-memory region 'shrunk' is no longer all there" in err.message()
+        np.testing.assert_array_equal(client.infer("held", [plain]).as_numpy("OUTPUT0"), np.full((1, 4), 2.0))
+        assert os.path.getsize(os.path.join("/dev/shm", region.key.lstrip("/"))) == 0  # nothing written past the end
+    finally:
+        client.close()
