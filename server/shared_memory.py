@@ -30,7 +30,6 @@ Transport-free: imports neither grpc nor aiohttp nor protobuf. Loop-bound, not t
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import stat
@@ -73,6 +72,19 @@ class RegionStatus:
     byte_size: int
 
 
+class SharedObject:
+    """An open shared-memory object: its descriptor closes when the last reference to it goes (the registry's,
+    and those of the requests decoded while it was registered)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
 @dataclass(frozen=True, slots=True)
 class TensorRegion:
     """One tensor's place in a region, as a request named it; holds the object's descriptor open."""
@@ -80,12 +92,12 @@ class TensorRegion:
     region: str
     offset: int  # within the region
     byte_size: int
-    file: io.FileIO  # the object, opened at registration; closed when nothing holds it any more
+    file: SharedObject  # opened at registration; closed when nothing holds it any more
     position: int  # the place's first byte in the object
 
     def read(self, what: str) -> bytes:
         """The place's bytes, copied out of the object."""
-        data = os.pread(self.file.fileno(), self.byte_size, self.position)
+        data = os.pread(self.file.fd, self.byte_size, self.position)
         if len(data) < self.byte_size:
             raise self._shrunk(what, self.position + len(data))
         return data
@@ -98,7 +110,7 @@ class TensorRegion:
                 f"output '{output}': its {len(raw)} bytes do not fit in the {self.byte_size} bytes given for it "
                 f"in shared-memory region '{self.region}' (shared_memory_byte_size); give at least {len(raw)}"
             )
-        fd = self.file.fileno()
+        fd = self.file.fd
         size = os.fstat(fd).st_size
         if self.position + len(raw) > size:  # a write past the end would grow the object, not fill the region
             raise self._shrunk(f"output '{output}'", size)
@@ -121,7 +133,7 @@ class _Region:
 
     __slots__ = ("status", "file")
 
-    def __init__(self, status: RegionStatus, file: io.FileIO) -> None:
+    def __init__(self, status: RegionStatus, file: SharedObject) -> None:
         self.status = status
         self.file = file
 
@@ -161,7 +173,7 @@ class SharedMemoryRegistry:
         except OSError as exc:
             reason = "no such object: create it first (shm_open)" if exc.errno == 2 else exc.strerror
             raise InvalidInput(f"shared-memory region '{name}': cannot open key '{key}' ({reason})") from None
-        file = io.FileIO(fd, "r+")  # closes the descriptor once neither the registry nor a request holds it
+        file = SharedObject(fd)  # closes the descriptor once neither the registry nor a request holds it
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise InvalidInput(f"shared-memory region '{name}': key '{key}' is not a shared-memory object")

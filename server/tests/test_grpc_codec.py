@@ -3,6 +3,8 @@ ResponseEncoder: a response's bytes are the bytes protobuf writes for the same m
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -174,23 +176,26 @@ def test_the_encoders_table_starts_over_when_full():
     assert len(encoder._parts) <= 4
 
 
-def test_an_output_in_shared_memory_is_written_there_and_answered_without_data():
+def test_an_output_in_shared_memory_is_written_there_and_answered_without_data(tmp_path):
     """Its entry carries the region's parameters and an empty raw content, so the outputs after it keep
     theirs at their index; the bytes parse as the protobuf message they stand for."""
-    from server.shared_memory import TensorRegion
+    from server.shared_memory import SharedObject, TensorRegion
 
-    memory = bytearray(24)
-    place = TensorRegion("out", 8, memoryview(memory)[8:24])
+    path = tmp_path / "object"
+    path.write_bytes(bytes(24))
+    file = SharedObject(os.open(path, os.O_RDWR))
+    place = TensorRegion("out", 8, 16, file, 8)
     data = np.arange(4, dtype=np.float32).reshape(1, 4)
     response = InferResponse("m", "1", "r", [OutputTensor("A", "FP32", (1, 4), data),
-                                             OutputTensor("B", "FP32", (1, 4), data + 1)], output_regions={"A": place})
+                                             OutputTensor("B", "FP32", (1, 4), data + 1)],
+                             output_regions={"A": place})
     decoded = pb.ModelInferResponse.FromString(ResponseEncoder().encode(response))
-    assert bytes(memory[8:]) == data.tobytes()
+    assert path.read_bytes()[8:] == data.tobytes()
     params = {k: v.string_param or v.int64_param for k, v in decoded.outputs[0].parameters.items()}
     assert params == {"shared_memory_region": "out", "shared_memory_byte_size": 16, "shared_memory_offset": 8}
     assert list(decoded.outputs[0].shape) == [1, 4] and decoded.outputs[0].datatype == "FP32"
     assert decoded.raw_output_contents[0] == b"" and decoded.raw_output_contents[1] == (data + 1).tobytes()
-    too_small = TensorRegion("out", 0, memoryview(memory)[:8])
+    too_small = TensorRegion("out", 0, 8, file, 0)
     with pytest.raises(InvalidInput, match="output 'A': its 16 bytes do not fit in the 8 bytes given for it"):
         ResponseEncoder().encode(InferResponse("m", "1", "r", response.outputs, output_regions={"A": too_small}))
 

@@ -329,8 +329,16 @@ def test_a_region_unregistered_while_a_request_uses_it_serves_that_request(serve
         plain = tc.InferInput("INPUT0", [1, 4], "FP32")
         plain.set_data_from_numpy(row)
         np.testing.assert_array_equal(client.infer("held", [plain]).as_numpy("OUTPUT0"), row + 1)
+        assert _open_objects(server) == [], "the object stays open after its last request"
     finally:
         client.close()
+
+
+def _open_objects(server) -> list[str]:
+    """The shared-memory objects the server process has open."""
+    fds = f"/proc/{server.proc.pid}/fd"
+    return [link for link in (os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds))
+            if link.startswith("/dev/shm/fleetserve-test-")]
 
 
 def test_an_object_shrunk_while_registered_is_invalid_argument_and_the_server_serves_on(server, regions):
