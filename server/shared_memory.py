@@ -19,10 +19,11 @@ region, where reading a mapping past the object's new end would kill the server 
 thus copied once, out of the region into its own buffer, as it is decoded; an output is written as
 its response is encoded.
 
-Lifetime: unregistering removes the name at once (new requests naming it get NOT_FOUND). A request
-decoded before that keeps the object's descriptor open until it is answered (its ``TensorRegion``
-holds it), so it still writes its outputs there; the descriptor closes when the last such request is
-done. Shutdown unregisters every region (``close``).
+Lifetime: unregistering removes the name at once (new requests naming it get NOT_FOUND) and closes
+the object's descriptor, so the server keeps neither the object nor its memory past its region. A
+request decoded before that has its inputs already (copied); an output it was to write there fails
+NOT_FOUND, saying the region was unregistered while it ran (Triton leaves that case undefined).
+Shutdown unregisters every region (``close``).
 
 Transport-free: imports neither grpc nor aiohttp nor protobuf. Loop-bound, not thread-safe. Errors are
 ``InvalidInput``, ``RegionNotFound`` (NOT_FOUND) or ``AlreadyExists`` (ALREADY_EXISTS).
@@ -73,16 +74,23 @@ class RegionStatus:
 
 
 class SharedObject:
-    """An open shared-memory object: its descriptor closes when the last reference to it goes (the registry's,
-    and those of the requests decoded while it was registered)."""
+    """An open shared-memory object. ``close`` (at unregistering) closes its descriptor at once, so the
+    server never keeps a client's object, or its memory, past its region; ``fd`` is then -1, which the
+    tensors still holding it check before each use (all on the event loop), so a descriptor number the
+    process reuses is never written to."""
 
     __slots__ = ("fd",)
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def __del__(self) -> None:
-        os.close(self.fd)
+        self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +105,7 @@ class TensorRegion:
 
     def read(self, what: str) -> bytes:
         """The place's bytes, copied out of the object."""
-        data = os.pread(self.file.fd, self.byte_size, self.position)
+        data = os.pread(self._fd(what), self.byte_size, self.position)
         if len(data) < self.byte_size:
             raise self._shrunk(what, self.position + len(data))
         return data
@@ -110,7 +118,7 @@ class TensorRegion:
                 f"output '{output}': its {len(raw)} bytes do not fit in the {self.byte_size} bytes given for it "
                 f"in shared-memory region '{self.region}' (shared_memory_byte_size); give at least {len(raw)}"
             )
-        fd = self.file.fd
+        fd = self._fd(f"output '{output}'")
         size = os.fstat(fd).st_size
         if self.position + len(raw) > size:  # a write past the end would grow the object, not fill the region
             raise self._shrunk(f"output '{output}'", size)
@@ -119,6 +127,13 @@ class TensorRegion:
         if self.offset:
             params[OFFSET] = self.offset
         return params
+
+    def _fd(self, what: str) -> int:
+        fd = self.file.fd
+        if fd < 0:
+            raise RegionNotFound(f"{what}: shared-memory region '{self.region}' was unregistered while the request "
+                                 "ran; nothing was written to it")
+        return fd
 
     def _shrunk(self, what: str, size: int) -> InvalidInput:
         return InvalidInput(
@@ -173,22 +188,28 @@ class SharedMemoryRegistry:
         except OSError as exc:
             reason = "no such object: create it first (shm_open)" if exc.errno == 2 else exc.strerror
             raise InvalidInput(f"shared-memory region '{name}': cannot open key '{key}' ({reason})") from None
-        file = SharedObject(fd)  # closes the descriptor once neither the registry nor a request holds it
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidInput(f"shared-memory region '{name}': key '{key}' is not a shared-memory object")
-        if offset + byte_size > info.st_size:
-            raise InvalidInput(
-                f"shared-memory region '{name}': offset {offset} + byte_size {byte_size} runs past the end of "
-                f"key '{key}', which holds {info.st_size} bytes"
-            )
+        file = SharedObject(fd)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidInput(f"shared-memory region '{name}': key '{key}' is not a shared-memory object")
+            if offset + byte_size > info.st_size:
+                raise InvalidInput(
+                    f"shared-memory region '{name}': offset {offset} + byte_size {byte_size} runs past the end of "
+                    f"key '{key}', which holds {info.st_size} bytes"
+                )
+        except BaseException:
+            file.close()
+            raise
         self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), file)
 
     def unregister(self, name: str = "") -> None:
         """Forget ``name`` (every region when ""); a name that is not registered is no error, as in Triton."""
         names = [name] if name else list(self._regions)
         for n in names:
-            self._regions.pop(n, None)  # its descriptor closes once no request holds it
+            region = self._regions.pop(n, None)
+            if region is not None:
+                region.file.close()
 
     def close(self) -> None:
         """Shutdown: unregister every region."""
