@@ -12,8 +12,11 @@ batcher and the kernel never touch OpenTelemetry. Spans leave from the SDK's
 batch processor thread; ``shutdown_tracer_provider`` bounds the final flush, so
 a collector that is down or slow cannot hold up the server's exit.
 
-Caller-chosen attributes (request id, model name) are cut like the request log's
-(``ops.logs.capped``). Imports nothing from fleetserve but ``ops.errors`` and ``ops.logs``.
+Which requests are traced (level, rate, count; the server's or a model's) is decided when a request's
+spans would be emitted, by its ``TraceSettings`` (ops/trace_settings.py, changed over the API): a request
+it does not sample costs one dict lookup and a counter. Caller-chosen attributes (request id, model name)
+are cut like the request log's (``ops.logs.capped``). Imports nothing from fleetserve but ``ops.errors``,
+``ops.logs`` and ``ops.trace_settings``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from ops.errors import Code, code_of
 from ops.logs import capped
+from ops.trace_settings import TraceSettings
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # What shutdown gives the spans still queued to leave: a healthy collector takes well under a second, and the
@@ -73,10 +77,12 @@ def shutdown_tracer_provider(provider: Any, timeout_s: float = TRACE_FLUSH_TIMEO
 
 
 class RequestTracer:
-    """Starts a ``RequestTrace`` per inference request. Loop-bound like the transports that hold it."""
+    """Starts a ``RequestTrace`` per inference request and emits the spans of those ``settings`` samples
+    (by default every request). Loop-bound like the transports that hold it."""
 
-    def __init__(self, provider: TracerProvider | None = None) -> None:
+    def __init__(self, provider: TracerProvider | None = None, settings: TraceSettings | None = None) -> None:
         self._tracer = (provider or trace.get_tracer_provider()).get_tracer("fleetserve")
+        self.settings = settings if settings is not None else TraceSettings(exporting=True)
         self._epoch_offset_ns = time.time_ns() - time.perf_counter_ns()
 
     def begin(self, traceparent: str | None, tracestate: str | None = None) -> "RequestTrace":
@@ -84,6 +90,8 @@ class RequestTracer:
         return RequestTrace(self, traceparent, tracestate)
 
     def _emit(self, t: "RequestTrace", code: Code, end_ns: int) -> None:
+        if not self.settings.sample(t.model):
+            return
         carrier = {"traceparent": t.traceparent} if t.traceparent else {}
         if carrier and t.tracestate:
             carrier["tracestate"] = t.tracestate

@@ -55,6 +55,7 @@ from model_store.repository import ModelRepository, ModelSource
 from ops.gpu import gpu_collector
 from ops.logs import RequestLog
 from ops.metrics import ServerMetrics
+from ops.trace_settings import TraceSettings
 from server.dataplane import ControlMode, DataPlane
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
@@ -107,6 +108,8 @@ class App:
         self._owns_tracer_provider = False
         self._health = health.aio.HealthServicer()
         self.regions = SharedMemoryRegistry()  # system shared-memory regions, one registry for both transports
+        # Which requests are traced: both transports' trace-setting endpoints and the tracer share these.
+        self.trace_settings = TraceSettings(exporting=settings.trace, model_known=lambda m: m in self.registry.names())
         self._poller: asyncio.Task[None] | None = None
         self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size)
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
@@ -157,7 +160,7 @@ class App:
             except RuntimeError as exc:  # its message names the missing package
                 raise StartupError(str(exc)) from exc
             self._owns_tracer_provider = True
-        return RequestTracer(self._tracer_provider)
+        return RequestTracer(self._tracer_provider, self.trace_settings)
 
     async def start(self) -> None:
         s = self.settings
@@ -182,7 +185,8 @@ class App:
             options.append(("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)))
             options.append(("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)))
         server = grpc.aio.server(options=options)
-        self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions)
+        self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
+                                          trace_settings=self.trace_settings)
         server.add_generic_rpc_handlers((method_handlers(self._servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)
@@ -197,7 +201,8 @@ class App:
         self._grpc = server
         log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
         service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
-                              body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions)
+                              body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
+                              trace_settings=self.trace_settings)
         self._http = HttpListener(rest_app(service), s.host, s.http_port,
                                   shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
                                   auto_decompress=False)  # HttpService decodes request bodies itself

@@ -55,6 +55,7 @@ EXTENSIONS = (
     "statistics",
     "binary_tensor_data",
     "logging",
+    "trace",
     "classification",
     "system_shared_memory",
 )

@@ -20,10 +20,12 @@ import grpc
 
 from ops.errors import InvalidInput, ShuttingDown, Unsupported
 from ops.statistics import Duration, ModelStats
+from ops.trace_settings import TraceSettings
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
 from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, request_names
 from server.grpc_errors import status_of, wrap_stream, wrap_unary
 from server.grpc_log_settings import log_settings
+from server.grpc_trace_settings import trace_settings
 from server.protos import grpc_service_pb2 as pb
 from server.shared_memory import SharedMemoryRegistry
 from server.shared_memory_rpc import METHODS as SHARED_MEMORY_METHODS, SharedMemoryRpcs
@@ -42,12 +44,7 @@ _BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 # what to do instead (as their REST endpoints answer 501), rather than grpc's bare "Method not found!".
 _CUDA = ("CUDA shared memory is not supported (this server keeps no tensors on a GPU); use system shared "
          "memory, or send tensors in the request")
-_TRACE = ("trace settings cannot be read or changed over the API; use the server's command-line options "
-          "(fleetserve serve --help)")
-_NOT_SERVED = {
-    **{f"CudaSharedMemory{verb}": _CUDA for verb in ("Status", "Register", "Unregister")},
-    "TraceSetting": _TRACE,
-}
+_NOT_SERVED = {f"CudaSharedMemory{verb}": _CUDA for verb in ("Status", "Register", "Unregister")}
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:
@@ -85,12 +82,14 @@ def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatis
 
 class InferenceServicer:
     """One instance per server; every method converts and delegates to ``dataplane`` (the shared-memory
-    ones to ``shared_memory``, over ``regions``: the server's registry, shared with REST)."""
+    ones to ``shared_memory``, over ``regions``: the server's registry, shared with REST; TraceSetting to
+    ``trace_settings``, the server's, shared with REST and the tracer)."""
 
     def __init__(self, dataplane: DataPlane, *, tracer: "RequestTracer | None" = None,
-                 regions: SharedMemoryRegistry | None = None) -> None:
+                 regions: SharedMemoryRegistry | None = None, trace_settings: TraceSettings | None = None) -> None:
         self.dp = dataplane
         self._tracer = tracer
+        self.trace_settings = trace_settings or (tracer.settings if tracer else TraceSettings(exporting=False))
         regions = regions if regions is not None else SharedMemoryRegistry()
         self.shared_memory = SharedMemoryRpcs(regions)
         self.decoder = RequestDecoder(regions=regions)
@@ -161,6 +160,10 @@ class InferenceServicer:
     async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:
         """Triton's logging extension: process-wide, the same settings REST's /v2/logging reads and changes."""
         return log_settings(request)
+
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context: Any) -> pb.TraceSettingResponse:
+        """Triton's trace extension: the server's or a model's settings, shared with REST's trace/setting paths."""
+        return trace_settings(self.trace_settings, request)
 
     async def ModelInfer(self, request: bytes, context: Any) -> bytes:
         """``request`` and the result: the serialised ModelInferRequest and ModelInferResponse (``_BYTES_METHODS``)."""

@@ -18,6 +18,7 @@ from aiohttp import HttpVersion11, web
 
 from ops.errors import Code, InvalidInput, Unsupported
 from ops.log_settings import update_log_settings
+from ops.trace_settings import TraceSettings
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
@@ -124,11 +125,13 @@ class HttpService:
     """The REST endpoints over one ``DataPlane``. Loop-bound; ``routes()`` lists them for the app."""
 
     def __init__(self, dataplane: DataPlane, *, max_body_bytes: int, body_idle_timeout_s: float,
-                 tracer: "RequestTracer | None" = None, regions: SharedMemoryRegistry | None = None) -> None:
+                 tracer: "RequestTracer | None" = None, regions: SharedMemoryRegistry | None = None,
+                 trace_settings: TraceSettings | None = None) -> None:
         self.dp = dataplane
         self.max_body_bytes = max_body_bytes
         self.body_idle_timeout_s = body_idle_timeout_s
         self._tracer = tracer
+        self._trace_settings = trace_settings or (tracer.settings if tracer else TraceSettings(exporting=False))
         self.regions = regions if regions is not None else SharedMemoryRegistry()  # the server's, shared with gRPC
         self._shared_memory = SharedMemoryEndpoints(self.regions, self._json_body)
 
@@ -163,8 +166,10 @@ class HttpService:
             web.post(r + "/models/{model:[^/]+}/unload", self.unload, expect_handler=_expect_body),
             *self._shared_memory.routes(_expect_body),
             web.route("*", "/v2/cudasharedmemory{tail:.*}", self.cuda_shared_memory),
-            web.route("*", "/v2/trace/setting", self.unimplemented_settings),
-            web.route("*", m + "/trace/setting", self.unimplemented_settings),
+            web.get("/v2/trace/setting", self.trace_settings),
+            web.post("/v2/trace/setting", self.trace_settings, expect_handler=_expect_body),
+            web.get(m + "/trace/setting", self.trace_settings),
+            web.post(m + "/trace/setting", self.trace_settings, expect_handler=_expect_body),
             web.get("/v2/logging", self.log_settings),
             web.post("/v2/logging", self.log_settings, expect_handler=_expect_body),
         ]
@@ -269,9 +274,11 @@ class HttpService:
         raise Unsupported(f"{request.path}: CUDA shared memory is not supported (this server keeps no tensors on a "
                           "GPU); use system shared memory, or send tensors in the request")
 
-    async def unimplemented_settings(self, request: web.Request) -> web.Response:
-        raise Unsupported(f"{request.path}: trace settings cannot be read or changed over the API; "
-                          "use the server's command-line options (fleetserve serve --help)")
+    async def trace_settings(self, request: web.Request) -> web.Response:
+        """Triton's trace extension: POST applies the JSON object's settings to the server's, or to the model's
+        the path names; both answer every setting as it now applies (the same the TraceSetting RPC has)."""
+        changes = await self._json_body(request) if request.method == "POST" else {}
+        return _json(self._trace_settings.update(changes, request.match_info.get("model", "")).as_json())
 
     async def log_settings(self, request: web.Request) -> web.Response:
         """Triton's logging extension: POST applies the JSON object's settings; both answer every setting."""

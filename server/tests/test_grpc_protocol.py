@@ -428,8 +428,7 @@ def test_a_sequence_request_is_refused_not_run_as_if_it_had_no_sequence(client, 
     (lambda c: c.get_cuda_shared_memory_status(), "CudaSharedMemoryStatus: CUDA shared memory is not supported"),
     (lambda c: c.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 64), "CudaSharedMemoryRegister: CUDA shared memory"),
     (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister: CUDA shared memory"),
-    (lambda c: c.get_trace_settings(), "TraceSetting: trace settings cannot be read or changed"),
-], ids=["cuda-status", "cuda-register", "cuda-unregister", "trace"])
+], ids=["cuda-status", "cuda-register", "cuda-unregister"])
 def test_tritons_methods_not_served_say_why_and_what_to_do_instead(client, call, says):
     """As their REST endpoints answer 501: UNIMPLEMENTED with the reason, not grpc's bare "Method not found!"."""
     with pytest.raises(tc.InferenceServerException) as err:

@@ -675,13 +675,13 @@ def test_a_sequence_request_is_501_not_run_as_if_it_had_no_sequence(client, serv
     assert client.infer("add_one", [inp]).as_numpy("OUTPUT0").shape == (1, 16)
 
 
-def test_trace_settings_are_501_as_over_grpc(client):
-    calls = [client.get_trace_settings, lambda: client.get_trace_settings(model_name="dense"),
-             lambda: client.update_trace_settings(settings={"trace_rate": "1"})]
-    for call in calls:
-        with pytest.raises(th.InferenceServerException) as err:
-            call()
-        assert err.value.status() == "501" and "trace settings cannot be read or changed" in err.value.message()
+def test_trace_settings_are_served_on_both_paths_and_other_methods_are_not_allowed(server, client):
+    """Triton's trace extension (server/tests/test_trace_settings_api.py has the rest): this server runs without
+    --trace, so both paths read OFF; a method other than GET and POST is 405, as for any endpoint."""
+    assert client.get_trace_settings()["trace_level"] == ["OFF"]
+    assert client.get_trace_settings(model_name="add_one")["trace_mode"] == "opentelemetry"
+    for path in ("/v2/trace/setting", "/v2/models/add_one/trace/setting"):
+        assert requests.put(f"{server.http_url}{path}", timeout=10).status_code == 405
 
 
 # ---- a body that stops arriving ----------------------------------------------------------------

@@ -175,14 +175,17 @@ def test_raw_rest_answers_the_whole_object_and_refuses_what_is_not_one(server, c
     assert requests.get(url, timeout=10).json() == STARTED
 
 
-def test_trace_settings_are_still_refused_on_both_transports(server, clients):
+def test_trace_settings_are_their_own_and_a_log_change_leaves_them_as_they_were(server, clients):
+    """The trace extension (server/tests/test_trace_settings_api.py) is served beside this one, not by it."""
     g, h = clients
-    with pytest.raises(tc.InferenceServerException) as err:
-        g.get_trace_settings()
-    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "TraceSetting: trace settings cannot be read or changed over the API" in err.value.message()
-    reply = requests.get(server.http_url + "/v2/trace/setting", timeout=10)
-    assert reply.status_code == 501 and "trace settings cannot be read or changed" in reply.json()["error"]
+    before = h.get_trace_settings()
+    assert before["trace_level"] == ["OFF"]  # this server runs without --trace
+    h.update_log_settings({"log_verbose_level": 1})
+    assert h.get_trace_settings() == before
+    assert {name: list(v.value) for name, v in g.get_trace_settings().settings.items()}["trace_level"] == ["OFF"]
+    with pytest.raises(th.InferenceServerException) as err:
+        h.update_log_settings({"trace_rate": "2"})
+    assert err.value.status() == "400" and "unknown log setting 'trace_rate'" in err.value.message()
 
 
 def records(lines: list[str]) -> list[dict]:
