@@ -142,6 +142,11 @@ class RequestTrace:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.finish(exc)
+
+    def finish(self, exc: BaseException | None) -> None:
+        """The request was answered (``exc``: with that error, else successfully): emit its spans. What
+        leaving the ``with`` block does, for a request that is not answered inside one (a stream's)."""
         now = time.perf_counter_ns()
         if not self.done_ns:
             self.done_ns = now

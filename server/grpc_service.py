@@ -2,29 +2,27 @@
 
 No logic lives here beyond conversion; errors are mapped by server/grpc_errors.py
 when the handlers are built (``method_handlers``). ModelStreamInfer answers each
-request in the stream as it completes; a failed request becomes a response with
-``error_message`` and the stream goes on, as Triton does.
+request in the stream as it completes (server/grpc_stream.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import grpc
 
 
-from ops.errors import InvalidInput, ShuttingDown, Unsupported
+from ops.errors import InvalidInput, Unsupported
 from ops.statistics import Duration, ModelStats
 from ops.trace_settings import TraceSettings
-from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_METADATA, DataPlane
+from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
 from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, request_names
-from server.grpc_errors import status_of, wrap_stream, wrap_unary
+from server.grpc_errors import wrap_stream, wrap_unary
 from server.grpc_log_settings import log_settings
+from server.grpc_stream import StreamHub, serve_stream, tenant_of
 from server.grpc_trace_settings import trace_settings
 from server.protos import grpc_service_pb2 as pb
 from server.shared_memory import SharedMemoryRegistry
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-_STREAM_WINDOW = 1024  # requests of one stream not yet answered on the wire; reading pauses beyond it
 # Methods whose requests reach the handler as bytes and whose responses leave it as bytes
 # (RequestDecoder and ResponseEncoder, server/grpc_codec.py).
 _BYTES_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
@@ -49,13 +46,6 @@ _NOT_SERVED = {f"CudaSharedMemory{verb}": _CUDA for verb in ("Status", "Register
 
 def _duration(d: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
-
-
-def _tenant(context: Any) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == TENANT_METADATA:
-            return value if isinstance(value, str) else ""
-    return ""
 
 
 def _stats_message(name: str, version: str, stats: ModelStats) -> pb.ModelStatistics:
@@ -94,16 +84,11 @@ class InferenceServicer:
         self.shared_memory = SharedMemoryRpcs(regions)
         self.decoder = RequestDecoder(regions=regions)
         self.encoder = ResponseEncoder()
-        self._closing = False
-        self._streams: set[asyncio.Event] = set()  # each open ModelStreamInfer's wake-up
+        self._streams = StreamHub()  # the open ModelStreamInfer calls
 
     def close_streams(self) -> None:
-        """Shutdown: every open stream stops reading, sends the responses to the requests it has read, and
-        ends UNAVAILABLE (``ShuttingDown``), so it neither holds the shutdown for the whole drain timeout nor
-        is cut there with its answers. A stream whose client has finished writing ends as usual, OK."""
-        self._closing = True
-        for wake in self._streams:
-            wake.set()
+        """Shutdown: the open streams end once they have answered what they read (``StreamHub.close``)."""
+        self._streams.close()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
@@ -177,7 +162,7 @@ class InferenceServicer:
                 raise
             raise refused from None
         if self.dp.tenant_aware:
-            infer.tenant = _tenant(context)
+            infer.tenant = tenant_of(context)
         return self.encoder.encode(await self.dp.infer(infer))
 
     async def _traced_infer(self, request: bytes, context: Any, tracer: "RequestTracer") -> bytes:
@@ -195,164 +180,16 @@ class InferenceServicer:
             trace.model, trace.request_id = infer.model_name, infer.id
             infer.trace = trace
             if self.dp.tenant_aware:
-                infer.tenant = _tenant(context)
+                infer.tenant = tenant_of(context)
             response = await self.dp.infer(infer)
             trace.done_ns = time.perf_counter_ns()
             trace.version, trace.request_id = response.model_version, response.id
             return self.encoder.encode(response)
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[bytes]:
-        """Requests of one stream run concurrently (so they batch); responses go out as they finish.
-
-        No task per request: each request is queued as it is read (``DataPlane.start``) and its
-        response is built by a callback on its batcher future; only a request that must await
-        something before it queues (fleet mode's rate limit or response cache) gets a task.
-        Responses to requests without an id leave in the order those requests came (``unnamed``).
-        Reading pauses while ``_STREAM_WINDOW`` requests of the stream have no response sent yet, so
-        a client that stops reading its responses holds at most that many, not every response it asked for.
-        """
-        dp = self.dp
-        decode = self.decoder.decode
-        encode_stream = self.encoder.encode_stream
-        ready: deque[bytes] = deque()  # serialised ModelStreamInferResponses
-        # Requests without an id, in arrival order: [future or None, response bytes once answered]. Their
-        # responses leave in that order (as Triton sends a stream's responses), the client's only way to
-        # tell them apart; requests with an id are answered as they finish.
-        unnamed: deque[list[Any]] = deque()
-        wake = asyncio.Event()
-        room = asyncio.Event()
-        room.set()
-        pending: set[asyncio.Future[Any]] = set()
-        unsent = 0  # requests read whose responses have not been yielded (the window counts these)
-        reading_done = False
-        read_error: Exception | None = None
-        tenant = _tenant(context) if dp.tenant_aware else ""
-
-        def answer(request: Any, response: Any = None, exc: BaseException | None = None,
-                   slot: list[Any] | None = None) -> None:
-            """``request``: the decoded InferRequest, or the request's bytes when it failed to decode;
-            ``slot``: its place in ``unnamed`` when it has no id."""
-            if exc is None:
-                data = encode_stream(response)
-            else:
-                out = pb.ModelStreamInferResponse()
-                _, out.error_message = status_of(exc)
-                reply = out.infer_response
-                if isinstance(request, bytes):
-                    reply.model_name, reply.model_version, reply.id = request_names(request)
-                else:
-                    reply.id = request.id
-                    reply.model_name = request.model_name
-                    reply.model_version = request.model_version
-                reply.parameters["triton_final_response"].bool_param = True
-                data = out.SerializeToString()
-            if slot is None:
-                ready.append(data)
-            else:
-                slot[1] = data
-                while unnamed and unnamed[0][1] is not None:
-                    future, data = unnamed.popleft()
-                    ready.append(data)
-                    if future is not None:
-                        released(future)
-            wake.set()
-
-        def hold() -> list[Any]:
-            slot: list[Any] = [None, None]
-            unnamed.append(slot)
-            return slot
-
-        def released(future: asyncio.Future[Any]) -> None:
-            pending.discard(future)
-
-        def settled(infer: Any, call: Any, slot: list[Any] | None, future: asyncio.Future[Any]) -> None:
-            if slot is None:  # else it leaves ``pending`` with its response, in turn
-                released(future)
-            try:
-                answer(infer, dp.finish(call, future), slot=slot)
-            except asyncio.CancelledError:
-                pass  # the stream is closing
-            except Exception as exc:
-                answer(infer, exc=exc, slot=slot)
-
-        async def awaited(infer: Any, slot: list[Any] | None) -> None:
-            try:
-                answer(infer, await dp.infer(infer), slot=slot)
-            except Exception as exc:
-                answer(infer, exc=exc, slot=slot)
-
-        def one(request: bytes) -> None:
-            nonlocal unsent
-            unsent += 1
-            if unsent >= _STREAM_WINDOW:
-                room.clear()
-            try:
-                infer = decode(request, context.time_remaining())
-            except Exception as exc:
-                names = request_names(request)
-                refused = dp.refuse_undecoded(*names, exc)  # counted, and said, as ModelInfer does
-                answer(request, exc=refused, slot=None if names[2] else hold())
-                return
-            slot = None if infer.id else hold()
-            try:
-                infer.tenant = tenant
-                started = dp.start(infer)
-            except Exception as exc:
-                answer(infer, exc=exc, slot=slot)
-                return
-            if started is None:
-                future: asyncio.Future[Any] = asyncio.get_running_loop().create_task(awaited(infer, slot))
-                if slot is None:
-                    future.add_done_callback(released)
-            else:
-                future, call = started
-                future.add_done_callback(functools.partial(settled, infer, call, slot))
-            if slot is not None:
-                slot[0] = future
-            pending.add(future)
-
-        async def read() -> None:
-            nonlocal reading_done, read_error
-            try:
-                async for request in request_iterator:
-                    one(request)
-                    if not room.is_set():
-                        await room.wait()
-            except Exception as exc:
-                read_error = exc
-            finally:
-                reading_done = True
-                wake.set()
-
-        reader = asyncio.get_running_loop().create_task(read())
-        self._streams.add(wake)
-        closed = False  # by the server's shutdown (``close_streams``), before the client finished writing
-        try:
-            while True:
-                while ready:
-                    yield ready.popleft()
-                    unsent -= 1
-                    if unsent < _STREAM_WINDOW:
-                        room.set()
-                if self._closing and not reading_done:
-                    reader.cancel()
-                    reading_done = closed = True
-                if reading_done and not pending:
-                    if read_error is not None:
-                        raise read_error
-                    if closed:
-                        raise ShuttingDown(
-                            "the server is shutting down: this stream ends here, each request it read has had its "
-                            "response; send any request without a response again on a new stream"
-                        )
-                    break
-                wake.clear()
-                await wake.wait()
-        finally:
-            self._streams.discard(wake)
-            reader.cancel()
-            for future in list(pending):
-                future.cancel()
+    def ModelStreamInfer(self, request_iterator: Any, context: Any) -> AsyncIterator[bytes]:
+        """Requests of one stream run concurrently (so they batch); responses go out as they finish
+        (server/grpc_stream.py)."""
+        return serve_stream(self.dp, self.decoder, self.encoder, self._streams, self._tracer, request_iterator, context)
 
 
 def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:

@@ -16,7 +16,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
-from server import grpc_service
+from server import grpc_stream
 from server.app import App
 from server.settings import Settings
 
@@ -47,7 +47,7 @@ async def stream_replies(repo: Path, requests: Iterator[service_pb2.ModelInferRe
 
 
 async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeypatch):
-    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+    monkeypatch.setattr(grpc_stream, "_STREAM_WINDOW", 4)
 
     def requests():
         for i in range(60):
@@ -65,7 +65,7 @@ async def test_a_stream_longer_than_its_window_is_answered_in_full(repo, monkeyp
 
 async def test_requests_without_an_id_are_answered_in_order_through_a_full_window(repo, monkeypatch):
     """Their responses wait their turn inside the window: none is lost or reordered while reading pauses."""
-    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+    monkeypatch.setattr(grpc_stream, "_STREAM_WINDOW", 4)
     replies = await stream_replies(repo, (add_one_request(i, "add_one" if i % 7 else "nope", "") for i in range(60)))
     assert len(replies) == 60
     for i, reply in enumerate(replies):
@@ -79,7 +79,7 @@ async def test_requests_without_an_id_are_answered_in_order_through_a_full_windo
 async def test_a_client_that_stops_reading_holds_at_most_a_window_of_responses(repo, monkeypatch):
     """Responses wait to be sent inside the window too: a client that writes on and never reads does not make
     the server read (and answer, and buffer) every request it sends."""
-    monkeypatch.setattr(grpc_service, "_STREAM_WINDOW", 4)
+    monkeypatch.setattr(grpc_stream, "_STREAM_WINDOW", 4)
     app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
     await app.start()
     started = 0

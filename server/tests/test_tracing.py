@@ -109,6 +109,42 @@ async def test_http_and_grpc_requests_become_spans_under_the_callers_trace(repo:
     assert sorted(grpc_bad) == ["infer dense", "receive", "respond"]  # refused before the batcher
 
 
+async def test_stream_requests_become_spans_under_the_streams_trace(repo: Path):
+    """Each request of a ModelStreamInfer call is traced as a ModelInfer request is, its root parented to the
+    stream's traceparent: one answered, one refused after decoding (a wrong shape), one whose bytes are no
+    request, each with its own outcome; the stream goes on after the failures."""
+    app, exporter = await traced_app(repo)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            good = service_pb2.ModelInferRequest(model_name="dense", id="s-ok")
+            good.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+            good.raw_input_contents.append(bytes(64))
+            bad = service_pb2.ModelInferRequest(model_name="dense", id="s-bad")
+            bad.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 15])
+            bad.raw_input_contents.append(bytes(60))
+            unknown = service_pb2.ModelInferRequest(model_name="nosuch", id="s-unknown")
+            call = stub.ModelStreamInfer(metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),))
+            for request in (good, bad, unknown):
+                await call.write(request)
+            await call.done_writing()
+            replies = {r.infer_response.id: r.error_message async for r in call}
+        assert replies["s-ok"] == "" and replies["s-bad"] and replies["s-unknown"]
+    finally:
+        await app.stop()
+    roots = {s.attributes["fleetserve.request_id"]: s for s in exporter.get_finished_spans() if s.name.startswith("infer")}
+    assert sorted(roots) == ["s-bad", "s-ok", "s-unknown"]
+    assert all(r.context.trace_id == int(TRACE_ID, 16) and r.parent.span_id == int(PARENT_ID, 16)
+               for r in roots.values())
+    assert {k: r.attributes["fleetserve.outcome"] for k, r in roots.items()} == {
+        "s-ok": "OK", "s-bad": "INVALID_ARGUMENT", "s-unknown": "NOT_FOUND"}
+    ok = roots["s-ok"]
+    spans = {s.name: s for s in exporter.get_finished_spans() if s.parent is not None
+             and s.parent.span_id == ok.context.span_id}
+    check_request_trace({"infer dense": ok, **spans}, "dense", "OK")
+    assert ok.attributes["fleetserve.version"] == "1"
+
+
 def test_tracing_off_loads_no_opentelemetry(repo: Path):
     script = textwrap.dedent(f"""
         import asyncio, sys
