@@ -88,7 +88,7 @@ def _explain(exc: text_format.ParseError, text: str, source: str) -> str:
 
     found = _NO_FIELD.search(raw)
     if found:
-        return f"{where}: {_unknown_field(found.group(1), found.group(2))}"
+        return f"{where}: {unknown_field(found.group(1), found.group(2))}"
     found = _REPEATED.search(raw)
     if found:
         return f'{where}: field "{found.group(1)}" is given more than once'
@@ -104,7 +104,10 @@ def _explain(exc: text_format.ParseError, text: str, source: str) -> str:
     return f"{where}: bad value{label}: {raw.rstrip('.')}"
 
 
-def _unknown_field(type_name: str, field: str) -> str:
+def unknown_field(type_name: str, field: str) -> str:
+    """Why ``field`` is refused in message ``type_name``: Triton-only, or unknown (with the accepted fields).
+
+    Shared with model_store/override.py, whose JSON parser reports unknown fields by the same names."""
     message_type = pb.DESCRIPTOR.pool.FindMessageTypeByName(type_name)
     path = _PATHS.get(type_name, message_type.name)
     if field in _TRITON_ONLY.get(type_name, ()):

@@ -18,6 +18,9 @@ Contract:
   loaded half-written.
 - Loads and unloads of one model are serialised by a per-model lock, in the
   order they were called: a load that waited for an unload loads afterwards.
+- ``load(name, config=text)`` loads with a config override (model_store/override.py) in place of config.pbtxt:
+  each selected version loads again with it and replaces the version serving, as any reload; the next ``load``
+  without one reads config.pbtxt again (and so loads each version again).
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
   state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
 - ``load`` and ``unload`` complete when their caller is cancelled meanwhile (an explicit load's client
@@ -36,8 +39,10 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable, Generic
 
+from model_store import selection
 from model_store.load_gate import LoadGate
 from model_store.model_state import IndexEntry, ModelRecord, ModelState, S, VersionStatus
+from model_store.override import ConfigOverride, read_override
 from model_store.repository import ModelRepository, ModelSource
 from model_store.retiring import Retirements
 from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError, ShuttingDown
@@ -111,32 +116,35 @@ class ModelRegistry(Generic[S]):
         return True
 
     # ---- control --------------------------------------------------------------------------
-    async def load(self, name: str, retry: bool = False) -> None:
+    async def load(self, name: str, retry: bool = False, config: str | None = None) -> None:
         """Load or reload ``name`` from the repository.
 
         Raises ServingError when nothing serves, and ``ConfigError`` when a selected version did not load
         while others (or its own earlier copy) serve on. ``retry``: also load again the versions whose last
         load failed though their files have not changed since (an explicit load); else only changed files are.
-        A caller cancelled meanwhile does not cancel the load (module docstring)."""
+        ``config``: a config override, JSON text used instead of config.pbtxt for this load (one that does not
+        parse is refused, ``ConfigError``, before anything changes; model_store/override.py); the next load
+        without one reads config.pbtxt again. A caller cancelled meanwhile does not cancel the load."""
         self.repository.validate_name(name)
+        override = None if config is None else read_override(name, config)
         self.loads.check(name)
-        await self.loads.outlive_caller(self._load(name, retry), f"load of model '{name}'")
+        await self.loads.outlive_caller(self._load(name, retry, override), f"load of model '{name}'")
 
-    async def _load(self, name: str, retry: bool) -> None:
+    async def _load(self, name: str, retry: bool, override: ConfigOverride | None = None) -> None:
         while True:
             model = self._models.setdefault(name, ModelRecord())
             async with model.lock:
                 if self._models.get(name) is not model:
                     continue  # unloaded while we waited for the lock: load into the current entry
                 self.loads.check(name)  # shutdown started while this load waited
-                await self._load_locked(name, model, retry)
+                await self._load_locked(name, model, retry, override)
                 return
 
-    async def _load_locked(self, name: str, model: ModelRecord[S], retry: bool) -> None:
+    async def _load_locked(self, name: str, model: ModelRecord[S], retry: bool, override: ConfigOverride | None) -> None:
         fingerprint: object = None
         try:
             fingerprint = self.repository.fingerprint_of(name)  # before the read: a change meanwhile shows next poll
-            source = self.repository.read(name)
+            source = self.repository.read(name, override)
         except ServingError as exc:
             model.reason = exc.message
             model.reason_fingerprint = fingerprint
@@ -154,7 +162,10 @@ class ModelRegistry(Generic[S]):
             self._on_load_failed(name)
         self._on_change()
         if not model.servables:
+            if override is not None:  # an override that does not fit the model is the request's fault
+                raise ConfigError(f"model '{name}' did not load with its config override: {model.why(None)}", model=name)
             raise ModelNotReady(f"model '{name}' did not load: {model.why(None)}")
+        as_asked = "with its config override" if override else "as the repository has it"
         failed = [v for v in sorted(wanted) if self._failed(model, v)]
         if failed:  # a copy loaded earlier serves on (the version's reason says so), or other versions do
             why = "; ".join(  # a READY version's reason already says its earlier copy serves
@@ -165,7 +176,7 @@ class ModelRegistry(Generic[S]):
             others = sorted(set(model.servables) - set(failed))
             if others:
                 why += f"; serving version{'s' if len(others) > 1 else ''} {', '.join(str(v) for v in others)}"
-            raise ConfigError(f"model '{name}' did not load as the repository has it: {why}", model=name)
+            raise ConfigError(f"model '{name}' did not load {as_asked}: {why}", model=name)
 
     def _forget(self, name: str, model: ModelRecord[S]) -> None:
         if self._models.get(name) is model:  # not a newer entry a load made meanwhile
@@ -180,20 +191,16 @@ class ModelRegistry(Generic[S]):
             self._pins[name] = frozenset(versions)
 
     def _wanted(self, source: ModelSource) -> set[int]:
-        present = sorted(set(source.versions) | set(source.missing))
-        pinned = self._pins.get(source.name)
-        if pinned is not None:
-            return {v for v in present if v in pinned}
-        return set(source.version_policy().select(present))
+        return selection.wanted(source, self._pins.get(source.name))
 
     async def _apply(self, model: ModelRecord[S], source: ModelSource, retry: bool = False) -> set[int]:
         """Serve what ``source`` selects; returns the versions it selects."""
         wanted = self._wanted(source)
         present = set(source.versions) | set(source.missing)
         model.unselected = frozenset(present - wanted)
-        model.selection = self._selection(source)
+        model.selection = selection.describe(source, self._pins.get(source.name))
         if not wanted:
-            model.reason = self._nothing_to_serve(source)
+            model.reason = selection.nothing_to_serve(source, self._pins.get(source.name))
             model.reason_fingerprint = source.fingerprint
         for version in sorted(wanted):
             fingerprint = source.version_fingerprint(version)
@@ -250,28 +257,6 @@ class ModelRegistry(Generic[S]):
         """Whether the last load of ``version`` failed (UNAVAILABLE, or READY on a copy loaded earlier)."""
         status = model.status.get(version)
         return status is not None and bool(status.reason)
-
-    def _selection(self, source: ModelSource) -> str:
-        """What chooses the versions of ``source`` to serve: the fleet's pin, else the version policy."""
-        pinned = self._pins.get(source.name)
-        if pinned is not None:
-            return f"this server is pinned to versions {sorted(pinned)} (a fleet rollout)"
-        stated = source.config_message is not None and source.config_message.HasField("version_policy")
-        return f"its version_policy is {source.version_policy().describe()}{'' if stated else ' (the default)'}"
-
-    def _nothing_to_serve(self, source: ModelSource) -> str:
-        """Why no version of ``source`` is selected: no version folders, or none the policy (or pin) names."""
-        present = sorted(set(source.versions) | set(source.missing))
-        if not present:
-            filename = source.config_message.default_model_filename if source.config_message else ""
-            return (f"{source.path} has no version folders: each version is a folder named by a positive integer "
-                    f"(1, 2, ...; not 0 or 01) holding {filename or 'model.onnx'}")
-        pinned = self._pins.get(source.name)
-        if pinned is not None:
-            chosen = f"this server is pinned to versions {sorted(pinned)} (a fleet rollout)"
-        else:
-            chosen = f"version_policy selects versions {list(source.version_policy().versions)}"
-        return f"{chosen}, but the repository has versions {present} only"
 
     @staticmethod
     def _record_failure(model: ModelRecord[S], version: int, fingerprint: object, reason: str) -> None:

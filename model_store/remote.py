@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from model_store.override import ConfigOverride
 from model_store.remote_store import RemoteFile, RemoteStore, RemoteStoreError, check_url, write_index
 from model_store.repository import ModelRepository, ModelSource
 from ops.errors import ModelNotReady
@@ -285,12 +286,12 @@ class MirroredRepository(ModelRepository):
         local = super().model_names() if self.root.is_dir() else []  # none before the first sync
         return sorted(set(local) | failed)
 
-    def read(self, name: str) -> ModelSource:
+    def read(self, name: str, override: ConfigOverride | None = None) -> ModelSource:
         self.validate_name(name)
         failure = self._mirror.failures.get(name)
         if failure is not None and failure.reason and not (self.root / name).is_dir():
             raise ModelNotReady(f"model '{name}' could not be downloaded: {failure.reason}", model=name)
-        source = super().read(name)
+        source = super().read(name, override)
         if failure is None or not failure.versions:
             return source
         missing = dict(source.missing)

@@ -15,7 +15,7 @@ Links inside model folders are followed (ConfigMap mounts are made of links).
 A version folder is named by a positive integer without leading zeros, as
 Triton's: "0", "01", "1.0" and "-1" are not versions and are ignored.
 
-Imports model_store.pbtxt, .complete, .options, .config and ops.errors; must
+Imports model_store.pbtxt, .complete, .options, .config, .override and ops.errors; must
 not import server, batching, kernels or grpc.
 """
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from model_store import complete, options
 from model_store.config import ModelConfig, VersionPolicy
+from model_store.override import ConfigOverride
 from model_store.pbtxt import parse_config_text, stated_fields
 from model_store.protos import model_config_pb2 as pb
 from model_store.warmup import WARMUP_FOLDER
@@ -135,9 +136,11 @@ class ModelRepository:
                 model=name,
             )
 
-    def read(self, name: str) -> ModelSource:
+    def read(self, name: str, override: ConfigOverride | None = None) -> ModelSource:
         """Read model ``name``: its config (parsed and its version policy checked) and versions.
 
+        With ``override`` (a load's config override, model_store/override.py), that is the config and
+        config.pbtxt is not read; the fingerprint holds the override's stamp in place of config.pbtxt's stats.
         Raises ``ModelNotFound`` for an invalid or unknown name and
         ``ConfigError`` for a config.pbtxt that cannot be read or parsed.
         """
@@ -146,7 +149,10 @@ class ModelRepository:
         config_path = model_dir / CONFIG_FILENAME
         message: pb.ModelConfig | None = None
         stated: frozenset[str] = frozenset()
-        if scan.config is not None:
+        if override is not None:
+            message, stated, source = override.message, override.stated, override.source
+            scan = _Scan(override.stamp, scan.versions)
+        elif scan.config is not None:
             source = str(config_path)
             try:
                 text = config_path.read_text(encoding="utf-8-sig")

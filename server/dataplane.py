@@ -21,7 +21,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Collection
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
@@ -172,20 +172,34 @@ class DataPlane:
             entries = [e for e in entries if e.state.value == "READY"]
         return entries
 
-    async def load_model(self, name: str, parameters: Collection[str] = (), repository: str = "") -> None:
-        """``parameters``: the names of the request's parameters. Triton's config override (``config``)
-        and model files (``file:<path>``) are refused, never ignored: the model would load as it is
-        in the repository while the caller believes otherwise. ``repository``: as for ``repository_index``."""
+    async def load_model(self, name: str, parameters: Mapping[str, object] | None = None, repository: str = "") -> None:
+        """``parameters``: the request's parameters by name, as plain values (str, int, bool, bytes).
+
+        ``config`` (a string: the model configuration as JSON, in the form ``model_config`` returns) loads the
+        model with that configuration instead of its config.pbtxt, until a load without it; the registry parses
+        and checks it (model_store/override.py). Refused, never ignored (the model would load as the repository
+        has it while the caller believes otherwise): model files (``file:<path>``), and ``config`` in fleet mode,
+        where it would change this replica only. ``repository``: as for ``repository_index``."""
         _one_repository(repository)
         self._check_explicit("load")
-        overrides = sorted(p for p in parameters if p == "config" or p.startswith("file:"))
-        if overrides:
+        parameters = parameters or {}
+        files = sorted(p for p in parameters if p.startswith("file:"))
+        if files:
             raise Unsupported(
-                f"model '{name}': loading with {', '.join(repr(p) for p in overrides)} (a config override or "
-                "model files sent with the request) is not supported; change the model repository and load it "
-                "without parameters"
+                f"model '{name}': loading with {', '.join(repr(p) for p in files)} (model files sent with the "
+                "request) is not supported; put the files in the model repository and load it without them"
             )
-        await self.registry.load(name, retry=True)  # asked for explicitly: what failed is tried again
+        config = parameters.get("config")
+        if config is not None and not isinstance(config, str):
+            raise InvalidInput(f"model '{name}': the load request's parameter 'config' must be a string holding the "
+                               f"model configuration as JSON, got {type(config).__name__}")
+        if config is not None and self._router is not None:
+            raise Unsupported(
+                f"model '{name}': a config override is not supported in fleet mode: it would change this replica "
+                "only, and the fleet's replicas would serve one model differently; change config.pbtxt in the model "
+                "repository instead"
+            )
+        await self.registry.load(name, retry=True, config=config)  # asked for explicitly: what failed is tried again
 
     async def unload_model(self, name: str, repository: str = "") -> None:
         _one_repository(repository)

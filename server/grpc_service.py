@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import grpc
 
 
-from ops.errors import InvalidInput, Unsupported
+from ops.errors import Unsupported
 from ops.statistics import Duration, ModelStats
 from ops.trace_settings import TraceSettings
 from server.dataplane import EXTENSIONS, SERVER_NAME, DataPlane
@@ -23,6 +23,7 @@ from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, re
 from server.grpc_errors import wrap_stream, wrap_unary
 from server.grpc_log_settings import log_settings
 from server.grpc_stream import StreamHub, serve_stream, tenant_of
+from server.grpc_repository import check_unload, load_parameters
 from server.grpc_trace_settings import trace_settings
 from server.protos import grpc_service_pb2 as pb
 from server.shared_memory import SharedMemoryRegistry
@@ -128,17 +129,13 @@ class InferenceServicer:
         return msg
 
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
-        await self.dp.load_model(request.model_name, request.parameters.keys(), request.repository_name)
+        await self.dp.load_model(request.model_name, load_parameters(request), request.repository_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        dependents = request.parameters.get("unload_dependents")  # as Triton: a bool, though none depend here
-        kind = dependents.WhichOneof("parameter_choice") if dependents is not None else "bool_param"
-        if kind != "bool_param":
-            raise InvalidInput(f"the unload request's parameter 'unload_dependents' must be a bool_param, "
-                               f"got {kind or 'no value'}")
+        check_unload(request)
         await self.dp.unload_model(request.model_name, request.repository_name)
         return pb.RepositoryModelUnloadResponse()
 

@@ -113,7 +113,7 @@ def index_ready(body: dict[str, Any]) -> bool:
 
 
 def load_parameters(body: dict[str, Any]) -> dict[str, Any]:
-    """A load request's ``parameters`` (the dataplane refuses ``config`` and ``file:…``)."""
+    """A load request's ``parameters``, for the dataplane (``config``: a config override; ``file:…``: refused)."""
     return _parameters(body, "load")
 
 

@@ -262,7 +262,7 @@ class HttpService:
 
     async def load(self, request: web.Request) -> web.Response:
         parameters = load_parameters(await self._json_body(request))
-        await self.dp.load_model(request.match_info["model"], parameters.keys(), _repository(request))
+        await self.dp.load_model(request.match_info["model"], parameters, _repository(request))
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:

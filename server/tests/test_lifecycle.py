@@ -64,27 +64,6 @@ def test_explicit_mode_load_and_unload(tmp_path: Path):
         client.close()
 
 
-def test_a_load_with_a_config_override_or_files_is_refused_not_ignored(tmp_path: Path):
-    repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
-    with ServerProcess(repo, "--model-control-mode", "explicit") as server:
-        grpc_client = tc.InferenceServerClient(server.grpc_address)
-        http_client = th.InferenceServerClient(f"127.0.0.1:{server.http_port}")
-        for client, unimplemented in ((grpc_client, "StatusCode.UNIMPLEMENTED"), (http_client, "501")):
-            for kwargs in ({"config": '{"max_batch_size": 2}'},
-                           {"config": '{"max_batch_size": 2}', "files": {"file:1/model.onnx": b"onnx"}}):
-                with pytest.raises(Exception) as err:
-                    client.load_model("dense", **kwargs)
-                assert err.value.status() == unimplemented, err.value
-                assert "model 'dense': loading with 'config'" in err.value.message()
-                assert not client.is_model_ready("dense")
-            client.load_model("dense")  # without parameters, as before
-            assert client.is_model_ready("dense")
-            client.unload_model("dense")
-            assert wait_until(lambda: not client.is_model_ready("dense"))
-        grpc_client.close()
-        http_client.close()
-
-
 def test_explicit_loads_of_names_no_folder_can_have_are_not_found_and_leave_nothing_behind(tmp_path: Path):
     repo = write_model_repository(tmp_path, {"dense": ModelSpec(write_dense_model)})
     long_name, forged = "m" * 256, "dense\n2030-01-01 00:00:00,000 ERROR fleetserve: forged"
