@@ -154,7 +154,7 @@ def changed(current: LogSettings, changes: Mapping[str, object]) -> LogSettings:
         elif name == "log_verbose_level":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInput(f"log setting 'log_verbose_level' must be an unsigned integer (JSON number, "
-                                   f"gRPC uint32_param), got {_kind(value)}")
+                                   f"gRPC uint32_param), got {kind_of(value)}")
             if not 0 <= value <= UINT32_MAX:
                 raise InvalidInput(f"log setting 'log_verbose_level' must be from 0 to {UINT32_MAX}, got {value}")
             settings = replace(settings, verbose_level=1 if value else 0)
@@ -190,17 +190,18 @@ def _mask_of(root: logging.Logger) -> LevelMask | None:
 def _boolean(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput(f"log setting {name!r} must be a boolean (JSON true or false, gRPC bool_param), "
-                           f"got {_kind(value)}")
+                           f"got {kind_of(value)}")
     return value
 
 
 def _string(name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise InvalidInput(f"log setting {name!r} must be a string (gRPC string_param), got {_kind(value)}")
+        raise InvalidInput(f"log setting {name!r} must be a string (gRPC string_param), got {kind_of(value)}")
     return value
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
+    """What a JSON-like setting value is, for a refusal: "a boolean (true)", "a string ('x')", "a list", ..."""
     if isinstance(value, bool):
         return f"a boolean ({_shown(value)})"
     if isinstance(value, (int, float)):

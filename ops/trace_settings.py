@@ -25,7 +25,7 @@ its requests share the server's. Unknown settings and values that cannot be hono
 (``InvalidInput``) before anything is applied; an unknown model is ``ModelNotFound``.
 
 Loop-bound, not thread-safe: both transports and the tracer call it from the server's event loop.
-Imports nothing from fleetserve but ``ops.errors``; never server/, grpc, aiohttp or OpenTelemetry.
+Imports nothing from fleetserve but ``ops.errors`` and ``ops.log_settings``; never server/, grpc, aiohttp or OpenTelemetry.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from ops.errors import InvalidInput, ModelNotFound
+from ops.log_settings import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +292,4 @@ def _whole(text: str) -> int | None:
 
 
 def _kind(value: object) -> str:
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    if isinstance(value, list):
-        return "a list holding something other than strings"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
+    return "a list holding something other than strings" if isinstance(value, list) else kind_of(value)
