@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 
@@ -52,6 +53,8 @@ class ModelRecord(Generic[S]):
         self.unselected: frozenset[int] = frozenset()  # versions in the repository that the policy (or pin) leaves out
         self.selection = ""  # what chose the versions served, for a request naming an unselected one
         self.lock = asyncio.Lock()
+        self.origins: dict[int, Path] = {}  # each READY version's model folder: the repository's, or sent files'
+        self.sent_folders: set[Path] = set()  # temporary folders of files sent with loads (model_store/sent_files.py)
 
     def publish(self) -> None:
         self.latest = self.servables[max(self.servables)] if self.servables else None

@@ -20,7 +20,8 @@ Contract:
   order they were called: a load that waited for an unload loads afterwards.
 - ``load(name, config=text)`` loads with a config override (model_store/override.py) in place of config.pbtxt:
   each selected version loads again with it and replaces the version serving, as any reload; the next ``load``
-  without one reads config.pbtxt again (and so loads each version again).
+  without one reads config.pbtxt again (and so loads each version again). ``files`` (with ``config``) load from a
+  temporary folder of sent files (model_store/sent_files.py), removed once no version loaded from it serves.
 - ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
   state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
 - ``load`` and ``unload`` complete when their caller is cancelled meanwhile (an explicit load's client
@@ -37,9 +38,10 @@ Its records are in model_store/model_state.py. Must not import server, batching 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Awaitable, Callable, Generic
 
-from model_store import selection
+from model_store import selection, sent_files
 from model_store.load_gate import LoadGate
 from model_store.model_state import IndexEntry, ModelRecord, ModelState, S, VersionStatus
 from model_store.override import ConfigOverride, read_override
@@ -116,7 +118,8 @@ class ModelRegistry(Generic[S]):
         return True
 
     # ---- control --------------------------------------------------------------------------
-    async def load(self, name: str, retry: bool = False, config: str | None = None) -> None:
+    async def load(self, name: str, retry: bool = False, config: str | None = None,
+                   files: Mapping[str, bytes] | None = None) -> None:
         """Load or reload ``name`` from the repository.
 
         Raises ServingError when nothing serves, and ``ConfigError`` when a selected version did not load
@@ -124,27 +127,37 @@ class ModelRegistry(Generic[S]):
         load failed though their files have not changed since (an explicit load); else only changed files are.
         ``config``: a config override, JSON text used instead of config.pbtxt for this load (one that does not
         parse is refused, ``ConfigError``, before anything changes; model_store/override.py); the next load
-        without one reads config.pbtxt again. A caller cancelled meanwhile does not cancel the load."""
+        without one reads config.pbtxt again. A caller cancelled meanwhile does not cancel the load. ``files``
+        (checked by ``sent_files.read_files``, with ``config``): the model's folder for this load, by path."""
         self.repository.validate_name(name)
         override = None if config is None else read_override(name, config)
         self.loads.check(name)
-        await self.loads.outlive_caller(self._load(name, retry, override), f"load of model '{name}'")
+        await self.loads.outlive_caller(self._load(name, retry, override, files), f"load of model '{name}'")
 
-    async def _load(self, name: str, retry: bool, override: ConfigOverride | None = None) -> None:
+    async def _load(self, name: str, retry: bool, override: ConfigOverride | None = None,
+                    files: Mapping[str, bytes] | None = None) -> None:
         while True:
             model = self._models.setdefault(name, ModelRecord())
             async with model.lock:
                 if self._models.get(name) is not model:
                     continue  # unloaded while we waited for the lock: load into the current entry
                 self.loads.check(name)  # shutdown started while this load waited
-                await self._load_locked(name, model, retry, override)
+                repository = self.repository
+                if files is not None:
+                    repository, override = await sent_files.write_folder_off_loop(name, files, override)
+                    model.sent_folders.add(repository.root)
+                try:
+                    await self._load_locked(name, model, retry, override, repository)
+                finally:  # a folder of sent files lives while a version loaded from it serves
+                    await sent_files.remove_unused(model.sent_folders, model.origins.values())
                 return
 
-    async def _load_locked(self, name: str, model: ModelRecord[S], retry: bool, override: ConfigOverride | None) -> None:
+    async def _load_locked(self, name: str, model: ModelRecord[S], retry: bool, override: ConfigOverride | None,
+                           repository: ModelRepository) -> None:
         fingerprint: object = None
         try:
-            fingerprint = self.repository.fingerprint_of(name)  # before the read: a change meanwhile shows next poll
-            source = self.repository.read(name, override)
+            fingerprint = repository.fingerprint_of(name)  # before the read: a change meanwhile shows next poll
+            source = repository.read(name, override)
         except ServingError as exc:
             model.reason = exc.message
             model.reason_fingerprint = fingerprint
@@ -235,6 +248,7 @@ class ModelRegistry(Generic[S]):
                 continue
             old = model.servables.get(version)
             model.servables[version] = servable
+            model.origins[version] = source.path
             model.fingerprints[version] = fingerprint
             model.status[version] = VersionStatus(ModelState.READY)
             model.publish()
@@ -269,6 +283,7 @@ class ModelRegistry(Generic[S]):
 
     async def _retire(self, model: ModelRecord[S], version: int) -> None:
         servable = model.servables.pop(version)
+        model.origins.pop(version, None)
         model.fingerprints.pop(version, None)
         model.status[version] = VersionStatus(ModelState.UNLOADING)
         model.publish()
@@ -293,6 +308,7 @@ class ModelRegistry(Generic[S]):
                     for version in sorted(model.servables):
                         await self._retire(model, version)
                     model.status.clear()
+                    await sent_files.remove_unused(model.sent_folders, ())
                     self._forget(name, model)
             model = self._models.get(name)  # loaded again while we waited: that load came first, unload it too
         self._on_change()

@@ -117,7 +117,7 @@ class ModelRepository:
             entries = list(os.scandir(self.root))
         except OSError as exc:
             raise ConfigError(f"model repository {self.root} cannot be read: {exc.strerror or exc}") from exc
-        names = [e.name for e in entries if _name_problem(e.name) is None and _is_dir(e)]
+        names = [e.name for e in entries if name_problem(e.name) is None and _is_dir(e)]
         return sorted(n for n in names if self._escapes(n) is None)
 
     def validate_name(self, name: str) -> None:
@@ -128,7 +128,7 @@ class ModelRepository:
         folder whose name is other bytes) or longer than a folder name can be,
         and links that lead outside root. Reads no files but to resolve links.
         """
-        problem = _name_problem(name) or self._escapes(name)
+        problem = name_problem(name) or self._escapes(name)
         if problem:
             raise ModelNotFound(
                 f"model name {name!r} is not valid: {problem}; a model name is a folder directly "
@@ -227,7 +227,8 @@ class ModelRepository:
         return _Scan(config, versions)
 
 
-def _name_problem(name: str) -> str | None:
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder or file name inside the repository, or None."""
     if not name:
         return "it is empty"
     if "\0" in name:

@@ -28,6 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from model_store.config import ModelConfig, TensorSpec
 from model_store.registry import IndexEntry, ModelRegistry
+from model_store.sent_files import read_files
 from ops.errors import Code, InvalidInput, ModelNotReady, ServingError, Unsupported, code_of
 from ops.logs import RequestLog
 from ops.histograms import MetricsConfig
@@ -177,29 +178,24 @@ class DataPlane:
 
         ``config`` (a string: the model configuration as JSON, in the form ``model_config`` returns) loads the
         model with that configuration instead of its config.pbtxt, until a load without it; the registry parses
-        and checks it (model_store/override.py). Refused, never ignored (the model would load as the repository
-        has it while the caller believes otherwise): model files (``file:<path>``), and ``config`` in fleet mode,
-        where it would change this replica only. ``repository``: as for ``repository_index``."""
+        and checks it (model_store/override.py). ``file:<path>`` (bytes, with ``config``): the model's folder for
+        this load (model_store/sent_files.py). Refused, never ignored, in fleet mode, where they would change this
+        replica only. ``repository``: as for ``repository_index``."""
         _one_repository(repository)
         self._check_explicit("load")
         parameters = parameters or {}
-        files = sorted(p for p in parameters if p.startswith("file:"))
-        if files:
-            raise Unsupported(
-                f"model '{name}': loading with {', '.join(repr(p) for p in files)} (model files sent with the "
-                "request) is not supported; put the files in the model repository and load it without them"
-            )
+        files = read_files(name, parameters)
         config = parameters.get("config")
         if config is not None and not isinstance(config, str):
             raise InvalidInput(f"model '{name}': the load request's parameter 'config' must be a string holding the "
                                f"model configuration as JSON, got {type(config).__name__}")
         if config is not None and self._router is not None:
             raise Unsupported(
-                f"model '{name}': a config override is not supported in fleet mode: it would change this replica "
-                "only, and the fleet's replicas would serve one model differently; change config.pbtxt in the model "
-                "repository instead"
+                f"model '{name}': a config override{' with model files' if files else ''} is not supported in fleet "
+                "mode: it would change this replica only, and the fleet's replicas would serve one model "
+                "differently; change the model repository instead"
             )
-        await self.registry.load(name, retry=True, config=config)  # asked for explicitly: what failed is tried again
+        await self.registry.load(name, retry=True, config=config, files=files)  # explicit: what failed is tried again
 
     async def unload_model(self, name: str, repository: str = "") -> None:
         _one_repository(repository)

@@ -5,12 +5,14 @@ model repository extension's request bodies.
 protobuf message (the model config) as Triton's REST API writes it. ``index_ready``,
 ``load_parameters`` and ``check_unload`` read the repository requests' bodies as strictly as Triton
 reads them: ``ready`` and ``unload_dependents`` are JSON booleans, ``parameters`` an object (absent or
-null is none, as in an inference request), so ``{"ready": "false"}`` is a 400, never read as true.
-Imports protobuf, ops.errors and ops.statistics only.
+null is none, as in an inference request), so ``{"ready": "false"}`` is a 400, never read as true;
+a model file sent with a load (``file:…``) is a base64 string.
+Imports protobuf, ops.errors, ops.statistics and model_store.sent_files only.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -18,6 +20,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from model_store.sent_files import FILE_PREFIX
 from ops.errors import InvalidInput
 from ops.statistics import Duration, ModelStats
 
@@ -113,8 +116,19 @@ def index_ready(body: dict[str, Any]) -> bool:
 
 
 def load_parameters(body: dict[str, Any]) -> dict[str, Any]:
-    """A load request's ``parameters``, for the dataplane (``config``: a config override; ``file:…``: refused)."""
-    return _parameters(body, "load")
+    """A load request's ``parameters``, for the dataplane (``config``: a config override); a model file's
+    (``file:…``) base64 string becomes its bytes, as a gRPC ``bytes_param`` arrives."""
+    params = dict(_parameters(body, "load"))
+    for name, value in params.items():
+        if name.startswith(FILE_PREFIX):
+            if not isinstance(value, str):
+                raise InvalidInput(f"the load request's parameter {name!r} must be the file's content as a base64 "
+                                   f"string, got {_shown(value)}")
+            try:
+                params[name] = base64.b64decode(value, validate=True)
+            except ValueError as exc:  # binascii.Error
+                raise InvalidInput(f"the load request's parameter {name!r} is not valid base64: {exc}") from exc
+    return params
 
 
 def check_unload(body: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 tritonclient's ``load_model(name, config=json_text)`` over gRPC and REST: the override is in force (in
 ``get_model_config`` and in behaviour), a later load without it returns to config.pbtxt, an override
 that does not parse, names another model or breaks a rule is refused while the model serves on as it
-did, traffic during an override load is never dropped, and model files (``file:``) stay refused.
+did, and traffic during an override load is never dropped. Model files sent with an override
+(``file:``) are tested in test_load_files.py.
 """
 
 from __future__ import annotations
@@ -158,22 +159,11 @@ def test_a_bad_override_is_refused_and_the_model_serves_on_as_before(client, ove
     assert client.is_model_ready("dense")
 
 
-def test_a_config_that_is_not_a_string_and_model_files_are_refused(server: ServerProcess):
+def test_a_config_that_is_not_a_string_is_refused(server: ServerProcess):
     url = f"{server.http_url}/v2/repository/models/dense/load"
     reply = requests.post(url, json={"parameters": {"config": {"max_batch_size": 16}}}, timeout=30)
     assert reply.status_code == 400, reply.text
     assert "parameter 'config' must be a string holding the model configuration as JSON" in reply.json()["error"]
-    grpc_client = tc.InferenceServerClient(server.grpc_address)
-    http_client = th.InferenceServerClient(server.http_address)
-    for client, unimplemented in ((grpc_client, "StatusCode.UNIMPLEMENTED"), (http_client, "501")):
-        with pytest.raises(Exception) as err:
-            client.load_model("dense", config='{"max_batch_size": 16}', files={"file:1/model.onnx": b"onnx"})
-        assert err.value.status() == unimplemented, err.value
-        assert "model 'dense': loading with 'file:1/model.onnx' (model files sent with the request) is not " \
-               "supported" in err.value.message()
-        assert config_of(client, "dense")["max_batch_size"] == 4
-    grpc_client.close()
-    http_client.close()
 
 
 def test_traffic_during_override_loads_is_not_dropped(server: ServerProcess):
