@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from model_store.datatypes import BY_NAME, NAMES, Datatype
-from ops.errors import InvalidInput, Unsupported
+from ops.errors import InvalidInput
 
 _LEN = struct.Struct("<I")
 

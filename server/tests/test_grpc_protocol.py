@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import grpc
 import numpy as np
