@@ -219,11 +219,7 @@ def _tensors(
     by_name = {t.name: t for t in model}
     specs: list[TensorSpec] = []
     for index, entry in enumerate(listed):
-        field = f'{kind} "{entry.name}"' if entry.name else f"{kind}[{index}]"
-        if not entry.name:
-            raise where.error(field, "has no name")
-        if any(spec.name == entry.name for spec in specs):
-            raise where.error(field, "is listed twice")
+        field = listed_field(entry, index, kind, specs, where)
         tensor = by_name.get(entry.name)
         if tensor is None:
             known = ", ".join(t.describe() for t in model) or "none"
@@ -253,6 +249,18 @@ def _tensors(
             listing = ", ".join(missing)
             raise where.error(kind, f"the model's {kind}s {listing} are not listed; list every {kind} or none")
     return tuple(specs)
+
+
+def listed_field(entry: pb.ModelInput | pb.ModelOutput, index: int, kind: str, specs: Sequence[TensorSpec],
+                 where: Where) -> str:
+    """How messages name a listed ``kind`` ("input", "output") tensor; refuses one without a name or listed twice
+    (``specs``: those before it)."""
+    field = f'{kind} "{entry.name}"' if entry.name else f"{kind}[{index}]"
+    if not entry.name:
+        raise where.error(field, "has no name")
+    if any(spec.name == entry.name for spec in specs):
+        raise where.error(field, "is listed twice")
+    return field
 
 
 def _datatype(value: int, tensor: _Tensor, field: str, where: Where) -> Datatype:

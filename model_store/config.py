@@ -29,6 +29,7 @@ DEFAULT_MODEL_FILENAME = "model.onnx"
 DEFAULT_RESPONSE_CACHE_TTL_S = 60.0  # how long a cached response lives (fleet mode, response_cache enabled)
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
+ENSEMBLE_PLATFORM = "ensemble"  # Triton's: a pipeline of other models (model_store/ensemble.py)
 # The model parameters fleetserve reads: fleetserve's own, and intra_op_thread_count, which Triton's onnxruntime
 # backend reads too. Other keys (another backend's, e.g. onnxruntime's "execution_mode") have no effect.
 OWN_PARAMETERS = ("latency_slo_ms", "latency_slo_percentile", "priority_aging_ms", "response_cache_ttl_s",
@@ -196,6 +197,47 @@ class WarmupSample:
 
 
 @dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble (Triton's ModelEnsembling.Step): a model run on ensemble tensors."""
+
+    model_name: str
+    model_version: int  # -1: the latest version that serves
+    input_map: tuple[tuple[str, str], ...]  # (the model's input, the ensemble tensor it reads), by input name
+    output_map: tuple[tuple[str, str], ...]  # (the model's output, the ensemble tensor it writes), by output name
+
+    @property
+    def version_text(self) -> str:
+        """The version as a request names it ("" for the latest)."""
+        return "" if self.model_version < 0 else str(self.model_version)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """An ensemble's steps, as its config lists them (model_store/ensemble.py checked that they form no cycle)."""
+
+    steps: tuple[EnsembleStep, ...]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The composing models' names, each once, in step order."""
+        return tuple(dict.fromkeys(step.model_name for step in self.steps))
+
+    def run_order(self) -> tuple[EnsembleStep, ...]:
+        """The steps in an order that runs each after the steps writing what it reads."""
+        written = {tensor for step in self.steps for _, tensor in step.output_map}
+        available: set[str] = set()
+        order: list[EnsembleStep] = []
+        waiting = list(self.steps)
+        while waiting:
+            ready = [s for s in waiting if all(t in available or t not in written for _, t in s.input_map)]
+            for step in ready:
+                order.append(step)
+                available.update(t for _, t in step.output_map)
+                waiting.remove(step)
+        return tuple(order)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A complete model configuration; see the module docstring."""
 
@@ -217,6 +259,11 @@ class ModelConfig:
     model_warmup: tuple[WarmupSample, ...] = ()
     response_cache: bool = False
     response_cache_ttl_s: float = DEFAULT_RESPONSE_CACHE_TTL_S  # parameter response_cache_ttl_s
+    ensemble: Ensemble | None = None  # an ensemble's steps (platform "ensemble"): no model file, no kernel
+
+    @property
+    def platform(self) -> str:
+        return PLATFORM if self.ensemble is None else ENSEMBLE_PLATFORM
 
     @property
     def instance_count(self) -> int:
@@ -242,13 +289,10 @@ class ModelConfig:
 
     def to_proto(self) -> pb.ModelConfig:
         """The ``inference.ModelConfig`` message returned by the ModelConfig RPC."""
-        msg = pb.ModelConfig(
-            name=self.name,
-            platform=PLATFORM,
-            backend=BACKEND,
-            max_batch_size=self.max_batch_size,
-            default_model_filename=self.default_model_filename,
-        )
+        msg = pb.ModelConfig(name=self.name, platform=self.platform, max_batch_size=self.max_batch_size)
+        if self.ensemble is None:
+            msg.backend = BACKEND
+            msg.default_model_filename = self.default_model_filename
         for spec in self.inputs:
             added = msg.input.add(
                 name=spec.name,
@@ -281,8 +325,12 @@ class ModelConfig:
             _queue_policy_proto(db.default_queue_policy, msg.dynamic_batching.default_queue_policy)
             for level, level_policy in sorted(db.priority_queue_policy.items()):
                 _queue_policy_proto(level_policy, msg.dynamic_batching.priority_queue_policy[level])
+        if self.ensemble is not None:
+            for step in self.ensemble.steps:
+                msg.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,
+                                                 input_map=dict(step.input_map), output_map=dict(step.output_map))
         kind = pb.ModelInstanceGroup.Kind.Value(self.instance_kind.value)
-        for group in self.instance_groups:
+        for group in self.instance_groups if self.ensemble is None else ():
             msg.instance_group.add(count=group.count, kind=kind, gpus=group.gpus)
         for name in self.execution_accelerators:
             target = (

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_store import complete, options
+from model_store import complete, ensemble, options
 from model_store.config import ModelConfig, VersionPolicy
 from model_store.override import ConfigOverride
 from model_store.pbtxt import parse_config_text, stated_fields
@@ -66,6 +66,16 @@ class ModelSource:
     missing: dict[int, str]
     fingerprint: Fingerprint
     stated_fields: frozenset[str] = field(default=frozenset())  # top-level fields config.pbtxt writes
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether the config is an ensemble's (model_store/ensemble.py): its versions are folders, no files."""
+        return ensemble.is_ensemble(self.config_message)
+
+    def build_ensemble_config(self) -> ModelConfig:
+        """``ensemble.build_config`` for this model (an ensemble); raises ``ConfigError``."""
+        assert self.config_message is not None
+        return ensemble.build_config(self.name, self.config_message, self.config_source)
 
     def version_policy(self) -> VersionPolicy:
         """The config's version policy (checked when the source was read)."""
@@ -170,11 +180,15 @@ class ModelRepository:
             )
         else:
             source = f"{model_dir} (no {CONFIG_FILENAME})"
-        filename = complete.model_filename(message, source)
         versions: dict[int, Path] = {}
         missing: dict[int, str] = {}
+        if ensemble.is_ensemble(message):  # an ensemble's version folders hold no model file
+            versions = {version: model_dir / str(version) for version in sorted(scan.versions)}
+        filename = complete.model_filename(message, source)
         for version, files in sorted(scan.versions.items()):
             model_file = model_dir / str(version) / filename
+            if version in versions:
+                continue
             if any(file_stat[0] == filename for file_stat in files):
                 versions[version] = model_file
             else:

@@ -60,7 +60,9 @@ from server.dataplane import ControlMode, DataPlane
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
 from server.http_service import HttpService
-from server.servable import Servable, ServingDefaults, load_servable
+from server.ensemble import load_ensemble
+from server.servable import ServingDefaults, load_servable
+from server.served import ServedVersion
 from server.shared_memory import SharedMemoryRegistry
 from server.settings import Settings
 
@@ -116,7 +118,7 @@ class App:
         self.metrics = ServerMetrics(self.metrics_registry, settings.metrics, version=_version())
         self.mirror = RepositoryMirror(settings.remote_repository) if settings.remote_repository else None
         self.repository = MirroredRepository(self.mirror) if self.mirror else ModelRepository(settings.model_repository)
-        self.registry: ModelRegistry[Servable] = ModelRegistry(
+        self.registry: ModelRegistry[ServedVersion] = ModelRegistry(
             self.repository, self._load_version, on_load_failed=self.metrics.record_load_failure
         )
         self.fleet: "Fleet | None" = None
@@ -137,10 +139,14 @@ class App:
             state_names=[state.value for state in ModelState],
         )
 
-    async def _load_version(self, source: ModelSource, version: int) -> Servable:
+    async def _load_version(self, source: ModelSource, version: int) -> ServedVersion:
         start = time.perf_counter_ns()
+        servable: ServedVersion
         try:
-            servable = await load_servable(source, version, self._defaults, self.metrics)
+            if source.is_ensemble:
+                servable = await load_ensemble(source, version, self.registry, self.dataplane.run_step, self.metrics)
+            else:
+                servable = await load_servable(source, version, self._defaults, self.metrics)
         finally:
             self.metrics.record_load(time.perf_counter_ns() - start)
         if self.fleet is not None:

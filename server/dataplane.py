@@ -35,8 +35,9 @@ from ops.histograms import MetricsConfig
 from ops.metrics import ServerMetrics
 from ops.statistics import ModelStats
 from server.classification import classify_outputs
-from server.servable import Servable
-from server.types import InferRequest, InferResponse, OutputTensor
+from server.ensemble import unload
+from server.served import ServedVersion
+from server.types import InferRequest, InferResponse, InputTensor, OutputTensor
 from server.validation import output_spec, scheduling, validate
 
 if TYPE_CHECKING:  # fleet mode only: these import redis
@@ -49,17 +50,8 @@ SERVER_NAME = "fleetserve"
 TENANT_METADATA = "fleetserve-tenant"  # gRPC metadata key
 TENANT_HEADER = "X-Fleetserve-Tenant"  # HTTP header
 TENANT_PARAMETER = "tenant"  # request parameter, both transports
-EXTENSIONS = (
-    "model_configuration",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "statistics",
-    "binary_tensor_data",
-    "logging",
-    "trace",
-    "classification",
-    "system_shared_memory",
-)
+EXTENSIONS = ("model_configuration", "model_repository", "model_repository(unload_dependents)", "statistics",
+              "binary_tensor_data", "logging", "trace", "classification", "system_shared_memory")
 
 
 @dataclass(slots=True)
@@ -67,7 +59,7 @@ class Call:
     """One inference request between ``DataPlane.start`` and ``DataPlane.finish``."""
 
     request: InferRequest
-    servable: Servable
+    servable: ServedVersion
     start_ns: int
 
 
@@ -91,7 +83,7 @@ class DataPlane:
 
     def __init__(
         self,
-        registry: ModelRegistry[Servable],
+        registry: ModelRegistry[ServedVersion],
         *,
         version: str,
         control_mode: ControlMode,
@@ -139,7 +131,7 @@ class DataPlane:
         return ModelMetadata(
             name=name,
             versions=versions,
-            platform="onnxruntime_onnx",
+            platform=config.platform,
             inputs=[(s.name, s.datatype.name, s.shape_with_batch(mbs)) for s in config.inputs],
             outputs=[(s.name, s.datatype.name, s.shape_with_batch(mbs)) for s in config.outputs],
         )
@@ -197,10 +189,11 @@ class DataPlane:
             )
         await self.registry.load(name, retry=True, config=config, files=files)  # explicit: what failed is tried again
 
-    async def unload_model(self, name: str, repository: str = "") -> None:
+    async def unload_model(self, name: str, repository: str = "", dependents: bool = False) -> None:
+        """``dependents`` (Triton's ``unload_dependents``): an ensemble's composing models go too (server/ensemble.py)."""
         _one_repository(repository)
         self._check_explicit("unload")
-        await self.registry.unload(name)
+        await unload(self.registry, name, dependents)
 
     def _check_explicit(self, verb: str) -> None:
         if self.control_mode is not ControlMode.EXPLICIT:
@@ -213,7 +206,7 @@ class DataPlane:
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, admit, validate, queue and answer one request; raises ``ServingError``."""
         admitted = self._limiter is None
-        retired: Servable | None = None
+        retired: ServedVersion | None = None
         while True:
             call = self._begin(request, self._servable(request))
             servable, config = call.servable, call.servable.config
@@ -230,7 +223,7 @@ class DataPlane:
                 # Its version was swapped out while it awaited its rate limit or the cache: it never queued
                 # there, so it is resolved again (a request without a version goes to the one serving now).
                 # Once only: a lookup that still gives a stopped version (a server shutting down) fails it.
-                if retired is not None or servable.batcher.accepting:
+                if retired is not None or servable.accepting:
                     self._fail(call, exc)
                     raise
                 retired = servable
@@ -240,6 +233,14 @@ class DataPlane:
                 self._fail(call, exc)
                 raise
             return self._succeed(call, outputs)
+
+    async def run_step(self, model: str, version: str, inputs: list[InputTensor], outputs: list[str],
+                       deadline: float | None, request_id: str) -> list[OutputTensor]:
+        """One step of an ensemble's request (server/ensemble.py): an inference request of its own to the
+        composing model, resolved, validated, queued, counted and answered as any other."""
+        request = InferRequest(model_name=model, model_version=version, id=request_id, inputs=inputs,
+                               requested_outputs=outputs, deadline=deadline)
+        return (await self.infer(request)).outputs
 
     def start(self, request: InferRequest) -> "tuple[asyncio.Future[dict[str, np.ndarray]], Call] | None":
         """The first, synchronous half of ``infer`` for callers that answer from a callback (the stream).
@@ -272,7 +273,7 @@ class DataPlane:
             raise exc
         return self._succeed(call, future.result())
 
-    def _servable(self, request: InferRequest) -> Servable:
+    def _servable(self, request: InferRequest) -> ServedVersion:
         """The servable that answers ``request`` (router, then registry); an unresolved request is counted."""
         version = request.model_version
         if not version and self._router is not None:
@@ -289,7 +290,7 @@ class DataPlane:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
 
-    def _begin(self, request: InferRequest, servable: Servable) -> "Call":
+    def _begin(self, request: InferRequest, servable: ServedVersion) -> "Call":
         """From here the request is in flight: it ends in ``_succeed`` or ``_fail``."""
         servable.metrics.inflight += 1
         if request.trace is not None:
@@ -303,7 +304,8 @@ class DataPlane:
         if request.trace is not None:
             request.trace.enqueued_ns = time.perf_counter_ns()
         priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
-        return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us)
+        return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us,
+                                       request.id)
 
     def _fail(self, call: "Call", exc: BaseException) -> None:
         servable, request = call.servable, call.request

@@ -39,7 +39,7 @@ from ops.redis_link import RedisLink, RedisUnavailable
 from server.cache_codec import version_digest
 from server.rate_limit import TenantLimiter
 from server.response_cache import ResponseCache
-from server.servable import Servable
+from server.served import ServedVersion
 from server.settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Fleet:
     """See the module docstring."""
 
     def __init__(
-        self, settings: FleetSettings, registry: ModelRegistry[Servable], metrics_registry: CollectorRegistry,
+        self, settings: FleetSettings, registry: ModelRegistry[ServedVersion], metrics_registry: CollectorRegistry,
         metrics_config: MetricsConfig,
     ) -> None:
         self.settings = settings
@@ -128,7 +128,7 @@ class Fleet:
         await self.cache.stop()
         await self.link.stop()
 
-    async def on_loaded(self, source: ModelSource, version: int, servable: Servable) -> None:
+    async def on_loaded(self, source: ModelSource, version: int, servable: ServedVersion) -> None:
         """A version loaded: if its config enables the response cache, register it (hashing the version's
         files in a worker thread). Files that changed since the registry read them (before the load) may not
         be what the session holds: such a copy is not cached (a poll reloads it, and the reload is)."""
@@ -214,7 +214,7 @@ class Fleet:
             versions = tuple(VersionReport(int(e.version), e.state.value, e.reason)
                              for e in entries.get(name, ()) if e.version)
             model_error = "; ".join(e.reason for e in entries.get(name, ()) if not e.version and e.reason)
-            depth = sum(s.batcher.queue_depth for s in self._registry.ready_servables(name).values())
+            depth = sum(s.queue_depth for s in self._registry.ready_servables(name).values())
             total += depth
             st = status.get(name, RolloutStatus())
             models[name] = ModelReport(versions, self.reconciler.available.get(name, ()), self.router.split(name),

@@ -21,10 +21,12 @@ def load_parameters(request: pb.RepositoryModelLoadRequest) -> dict[str, object]
     return values
 
 
-def check_unload(request: pb.RepositoryModelUnloadRequest) -> None:
-    """As Triton: ``unload_dependents`` is a bool_param, though no model depends on another here."""
+def unload_dependents(request: pb.RepositoryModelUnloadRequest) -> bool:
+    """The unload request's ``unload_dependents`` (an ensemble's composing models go too), a bool_param as
+    Triton requires; false when absent."""
     dependents = request.parameters.get("unload_dependents")
     kind = dependents.WhichOneof("parameter_choice") if dependents is not None else "bool_param"
     if kind != "bool_param":
         raise InvalidInput(f"the unload request's parameter 'unload_dependents' must be a bool_param, "
                            f"got {kind or 'no value'}")
+    return dependents is not None and dependents.bool_param

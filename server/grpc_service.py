@@ -23,7 +23,7 @@ from server.grpc_codec import RequestDecoder, ResponseEncoder, parse_request, re
 from server.grpc_errors import wrap_stream, wrap_unary
 from server.grpc_log_settings import log_settings
 from server.grpc_stream import StreamHub, serve_stream, tenant_of
-from server.grpc_repository import check_unload, load_parameters
+from server.grpc_repository import load_parameters, unload_dependents
 from server.grpc_trace_settings import trace_settings
 from server.protos import grpc_service_pb2 as pb
 from server.shared_memory import SharedMemoryRegistry
@@ -135,8 +135,7 @@ class InferenceServicer:
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        check_unload(request)
-        await self.dp.unload_model(request.model_name, request.repository_name)
+        await self.dp.unload_model(request.model_name, request.repository_name, unload_dependents(request))
         return pb.RepositoryModelUnloadResponse()
 
     async def LogSettings(self, request: pb.LogSettingsRequest, context: Any) -> pb.LogSettingsResponse:

@@ -3,7 +3,7 @@ model repository extension's request bodies.
 
 ``stats_json`` writes one model version's statistics in Triton's JSON shape; ``message_json`` a
 protobuf message (the model config) as Triton's REST API writes it. ``index_ready``,
-``load_parameters`` and ``check_unload`` read the repository requests' bodies as strictly as Triton
+``load_parameters`` and ``unload_dependents`` read the repository requests' bodies as strictly as Triton
 reads them: ``ready`` and ``unload_dependents`` are JSON booleans, ``parameters`` an object (absent or
 null is none, as in an inference request), so ``{"ready": "false"}`` is a 400, never read as true;
 a model file sent with a load (``file:…``) is a base64 string.
@@ -131,7 +131,7 @@ def load_parameters(body: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def check_unload(body: dict[str, Any]) -> None:
-    """An unload request's ``parameters``; ``unload_dependents`` changes nothing here (no model depends on
-    another: fleetserve has no ensembles), but must still be a boolean, as Triton requires."""
-    _flag(_parameters(body, "unload"), "unload_dependents", "the unload request's parameter")
+def unload_dependents(body: dict[str, Any]) -> bool:
+    """An unload request's ``parameters``: ``unload_dependents`` (an ensemble's composing models go too), a
+    boolean as Triton requires; false when absent."""
+    return _flag(_parameters(body, "unload"), "unload_dependents", "the unload request's parameter")

@@ -22,7 +22,7 @@ from ops.trace_settings import TraceSettings
 from server.dataplane import EXTENSIONS, SERVER_NAME, TENANT_HEADER, DataPlane
 from server.http_codec import HEADER_LENGTH, decode_infer_request, encode_infer_response, parse_json
 from server.http_errors import InflatedTooLarge, body_stalled, body_too_large, unsupported_encoding
-from server.http_messages import check_unload, index_ready, load_parameters, message_json, stats_json
+from server.http_messages import index_ready, unload_dependents, load_parameters, message_json, stats_json
 from server.shared_memory import SharedMemoryRegistry
 from server.shared_memory_http import SharedMemoryEndpoints
 
@@ -266,8 +266,8 @@ class HttpService:
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
-        check_unload(await self._json_body(request))
-        await self.dp.unload_model(request.match_info["model"], _repository(request))
+        dependents = unload_dependents(await self._json_body(request))
+        await self.dp.unload_model(request.match_info["model"], _repository(request), dependents)
         return web.Response(status=200)
 
     async def cuda_shared_memory(self, request: web.Request) -> web.Response:

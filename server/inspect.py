@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 from pathlib import Path
 
 from model_store.registry import ModelRegistry
 from model_store.repository import ModelRepository
-from server.servable import Servable, ServingDefaults, load_servable
+from model_store.repository import ModelSource
+from server.ensemble import load_ensemble
+from server.servable import ServingDefaults, load_servable
+from server.served import ServedVersion
+from server.types import InputTensor, OutputTensor
+
+
+async def _not_serving(model: str, version: str, inputs: list[InputTensor], outputs: list[str],
+                       deadline: float | None, request_id: str) -> list[OutputTensor]:
+    raise AssertionError("fleetserve models loads ensembles to check them, and runs none")
 
 
 async def _index(root: Path) -> list[tuple[str, str, str, str, str]]:
-    registry: ModelRegistry[Servable] = ModelRegistry(
-        ModelRepository(root), partial(load_servable, defaults=ServingDefaults(warmup=False))
-    )
+    async def load(source: ModelSource, version: int) -> ServedVersion:
+        if source.is_ensemble:
+            return await load_ensemble(source, version, registry, _not_serving)
+        return await load_servable(source, version, ServingDefaults(warmup=False))
+
+    registry: ModelRegistry[ServedVersion] = ModelRegistry(ModelRepository(root), load)
     await registry.load_all()
     rows = []
     for e in registry.index():

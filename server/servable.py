@@ -29,6 +29,7 @@ from ops.errors import ConfigError
 from ops.metrics import ServableMetrics, ServerMetrics
 from ops.statistics import ModelStats
 from server.scheduling import batcher_config
+from server.served import ServedVersion
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class RunPlacement:
             self._floor_ns[bucket] = estimate + (ns - estimate) / 64
 
 
-class Servable:
+class Servable(ServedVersion):
     """See the module docstring. Loop-bound except ``kernel`` runs in its executor.
 
     ``kernel`` is loaded: its instance count (which, with a GPU provider, depends on the visible GPUs) caps the
@@ -127,13 +128,21 @@ class Servable:
         await self.batcher.start()
 
     @property
+    def accepting(self) -> bool:
+        return self.batcher.accepting
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth
+
+    @property
     def schedule_estimate(self) -> ScheduleEstimate:
         """The scheduler's current run-time fit and choices (read-only; for metrics, not the hot path)."""
         return self.batcher.estimate
 
     def submit(
         self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
-        priority: int = 0, timeout_us: int = 0,
+        priority: int = 0, timeout_us: int = 0, request_id: str = "",
     ) -> asyncio.Future:
         """Queue one validated request; raises what ``DynamicBatcher.submit`` raises (priority range, full queue...)."""
         return self.batcher.submit(

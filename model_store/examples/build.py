@@ -9,7 +9,10 @@ writes, under DIR (default: ``model_store/examples/repository``):
 - ``simple/1/model.onnx`` + ``simple/config.pbtxt``: Triton's "simple" (sum and
   difference of two FP32 [4] inputs), a full Triton-format config;
 - ``add_one/1/model.onnx``: x + 1 over FP32 [16];
-- ``mlp/1/model.onnx`` + ``mlp/config.pbtxt``: 256 -> 1024 -> 1024 -> 16 (~5 MB).
+- ``mlp/1/model.onnx`` + ``mlp/config.pbtxt``: 256 -> 1024 -> 1024 -> 16 (~5 MB);
+- ``pipeline/config.pbtxt`` + ``pipeline/1/README``: an ensemble, add_one then dense (its version
+  folder holds no model file; the README keeps the folder in git, the package and remote repositories,
+  which carry files, not empty folders).
 
 Each listed model's folder is removed before it is rewritten, so no stale
 version survives; nothing else under DIR is touched. Two runs give
@@ -83,11 +86,59 @@ dynamic_batching {
 }
 """
 
+PIPELINE_CONFIG = """
+name: "pipeline"
+platform: "ensemble"
+max_batch_size: 64
+input [
+  {
+    name: "INPUT0"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  }
+]
+output [
+  {
+    name: "PLUS_ONE"
+    data_type: TYPE_FP32
+    dims: [ 16 ]
+  },
+  {
+    name: "OUTPUT0"
+    data_type: TYPE_FP32
+    dims: [ 8 ]
+  }
+]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "add_one"
+      model_version: -1
+      input_map { key: "INPUT0" value: "INPUT0" }
+      output_map { key: "OUTPUT0" value: "PLUS_ONE" }
+    },
+    {
+      model_name: "dense"
+      model_version: -1
+      input_map { key: "INPUT0" value: "PLUS_ONE" }
+      output_map { key: "OUTPUT0" value: "OUTPUT0" }
+    }
+  ]
+}
+"""
+
+
+def _ensemble_version(folder: Path) -> None:
+    (folder / "README").write_text("An ensemble's version folder holds no model file: this file keeps the folder "
+                                   "in git, in the package and in remote repositories.\n", encoding="utf-8")
+
+
 EXAMPLE_MODELS: dict[str, ModelSpec] = {
     "dense": ModelSpec(functools.partial(write_dense_model, in_features=16, out_features=8, seed=0)),
     "simple": ModelSpec(functools.partial(write_two_io_model, features=4), config=SIMPLE_CONFIG),
     "add_one": ModelSpec(functools.partial(write_add_constant_model, features=16, constant=1.0)),
     "mlp": ModelSpec(functools.partial(write_mlp_model, sizes=(256, 1024, 1024, 16), seed=0), config=MLP_CONFIG),
+    "pipeline": ModelSpec(_ensemble_version, config=PIPELINE_CONFIG),
 }
 
 

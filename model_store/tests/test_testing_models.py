@@ -232,6 +232,8 @@ def test_examples_build_is_deterministic_and_committed_files_are_current(tmp_pat
         "dense/1/model.onnx",
         "mlp/1/model.onnx",
         "mlp/config.pbtxt",
+        "pipeline/1/README",
+        "pipeline/config.pbtxt",
         "simple/1/model.onnx",
         "simple/config.pbtxt",
     ]
@@ -258,7 +260,10 @@ def test_example_configs_are_valid_triton_model_configs() -> None:
     ]
     mlp = text_format.Parse((REPOSITORY / "mlp" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert (mlp.max_batch_size, mlp.dynamic_batching.max_queue_delay_microseconds) == (256, 2000)
-    assert set(EXAMPLE_MODELS) == {"dense", "simple", "add_one", "mlp"}
+    pipeline = text_format.Parse((REPOSITORY / "pipeline" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (pipeline.platform, [s.model_name for s in pipeline.ensemble_scheduling.step]) == (
+        "ensemble", ["add_one", "dense"])
+    assert set(EXAMPLE_MODELS) == {"dense", "simple", "add_one", "mlp", "pipeline"}
 
 
 def test_example_models_run(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def test_models_lists_the_bundled_examples():
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["MODEL", "VERSION", "STATE", "INPUTS"]
     names = {line.split()[0]: line.split()[2] for line in lines[1:]}
-    assert names == {"add_one": "READY", "dense": "READY", "mlp": "READY", "simple": "READY"}
+    assert names == {"add_one": "READY", "dense": "READY", "mlp": "READY", "pipeline": "READY", "simple": "READY"}
 
 
 def test_models_reports_a_broken_model_and_exits_nonzero(tmp_path: Path):

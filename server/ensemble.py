@@ -1,0 +1,264 @@
+"""An ensemble's version: runs its steps (model_store/ensemble.py) as requests to the composing models.
+
+Each step of a request is one inference request to its composing model, made through the dataplane
+(``DataPlane.run_step``): it is resolved then, so a composing model reloaded meanwhile serves it from
+its new version; it is validated by that model's config, batched with other callers' requests in that
+model's own batcher, counted in that model's statistics and metrics, and cached by that model's
+response cache. Steps run as soon as the tensors they read exist, so independent steps run at the same
+time. The request's deadline and id go to every step (a fleet's rollout splits a step by the request's
+id); priorities and queue timeouts stay the composing models' defaults (their levels are their own).
+
+A step that fails fails the request with the step's status code, its message led by the ensemble and
+step; the other steps still running are cancelled. A composing model that is not loaded any more fails
+the request UNAVAILABLE (not NOT_FOUND: the ensemble the caller named exists).
+
+Loading an ensemble loads its composing models that do not serve yet (as Triton does, in every model
+control mode), then checks its steps against their configs (``ensemble.check_steps``). Ensembles may
+compose ensembles; ones that compose each other are refused at load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+from model_store.config import EnsembleStep, ModelConfig
+from model_store.ensemble import check_steps
+from model_store.labels import read_labels
+from model_store.registry import ModelRegistry
+from model_store.repository import ModelSource
+from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError
+from ops.metrics import ServableMetrics, ServerMetrics
+from ops.statistics import ModelStats
+from server.served import ServedVersion
+from server.types import InputTensor, OutputTensor
+
+log = logging.getLogger(__name__)
+
+# (model, version, inputs, outputs wanted, deadline, request id) -> the outputs: ``DataPlane.run_step``.
+StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str], Awaitable[list[OutputTensor]]]
+# The ensembles being loaded by the task at hand, outermost first: an ensemble that composes one of them
+# would wait for its own load.
+_LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fleetserve_ensembles_loading", default=())
+
+
+class EnsembleServable(ServedVersion):
+    """One version of an ensemble; see the module docstring. Loop-bound."""
+
+    def __init__(self, config: ModelConfig, version: int, run_step: StepRunner,
+                 metrics: ServableMetrics | None = None, labels: dict | None = None) -> None:
+        assert config.ensemble is not None
+        self.config = config
+        self.version = version
+        self.version_str = str(version)
+        self.stats = ModelStats()
+        self.metrics = metrics or ServableMetrics.detached(config.name, self.version_str)
+        self.labels = labels or {}
+        self._run_step = run_step
+        self._accepting = False
+        self._running: set[asyncio.Task[dict[str, np.ndarray]]] = set()
+        # Which steps each step waits for: the writers of the tensors it reads.
+        writers = {tensor: i for i, step in enumerate(config.ensemble.steps) for _, tensor in step.output_map}
+        self._after = [frozenset(writers[t] for _, t in step.input_map if t in writers)
+                       for step in config.ensemble.steps]
+        self._datatypes = {spec.name: spec.datatype.name for spec in config.inputs}
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def queue_depth(self) -> int:
+        return 0  # its steps wait in the composing models' queues, and are counted there
+
+    async def start(self) -> None:
+        self._accepting = True
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
+        priority: int = 0, timeout_us: int = 0, request_id: str = "",
+    ) -> "asyncio.Future[dict[str, np.ndarray]]":
+        if not self._accepting:
+            raise ModelNotReady(f"model '{self.config.name}' version {self.version} is not accepting requests "
+                                "(stopping or not started)")
+        task = asyncio.get_running_loop().create_task(self._run(inputs, rows, deadline, request_id))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    async def _run(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
+                   request_id: str) -> dict[str, np.ndarray]:
+        start = time.perf_counter_ns()
+        assert self.config.ensemble is not None
+        steps = self.config.ensemble.steps
+        tensors: dict[str, tuple[str, np.ndarray]] = {
+            name: (self._datatypes[name], data) for name, data in inputs.items()
+        }
+        done: set[int] = set()
+        running: dict[asyncio.Task[list[OutputTensor]], int] = {}
+        try:
+            while len(done) < len(steps):
+                for index, step in enumerate(steps):
+                    if index not in done and index not in running.values() and self._after[index] <= done:
+                        running[asyncio.ensure_future(self._step(step, tensors, deadline, request_id))] = index
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    index = running.pop(task)
+                    outputs = self._outputs(index, task)
+                    written = dict(steps[index].output_map)
+                    for tensor in outputs:
+                        tensors[written[tensor.name]] = (tensor.datatype, tensor.data)
+                    done.add(index)
+        finally:
+            for task in running:
+                task.cancel()
+        elapsed = time.perf_counter_ns() - start
+        self.stats.record_batch(rows, 1, 0, elapsed, 0)  # an ensemble's "execution": one request's steps
+        return {spec.name: tensors[spec.name][1] for spec in self.config.outputs}
+
+    def _step(self, step: EnsembleStep, tensors: dict[str, tuple[str, np.ndarray]], deadline: float | None,
+              request_id: str) -> Awaitable[list[OutputTensor]]:
+        feeds = []
+        for name, tensor in step.input_map:
+            datatype, data = tensors[tensor]
+            feeds.append(InputTensor(name, datatype, data.shape, data))
+        return self._run_step(step.model_name, step.version_text, feeds, [name for name, _ in step.output_map],
+                              deadline, request_id)
+
+    def _outputs(self, index: int, task: "asyncio.Task[list[OutputTensor]]") -> list[OutputTensor]:
+        """A finished step's outputs, or its error raised with the ensemble and step leading its message."""
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        if not isinstance(exc, ServingError):
+            raise exc
+        assert self.config.ensemble is not None
+        step = self.config.ensemble.steps[index]
+        where = f"model '{self.config.name}' version {self.version}, step {index + 1} (model '{step.model_name}')"
+        if isinstance(exc, ModelNotFound):  # the composing model went: the ensemble is there, but cannot serve
+            raise ModelNotReady(f"{where} cannot run: {exc.message}") from exc
+        wrapped = copy.copy(exc)
+        wrapped.message = f"{where}: {exc.message}"
+        wrapped.args = (wrapped.message,)
+        raise wrapped from exc
+
+    def drain(self) -> None:
+        pass  # its steps are queued in the composing models, which drain their own
+
+    async def cut(self, reason: str) -> None:
+        self._accepting = False  # the composing models' cut fails the steps running; none starts after
+
+    async def close(self, drain_timeout_s: float | None = None) -> None:
+        """Stop taking requests; wait for those running (up to ``drain_timeout_s``), cancel what is left."""
+        self._accepting = False
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=drain_timeout_s)
+            for task in pending:
+                task.cancel()
+        self.metrics.release()
+
+
+async def load_ensemble(
+    source: ModelSource, version: int, registry: ModelRegistry[ServedVersion], run_step: StepRunner,
+    metrics: ServerMetrics | None = None,
+) -> EnsembleServable:
+    """Load one version of ensemble ``source``: its composing models first, then the checks of its steps."""
+    config = source.build_ensemble_config()
+    assert config.ensemble is not None
+    token = _LOADING.set((*_LOADING.get(), config.name))
+    try:
+        for step in config.ensemble.steps:
+            await _serve(config.name, step, registry)
+    finally:
+        _LOADING.reset(token)
+    _check_acyclic(config, registry)
+    check_steps(config, lambda step: registry.get(step.model_name, step.version_text).config, source.config_source)
+    labels = read_labels(source.path, config)
+    handle = metrics.servable(config.name, str(version)) if metrics is not None else None
+    servable = EnsembleServable(config, version, run_step, handle, labels)
+    await servable.start()
+    log.info("model '%s' version %d ready: an ensemble of %s", config.name, version, ", ".join(config.ensemble.models))
+    return servable
+
+
+def _cycle(chain: tuple[str, ...]) -> ConfigError:
+    return ConfigError(f"model '{chain[0]}': ensembles compose each other ({' -> '.join(chain)}); an ensemble cannot "
+                       "run itself, directly or through another")
+
+
+async def _serve(ensemble: str, step: EnsembleStep, registry: ModelRegistry[ServedVersion]) -> None:
+    """Load the version ``step`` runs unless it serves already; raises ``ConfigError`` saying why it cannot."""
+    loading = _LOADING.get()
+    if step.model_name in loading:  # its load waits for ours: loading it again would wait forever
+        raise _cycle((*loading[loading.index(step.model_name):], step.model_name))
+    if registry.is_ready(step.model_name, step.version_text):
+        return
+    which = f"model '{step.model_name}'" + (f" version {step.model_version}" if step.model_version > 0 else "")
+    failed = ""
+    try:
+        await registry.load(step.model_name)
+    except ServingError as exc:  # a copy loaded earlier, or the version asked for, may serve all the same
+        failed = exc.message
+    try:
+        registry.get(step.model_name, step.version_text)
+    except ServingError as exc:
+        raise ConfigError(f"model '{ensemble}': its step's {which} cannot serve: {failed or exc.message}") from exc
+
+
+def _check_acyclic(config: ModelConfig, registry: ModelRegistry[ServedVersion]) -> None:
+    """Refuse an ensemble that reaches itself through the ensembles serving now (by name: any of their
+    versions), so that no request can run steps forever."""
+    def visit(chain: tuple[str, ...]) -> None:
+        for served in registry.ready_servables(chain[-1]).values() if len(chain) > 1 else ():
+            if served.config.ensemble is not None:
+                for name in served.config.ensemble.models:
+                    if name == chain[0]:
+                        raise _cycle((*chain, name))
+                    if name not in chain:
+                        visit((*chain, name))
+
+    assert config.ensemble is not None
+    for name in config.ensemble.models:
+        visit((config.name, name))
+
+
+async def unload(registry: ModelRegistry[ServedVersion], name: str, dependents: bool) -> None:
+    """Unload model ``name``; with ``dependents`` (Triton's ``unload_dependents``), the models it runs when it is an
+    ensemble too, and theirs, but those another loaded ensemble still runs."""
+    composing = composing_models(registry, name) if dependents else ()
+    await registry.unload(name)
+    for model in dependents_to_unload(registry, composing):
+        await registry.unload(model)
+
+
+def composing_models(registry: ModelRegistry[ServedVersion], name: str) -> tuple[str, ...]:
+    """The models the serving versions of ensemble ``name`` run, and theirs in turn (nested ensembles), each
+    once; () for a model that is no ensemble."""
+    found: dict[str, None] = {}
+
+    def visit(model: str) -> None:
+        for served in registry.ready_servables(model).values():
+            if served.config.ensemble is not None:
+                for step_model in served.config.ensemble.models:
+                    if step_model != name and step_model not in found:
+                        found[step_model] = None
+                        visit(step_model)
+
+    visit(name)
+    return tuple(found)
+
+
+def dependents_to_unload(registry: ModelRegistry[ServedVersion], composing: tuple[str, ...]) -> list[str]:
+    """Which of ``composing`` (an unloaded ensemble's ``composing_models``) to unload with it: those loaded that
+    no ensemble left serving runs."""
+    kept: set[str] = set()
+    for model in registry.names():
+        if model not in composing:
+            kept.update(composing_models(registry, model))
+    return [model for model in composing if model not in kept and model in registry.names()]
