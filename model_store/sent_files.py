@@ -18,17 +18,27 @@ folder) read by the same ``ModelRepository`` as the repository, so every rule of
 Blocking: call it in a worker thread. The registry removes the folder once no version loaded from it
 serves (model_store/registry.py).
 
+A server killed before its shutdown cannot remove its folders, so each folder holds a lock (an ``flock``
+on its hidden ``.owner`` file, held by the process that wrote it while the folder lives; the kernel lets
+go of it when that process ends, however it ends). ``remove_stale`` (at start-up) removes the folders
+whose lock nobody holds: those of servers that ended, never those of a server still running, even one
+in another container sharing the temporary folder (a lock is not a process id, which a container
+numbers anew).
+
 Imports model_store.repository, .override, .warmup and ops.errors; must not import server, batching, kernels or grpc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -38,10 +48,14 @@ from model_store.repository import CONFIG_FILENAME, ModelRepository, name_proble
 from model_store.warmup import WARMUP_FOLDER
 from ops.errors import BackendError, InvalidInput
 
+log = logging.getLogger(__name__)
 FILE_PREFIX = "file:"
 _VERSION = re.compile(r"[1-9][0-9]*")  # as the repository's version folders
 FOLDER_PREFIX = "fleetserve-load-files-"  # the temporary folders' names start so
 _serial = itertools.count(1)  # tells apart the files of two loads, whatever the file system reuses
+OWNER_FILE = ".owner"  # in each folder: its lock (the module docstring)
+_owned: dict[Path, int] = {}  # the folders this process wrote: their locked descriptors
+_STALE_AFTER_S = 60.0  # a folder younger than this is never removed as stale
 
 
 def read_files(model_name: str, parameters: Mapping[str, object]) -> dict[str, bytes] | None:
@@ -108,6 +122,7 @@ def write_folder(model_name: str, files: Mapping[str, bytes]) -> ModelRepository
     (the folder is then removed)."""
     root = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{next(_serial)}-"))  # mode 0700: this user's only
     try:
+        _own(root)
         model_dir = root / model_name
         for path, content in files.items():
             target = model_dir / path
@@ -155,5 +170,50 @@ async def remove_unused(folders: set[Path], in_use: Iterable[Path]) -> None:
 
 
 def remove_folder(root: Path) -> None:
-    """Remove a folder ``write_folder`` made, and all in it. Blocking; never raises."""
+    """Remove a folder ``write_folder`` made, and all in it, and let go of its lock. Blocking; never raises."""
     shutil.rmtree(root, ignore_errors=True)
+    descriptor = _owned.pop(root, None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+def _own(root: Path) -> None:
+    """Take ``root``'s lock for this process, for as long as the folder lives."""
+    descriptor = os.open(root / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+    _owned[root] = descriptor
+
+
+def remove_stale(parent: Path | None = None) -> list[Path]:
+    """Remove the folders of sent files under ``parent`` (the system's temporary folder) that no running process
+    owns (the module docstring); returns them. Blocking; never raises. A folder made in the last minute, or without
+    a lock file (one being made this moment), is left alone: its maker may not hold the lock yet."""
+    removed = []
+    folder = Path(parent or tempfile.gettempdir())
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(FOLDER_PREFIX)]
+    except OSError:
+        return []
+    for entry in entries:
+        root = Path(entry.path)
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            descriptor = os.open(root / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(descriptor).st_mtime < _STALE_AFTER_S:
+                continue  # just made: its maker may not hold the lock yet
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its server runs
+            continue
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root)
+        finally:
+            os.close(descriptor)
+    if removed:
+        log.info("removed %d temporary folder(s) of model files sent with loads, left by servers that ended without "
+                 "their shutdown: %s", len(removed), ", ".join(str(r) for r in removed))
+    return removed

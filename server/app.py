@@ -49,6 +49,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ops.cores import describe_cores
 from model_store.registry import ModelRegistry, ModelState
+from model_store.sent_files import remove_stale
 from model_store.remote import MirroredRepository, RepositoryMirror
 from model_store.remote_store import RemoteStoreError
 from model_store.repository import ModelRepository, ModelSource
@@ -177,6 +178,7 @@ class App:
                                           shutdown_timeout_s=1.0)
         self.metrics_port = await self._listen(self._metrics_http, "metrics", s.metrics_port)
         log.info("metrics listening on %s:%d", s.host, self.metrics_port)
+        await asyncio.to_thread(remove_stale)  # what servers killed before their shutdown left of sent model files
         # onnxruntime's intra-op threads default to these cores (shared by a model's instances).
         log.info("onnxruntime thread pools sized for %s", describe_cores())
         tracer = self._tracer()

@@ -10,6 +10,9 @@ are refused naming the parameter; the temporary folder is removed once nothing l
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -20,6 +23,7 @@ import tritonclient.grpc as tc
 import tritonclient.http as th
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from model_store.sent_files import OWNER_FILE
 from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
 from ops.redis_testing import RedisServer
 from server.fleet_testing import fleet_args
@@ -220,6 +224,28 @@ def test_shutdown_removes_the_folder(tmp_path: Path):
     finally:
         assert server.stop() == 0
     assert sent_folders(scratch) == []
+
+
+def test_the_next_server_removes_the_folder_of_a_killed_one(tmp_path: Path):
+    repo = write_model_repository(tmp_path / "repo", {"add": ModelSpec(write_add_constant_model)})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    killed = start_server(repo, scratch)
+    try:
+        with tc.InferenceServerClient(killed.grpc_address) as client:
+            client.load_model("sent", config=CONFIG, files={"file:1/model.onnx": add_model_bytes(tmp_path, 6.0)})
+    finally:
+        killed.stop(signal.SIGKILL)  # no shutdown: the folder stays
+    [left] = sent_folders(scratch)
+    hour_ago = time.time() - 3600
+    os.utime(left / OWNER_FILE, (hour_ago, hour_ago))  # restarted later (a folder of the last minute is kept)
+
+    restarted = start_server(repo, scratch)
+    try:
+        assert sent_folders(scratch) == []
+        assert "removed 1 temporary folder(s) of model files sent with loads" in restarted.log
+    finally:
+        assert restarted.stop() == 0
 
 
 def test_files_are_refused_in_fleet_mode(tmp_path: Path):
