@@ -104,16 +104,26 @@ class EnsembleServable(ServedVersion):
         running: dict[asyncio.Task[list[OutputTensor]], int] = {}
         try:
             while len(done) < len(steps):
-                for index, step in enumerate(steps):
-                    if index not in done and index not in running.values() and self._after[index] <= done:
-                        running[asyncio.ensure_future(self._step(step, tensors, deadline, request_id))] = index
+                ready = [i for i in range(len(steps)) if i not in done and i not in running.values()
+                         and self._after[i] <= done]
+                if len(ready) == 1 and not running:  # the one step that can run: awaited here, no task of its own
+                    index = ready[0]
+                    try:
+                        outputs = await self._step(steps[index], tensors, deadline, request_id)
+                    except ServingError as exc:
+                        raise self._step_error(index, exc) from exc
+                    self._keep(steps[index], outputs, tensors)
+                    done.add(index)
+                    continue
+                for index in ready:
+                    running[asyncio.ensure_future(self._step(steps[index], tensors, deadline, request_id))] = index
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     index = running.pop(task)
-                    outputs = self._outputs(index, task)
-                    written = dict(steps[index].output_map)
-                    for tensor in outputs:
-                        tensors[written[tensor.name]] = (tensor.datatype, tensor.data)
+                    error = task.exception()
+                    if error is not None:
+                        raise self._step_error(index, error) if isinstance(error, ServingError) else error
+                    self._keep(steps[index], task.result(), tensors)
                     done.add(index)
         finally:
             for task in running:
@@ -131,22 +141,24 @@ class EnsembleServable(ServedVersion):
         return self._run_step(step.model_name, step.version_text, feeds, [name for name, _ in step.output_map],
                               deadline, request_id)
 
-    def _outputs(self, index: int, task: "asyncio.Task[list[OutputTensor]]") -> list[OutputTensor]:
-        """A finished step's outputs, or its error raised with the ensemble and step leading its message."""
-        exc = task.exception()
-        if exc is None:
-            return task.result()
-        if not isinstance(exc, ServingError):
-            raise exc
+    @staticmethod
+    def _keep(step: EnsembleStep, outputs: list[OutputTensor], tensors: dict[str, tuple[str, np.ndarray]]) -> None:
+        """A finished step's outputs as the ensemble tensors its output_map names."""
+        written = dict(step.output_map)
+        for tensor in outputs:
+            tensors[written[tensor.name]] = (tensor.datatype, tensor.data)
+
+    def _step_error(self, index: int, exc: ServingError) -> ServingError:
+        """A step's error as the ensemble's: the same status, the ensemble and step leading its message."""
         assert self.config.ensemble is not None
         step = self.config.ensemble.steps[index]
         where = f"model '{self.config.name}' version {self.version}, step {index + 1} (model '{step.model_name}')"
         if isinstance(exc, ModelNotFound):  # the composing model went: the ensemble is there, but cannot serve
-            raise ModelNotReady(f"{where} cannot run: {exc.message}") from exc
+            return ModelNotReady(f"{where} cannot run: {exc.message}")
         wrapped = copy.copy(exc)
         wrapped.message = f"{where}: {exc.message}"
         wrapped.args = (wrapped.message,)
-        raise wrapped from exc
+        return wrapped
 
     def drain(self) -> None:
         pass  # its steps are queued in the composing models, which drain their own
