@@ -13,7 +13,7 @@ is implicit and not part of ``dims``; ``-1`` marks a variable dimension.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
@@ -89,6 +89,7 @@ class InstanceGroup:
 
     count: int = 1  # at least 1 (a config's 0 means 1)
     gpus: tuple[int, ...] = ()
+    name: str = ""  # as written, else "<model>_<index>" as Triton names it (model_store/options.py)
 
     @property
     def instances(self) -> int:
@@ -265,6 +266,13 @@ class ModelConfig:
     def platform(self) -> str:
         return PLATFORM if self.ensemble is None else ENSEMBLE_PLATFORM
 
+    def placed(self, on_gpu: bool) -> "ModelConfig":
+        """The config as its loaded kernel runs it: KIND_AUTO becomes the kind the kernel chose (KIND_GPU where a
+        GPU provider runs the model, else KIND_CPU), as Triton's completed configs report it."""
+        if self.instance_kind is not InstanceKind.AUTO or self.ensemble is not None:
+            return self
+        return replace(self, instance_kind=InstanceKind.GPU if on_gpu else InstanceKind.CPU)
+
     @property
     def instance_count(self) -> int:
         """Model instances in all where the CPU runs the model. With a GPU provider a group that lists no GPUs has
@@ -331,7 +339,7 @@ class ModelConfig:
                                                  input_map=dict(step.input_map), output_map=dict(step.output_map))
         kind = pb.ModelInstanceGroup.Kind.Value(self.instance_kind.value)
         for group in self.instance_groups if self.ensemble is None else ():
-            msg.instance_group.add(count=group.count, kind=kind, gpus=group.gpus)
+            msg.instance_group.add(name=group.name, count=group.count, kind=kind, gpus=group.gpus)
         for name in self.execution_accelerators:
             target = (
                 msg.optimization.execution_accelerators.cpu_execution_accelerator

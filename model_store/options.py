@@ -239,7 +239,7 @@ def instances(msg: pb.ModelConfig, where: Where) -> Instances:
     """instance_group checked; a group's ``count`` (0 means 1) is per listed GPU, as in Triton (one that lists none:
     per visible GPU where a GPU provider runs the model, which the kernel decides at load)."""
     if not msg.instance_group:
-        return Instances()
+        return Instances((InstanceGroup(name=f"{where.model}_0"),))
     groups: list[InstanceGroup] = []
     kinds: set[InstanceKind] = set()
     for index, group in enumerate(msg.instance_group):
@@ -260,7 +260,7 @@ def instances(msg: pb.ModelConfig, where: Where) -> Instances:
             raise where.error(f"{field}.gpus", f"are {list(group.gpus)}; GPU ids are 0 or more")
         if group.gpus and kind is InstanceKind.CPU:
             raise where.error(f"{field}.gpus", "are given for a KIND_CPU group; remove them or use KIND_GPU")
-        groups.append(InstanceGroup(max(group.count, 1), tuple(group.gpus)))
+        groups.append(InstanceGroup(max(group.count, 1), tuple(group.gpus), group.name or f"{where.model}_{index}"))
         kinds.add(kind)
     listed = sum(group.count * max(1, len(group.gpus)) for group in groups)
     if listed > MAX_INSTANCES:

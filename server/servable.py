@@ -297,6 +297,7 @@ def _load_sync(
     _warn_of_unread_parameters(source, config)
     kernel = OrtKernel(model_path, kernel_options(config))
     kernel.load()
+    config = config.placed(on_gpu=any(plan.device_id is not None for plan in kernel.plans))
     if defaults.warmup or config.model_warmup:  # configured samples always run: a failing one fails the load
         _warm_up(kernel, config, source.path)
     return config, kernel, labels

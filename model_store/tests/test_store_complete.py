@@ -264,12 +264,12 @@ def test_reshape_has_tritons_meaning_clients_see_dims_and_the_model_its_shape(si
 @pytest.mark.parametrize(("groups", "expected"), [
     # Triton: a group's count is per listed GPU, so 2 x [0, 1] is four instances, two on each GPU. A group that
     # lists none counts once here (the CPU's count); kernels/placement.py spreads it over the visible GPUs.
-    ("{ count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }", ((InstanceGroup(2, (0, 1)),), 4)),
-    ("{ count: 1 kind: KIND_GPU gpus: [ 0 ] }, { count: 2 kind: KIND_GPU gpus: [ 1 ] }",
-     ((InstanceGroup(1, (0,)), InstanceGroup(2, (1,))), 3)),
+    ("{ count: 2 kind: KIND_GPU gpus: [ 0, 1 ] }", ((InstanceGroup(2, (0, 1), "m_0"),), 4)),
+    ("{ count: 1 kind: KIND_GPU gpus: [ 0 ] }, { name: \"second\" count: 2 kind: KIND_GPU gpus: [ 1 ] }",
+     ((InstanceGroup(1, (0,), "m_0"), InstanceGroup(2, (1,), "second")), 3)),
     ("{ count: 2 kind: KIND_GPU gpus: [ 1, 0 ] }, { count: 0 kind: KIND_GPU }",
-     ((InstanceGroup(2, (1, 0)), InstanceGroup(1, ())), 5)),
-    ("{ count: 3 kind: KIND_CPU }", ((InstanceGroup(3, ()),), 3)),
+     ((InstanceGroup(2, (1, 0), "m_0"), InstanceGroup(1, (), "m_1")), 5)),
+    ("{ count: 3 kind: KIND_CPU }", ((InstanceGroup(3, (), "m_0"),), 3)),
 ], ids=["count-per-gpu", "uneven-groups", "gpus-then-none", "cpu"])
 def test_instance_groups_count_instances_on_each_listed_gpu(
     signatures: dict[str, Signature], groups: str, expected: tuple
@@ -277,8 +277,9 @@ def test_instance_groups_count_instances_on_each_listed_gpu(
     config = build(signatures, "dense", f"instance_group [ {groups} ]")
 
     assert (config.instance_groups, config.instance_count) == expected
-    reported = [(g.count, list(g.gpus)) for g in config.to_proto().instance_group]
-    assert reported == [(g.count, list(g.gpus)) for g in expected[0]]  # as written, not re-split over the GPUs
+    reported = [(g.name, g.count, list(g.gpus)) for g in config.to_proto().instance_group]
+    # as written, not re-split over the GPUs; a group without a name gets Triton's "<model>_<index>"
+    assert reported == [(g.name, g.count, list(g.gpus)) for g in expected[0]]
 
 
 READ_BACK = [
@@ -727,3 +728,13 @@ def test_a_model_type_without_a_protocol_datatype_is_an_error() -> None:
 
     with pytest.raises(ConfigError, match=r'model input "z": has type complex64, which fleetserve cannot serve'):
         build_config("m", None, inputs, [], SOURCE)
+
+
+def test_a_loaded_config_reports_the_kind_its_kernel_runs_on(signatures: dict[str, Signature]) -> None:
+    auto = build(signatures, "dense", None)
+    cpu = build(signatures, "dense", "instance_group [ { kind: KIND_CPU } ]")
+
+    assert auto.instance_kind is InstanceKind.AUTO  # until the kernel has chosen
+    assert auto.placed(on_gpu=True).instance_kind is InstanceKind.GPU
+    assert auto.placed(on_gpu=False).to_proto().instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cpu.placed(on_gpu=True) is cpu  # a kind written stays

@@ -59,7 +59,9 @@ def test_health_metadata_config_index_and_stats(client):
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
     config = client.get_model_config("nobatch")  # fields at their default are written out, as Triton does
     assert config["max_batch_size"] == 0 and config["input"][0]["optional"] is False
-    assert config["input"][0]["format"] == "FORMAT_NONE" and config["instance_group"][0]["kind"] == "KIND_AUTO"
+    assert config["input"][0]["format"] == "FORMAT_NONE"
+    # as Triton completes it: the kind the model runs on (no GPU here), the group named "<model>_<index>"
+    assert [(g["name"], g["kind"], g["count"]) for g in config["instance_group"]] == [("nobatch_0", "KIND_CPU", 1)]
     assert [o["label_filename"] for o in client.get_model_config("labelled")["output"]] == ["labels.txt", "few.txt"]
     index = {(m["name"], m["version"]): m for m in client.get_model_repository_index()}
     assert index[("dense", "1")]["state"] == "READY"
