@@ -16,7 +16,8 @@ Triton's auto-complete for ONNX models:
   batch dimension.
 
 The serving options (versions, batching, instances, accelerators) are read
-by model_store/options.py. Imports model_store.config, .datatypes, .defaults_only, .options, .warmup,
+by model_store/options.py, sequence_batching by model_store/sequence.py. Imports model_store.config,
+.datatypes, .defaults_only, .options, .sequence, .warmup,
 the generated config messages, numpy and ops.errors only; must not import server, batching,
 kernels, onnxruntime or grpc.
 """
@@ -30,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model_store import defaults_only, options, warmup
+from model_store import defaults_only, options, sequence, warmup
 from model_store.config import (
     BACKEND,
     DEFAULT_MAX_BATCH_SIZE,
@@ -112,13 +113,19 @@ def build_config(
     max_batch_size, completed = _max_batch_size(msg, model_in, model_out, "max_batch_size" in stated, where)
     instances = options.instances(msg, where)
     accelerators, accelerator_parameters = options.accelerators(msg, where)
+    sequences = sequence.read(msg, {t.name: (t.datatype, t.dims(max_batch_size)) for t in model_in},
+                              {t.name: (t.datatype, t.dims(max_batch_size)) for t in model_out}, max_batch_size, where)
+    if sequences is not None:  # the inputs and outputs the server fills and keeps are not the requests'
+        model_in = tuple(t for t in model_in if t.name not in sequences.server_inputs)
+        model_out = tuple(t for t in model_out if t.name not in sequences.state_outputs)
     specs = _tensors(msg.input, model_in, max_batch_size, where, every=True)
     return ModelConfig(
         name=model_name,
         max_batch_size=max_batch_size,
         inputs=specs,
         outputs=_tensors(msg.output, model_out, max_batch_size, where, every=False),
-        dynamic_batching=options.dynamic_batching(msg, max_batch_size, completed, where),
+        dynamic_batching=options.dynamic_batching(msg, max_batch_size, completed and sequences is None, where),
+        sequence_batching=sequences,
         instance_groups=instances.groups,
         instance_kind=instances.kind,
         version_policy=options.version_policy(msg, where),

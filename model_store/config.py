@@ -20,6 +20,7 @@ import numpy as np
 
 from model_store.datatypes import BY_NAME, Datatype
 from model_store.protos import model_config_pb2 as pb
+from model_store.sequence_types import SequenceBatching
 
 DEFAULT_MAX_BATCH_SIZE = 64  # used when an ONNX model has a dynamic first dimension and no config says otherwise
 DEFAULT_MAX_QUEUE_DELAY_US = 500
@@ -261,6 +262,16 @@ class ModelConfig:
     response_cache: bool = False
     response_cache_ttl_s: float = DEFAULT_RESPONSE_CACHE_TTL_S  # parameter response_cache_ttl_s
     ensemble: Ensemble | None = None  # an ensemble's steps (platform "ensemble"): no model file, no kernel
+    sequence_batching: SequenceBatching | None = None
+
+    @property
+    def batching(self) -> DynamicBatching | None:
+        """How requests batch: dynamic_batching's settings, or the sequence batcher's strategy's delay and preferred
+        sizes, which batch the requests of different sequences (None: one at a time)."""
+        sb = self.sequence_batching
+        if sb is not None and self.max_batch_size > 0:
+            return DynamicBatching(max_queue_delay_us=sb.max_queue_delay_us, preferred_batch_size=sb.preferred_batch_size)
+        return self.dynamic_batching
 
     @property
     def platform(self) -> str:
@@ -333,6 +344,8 @@ class ModelConfig:
             _queue_policy_proto(db.default_queue_policy, msg.dynamic_batching.default_queue_policy)
             for level, level_policy in sorted(db.priority_queue_policy.items()):
                 _queue_policy_proto(level_policy, msg.dynamic_batching.priority_queue_policy[level])
+        if self.sequence_batching is not None:
+            self.sequence_batching.fill_proto(msg.sequence_batching)
         if self.ensemble is not None:
             for step in self.ensemble.steps:
                 msg.ensemble_scheduling.step.add(model_name=step.model_name, model_version=step.model_version,

@@ -25,7 +25,7 @@ from ops.errors import ConfigError
 # Fields of Triton's schema that fleetserve leaves out on purpose, by the message holding them.
 _TRITON_ONLY: dict[str, frozenset[str]] = {
     "inference.ModelConfig": frozenset({
-        "sequence_batching", "model_operations",
+        "model_operations",
         "model_repository_agents", "model_metrics",
     }),
     "inference.ModelInstanceGroup": frozenset({"rate_limiter"}),

@@ -15,7 +15,7 @@ Links inside model folders are followed (ConfigMap mounts are made of links).
 A version folder is named by a positive integer without leading zeros, as
 Triton's: "0", "01", "1.0" and "-1" are not versions and are ignored.
 
-Imports model_store.pbtxt, .complete, .options, .config, .override and ops.errors; must
+Imports model_store.pbtxt, .complete, .ensemble, .options, .config, .override, .sequence, .warmup and ops.errors; must
 not import server, batching, kernels or grpc.
 """
 
@@ -33,6 +33,7 @@ from model_store.config import ModelConfig, VersionPolicy
 from model_store.override import ConfigOverride
 from model_store.pbtxt import parse_config_text, stated_fields
 from model_store.protos import model_config_pb2 as pb
+from model_store.sequence import INITIAL_STATE_FOLDER
 from model_store.warmup import WARMUP_FOLDER
 from ops.errors import ConfigError, ModelNotFound
 
@@ -53,7 +54,7 @@ class ModelSource:
     ``versions`` maps each version whose folder holds the model file to that
     file; ``missing`` gives, for version folders without it, the reason to
     report. ``fingerprint`` changes when config.pbtxt or any non-hidden file
-    directly in a version folder or in the model's warmup/ folder changes (inode,
+    directly in a version folder or in the model's warmup/ or initial_state/ folder changes (inode,
     mtime, size), or a version folder comes or goes; it is taken before the files are read, so a change
     made while reading shows in the next one. The message must not be mutated.
     """
@@ -232,9 +233,10 @@ class ModelRepository:
             entries = list(os.scandir(model_dir))
         except OSError as exc:  # removed since the check: report it as gone
             raise ModelNotFound(f"model folder {model_dir} cannot be read: {exc.strerror or exc}") from exc
-        # The warm-up data (model_warmup) is read by every version's load: a change to it changes each version.
-        warmup = tuple((f"{WARMUP_FOLDER}/{name}", inode, mtime, size)
-                       for name, inode, mtime, size in _files(model_dir / WARMUP_FOLDER))
+        # The warm-up data (model_warmup) and initial states (sequence_batching) are read by every version's
+        # load: a change to them changes each version.
+        warmup = tuple((f"{folder}/{name}", inode, mtime, size) for folder in (WARMUP_FOLDER, INITIAL_STATE_FOLDER)
+                       for name, inode, mtime, size in _files(model_dir / folder))
         for entry in entries:
             if _VERSION.fullmatch(entry.name) and _is_dir(entry):
                 versions[int(entry.name)] = _files(Path(entry.path)) + warmup

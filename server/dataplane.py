@@ -38,7 +38,7 @@ from server.classification import classify_outputs
 from server.ensemble import unload
 from server.served import ServedVersion
 from server.types import InferRequest, InferResponse, InputTensor, OutputTensor
-from server.validation import output_spec, scheduling, validate
+from server.validation import output_spec, scheduling, sequence_of, validate
 
 if TYPE_CHECKING:  # fleet mode only: these import redis
     from model_store.routing import TrafficRouter
@@ -303,9 +303,11 @@ class DataPlane:
         feeds, rows, key = validate(servable.config, request)
         if request.trace is not None:
             request.trace.enqueued_ns = time.perf_counter_ns()
-        priority, timeout_us = scheduling(request.parameters) if request.parameters else (0, 0)
+        parameters = request.parameters
+        priority, timeout_us = scheduling(parameters) if parameters else (0, 0)
+        sequence = sequence_of(parameters) if parameters else None
         return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us,
-                                       request.id)
+                                       request.id, sequence)
 
     def _fail(self, call: "Call", exc: BaseException) -> None:
         servable, request = call.servable, call.request

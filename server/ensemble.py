@@ -24,7 +24,7 @@ import contextvars
 import copy
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Hashable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from model_store.ensemble import check_steps
 from model_store.labels import read_labels
 from model_store.registry import ModelRegistry
 from model_store.repository import ModelSource
-from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError
+from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError, Unsupported
 from ops.metrics import ServableMetrics, ServerMetrics
 from ops.statistics import ModelStats
 from server.served import ServedVersion
@@ -83,7 +83,11 @@ class EnsembleServable(ServedVersion):
     def submit(
         self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
         priority: int = 0, timeout_us: int = 0, request_id: str = "",
+        sequence: "tuple[Hashable, bool, bool] | None" = None,
     ) -> "asyncio.Future[dict[str, np.ndarray]]":
+        if sequence is not None:
+            raise Unsupported(f"model '{self.config.name}' is an ensemble, which runs no sequences: send the request "
+                              "without sequence_id, sequence_start and sequence_end")
         if not self._accepting:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is not accepting requests "
                                 "(stopping or not started)")

@@ -27,7 +27,7 @@ def batcher_config(config: ModelConfig, default_max_queue_size: int, instances: 
     A model that does not batch (``max_batch_size`` 0 or no dynamic_batching)
     runs one request per batch, on one priority level with no timeouts.
     """
-    db = config.dynamic_batching
+    db = config.batching  # dynamic_batching's, or the sequence batcher's delay and preferred sizes
     instances = max(1, config.instance_count if instances is None else instances)
     if config.max_batch_size <= 0 or db is None:
         return BatcherConfig(

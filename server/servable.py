@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Hashable, Mapping
 
 import numpy as np
 
@@ -25,11 +25,12 @@ from model_store.config import PARAMETERS, InstanceKind, ModelConfig
 from model_store import warmup
 from model_store.labels import Labels, read_labels
 from model_store.repository import ModelSource
-from ops.errors import ConfigError
+from ops.errors import ConfigError, InvalidInput, Unsupported
 from ops.metrics import ServableMetrics, ServerMetrics
 from ops.statistics import ModelStats
 from server.scheduling import batcher_config
 from server.served import ServedVersion
+from server.sequences import SequenceRunner, read_initial_states, warmup_feeds
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ class Servable(ServedVersion):
     def __init__(
         self, config: ModelConfig, version: int, kernel: OrtKernel, defaults: ServingDefaults,
         metrics: ServableMetrics | None = None, labels: Labels | None = None,
+        initial_states: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """``labels``: the outputs' class labels (``read_labels``), for classification; read-only."""
+        """``labels``: the outputs' class labels (``read_labels``), for classification; read-only.
+        ``initial_states``: a sequence model's (server/sequences.py, ``read_initial_states``)."""
         self.config = config
         self.labels: Labels = labels or {}
         self.version = version
@@ -113,7 +116,7 @@ class Servable(ServedVersion):
         self.instances = max(1, kernel.instances)
         self.stats = ModelStats()
         self.metrics = metrics or ServableMetrics.detached(config.name, self.version_str)
-        batching = config.max_batch_size > 0 and config.dynamic_batching is not None
+        batching = config.max_batch_size > 0 and config.batching is not None
         self.batcher: DynamicBatcher[_Work, dict[str, np.ndarray]] = DynamicBatcher(
             self._run_batch,
             batcher_config(config, defaults.max_queue_size, self.instances),
@@ -123,6 +126,9 @@ class Servable(ServedVersion):
         self.rows_per_item = batching
         self.placement = RunPlacement(_int_parameter(config, "inline_run_max_us", DEFAULT_INLINE_RUN_MAX_US) * 1000)
         self.metrics.attach(self.batcher, self.instances)
+        self.sequences: SequenceRunner | None = None
+        if config.sequence_batching is not None:
+            self.sequences = SequenceRunner(config, dict(initial_states or {}), self._submit, self.batcher.name)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -143,11 +149,34 @@ class Servable(ServedVersion):
     def submit(
         self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
         priority: int = 0, timeout_us: int = 0, request_id: str = "",
+        sequence: "tuple[Hashable, bool, bool] | None" = None,
     ) -> asyncio.Future:
-        """Queue one validated request; raises what ``DynamicBatcher.submit`` raises (priority range, full queue...)."""
+        """Queue one validated request; raises what ``DynamicBatcher.submit`` raises (priority range, full queue...).
+        ``sequence``: the request's (sequence_id, sequence_start, sequence_end), for a model with sequence_batching."""
+        if sequence is not None or self.sequences is not None:
+            return self._sequence_submit(inputs, rows, key, deadline, trace, priority, timeout_us, sequence)
         return self.batcher.submit(
             _Work(inputs, trace), rows if self.rows_per_item else 1, key, deadline, priority, timeout_us
         )
+
+    def _submit(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any,
+                priority: int, timeout_us: int) -> asyncio.Future:
+        return self.batcher.submit(
+            _Work(inputs, trace), rows if self.rows_per_item else 1, key, deadline, priority, timeout_us
+        )
+
+    def _sequence_submit(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None,
+                         trace: Any, priority: int, timeout_us: int,
+                         sequence: "tuple[Hashable, bool, bool] | None") -> asyncio.Future:
+        name = self.config.name
+        if self.sequences is None:
+            raise Unsupported(f"model '{name}' runs no sequences (its config has no sequence_batching): each request "
+                              "runs on its own, with no state kept between requests; send it without 'sequence_id', "
+                              "'sequence_start' and 'sequence_end'")
+        if sequence is None:
+            raise InvalidInput(f"model '{name}' runs sequences: a request needs a sequence_id naming its sequence, "
+                               "with sequence_start on the sequence's first request and sequence_end on its last")
+        return self.sequences.submit(inputs, rows, key, deadline, trace, priority, timeout_us, sequence)
 
     def _run_batch(self, items: list[_Work]) -> Outputs | Awaitable[Outputs]:
         """Run a batch here (a tiny one: its outputs, at once) or in the kernel's threads (an awaitable)."""
@@ -198,6 +227,8 @@ class Servable(ServedVersion):
 
     async def close(self, drain_timeout_s: float | None = None) -> None:
         """Finish queued and running requests, then release the kernel."""
+        if self.sequences is not None:  # requests held behind their sequence's fail; the running ones finish
+            self.sequences.close("the model version is unloading")
         await self.batcher.stop(drain_timeout_s)
         self.metrics.detach(self.batcher, self.instances)
         self.metrics.release()
@@ -249,13 +280,15 @@ def kernel_options(config: ModelConfig) -> KernelOptions:
     )
 
 
-def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path) -> None:
+def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path, initial: Mapping[str, np.ndarray]) -> None:
     """Run the config's warm-up samples (Triton's model_warmup; a failure fails the load, as in Triton), else one
     zero-filled request (best effort), so the first caller does not pay for lazy initialisation."""
     for index, sample in enumerate(config.model_warmup):
         try:
             inputs = warmup.feeds(sample, model_folder, batching=config.max_batch_size > 0)
             inputs = {spec.name: spec.to_model(inputs[spec.name]) for spec in config.inputs}  # Triton's reshape
+            if config.sequence_batching is not None:  # a sequence's first request: its controls, initial states
+                inputs.update(warmup_feeds(config, dict(initial), sample.batch_size))
             for _ in range(sample.count):
                 kernel.warm_up(inputs)
         except Exception as exc:
@@ -271,6 +304,8 @@ def _warm_up(kernel: OrtKernel, config: ModelConfig, model_folder: Path) -> None
             feeds[spec.name] = np.full(shape, b"", dtype=object)
         else:
             feeds[spec.name] = np.zeros(shape, dtype=spec.datatype.numpy)
+    if config.sequence_batching is not None:
+        feeds.update(warmup_feeds(config, dict(initial), 1))
     try:
         kernel.warm_up(feeds)
     except Exception as exc:  # a model may reject zeros or unit dims; warm-up is best effort
@@ -289,18 +324,19 @@ def _warn_of_unread_parameters(source: ModelSource, config: ModelConfig) -> None
 
 def _load_sync(
     source: ModelSource, version: int, model_path: Path, defaults: ServingDefaults,
-) -> tuple[ModelConfig, OrtKernel, Labels]:
+) -> tuple[ModelConfig, OrtKernel, Labels, Mapping[str, np.ndarray]]:
     inputs, outputs = read_signature(model_path)
     config = source.build_config(inputs, outputs)
     _int_parameter(config, "inline_run_max_us", 0)  # checked before a session exists to leak
     labels = read_labels(source.path, config)  # as Triton, a label file that cannot be read fails the load
+    initial = read_initial_states(config, source.path) if config.sequence_batching is not None else {}
     _warn_of_unread_parameters(source, config)
     kernel = OrtKernel(model_path, kernel_options(config))
     kernel.load()
     config = config.placed(on_gpu=any(plan.device_id is not None for plan in kernel.plans))
     if defaults.warmup or config.model_warmup:  # configured samples always run: a failing one fails the load
-        _warm_up(kernel, config, source.path)
-    return config, kernel, labels
+        _warm_up(kernel, config, source.path, initial)
+    return config, kernel, labels, initial
 
 
 async def load_servable(
@@ -313,9 +349,10 @@ async def load_servable(
     if model_path is None or not os.path.isfile(model_path):
         raise ConfigError(f"model '{source.name}' version {version}: no model file at {model_path}")
     loop = asyncio.get_running_loop()
-    config, kernel, labels = await loop.run_in_executor(None, _load_sync, source, version, model_path, defaults)
+    config, kernel, labels, initial = await loop.run_in_executor(None, _load_sync, source, version, model_path,
+                                                                  defaults)
     handle = metrics.servable(config.name, str(version)) if metrics is not None else None
-    servable = Servable(config, version, kernel, defaults, handle, labels)
+    servable = Servable(config, version, kernel, defaults, handle, labels, initial)
     await servable.start()
     choice = kernel.provider_choice
     log.info("model '%s' version %d ready on %s (%s)", source.name, version,

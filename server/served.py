@@ -8,7 +8,7 @@ dataplane (server/ensemble.py, ``EnsembleServable``). The registry holds both as
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -41,9 +41,11 @@ class ServedVersion:
     def submit(
         self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
         priority: int = 0, timeout_us: int = 0, request_id: str = "",
+        sequence: "tuple[Hashable, bool, bool] | None" = None,
     ) -> "asyncio.Future[dict[str, np.ndarray]]":
         """Queue one validated request (server/validation.py's feeds, rows and merge key); its outputs by name.
-        ``request_id``: the request's id, which an ensemble passes on to its steps."""
+        ``request_id``: the request's id, which an ensemble passes on to its steps. ``sequence``: the request's
+        (sequence_id, sequence_start, sequence_end), which a sequence model needs and others refuse."""
         raise NotImplementedError
 
     async def start(self) -> None:

@@ -2,7 +2,7 @@
 
 Pure functions over the dataplane's types (server/types.py) and the model config (BYTES elements must be
 UTF-8: the models are ONNX, whose strings are text); every error is
-``InvalidInput`` (or ``Unsupported`` for Triton's sequence parameters, ``scheduling``) naming the
+``InvalidInput`` naming the
 tensor or parameter, what the model expects and what came. Outputs asked for as classes (Triton's
 classification extension) must have a datatype that has them (server/classification.py). A transport
 that cannot encode every output as the caller asked checks them here too (``InferRequest.check_outputs``),
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_store.config import ModelConfig, TensorSpec
-from ops.errors import InvalidInput, Unsupported
+from ops.errors import InvalidInput
 from server.classification import check_classification
 from server.shared_memory import check_output_regions
 from server.types import InferRequest
@@ -117,19 +117,31 @@ def scheduling(parameters: dict[str, object]) -> tuple[int, int]:
     batcher checks the priority against the model's levels (InvalidInput
     naming the range) and applies the timeout only where the model's queue
     policy allows an override.
-
-    Triton's sequence parameters (``sequence_id``, ``sequence_start``, ``sequence_end``: tritonclient's
-    ``sequence_id=`` and its flags) are refused (``Unsupported``): there is no sequence batcher here, so
-    running the request as if they were absent would drop the sequence's state without the caller knowing.
     """
-    sequence = [name for name in SEQUENCE_PARAMETERS if name in parameters]
-    if sequence:
-        raise Unsupported(
-            f"parameter{'s' if len(sequence) > 1 else ''} {', '.join(repr(n) for n in sequence)}: sequence batching "
-            "(tritonclient's sequence_id, sequence_start and sequence_end) is not supported by this server; each "
-            "request runs on its own, with no state kept between requests: send it without them"
-        )
     return _count_parameter(parameters, "priority", ""), _count_parameter(parameters, "timeout", " of microseconds")
+
+
+def sequence_of(parameters: dict[str, object]) -> tuple[int | str, bool, bool] | None:
+    """Triton's sequence parameters (tritonclient's ``sequence_id=``, ``sequence_start=``, ``sequence_end=``):
+    ``(sequence_id, sequence_start, sequence_end)``, or None when the request carries none of them. The id is an
+    unsigned 64-bit integer or a string; the flags are booleans (absent: false). A model with sequence_batching
+    needs them; any other model refuses them (server/servable.py), never running the request as if they were absent.
+    """
+    if not any(name in parameters for name in SEQUENCE_PARAMETERS):
+        return None
+    sequence_id = parameters.get("sequence_id", 0)
+    if isinstance(sequence_id, bool) or not isinstance(sequence_id, (int, str)):
+        raise InvalidInput(f"parameter 'sequence_id' must be an integer or a string, not {sequence_id!r}")
+    if isinstance(sequence_id, int) and not 0 <= sequence_id <= _UINT64_MAX:
+        raise InvalidInput(f"parameter 'sequence_id' is {sequence_id}; an integer id is 0 to {_UINT64_MAX} (an "
+                           "unsigned 64-bit integer in Triton's protocol)")
+    flags = []
+    for name in ("sequence_start", "sequence_end"):
+        value = parameters.get(name, False)
+        if not isinstance(value, bool):
+            raise InvalidInput(f"parameter '{name}' must be true or false, not {value!r}")
+        flags.append(value)
+    return sequence_id, flags[0], flags[1]
 
 
 def _count_parameter(parameters: dict[str, object], name: str, unit: str) -> int:

@@ -105,8 +105,8 @@ def test_the_example_repository_configs_parse(path: Path) -> None:
             id="misspelled-map-value-field",
         ),
         pytest.param(
-            "sequence_batching { }",
-            [f"{SOURCE}:1:1: ", '"sequence_batching" of Triton\'s model configuration is not supported'],
+            "model_repository_agents { }",
+            [f"{SOURCE}:1:1: ", '"model_repository_agents" of Triton\'s model configuration is not supported'],
             id="triton-field-fleetserve-leaves-out",
         ),
         pytest.param(

@@ -133,8 +133,8 @@ def test_an_override_choosing_other_versions_replaces_the_served_ones(client):
     ('[{"max_batch_size": 16}]', "config override of model 'dense': is an array, not a JSON object"),
     ('{"name": "add", "max_batch_size": 16}',
      "config override of model 'dense': name: is \"add\", but the load request is for model \"dense\""),
-    ('{"max_batch_size": 16, "sequence_batching": {}}',
-     "config override of model 'dense': field \"sequence_batching\" of Triton's model configuration is not "
+    ('{"max_batch_size": 16, "model_operations": {}}',
+     "config override of model 'dense': field \"model_operations\" of Triton's model configuration is not "
      "supported by fleetserve"),
     ('{"max_batch_size": 16, "dynamic_batching": {"max_queue_delay": 5}}',
      "config override of model 'dense': unknown field \"max_queue_delay\" in dynamic_batching"),

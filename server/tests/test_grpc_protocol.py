@@ -388,7 +388,7 @@ def test_a_classification_output_is_answered_with_its_top_classes(client):
     assert client.infer("add_one", [inp], outputs=[tc.InferRequestedOutput("OUTPUT0")]).as_numpy("OUTPUT0").shape == (1, 16)
 
 
-SEQUENCE_REFUSED = "sequence batching (tritonclient's sequence_id, sequence_start and sequence_end) is not supported"
+SEQUENCE_REFUSED = "model 'add_one' runs no sequences (its config has no sequence_batching)"
 
 
 @pytest.mark.parametrize("sequence", [

@@ -1,0 +1,235 @@
+"""Sequence batching with implicit state (Triton's sequence_batching) against real servers and tritonclient.
+
+The accumulator model (model_store/stateful_testing.py) answers the running sum of its sequence, which only the
+server carries from request to request (STATE_OUT into STATE_IN), and gives back the control values the
+server filled in: so each test sees whether the state and the controls were right, over unary gRPC, the
+stream and REST, for sequences interleaved and concurrent (batched together), restarted, ended, idle and
+refused.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+import tritonclient.http as th
+from tritonclient.utils import InferenceServerException
+
+from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
+from model_store.testing import ModelSpec, write_model_repository
+from server.testing import ServerProcess
+
+ZERO_START = "initial_state { data_type: TYPE_FP32, dims: [ 4 ], zero_data: true }"
+OLDEST = "oldest { max_candidate_sequences: 64, max_queue_delay_microseconds: 20000 }"
+
+
+def accumulator_config(idle_us: int = 5_000_000, initial: str = ZERO_START, strategy: str = OLDEST,
+                       max_batch_size: int = 8) -> str:
+    return f"max_batch_size: {max_batch_size}\n" + ACCUMULATOR_SEQUENCE_BATCHING.format(
+        idle_us=idle_us, initial=initial, strategy=strategy)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("repo")
+    repo = write_model_repository(root, {
+        "acc": ModelSpec(write_accumulator_model, config=accumulator_config()),
+        "short": ModelSpec(write_accumulator_model, config=accumulator_config(idle_us=300_000)),
+        "few": ModelSpec(write_accumulator_model, config=accumulator_config(
+            strategy="oldest { max_candidate_sequences: 2 }")),
+        "seeded": ModelSpec(write_accumulator_model, config=accumulator_config(
+            initial='initial_state { data_type: TYPE_FP32, dims: [ 4 ], data_file: "seed.bin" }',
+            strategy="direct { }")),
+        "flat": ModelSpec(partial(write_accumulator_model, batch=False),
+                          config=accumulator_config(max_batch_size=0, strategy="direct { }")),
+    })
+    (repo / "seeded" / "initial_state").mkdir()
+    (repo / "seeded" / "initial_state" / "seed.bin").write_bytes(struct.pack("<4f", 10, 20, 30, 40))
+    with ServerProcess(repo) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess):
+    made = tc.InferenceServerClient(server.grpc_address)
+    yield made
+    made.close()
+
+
+def request(value: float, module=tc, batch: bool = True) -> list:
+    tensor = module.InferInput("INPUT0", [1, 4] if batch else [4], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 4) if batch else (4,), value, np.float32))
+    return [tensor]
+
+
+def step(client, model: str, sequence_id, value: float, start: bool = False, end: bool = False, **kwargs):
+    module = tc if isinstance(client, tc.InferenceServerClient) else th
+    return client.infer(model, request(value, module, kwargs.pop("batch", True)), sequence_id=sequence_id,
+                        sequence_start=start, sequence_end=end, **kwargs)
+
+
+def total(result) -> float:
+    return float(result.as_numpy("OUTPUT0").reshape(-1)[0])
+
+
+def test_the_state_and_controls_follow_each_sequence(client) -> None:
+    first = step(client, "acc", 11, 1.0, start=True)
+    other = step(client, "acc", 22, 100.0, start=True)
+    second = step(client, "acc", 11, 2.0)
+    other_end = step(client, "acc", 22, 100.0, end=True)
+    last = step(client, "acc", 11, 3.0, end=True)
+
+    assert [total(r) for r in (first, second, last)] == [1.0, 3.0, 6.0]  # 11's running sum, untouched by 22's
+    assert [total(r) for r in (other, other_end)] == [100.0, 200.0]
+    seen = [(int(r.as_numpy("START_SEEN")[0, 0]), int(r.as_numpy("END_SEEN")[0, 0]), int(r.as_numpy("READY_SEEN")[0, 0]),
+             int(r.as_numpy("ID_SEEN")[0, 0])) for r in (first, second, last)]
+    assert seen == [(1, 0, 1, 11), (0, 0, 1, 11), (0, 1, 1, 11)]
+    assert last.as_numpy("STATE_OUT") is None  # the state is the server's, not answered
+
+
+def test_metadata_and_config_show_the_requests_tensors_and_the_sequence_batching(client) -> None:
+    metadata = client.get_model_metadata("acc", as_json=True)
+    config = client.get_model_config("acc", as_json=True)["config"]
+
+    assert [t["name"] for t in metadata["inputs"]] == ["INPUT0"]  # controls and state are filled by the server
+    assert "STATE_OUT" not in [t["name"] for t in metadata["outputs"]]
+    batching = config["sequence_batching"]
+    assert [c["name"] for c in batching["control_input"]] == ["START", "END", "READY", "CORRID"]
+    assert batching["state"][0]["input_name"] == "STATE_IN" and batching["oldest"]["max_candidate_sequences"] == 64
+    assert "dynamic_batching" not in config
+
+
+def test_a_sequence_that_ended_or_never_started_is_refused(client) -> None:
+    step(client, "acc", 33, 1.0, start=True, end=True)
+
+    for sequence_id in (33, 34):
+        with pytest.raises(InferenceServerException) as caught:
+            step(client, "acc", sequence_id, 1.0)
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert f"sequence {sequence_id} is not live" in caught.value.message()
+
+
+def test_a_start_on_a_live_sequence_starts_it_again(client) -> None:
+    step(client, "acc", 44, 5.0, start=True)
+    step(client, "acc", 44, 5.0)
+
+    assert total(step(client, "acc", 44, 1.0, start=True)) == 1.0
+    assert total(step(client, "acc", 44, 1.0, end=True)) == 2.0
+
+
+def test_requests_without_a_sequence_or_with_several_rows_are_refused(client) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("acc", request(1.0))
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "model 'acc' runs sequences: a request needs a sequence_id" in caught.value.message()
+
+    rows = tc.InferInput("INPUT0", [2, 4], "FP32")
+    rows.set_data_from_numpy(np.ones((2, 4), np.float32))
+    with pytest.raises(InferenceServerException, match="carries one row"):
+        client.infer("acc", [rows], sequence_id=55, sequence_start=True)
+    with pytest.raises(InferenceServerException, match="sequence_id must be an integer"):
+        step(client, "acc", "a-string", 1.0, start=True)  # the model takes its id as UINT64
+
+
+def test_an_idle_sequence_is_released(client) -> None:
+    step(client, "short", 66, 1.0, start=True)
+    assert total(step(client, "short", 66, 1.0)) == 2.0  # within the idle time
+
+    time.sleep(0.8)  # idle for longer than its 0.3 s
+
+    with pytest.raises(InferenceServerException, match="sequence 66 is not live"):
+        step(client, "short", 66, 1.0)
+
+
+def test_live_sequences_are_bounded(client) -> None:
+    step(client, "few", 1, 1.0, start=True)
+    step(client, "few", 2, 1.0, start=True)
+
+    with pytest.raises(InferenceServerException) as caught:
+        step(client, "few", 3, 1.0, start=True)
+    assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "holds 2 live sequences, its limit" in caught.value.message()
+    step(client, "few", 1, 1.0, end=True)  # one ends: another may start
+    assert total(step(client, "few", 3, 7.0, start=True, end=True)) == 7.0
+
+
+def test_the_initial_state_comes_from_its_file(client) -> None:
+    assert np.array_equal(step(client, "seeded", 77, 1.0, start=True).as_numpy("OUTPUT0"), [[11, 21, 31, 41]])
+
+
+def test_a_model_that_does_not_batch_runs_sequences_too(client) -> None:
+    first = step(client, "flat", 88, 2.0, start=True, batch=False)
+    second = step(client, "flat", 88, 3.0, end=True, batch=False)
+
+    assert (total(first), total(second)) == (2.0, 5.0)
+    assert second.as_numpy("END_SEEN").tolist() == [1]
+
+
+def test_concurrent_sequences_batch_together_and_keep_their_own_sums(client, server: ServerProcess) -> None:
+    def stats() -> dict:
+        return client.get_inference_statistics("acc", as_json=True)["model_stats"][0]
+
+    before = stats()
+
+    def run(sequence_id: int) -> list[float]:
+        with tc.InferenceServerClient(server.grpc_address) as own:
+            return [total(step(own, "acc", sequence_id, float(sequence_id), start=i == 0, end=i == 4))
+                    for i in range(5)]
+
+    with ThreadPoolExecutor(16) as pool:
+        sums = dict(zip(range(1000, 1016), pool.map(run, range(1000, 1016))))
+
+    assert all(sums[s] == [s * k for k in range(1, 6)] for s in sums)
+    after = stats()
+    runs = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 80
+    assert runs < 80  # requests of different sequences shared batches
+
+
+def test_the_stream_keeps_each_sequences_order(client) -> None:
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for k in range(4):
+            for sequence_id in (501, 502):
+                client.async_stream_infer("acc", request(1.0), request_id=f"{sequence_id}-{k}",
+                                          sequence_id=sequence_id, sequence_start=k == 0, sequence_end=k == 3)
+        got = [answers.get(timeout=20) for _ in range(8)]
+    finally:
+        client.stop_stream()
+
+    assert [error for _, error in got] == [None] * 8
+    sums = {result.get_response().id: total(result) for result, _ in got}
+    assert sums == {f"{s}-{k}": k + 1.0 for s in (501, 502) for k in range(4)}
+
+
+def test_rest_carries_sequences(server: ServerProcess) -> None:
+    rest = th.InferenceServerClient(server.http_address)
+    try:
+        assert total(step(rest, "acc", 909, 4.0, start=True)) == 4.0
+        assert total(step(rest, "acc", 909, 4.0, end=True)) == 8.0
+        with pytest.raises(InferenceServerException, match="sequence 909 is not live"):
+            step(rest, "acc", 909, 4.0)
+    finally:
+        rest.close()
+
+
+@pytest.mark.parametrize("config, says", [
+    ("max_batch_size: 8\nsequence_batching { control_input [ { name: \"NOPE\", control [ { kind: CONTROL_SEQUENCE_START,"
+     " int32_false_true: [ 0, 1 ] } ] } ] }", 'sequence_batching.control_input[0]: "NOPE" is not an input of the model'),
+    ("max_batch_size: 8\nsequence_batching { control_input [ { name: \"START\", control [ { kind: CONTROL_SEQUENCE_START,"
+     " fp32_false_true: [ 0, 1 ] } ] } ] }", 'sets a TYPE_FP32 value, but the model input "START" is TYPE_INT32'),
+])
+def test_a_sequence_config_that_does_not_fit_the_model_is_unavailable_saying_why(
+        tmp_path: Path, config: str, says: str) -> None:
+    repo = write_model_repository(tmp_path, {"bad": ModelSpec(write_accumulator_model, config=config)})
+    with ServerProcess(repo) as proc, tc.InferenceServerClient(proc.grpc_address) as own:
+        index = {m["name"]: m for m in own.get_model_repository_index(as_json=True)["models"]}
+        assert index["bad"]["state"] == "UNAVAILABLE" and says in index["bad"]["reason"]
