@@ -66,7 +66,8 @@ class ServableMetrics:
 
     __slots__ = (
         "model", "version", "inflight", "outcomes", "duration", "queue", "compute_input", "compute_infer",
-        "compute_output", "batch_rows", "kernel_runs", "busy_ns", "instances", "_queues", "_owner", "_refs",
+        "compute_output", "batch_rows", "kernel_runs", "busy_ns", "instances", "_queues", "_sequences", "_owner",
+        "_refs",
     )  # fmt: skip
 
     def __init__(self, model: str, version: str, config: MetricsConfig, owner: "ServerMetrics | None" = None) -> None:
@@ -85,6 +86,7 @@ class ServableMetrics:
         self.busy_ns = 0
         self.instances = 0
         self._queues: list[QueueProbe] = []
+        self._sequences: list[Any] = []  # a sequence model's tables (batching.sequences.Sequences: ``live``)
         self._owner = owner
         self._refs = 0
 
@@ -121,6 +123,18 @@ class ServableMetrics:
         if queue in self._queues:
             self._queues.remove(queue)
             self.instances -= instances
+
+    def attach_sequences(self, table: Any) -> None:
+        """A sequence model's version starts: its live sequences are reported (``table.live``)."""
+        self._sequences.append(table)
+
+    def detach_sequences(self, table: Any) -> None:
+        if table in self._sequences:
+            self._sequences.remove(table)
+
+    @property
+    def live_sequences(self) -> int:
+        return sum(t.live for t in self._sequences[:])
 
     def release(self) -> None:
         """The servable closed; the series leave the scrape when no servable uses the handle any more."""
@@ -268,6 +282,10 @@ class ServerMetrics:
             "fleetserve_inflight_requests", "Requests admitted and not yet answered, queued ones included",
             labels=_MODEL_LABELS,
         )
+        sequences = GaugeMetricFamily(
+            "fleetserve_sequences_live", "Sequences a sequence model holds state for now (started, not ended or idle)",
+            labels=_MODEL_LABELS,
+        )
         for h in handles:
             labels = [h.model, h.version]
             runs.add_metric(labels, h.kernel_runs)
@@ -275,7 +293,9 @@ class ServerMetrics:
             instances.add_metric(labels, h.instances)
             depth.add_metric(labels, h.queue_depth)
             inflight.add_metric(labels, h.inflight)
-        yield from (runs, busy, instances, depth, inflight)
+            if h._sequences:
+                sequences.add_metric(labels, h.live_sequences)
+        yield from (runs, busy, instances, depth, inflight, sequences)
 
     def _server(self) -> Iterator[Metric]:
         states = GaugeMetricFamily("fleetserve_models", "Model versions by state", labels=["state"])
@@ -332,6 +352,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("fleetserve_kernel_instances", "gauge"),
     ("fleetserve_queue_depth", "gauge"),
     ("fleetserve_inflight_requests", "gauge"),
+    ("fleetserve_sequences_live", "gauge"),
     *((name, "gauge") for _, name, _ in SCHEDULER_GAUGES),
     ("fleetserve_models", "gauge"),
     ("fleetserve_model_load_duration_seconds", "histogram"),

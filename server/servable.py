@@ -129,6 +129,7 @@ class Servable(ServedVersion):
         self.sequences: SequenceRunner | None = None
         if config.sequence_batching is not None:
             self.sequences = SequenceRunner(config, dict(initial_states or {}), self._submit, self.batcher.name)
+            self.metrics.attach_sequences(self.sequences.table)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -229,6 +230,7 @@ class Servable(ServedVersion):
         """Finish queued and running requests, then release the kernel."""
         if self.sequences is not None:  # requests held behind their sequence's fail; the running ones finish
             self.sequences.close("the model version is unloading")
+            self.metrics.detach_sequences(self.sequences.table)
         await self.batcher.stop(drain_timeout_s)
         self.metrics.detach(self.batcher, self.instances)
         self.metrics.release()

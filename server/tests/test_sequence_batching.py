@@ -24,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
 from model_store.testing import ModelSpec, write_model_repository
-from server.testing import ServerProcess
+from server.testing import ServerProcess, scrape_metrics
 
 ZERO_START = "initial_state { data_type: TYPE_FP32, dims: [ 4 ], zero_data: true }"
 OLDEST = "oldest { max_candidate_sequences: 64, max_queue_delay_microseconds: 20000 }"
@@ -158,6 +158,18 @@ def test_live_sequences_are_bounded(client) -> None:
     assert "holds 2 live sequences, its limit" in caught.value.message()
     step(client, "few", 1, 1.0, end=True)  # one ends: another may start
     assert total(step(client, "few", 3, 7.0, start=True, end=True)) == 7.0
+
+
+def test_live_sequences_are_a_metric(client, server: ServerProcess) -> None:
+    live = ("fleetserve_sequences_live", frozenset({("model", "acc"), ("version", "1")}))
+    before = scrape_metrics(server.metrics_url)[live]
+    step(client, "acc", 7001, 1.0, start=True)
+    step(client, "acc", 7002, 1.0, start=True)
+
+    assert scrape_metrics(server.metrics_url)[live] == before + 2
+    step(client, "acc", 7001, 1.0, end=True)
+    step(client, "acc", 7002, 1.0, end=True)
+    assert scrape_metrics(server.metrics_url)[live] == before
 
 
 def test_the_initial_state_comes_from_its_file(client) -> None:
