@@ -133,7 +133,11 @@ class EnsembleServable(ServedVersion):
             for task in running:
                 task.cancel()
         elapsed = time.perf_counter_ns() - start
-        self.stats.record_batch(rows, 1, 0, elapsed, 0)  # an ensemble's "execution": one request's steps
+        # An ensemble's "execution" is one request's steps (compute); it has no queue of its own (its steps wait in
+        # their models' queues, counted there), so its queue time is 0, counted once per request as Triton's
+        # statistics count it: perf_analyzer finds the version that served by the queue count growing.
+        self.stats.queue.add(0)
+        self.stats.record_batch(rows, 1, 0, elapsed, 0)
         return {spec.name: tensors[spec.name][1] for spec in self.config.outputs}
 
     def _step(self, step: EnsembleStep, tensors: dict[str, tuple[str, np.ndarray]], deadline: float | None,
