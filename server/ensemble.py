@@ -91,6 +91,8 @@ class EnsembleServable(ServedVersion):
         if not self._accepting:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is not accepting requests "
                                 "(stopping or not started)")
+        if trace is not None:  # its steps start now (their own requests are not traced)
+            trace.started_ns = time.perf_counter_ns()
         task = asyncio.get_running_loop().create_task(self._run(inputs, rows, deadline, request_id))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
