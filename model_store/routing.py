@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 BUCKETS = 10_000  # basis points: a canary may take as little as 0.01% of the traffic
 Split = tuple[tuple[int, int], ...]  # ((version, basis points), ...), ascending versions, summing to BUCKETS
@@ -57,6 +57,13 @@ def describe_split(split: Split) -> str:
 def bucket_of(request_id: str) -> int:
     """The bucket of a request id: stable across processes and replicas."""
     return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) % BUCKETS
+
+
+def routing_key(request_id: str, parameters: Mapping[str, object] | None) -> str:
+    """What a request's bucket is a function of: its id, or for a request of a sequence (Triton's ``sequence_id``
+    parameter) its sequence, so that every request of a sequence reaches the version holding its state."""
+    sequence = parameters.get("sequence_id") if parameters else None
+    return f"sequence {sequence!r}" if sequence not in (None, 0, "") else request_id
 
 
 class TrafficRouter:

@@ -6,7 +6,7 @@ never imports grpc, an HTTP framework or protobuf modules. Raises only
 available; the transports map their codes.
 
 In fleet mode (server/fleet.py) an inference also passes, in this order: the traffic
-router (a request without a version gets the version the rollout's split gives its id),
+router (a request without a version gets the version the rollout's split gives its id, or its sequence),
 the tenant's rate limit (``RateLimited``, RESOURCE_EXHAUSTED), validation, and the
 response cache (before the request is queued). Standalone, each is one ``is None`` check.
 Outputs a request asks for as classes (Triton's classification extension, server/classification.py)
@@ -28,6 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from model_store.config import ModelConfig, TensorSpec
 from model_store.registry import IndexEntry, ModelRegistry
+from model_store.routing import routing_key
 from model_store.sent_files import read_files
 from ops.errors import Code, InvalidInput, ModelNotReady, ServingError, Unsupported, code_of
 from ops.logs import RequestLog
@@ -236,8 +237,7 @@ class DataPlane:
 
     async def run_step(self, model: str, version: str, inputs: list[InputTensor], outputs: list[str],
                        deadline: float | None, request_id: str) -> list[OutputTensor]:
-        """One step of an ensemble's request (server/ensemble.py): an inference request of its own to the
-        composing model, resolved, validated, queued, counted and answered as any other."""
+        """One step of an ensemble's request (server/ensemble.py): a request of its own to the composing model."""
         request = InferRequest(model_name=model, model_version=version, id=request_id, inputs=inputs,
                                requested_outputs=outputs, deadline=deadline)
         return (await self.infer(request)).outputs
@@ -277,7 +277,7 @@ class DataPlane:
         """The servable that answers ``request`` (router, then registry); an unresolved request is counted."""
         version = request.model_version
         if not version and self._router is not None:
-            version = self._router.version_for(request.model_name, request.id)
+            version = self._router.version_for(request.model_name, routing_key(request.id, request.parameters))
         try:
             try:
                 return self.registry.get(request.model_name, version)

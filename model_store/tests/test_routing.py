@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model_store.routing import BUCKETS, TrafficRouter, bucket_of, check_split, describe_split, make_split
+from model_store.routing import BUCKETS, TrafficRouter, bucket_of, check_split, describe_split, make_split, routing_key
 
 
 def test_make_split_takes_percentages_with_basis_point_resolution():
@@ -57,3 +57,13 @@ def test_a_single_version_and_no_split():
     assert router.version_for("m", "a") == "3" and router.split("m") == ((3, BUCKETS),)
     router.clear("m")
     assert router.version_for("m", "a") == "" and router.split("m") == ()
+
+
+def test_a_request_of_a_sequence_is_bucketed_by_its_sequence():
+    router = TrafficRouter()
+    router.set("m", make_split({1: 50, 2: 50}))
+    for sequence_id in (7, "session-a"):
+        keys = {routing_key(f"request-{i}", {"sequence_id": sequence_id, "sequence_start": i == 0}) for i in range(50)}
+        assert len(keys) == 1  # one bucket for all of the sequence, whatever its requests' ids
+        assert len({router.version_for("m", key) for key in keys}) == 1
+    assert routing_key("r-1", {"sequence_id": 0}) == routing_key("r-1", None) == "r-1"  # 0: no sequence

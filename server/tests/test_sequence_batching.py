@@ -24,7 +24,11 @@ from tritonclient.utils import InferenceServerException
 
 from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
 from model_store.testing import ModelSpec, write_model_repository
+from model_store.routing import TrafficRouter, make_split
+from server.app import App
+from server.settings import Settings
 from server.testing import ServerProcess, scrape_metrics
+from server.types import InferRequest, InputTensor
 
 ZERO_START = "initial_state { data_type: TYPE_FP32, dims: [ 4 ], zero_data: true }"
 OLDEST = "oldest { max_candidate_sequences: 64, max_queue_delay_microseconds: 20000 }"
@@ -245,3 +249,30 @@ def test_a_sequence_config_that_does_not_fit_the_model_is_unavailable_saying_why
     with ServerProcess(repo) as proc, tc.InferenceServerClient(proc.grpc_address) as own:
         index = {m["name"]: m for m in own.get_model_repository_index(as_json=True)["models"]}
         assert index["bad"]["state"] == "UNAVAILABLE" and says in index["bad"]["reason"]
+
+
+async def test_a_rollout_sends_every_request_of_a_sequence_to_one_version(tmp_path: Path) -> None:
+    """In a fleet's canary the split is a function of the request id; a sequence's requests carry different ids,
+    so they are split by their sequence instead, and each finds its state."""
+    config = accumulator_config() + "\nversion_policy { all { } }"
+    repo = write_model_repository(tmp_path, {"acc": ModelSpec(write_accumulator_model, config=config,
+                                                               versions=(1, 2))})
+    app = App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0))
+    await app.start()
+    try:
+        router = TrafficRouter()
+        router.set("acc", make_split({1: 50, 2: 50}))
+        app.dataplane._router = router
+        versions: dict[int, set[str]] = {}
+        for sequence_id in range(1, 21):
+            for k in range(4):
+                data = np.full((1, 4), 1.0, np.float32)
+                answer = await app.dataplane.infer(InferRequest(
+                    "acc", id=f"r{sequence_id}-{k}", inputs=[InputTensor("INPUT0", "FP32", (1, 4), data)],
+                    parameters={"sequence_id": sequence_id, "sequence_start": k == 0, "sequence_end": k == 3}))
+                assert answer.outputs[0].data.tolist() == [[k + 1.0] * 4]
+                versions.setdefault(sequence_id, set()).add(answer.model_version)
+        assert all(len(v) == 1 for v in versions.values())
+        assert {v for vs in versions.values() for v in vs} == {"1", "2"}  # the split still splits sequences
+    finally:
+        await app.stop()
