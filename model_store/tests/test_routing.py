@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from model_store.routing import BUCKETS, TrafficRouter, bucket_of, check_split, describe_split, make_split, routing_key
+from model_store.routing import (
+    BUCKETS,
+    TrafficRouter,
+    bucket_of,
+    check_split,
+    describe_split,
+    make_split,
+    routing_key,
+)
 
 
 def test_make_split_takes_percentages_with_basis_point_resolution():
