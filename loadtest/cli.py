@@ -81,6 +81,9 @@ def loadtest_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=10.0, help="deadline of each unary request (default 10)")
     p.add_argument("--processes", type=int, default=1,
                    help="load-generator processes sharing the load, when one process is the bottleneck (default 1)")
+    p.add_argument("--sequence-length", type=int, default=0, metavar="N",
+                   help="for a model that runs sequences (sequence_batching): each concurrency slot sends "
+                        "sequences of N requests (sequence_id, start, end), closed loop over gRPC (default 0: none)")
     p.add_argument("--streams", type=int, default=1, help="stream transport: streams per target per process (default 1)")
     p.add_argument("--out", type=Path, help="folder for NAME.json, NAME.csv and NAME.png")
     p.add_argument("--name", help="file name stem in --out (default from model and transport)")
@@ -181,12 +184,16 @@ def run_loadtest(argv: list[str]) -> int:
             stable_windows=args.stable_windows,
             tolerance=args.tolerance, max_duration_s=args.max_duration_s, max_requests=args.max_requests,
             max_inflight=args.max_inflight, timeout_s=args.timeout_s, burstiness=args.burstiness,
+            sequence_length=args.sequence_length,
         )
         checks = parse_checks(args.checks, slo_ms=args.slo_ms) if args.checks is not None else []
     except (OSError, ValueError) as exc:  # CheckSyntaxError is a ValueError
         parser.error(str(exc))
     concurrency = [int(c) for c in args.concurrency or []]
     rates = list(args.rate or ([] if concurrency else [100.0]))
+    if args.sequence_length and rates:
+        parser.error("--sequence-length needs --concurrency (closed loop): a sequence's requests go one after "
+                     "another, which open-loop arrivals do not")
 
     async def run() -> LoadtestResult:
         async with LoadRunner(settings, _progress(args.quiet)) as runner:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import functools
 import gc
 import time
@@ -35,8 +34,9 @@ import numpy as np
 
 from loadtest.http_wire import TRANSPORTS as HTTP_TRANSPORTS
 from loadtest.schedule import arrival_rng, poisson_arrivals
-from loadtest.stats import DROPPED, HTTP_BASE, OK, STREAM_ERROR
-from loadtest.wire import CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, parse_stream_response, with_id
+from loadtest.stats import DROPPED, HTTP_BASE, OK
+from loadtest.streams import Stream
+from loadtest.wire import CHANNEL_OPTIONS, MODEL_INFER, SequenceBodies, sequence_first_id, with_id
 
 _DEADLINE_EXCEEDED, _UNAVAILABLE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], grpc.StatusCode.UNAVAILABLE.value[0]
 _TICK_NS = 50_000_000  # how often the driver checks its stop conditions
@@ -69,6 +69,7 @@ class DriveSpec:
     timeout_s: float  # per unary request
     http_path: str = ""  # HTTP transports: the infer path, sent to every target
     http_headers: tuple[tuple[str, str], ...] = ()
+    sequence_length: int = 0  # closed loop over gRPC: each slot sends sequences of this many requests (0: none)
 
 
 @dataclass(frozen=True)
@@ -182,13 +183,17 @@ class LoadDriver:
             session = self._session
             calls = [functools.partial(self._http_call, session, f"http://{t}{spec.http_path}") for t in spec.targets]
         elif spec.transport == "unary":
-            calls = [functools.partial(self._unary_call, ch.unary_unary(
-                MODEL_INFER, request_serializer=None, response_deserializer=None)) for ch in self._channels]
+            methods = [ch.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+                       for ch in self._channels]
+            if spec.sequence_length:  # each slot its own sequences: a body per request
+                return [self._slot(functools.partial(self._unary_sequence_call, methods[s % len(methods)],
+                                                     self._sequence_bodies(s))) for s in spec.slots]
+            calls = [functools.partial(self._unary_call, method) for method in methods]
         if calls:
             if spec.mode == "concurrency":
                 return [self._slot(calls[s % len(calls)]) for s in spec.slots]
             return [self._open(calls)]
-        streams = [_Stream(self, ch) for ch in self._channels for _ in range(spec.streams)]
+        streams = [Stream(self, ch) for ch in self._channels for _ in range(spec.streams)]
         runs = [s.run() for s in streams]
         if spec.mode == "concurrency":
             # Slots are spread over targets first, then over each target's streams.
@@ -196,7 +201,7 @@ class LoadDriver:
             for s in spec.slots:
                 target = s % len(self._channels)
                 stream = streams[target * per_target + (s // len(self._channels)) % per_target]
-                stream.add_slot(f"s{s}", spec.body)
+                stream.add_slot(f"s{s}", spec.body, self._sequence_bodies(s) if spec.sequence_length else None)
             return runs
         return [*runs, self._open_stream(streams)]
 
@@ -230,6 +235,18 @@ class LoadDriver:
         lo, hi = bisect.bisect_left(self._done, start_ns), bisect.bisect_left(self._done, end_ns)
         errors = int(np.count_nonzero(np.frombuffer(self._codes, np.int16)[lo:hi]))
         self.control.report(WindowReport(self.spec.process, index, hi - lo - errors, errors))
+
+    def _sequence_bodies(self, slot: int) -> SequenceBodies:
+        spec = self.spec
+        return SequenceBodies(spec.body, spec.sequence_length, sequence_first_id(spec.point, spec.process, slot))
+
+    async def _unary_sequence_call(self, method: Any, bodies: SequenceBodies) -> int:
+        """One ModelInfer of the slot's current sequence; the outcome's code."""
+        try:
+            await method(bodies.next(), timeout=self.spec.timeout_s)
+            return OK
+        except grpc.aio.AioRpcError as exc:
+            return int(exc.code().value[0])
 
     async def _unary_call(self, method: Any) -> int:
         """One ModelInfer with the pre-serialised body; the outcome's code."""
@@ -281,7 +298,7 @@ class LoadDriver:
         t1 = time.monotonic_ns()
         self._record(t1, t1 - due_ns, code)
 
-    async def _open_stream(self, streams: list["_Stream"]) -> None:
+    async def _open_stream(self, streams: list["Stream"]) -> None:
         body = self.spec.body
 
         def send(i: int, due_ns: int) -> None:
@@ -313,81 +330,3 @@ class LoadDriver:
             self._inflight += 1
             self._lag.append(t - due)
             send(i, due)
-
-
-class _Stream:
-    """One ModelStreamInfer call kept open (reopened after a failure) for the driver."""
-
-    def __init__(self, driver: LoadDriver, channel: grpc.aio.Channel) -> None:
-        self.driver = driver
-        self._method = channel.stream_stream(MODEL_STREAM_INFER, request_serializer=None, response_deserializer=None)
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._wake = asyncio.Event()
-        self._pending: dict[str, tuple[int, int]] = {}  # id -> (start ns, slot or -1)
-        self._slots: list[tuple[str, bytes]] = []  # closed loop: (id, request bytes) per slot, built once
-
-    def add_slot(self, request_id: str, body: bytes) -> None:
-        self._slots.append((request_id, with_id(body, request_id.encode())))
-
-    def submit(self, request_id: str, payload: bytes, start_ns: int, slot: int) -> None:
-        self._pending[request_id] = (start_ns, slot)
-        self._queue.append(payload)
-        self._wake.set()
-
-    def _send_slot(self, slot: int) -> None:
-        d = self.driver
-        if d._stopping or d._budget <= 0:
-            return
-        d._budget -= 1
-        d._inflight += 1
-        request_id, payload = self._slots[slot]
-        self.submit(request_id, payload, time.monotonic_ns(), slot)
-
-    async def run(self) -> None:
-        d = self.driver
-        while not d._stopping:
-            for slot in range(len(self._slots)):
-                self._send_slot(slot)
-            call = self._method()
-            writer = asyncio.get_running_loop().create_task(self._write(call))
-            code = grpc.StatusCode.UNAVAILABLE.value[0]  # the server ended the stream early
-            try:
-                async for data in call:
-                    self._on_response(data)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().value[0]
-            finally:
-                writer.cancel()
-                call.cancel()
-            self._fail_pending(code)
-            if not d._stopping:
-                await asyncio.sleep(0.05)
-
-    def _fail_pending(self, code: int) -> None:
-        self._queue.clear()
-        now = time.monotonic_ns()
-        for start_ns, _ in self._pending.values():
-            self.driver._inflight -= 1
-            self.driver._record(now, now - start_ns, code)
-        self._pending.clear()
-
-    async def _write(self, call: Any) -> None:
-        queue, wake = self._queue, self._wake
-        while True:
-            while not queue:
-                wake.clear()
-                await wake.wait()
-            await call.write(queue.popleft())
-
-    def _on_response(self, data: bytes) -> None:
-        d = self.driver
-        request_id, error = parse_stream_response(data)
-        entry = self._pending.pop(request_id, None)
-        if entry is None:
-            d._unmatched += 1
-            return
-        t1 = time.monotonic_ns()
-        d._inflight -= 1
-        d._record(t1, t1 - entry[0], STREAM_ERROR if error else OK)
-        if entry[1] >= 0:
-            self._send_slot(entry[1])

@@ -28,7 +28,7 @@ from loadtest.procpool import LoadProcesses
 from loadtest.results import LoadtestResult, PointResult
 from loadtest.wire import (
     CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, Batch, add_batches, batch_delta, batch_inputs, batch_statistics,
-    describe_inputs, encode_request, file_inputs, file_rows, model_metadata, random_inputs,
+    describe_inputs, encode_request, file_inputs, file_rows, model_metadata, random_inputs, sequence_parameters,
 )
 from ops.cores import available_cores
 
@@ -66,6 +66,7 @@ class RunSettings:
     max_inflight: int = 1_000
     timeout_s: float = 10.0
     burstiness: float = 1.0
+    sequence_length: int = 0  # a sequence model's requests in sequences of this many (closed loop, gRPC); 0: none
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -81,6 +82,10 @@ class RunSettings:
         for name in ("window_s", "max_duration_s", "timeout_s", "burstiness"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.sequence_length < 0:
+            raise ValueError(f"--sequence-length must be >= 0, got {self.sequence_length}")
+        if self.sequence_length and self.transport not in ("unary", "stream"):
+            raise ValueError(f"--sequence-length needs a gRPC transport (unary or stream), not {self.transport}")
         if self.warmup_s < 0:
             raise ValueError(f"--warmup-s must be >= 0, got {self.warmup_s}")
         if not 0 < self.tolerance < 1:
@@ -169,8 +174,11 @@ class LoadRunner:
                 await http_wire.infer_once(self._session, target, self.http_request, s.timeout_s, _FATAL_HTTP)
                 continue
             infer = self._channels[i].unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+            body = self.body
+            if s.sequence_length:  # a sequence of one request, its id clear of the load's (wire.sequence_first_id)
+                body += sequence_parameters((1 << 62) + i, True, True)
             try:
-                await infer(self.body, timeout=s.timeout_s)
+                await infer(body, timeout=s.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _FATAL_GRPC:
                     raise RuntimeError(f"ModelInfer on {target}: {exc.code().name}: {exc.details()}") from exc
@@ -260,6 +268,7 @@ class LoadRunner:
             max_inflight=math.ceil(s.max_inflight / s.processes), streams=s.streams, timeout_s=s.timeout_s,
             http_path=self.http_request.path if self.http_request else "",
             http_headers=self.http_request.headers if self.http_request else (),
+            sequence_length=s.sequence_length,
         )
 
     async def _drive(self, specs: list[DriveSpec], label: str) -> tuple[list[DriveRecord], list[float], tuple[int, int], bool]:

@@ -68,6 +68,42 @@ def parse_stream_response(data: bytes) -> tuple[str, str]:
     return msg.infer_response.id, msg.error_message
 
 
+class SequenceBodies:
+    """The request bodies of one closed-loop slot for a model that runs sequences (Triton's sequence batching):
+    sequences of ``length`` requests back to back, the first flagged start and the last end, each sequence's id
+    ``first_id`` plus its number. Each body is ``body`` with the sequence parameters appended (protobuf merges
+    them in), so the tensors are still encoded once."""
+
+    __slots__ = ("body", "length", "first_id", "sent")
+
+    def __init__(self, body: bytes, length: int, first_id: int) -> None:
+        self.body = body
+        self.length = length
+        self.first_id = first_id
+        self.sent = 0
+
+    def next(self) -> bytes:
+        position = self.sent % self.length
+        sequence_id = self.first_id + self.sent // self.length
+        self.sent += 1
+        return self.body + sequence_parameters(sequence_id, position == 0, position == self.length - 1)
+
+
+def sequence_parameters(sequence_id: int, start: bool, end: bool) -> bytes:
+    """A serialised ModelInferRequest holding only Triton's sequence parameters, to append to a request's body."""
+    request = pb.ModelInferRequest()
+    request.parameters["sequence_id"].int64_param = sequence_id
+    request.parameters["sequence_start"].bool_param = start
+    request.parameters["sequence_end"].bool_param = end
+    return request.SerializeToString()
+
+
+def sequence_first_id(point: int, process: int, slot: int) -> int:
+    """The first sequence id of a slot: distinct for every load point, process and slot of a run (a slot's
+    sequences count up from it), within the signed 64 bits of a gRPC int64_param."""
+    return ((point + 1) << 48) | ((process & 0xFF) << 40) | ((slot & 0xFFFF) << 24)
+
+
 def encode_request(model: str, version: str, inputs: list[InputTensor]) -> bytes:
     """A serialised ModelInferRequest without id; every output is returned (none requested by name)."""
     request = pb.ModelInferRequest(model_name=model, model_version=version)

@@ -388,3 +388,50 @@ def test_command_without_matplotlib_writes_the_other_files_and_still_gates(tiny_
     captured = capsys.readouterr()
     assert "FAIL  throughput>1e9" in captured.out and "no run.png: matplotlib is not installed" in captured.err
     assert (tmp_path / "run.json").exists() and (tmp_path / "run.csv").exists() and not (tmp_path / "run.png").exists()
+
+
+@pytest.fixture(scope="module")
+def sequence_server(tmp_path_factory):
+    from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
+    from model_store.testing import ModelSpec, write_model_repository
+    from server.testing import ServerProcess
+
+    config = "max_batch_size: 8\n" + ACCUMULATOR_SEQUENCE_BATCHING.format(
+        idle_us=5_000_000, initial="", strategy="oldest { max_queue_delay_microseconds: 1000 }")
+    repo = write_model_repository(tmp_path_factory.mktemp("repo"), {"acc": ModelSpec(write_accumulator_model,
+                                                                                      config=config)})
+    with ServerProcess(repo) as server:
+        yield server
+
+
+def _failures(server) -> int:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(server.grpc_address) as client:
+        stats = client.get_inference_statistics("acc", as_json=True)["model_stats"][0]
+    return int(stats["inference_stats"]["fail"].get("count", 0))
+
+
+@pytest.mark.parametrize("transport", ["unary", "stream"])
+def test_a_sequence_model_is_driven_in_sequences(sequence_server, capsys, transport):
+    args = ["--target", sequence_server.grpc_address, "--transport", transport, "--model", "acc",
+            "--warmup-s", "0.2", "--window-s", "0.3", "--stable-windows", "2", "--tolerance", "0.9",
+            "--max-duration-s", "1.5", "--quiet"]
+    before = _failures(sequence_server)
+
+    assert main([*args, "--concurrency", "4", "--sequence-length", "5", "--assert", "errors<=0"]) == 0
+
+    assert "PASS  errors<=0" in capsys.readouterr().out
+    assert _failures(sequence_server) == before  # every request in a live sequence, in order
+    assert main([*args, "--concurrency", "2"]) == 2  # without sequences the probe's refusal is the answer
+    assert "model 'acc' runs sequences: a request needs a sequence_id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--rate", "50"], "--sequence-length needs --concurrency"),
+    (["--concurrency", "2", "--transport", "http"], "--sequence-length needs a gRPC transport"),
+])
+def test_sequences_need_a_closed_loop_over_grpc(capsys, extra, says):
+    with pytest.raises(SystemExit):
+        main(["--target", "127.0.0.1:9", "--model", "acc", "--sequence-length", "3", "--quiet", *extra])
+    assert says in capsys.readouterr().err

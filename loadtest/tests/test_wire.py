@@ -7,7 +7,7 @@ import pytest
 
 from loadtest.wire import (
     Batch, InputTensor, add_batches, batch_delta, batch_inputs, describe_inputs, encode_request, encode_varint,
-    file_inputs, file_rows, random_inputs, with_id,
+    SequenceBodies, file_inputs, file_rows, random_inputs, sequence_first_id, with_id,
 )
 from server.protos import grpc_service_pb2 as pb
 
@@ -105,3 +105,20 @@ def test_a_file_that_cannot_be_sent_is_named_with_the_reason(tmp_path, write, me
         path = tmp_path / "in.npz.npy"
     with pytest.raises(ValueError, match=re.escape(f"--input-file {path}: {message}")):
         file_inputs(path)
+
+
+def test_sequence_bodies_send_sequences_back_to_back_with_the_tensors_encoded_once():
+    body = pb.ModelInferRequest(model_name="acc", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="INPUT0", datatype="FP32", shape=[1, 4])]).SerializeToString()
+    first = sequence_first_id(point=0, process=1, slot=3)
+    bodies = SequenceBodies(body, 3, first)
+
+    sent = [pb.ModelInferRequest.FromString(bodies.next()) for _ in range(7)]
+
+    assert all(r.model_name == "acc" and r.inputs[0].name == "INPUT0" for r in sent)  # the body merged in
+    got = [(r.parameters["sequence_id"].int64_param - first, r.parameters["sequence_start"].bool_param,
+            r.parameters["sequence_end"].bool_param) for r in sent]
+    assert got == [(0, True, False), (0, False, False), (0, False, True), (1, True, False), (1, False, False),
+                   (1, False, True), (2, True, False)]
+    ids = {sequence_first_id(point, process, slot) for point in (0, 5) for process in (0, 3) for slot in (0, 1, 999)}
+    assert len(ids) == 12 and max(ids) < 1 << 63  # distinct per point, process and slot; an int64_param
