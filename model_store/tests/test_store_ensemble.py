@@ -4,6 +4,7 @@ composing models' configs. Pure: parsed text in, a ``ModelConfig`` or a ``Config
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from model_store.config import EnsembleStep, ModelConfig, TensorSpec, datatype
 from model_store.examples import REPOSITORY
 from model_store.pbtxt import parse_config_text
 from model_store.repository import ModelRepository
+from model_store.sequence_types import SequenceBatching
 from model_store.testing import write_config
 from ops.errors import ConfigError
 
@@ -192,6 +194,13 @@ def test_steps_that_do_not_fit_their_models_are_refused(models: tuple[ModelConfi
         check(build(TWO_STEPS), *models)
 
     assert says in caught.value.message
+
+
+def test_a_step_may_not_run_a_sequence_model() -> None:
+    stateful = replace(DENSE, sequence_batching=SequenceBatching())
+
+    with pytest.raises(ConfigError, match="runs model 'dense', which runs sequences"):
+        check(build(TWO_STEPS), ADD, stateful)
 
 
 def test_an_ensemble_that_does_not_batch_hands_batching_models_a_leading_batch_dim() -> None:
