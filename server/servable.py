@@ -156,9 +156,7 @@ class Servable(ServedVersion):
         ``sequence``: the request's (sequence_id, sequence_start, sequence_end), for a model with sequence_batching."""
         if sequence is not None or self.sequences is not None:
             return self._sequence_submit(inputs, rows, key, deadline, trace, priority, timeout_us, sequence)
-        return self.batcher.submit(
-            _Work(inputs, trace), rows if self.rows_per_item else 1, key, deadline, priority, timeout_us
-        )
+        return self._submit(inputs, rows, key, deadline, trace, priority, timeout_us)
 
     def _submit(self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any,
                 priority: int, timeout_us: int) -> asyncio.Future:

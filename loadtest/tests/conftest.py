@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
+from loadtest import perf_analyzer
 from loadtest.results import LoadtestResult, PointResult
 from loadtest.stats import LatencyMs
 from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
@@ -57,3 +58,12 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory):
     })
     with ServerProcess(repo) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def pa() -> perf_analyzer.PerfAnalyzer:
+    """Triton's perf_analyzer, which the test command installs: missing, the test fails (never skips)."""
+    found = perf_analyzer.locate()
+    if found is None:
+        pytest.fail(f"perf_analyzer is not installed; {perf_analyzer.INSTALL_HINT}")
+    return found

@@ -64,13 +64,6 @@ def test_the_command_asks_for_the_load_the_bench_measures():
     assert args[-1] == "--streaming"
 
 
-@pytest.fixture(scope="module")
-def pa() -> perf_analyzer.PerfAnalyzer:
-    found = locate()
-    if found is None:
-        pytest.fail(f"perf_analyzer is not installed; {perf_analyzer.INSTALL_HINT}")
-    return found
-
 
 def _inference_count(address: str, model: str) -> int:
     client = grpcclient.InferenceServerClient(address)

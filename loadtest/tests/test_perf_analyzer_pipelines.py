@@ -15,7 +15,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from loadtest import perf_analyzer
-from loadtest.perf_analyzer import locate
 from model_store.examples import REPOSITORY
 from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
 from model_store.testing import ModelSpec, write_model_repository
@@ -23,13 +22,6 @@ from server.testing import ServerProcess
 
 ANY_WINDOWS = 1000  # what happens, not how fast: windows that disagree must not fail a run on a busy machine
 
-
-@pytest.fixture(scope="module")
-def pa() -> perf_analyzer.PerfAnalyzer:
-    found = locate()
-    if found is None:
-        pytest.fail(f"perf_analyzer is not installed; {perf_analyzer.INSTALL_HINT}")
-    return found
 
 
 @pytest.fixture(scope="module")
