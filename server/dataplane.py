@@ -21,7 +21,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
@@ -236,10 +236,18 @@ class DataPlane:
             return self._succeed(call, outputs)
 
     async def run_step(self, model: str, version: str, inputs: list[InputTensor], outputs: list[str],
-                       deadline: float | None, request_id: str) -> list[OutputTensor]:
-        """One step of an ensemble's request (server/ensemble.py): a request of its own to the composing model."""
+                       deadline: float | None, request_id: str, priority: int = 0,
+                       timeout_us: int = 0) -> list[OutputTensor]:
+        """One step of an ensemble's request (server/ensemble.py): a request of its own to the composing model,
+        with the ensemble request's deadline, id, ``priority`` and queue ``timeout`` (microseconds)."""
+        parameters: dict[str, Any] = {}
+        if priority:
+            parameters["priority"] = priority
+        if timeout_us:
+            parameters["timeout"] = timeout_us
         request = InferRequest(model_name=model, model_version=version, id=request_id, inputs=inputs,
-                               requested_outputs=outputs, deadline=deadline)
+                               requested_outputs=outputs, parameters=parameters, deadline=deadline,
+                               ensemble_step=True)
         return (await self.infer(request)).outputs
 
     def start(self, request: InferRequest) -> "tuple[asyncio.Future[dict[str, np.ndarray]], Call] | None":
@@ -305,6 +313,10 @@ class DataPlane:
             request.trace.enqueued_ns = time.perf_counter_ns()
         parameters = request.parameters
         priority, timeout_us = scheduling(parameters) if parameters else (0, 0)
+        if priority and request.ensemble_step:  # Triton's rule for a step: a level its model lacks is its default
+            levels = servable.priority_levels
+            if levels is not None and priority > levels:
+                priority = 0
         sequence = sequence_of(parameters) if parameters else None
         return lambda: servable.submit(feeds, rows, key, request.deadline, request.trace, priority, timeout_us,
                                        request.id, sequence)

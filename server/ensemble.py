@@ -5,8 +5,9 @@ Each step of a request is one inference request to its composing model, made thr
 its new version; it is validated by that model's config, batched with other callers' requests in that
 model's own batcher, counted in that model's statistics and metrics, and cached by that model's
 response cache. Steps run as soon as the tensors they read exist, so independent steps run at the same
-time. The request's deadline and id go to every step (a fleet's rollout splits a step by the request's
-id); priorities and queue timeouts stay the composing models' defaults (their levels are their own).
+time. The request's deadline, id, priority and queue timeout go to every step, as Triton passes them (a
+fleet's rollout splits a step by the request's id; a priority level a composing model does not have runs
+at that model's default level; the timeout applies where the model's queue policy allows an override).
 
 A step that fails fails the request with the step's status code, its message led by the ensemble and
 step; the other steps still running are cancelled. A composing model that is not loaded any more fails
@@ -41,10 +42,14 @@ from server.types import InputTensor, OutputTensor
 
 log = logging.getLogger(__name__)
 
-# (model, version, inputs, outputs wanted, deadline, request id) -> the outputs: ``DataPlane.run_step``.
-StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str], Awaitable[list[OutputTensor]]]
+# (model, version, inputs, outputs wanted, deadline, request id, priority, timeout in microseconds) -> the
+# outputs: ``DataPlane.run_step``.
+StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str, int, int],
+                      Awaitable[list[OutputTensor]]]
 # The ensembles being loaded by the task at hand, outermost first: an ensemble that composes one of them
 # would wait for its own load.
+# What every step of one request takes from it: (deadline, request id, priority, timeout in microseconds).
+_StepTerms = tuple["float | None", str, int, int]
 _LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fleetserve_ensembles_loading", default=())
 
 
@@ -77,6 +82,10 @@ class EnsembleServable(ServedVersion):
     def queue_depth(self) -> int:
         return 0  # its steps wait in the composing models' queues, and are counted there
 
+    @property
+    def priority_levels(self) -> None:
+        return None  # any: each step reads the request's priority in its own model's levels
+
     async def start(self) -> None:
         self._accepting = True
 
@@ -93,13 +102,12 @@ class EnsembleServable(ServedVersion):
                                 "(stopping or not started)")
         if trace is not None:  # its steps start now (their own requests are not traced)
             trace.started_ns = time.perf_counter_ns()
-        task = asyncio.get_running_loop().create_task(self._run(inputs, rows, deadline, request_id))
+        task = asyncio.get_running_loop().create_task(self._run(inputs, rows, (deadline, request_id, priority, timeout_us)))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return task
 
-    async def _run(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None,
-                   request_id: str) -> dict[str, np.ndarray]:
+    async def _run(self, inputs: dict[str, np.ndarray], rows: int, request: "_StepTerms") -> dict[str, np.ndarray]:
         start = time.perf_counter_ns()
         assert self.config.ensemble is not None
         steps = self.config.ensemble.steps
@@ -115,14 +123,14 @@ class EnsembleServable(ServedVersion):
                 if len(ready) == 1 and not running:  # the one step that can run: awaited here, no task of its own
                     index = ready[0]
                     try:
-                        outputs = await self._step(steps[index], tensors, deadline, request_id)
+                        outputs = await self._step(steps[index], tensors, request)
                     except ServingError as exc:
                         raise self._step_error(index, exc) from exc
                     self._keep(steps[index], outputs, tensors)
                     done.add(index)
                     continue
                 for index in ready:
-                    running[asyncio.ensure_future(self._step(steps[index], tensors, deadline, request_id))] = index
+                    running[asyncio.ensure_future(self._step(steps[index], tensors, request))] = index
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     index = running.pop(task)
@@ -142,14 +150,14 @@ class EnsembleServable(ServedVersion):
         self.stats.record_batch(rows, 1, 0, elapsed, 0)
         return {spec.name: tensors[spec.name][1] for spec in self.config.outputs}
 
-    def _step(self, step: EnsembleStep, tensors: dict[str, tuple[str, np.ndarray]], deadline: float | None,
-              request_id: str) -> Awaitable[list[OutputTensor]]:
+    def _step(self, step: EnsembleStep, tensors: dict[str, tuple[str, np.ndarray]],
+              request: "_StepTerms") -> Awaitable[list[OutputTensor]]:
         feeds = []
         for name, tensor in step.input_map:
             datatype, data = tensors[tensor]
             feeds.append(InputTensor(name, datatype, data.shape, data))
         return self._run_step(step.model_name, step.version_text, feeds, [name for name, _ in step.output_map],
-                              deadline, request_id)
+                              *request)
 
     @staticmethod
     def _keep(step: EnsembleStep, outputs: list[OutputTensor], tensors: dict[str, tuple[str, np.ndarray]]) -> None:

@@ -143,6 +143,10 @@ class Servable(ServedVersion):
         return self.batcher.queue_depth
 
     @property
+    def priority_levels(self) -> int:
+        return self.batcher.priority_levels
+
+    @property
     def schedule_estimate(self) -> ScheduleEstimate:
         """The scheduler's current run-time fit and choices (read-only; for metrics, not the hot path)."""
         return self.batcher.estimate

@@ -38,6 +38,12 @@ class ServedVersion:
         """Requests waiting for a kernel now (for gauges and the fleet's load report, not the hot path)."""
         raise NotImplementedError
 
+    @property
+    def priority_levels(self) -> int | None:
+        """The priority levels ``submit`` takes (1..levels, 0 the default); None: any (an ensemble passes the
+        request's priority on to its steps, each read in its own model's levels)."""
+        raise NotImplementedError
+
     def submit(
         self, inputs: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any = None,
         priority: int = 0, timeout_us: int = 0, request_id: str = "",

@@ -53,6 +53,9 @@ class InferRequest:
     classification: Mapping[str, int] | None = None
     # Outputs the caller asked for in shared-memory regions (server/shared_memory.py), by name; None: none.
     output_regions: "dict[str, TensorRegion] | None" = None
+    # A step of an ensemble's request (server/ensemble.py): its ``priority`` is the ensemble request's, and a
+    # level its model does not have runs at that model's default level instead of being refused (Triton's rule).
+    ensemble_step: bool = False
 
 
 @dataclass(slots=True)

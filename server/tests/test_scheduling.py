@@ -50,6 +50,17 @@ parameters { key: "latency_slo_ms" value { string_value: "0.001" } }
 """
 
 
+# An ensemble of one step through "prio": the request's priority and timeout reach the step.
+PRIO_PIPE_CONFIG = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]
+ensemble_scheduling { step [ { model_name: "prio" model_version: -1
+  input_map { key: "INPUT0" value: "IN" } output_map { key: "OUTPUT0" value: "OUT" } } ] }
+"""
+
+
 @pytest.fixture(scope="module")
 def scheduling_server(tmp_path_factory: pytest.TempPathFactory):
     add4 = partial(write_add_constant_model, features=4)
@@ -57,7 +68,8 @@ def scheduling_server(tmp_path_factory: pytest.TempPathFactory):
     repo = write_model_repository(
         tmp_path_factory.mktemp("scheduling"),
         {"prio": ModelSpec(add4, config=PRIO_CONFIG), "impossible": ModelSpec(add4, config=IMPOSSIBLE_CONFIG),
-         "preferred": ModelSpec(slow, config=PREFERRED_CONFIG)},
+         "preferred": ModelSpec(slow, config=PREFERRED_CONFIG),
+         "prio_pipe": ModelSpec(lambda folder: None, config=PRIO_PIPE_CONFIG)},
     )
     with ServerProcess(repo) as server:
         yield server
@@ -70,8 +82,8 @@ def client(scheduling_server):
     c.close()
 
 
-def inputs() -> list[tc.InferInput]:
-    tensor = tc.InferInput("INPUT0", [1, 4], "FP32")
+def inputs(name: str = "INPUT0") -> list[tc.InferInput]:
+    tensor = tc.InferInput(name, [1, 4], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 4), np.float32))
     return [tensor]
 
@@ -166,6 +178,42 @@ def test_a_request_timeout_is_on_time_behind_a_request_already_waiting(client):
         assert "longer than its queue timeout of 50.0 ms at priority level 2; it was not executed" in message
         waiting.result(10)
     assert rows_inferred(client, "prio") == before + 1
+
+
+def test_an_ensemble_request_s_priority_reaches_its_steps(client):
+    with ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(client.infer, "prio", inputs())  # default level 2 (size 1): full for its 1 s delay
+        time.sleep(0.3)
+        started = time.monotonic()
+        status, message = status_of(lambda: client.infer("prio_pipe", inputs("IN")))  # the step: level 2 too
+        assert time.monotonic() - started < 0.5
+        assert status == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "model 'prio_pipe' version 1, step 1 (model 'prio')" in message
+        assert "the queue of priority level 2 is full" in message
+        urgent = pool.submit(client.infer, "prio_pipe", inputs("IN"), priority=1)  # its step: level 1, room for 4
+        np.testing.assert_array_equal(urgent.result(10).as_numpy("OUT"), np.full((1, 4), 2.0, np.float32))
+        waiting.result(10)
+
+
+def test_an_ensemble_request_s_timeout_reaches_its_steps(client):
+    before = rows_inferred(client, "prio")
+    started = time.monotonic()
+    status, message = status_of(lambda: client.infer("prio_pipe", inputs("IN"), timeout=50_000))
+    assert time.monotonic() - started < 0.8  # the step left prio's queue at 50 ms, before its 1 s delay
+    assert status == "StatusCode.DEADLINE_EXCEEDED"
+    assert "step 1 (model 'prio')" in message
+    assert "longer than its queue timeout of 50.0 ms at priority level 2; it was not executed" in message
+    assert rows_inferred(client, "prio") == before
+
+
+def test_a_priority_a_step_s_model_lacks_runs_at_that_model_s_default_level(client):
+    with ThreadPoolExecutor(1) as pool:
+        beyond = pool.submit(client.infer, "prio_pipe", inputs("IN"), priority=3)  # prio has 2 levels
+        time.sleep(0.3)
+        status, message = status_of(lambda: client.infer("prio", inputs()))  # the step holds level 2's one place
+        assert status == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "the queue of priority level 2 is full" in message
+        np.testing.assert_array_equal(beyond.result(10).as_numpy("OUT"), np.full((1, 4), 2.0, np.float32))
 
 
 def test_a_cancelled_caller_is_removed_from_the_queue(client, scheduling_server):
