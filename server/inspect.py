@@ -15,7 +15,7 @@ from server.types import InputTensor, OutputTensor
 
 
 async def _not_serving(model: str, version: str, inputs: list[InputTensor], outputs: list[str],
-                       deadline: float | None, request_id: str) -> list[OutputTensor]:
+                       deadline: float | None, request_id: str, priority: int, timeout_us: int) -> list[OutputTensor]:
     raise AssertionError("fleetserve models loads ensembles to check them, and runs none")
 
 

@@ -12,7 +12,6 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 import grpc
 import numpy as np
