@@ -231,6 +231,22 @@ def test_a_cancelled_caller_is_removed_from_the_queue(client, scheduling_server)
     assert rows_inferred(client, "prio") == before + 1  # the cancelled request never ran
 
 
+def test_a_cancelled_ensemble_request_s_step_leaves_its_model_s_queue(client, scheduling_server):
+    before = rows_inferred(client, "prio")
+    request = service_pb2.ModelInferRequest(model_name="prio_pipe")
+    tensor = request.inputs.add(name="IN", datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([1.0] * 4)
+    with grpc.insecure_channel(scheduling_server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        gone = stub.ModelInfer.future(request)
+        time.sleep(0.3)  # its step waits in prio's queue for the 1 s delay
+        gone.cancel()
+        time.sleep(0.1)
+        kept = client.infer("prio", inputs())  # level 2's one place is free again: queued, not refused
+    np.testing.assert_array_equal(kept.as_numpy("OUTPUT0"), np.full((1, 4), 2.0, np.float32))
+    assert rows_inferred(client, "prio") == before + 1  # the cancelled step never ran
+
+
 def test_without_a_delay_a_burst_goes_in_preferred_batches_not_whole(client):
     def one_row(_: int) -> None:
         tensor = tc.InferInput("INPUT0", [1, 256], "FP32")
