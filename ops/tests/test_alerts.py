@@ -14,7 +14,7 @@ PROMETHEUS = Path(__file__).resolve().parents[1] / "prometheus"
 RUNBOOKS = Path(__file__).resolve().parents[1] / "runbooks"
 # Exported in fleet mode only (a replica with --redis-url); the rules work without them.
 FLEET_ONLY = {f"{name}_total" if kind == "counter" else name for name, kind in FLEET_FAMILIES}
-ALERTS = ("FleetserveHighErrorRatio", "FleetserveLatencySLOBurn", "FleetserveSaturated",
+ALERTS = ("FleetserveHighErrorRatio", "FleetserveLatencySLOBurn", "FleetserveSaturated", "FleetserveShedding",
           "FleetserveModelLoadFailures", "FleetserveReplicaDown")
 
 

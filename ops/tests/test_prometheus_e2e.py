@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from ops.tests.test_alerts import ALERTS as ALERT_NAMES
+
 DASHBOARD = Path(__file__).resolve().parents[1] / "grafana" / "fleetserve.json"
 ALERTS = Path(__file__).resolve().parents[1] / "prometheus" / "alerts.yml"
 KEY_PANELS = ("Request rate", "Error ratio", "Latency p50 / p99", "Queue vs compute time", "Queue time p99",
@@ -127,6 +129,6 @@ def test_dashboard_queries_return_data_through_prometheus(prometheus, fleetserve
         sender.join(30)
     assert not pending, f"dashboard queries without data after 40 s: {sorted(pending)}"
     rules = get(prometheus + "/api/v1/rules")["data"]["groups"][0]["rules"]
-    assert len(rules) == 5 and all(r["health"] == "ok" for r in rules), rules
+    assert len(rules) == len(ALERT_NAMES) and all(r["health"] == "ok" for r in rules), rules
     targets = get(prometheus + "/api/v1/targets")["data"]["activeTargets"]
     assert [t["health"] for t in targets] == ["up"]
