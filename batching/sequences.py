@@ -15,6 +15,10 @@ while its request waits behind its sequence's is dropped; one that cancels while
 in the model's batcher (and the state stays as it was unless the run finished). Idle release uses one
 timer per idle sequence; nothing polls. ``close(reason)`` fails what is held and releases everything.
 
+Replaced (a reload, a newer version): ``finish(timeout_s)`` lets the live sequences go on to their end (or
+their idle release) while refusing new ones, so that a reload drops none; ``holds(id)`` tells the dataplane
+which requests still come here. ``stop_finishing()`` ends that wait at once (the server is shutting down).
+
 Generic over the item, the result and the state (the server's tensors). Loop-bound. Must not import
 server, kernels, model_store, numpy or grpc.
 """
@@ -68,16 +72,25 @@ class Sequences(Generic[I, R, S]):
         self.max_sequences = max_sequences
         self._live: dict[Hashable, _Sequence[I, R, S]] = {}
         self._closed = ""
+        self._finishing = ""  # set by ``finish``: the live sequences go on, no new one starts
+        self._none_live: asyncio.Event | None = None  # while ``finish`` waits: set once no sequence is live
+        self._no_wait = False  # ``stop_finishing`` was called: ``finish`` waits no more
 
     @property
     def live(self) -> int:
         """Sequences holding a state or requests now."""
         return len(self._live)
 
+    def holds(self, sequence_id: Hashable) -> bool:
+        """Whether sequence ``sequence_id`` is live here (holds a state or requests)."""
+        return sequence_id in self._live
+
     def submit(self, sequence_id: Hashable, start: bool, end: bool, item: I) -> "asyncio.Future[R]":
         """Queue one request of sequence ``sequence_id``; its result's future. Raises as the module docstring says."""
         if self._closed:
             raise ModelNotReady(f"{self.name} is not accepting requests: {self._closed}")
+        if self._finishing and start:
+            raise ModelNotReady(f"{self.name} starts no new sequence: {self._finishing}")
         sequence = self._live.get(sequence_id)
         if sequence is None:
             if not start:
@@ -146,6 +159,7 @@ class Sequences(Generic[I, R, S]):
     def _idle(self, sequence_id: Hashable, sequence: _Sequence[I, R, S]) -> None:
         if sequence.state is None:  # ended (or never started): nothing to keep
             self._live.pop(sequence_id, None)
+            self._check_none_live()
             return
         sequence.timer = asyncio.get_running_loop().call_later(self.idle_s, self._expire, sequence_id, sequence)
 
@@ -153,6 +167,31 @@ class Sequences(Generic[I, R, S]):
         if self._live.get(sequence_id) is sequence and not sequence.running and not sequence.waiting:
             del self._live[sequence_id]
             log.debug("%s: sequence %r released after %.3f s without a request", self.name, sequence_id, self.idle_s)
+            self._check_none_live()
+
+    def _check_none_live(self) -> None:
+        if self._none_live is not None and not self._live:
+            self._none_live.set()
+
+    async def finish(self, timeout_s: float, reason: str) -> int:
+        """Refuse new sequences from now on (``ModelNotReady``, ``reason``) and wait, up to ``timeout_s``, until no
+        sequence is live: each ends, or is released idle. Returns how many are still live (``close`` ends them)."""
+        self._finishing = reason
+        if self._live and timeout_s > 0 and not self._no_wait:
+            self._none_live = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._none_live.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._none_live = None
+        return len(self._live)
+
+    def stop_finishing(self) -> None:
+        """End a ``finish`` under way at once (the server is shutting down: no request will come)."""
+        self._no_wait = True
+        if self._none_live is not None:
+            self._none_live.set()
 
     def close(self, reason: str) -> None:
         """Refuse requests from now on; fail those held behind their sequence's (``ModelNotReady``, ``reason``) and
@@ -166,6 +205,7 @@ class Sequences(Generic[I, R, S]):
                     request.future.set_exception(ModelNotReady(f"{self.name} is not accepting requests: {reason}"))
             sequence.waiting.clear()
         self._live.clear()
+        self._check_none_live()
 
 
 def _cancel_with(run: "asyncio.Future[Any]", caller: "asyncio.Future[Any]") -> None:

@@ -9,6 +9,9 @@ Contract:
   close runs to its end even when the caller is cancelled meanwhile (shutdown cancels its poller mid-reload):
   a close given up half-way would leave its queue unanswered and its kernel unreleased, and nobody would know
   of it; it stays listed until it ends.
+- A servable whose ``closes_in_background`` is true when its close begins (a sequence model letting its live
+  sequences finish, which may take as long as they last) is not waited for: ``close`` returns at once, a
+  failure is logged, and the servable stays listed, still serving what it holds, until its close ends.
 - ``servables()``: those whose close has not ended, in the order their closes began.
 - ``wait_closed()``: returns once every close begun has ended (the registry's own ``close``, at shutdown).
 - Loop-bound: call from the event loop. Must not import server, batching or grpc.
@@ -38,6 +41,9 @@ class Retirements(Generic[S]):
         closing = asyncio.ensure_future(servable.close())
         self._closing[closing] = servable
         closing.add_done_callback(self._closed)
+        if getattr(servable, "closes_in_background", False):
+            closing.add_done_callback(self._log_failure)
+            return
         try:
             await asyncio.shield(closing)
         except asyncio.CancelledError:

@@ -114,7 +114,8 @@ class App:
         # Which requests are traced: both transports' trace-setting endpoints and the tracer share these.
         self.trace_settings = TraceSettings(exporting=settings.trace, model_known=lambda m: m in self.registry.names())
         self._poller: asyncio.Task[None] | None = None
-        self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size)
+        self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size,
+                                         sequence_finish_s=settings.drain_timeout_s)
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServerMetrics(self.metrics_registry, settings.metrics, version=_version())
         self.mirror = RepositoryMirror(settings.remote_repository) if settings.remote_repository else None
@@ -282,6 +283,8 @@ class App:
         for name in self.registry.names():
             for servable in self.registry.ready_servables(name).values():
                 servable.drain()
+        for servable in self.registry.retiring.servables():  # e.g. finishing its live sequences after a reload
+            servable.drain()
 
     async def stop(self) -> None:
         """The shutdown checklist in the module docstring."""

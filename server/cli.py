@@ -80,7 +80,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--grpc-max-concurrent-streams", type=int, default=1024, metavar="N",
                    help="calls one gRPC connection may have open at once; its client queues the rest (default 1024)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
-                   help="seconds in-flight requests may take to finish on shutdown")
+                   help="seconds in-flight requests may take to finish on shutdown; also how long a sequence "
+                        "model's version leaving service (a reload) serves its live sequences (default 30)")
     p.add_argument("--http-max-body-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest REST request body accepted; larger ones are answered 413 (default 64 MiB)")
     p.add_argument("--http-body-idle-timeout", type=float, default=30.0, metavar="SECONDS",

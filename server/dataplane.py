@@ -282,7 +282,14 @@ class DataPlane:
         return self._succeed(call, future.result())
 
     def _servable(self, request: InferRequest) -> ServedVersion:
-        """The servable that answers ``request`` (router, then registry); an unresolved request is counted."""
+        """The servable that answers ``request`` (router, then registry); an unresolved request is counted.
+        A request continuing a sequence that a version leaving service still holds goes there (its state is
+        there): a reload drops no live sequence (server/servable.py, ``Servable.close``)."""
+        parameters = request.parameters
+        if parameters and "sequence_id" in parameters and self.registry.retiring.servables():
+            holder = self._sequence_holder(request)
+            if holder is not None:
+                return holder
         version = request.model_version
         if not version and self._router is not None:
             version = self._router.version_for(request.model_name, routing_key(request.id, request.parameters))
@@ -297,6 +304,21 @@ class DataPlane:
         except ServingError as exc:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
+
+    def _sequence_holder(self, request: InferRequest) -> ServedVersion | None:
+        """The version leaving service that holds the live sequence ``request`` continues (not starts), if any."""
+        try:
+            sequence = sequence_of(request.parameters)
+        except ServingError:
+            return None  # the version that serves it says what is wrong
+        if sequence is None or sequence[1]:  # a start begins the sequence anew, on the version serving now
+            return None
+        for servable in self.registry.retiring.servables():
+            if (servable.config.name == request.model_name
+                    and request.model_version in ("", servable.version_str)
+                    and servable.holds_sequence(sequence[0])):
+                return servable
+        return None
 
     def _begin(self, request: InferRequest, servable: ServedVersion) -> "Call":
         """From here the request is in flight: it ends in ``_succeed`` or ``_fail``."""

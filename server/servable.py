@@ -41,6 +41,9 @@ class ServingDefaults:
 
     max_queue_size: int = 1024
     warmup: bool = True  # the zero-filled warm-up run of a version without model_warmup samples
+    # A sequence model's version taken out of service (a reload, an unload, a newer version) lets its live
+    # sequences go on to their end for this long (the server's --drain-timeout-s); then they end.
+    sequence_finish_s: float = 30.0
 
 
 class _Work:
@@ -114,6 +117,7 @@ class Servable(ServedVersion):
         self.version_str = str(version)
         self.kernel = kernel
         self.instances = max(1, kernel.instances)
+        self._sequence_finish_s = defaults.sequence_finish_s
         self.stats = ModelStats()
         self.metrics = metrics or ServableMetrics.detached(config.name, self.version_str)
         batching = config.max_batch_size > 0 and config.batching is not None
@@ -145,6 +149,13 @@ class Servable(ServedVersion):
     @property
     def priority_levels(self) -> int:
         return self.batcher.priority_levels
+
+    @property
+    def closes_in_background(self) -> bool:
+        return self.sequences is not None and self.sequences.table.live > 0
+
+    def holds_sequence(self, sequence_id: Hashable) -> bool:
+        return self.sequences is not None and self.sequences.table.holds(sequence_id)
 
     @property
     def schedule_estimate(self) -> ScheduleEstimate:
@@ -217,20 +228,32 @@ class Servable(ServedVersion):
         return result.outputs
 
     def drain(self) -> None:
-        """Shutdown: dispatch queued requests without waiting for their batches to fill; still accepting."""
+        """Shutdown: dispatch queued requests without waiting for their batches to fill; still accepting. Live
+        sequences are not waited for any more (no request of theirs will come)."""
         self.batcher.drain()
+        if self.sequences is not None:
+            self.sequences.table.stop_finishing()
 
     async def cut(self, reason: str) -> None:
         """Shutdown, as its drain timeout ends: what is queued or running fails now with ``ShuttingDown``
         (UNAVAILABLE, ``reason`` first), then the kernel's runs in progress are ended, so ``close`` releases
         the kernel at once instead of waiting out a long run. The batcher goes first: the runs it gave up
         must not answer their requests with the kernel's error."""
+        if self.sequences is not None:
+            self.sequences.table.stop_finishing()
         await self.batcher.stop(0, cut_reason=reason)
         self.kernel.terminate()
 
     async def close(self, drain_timeout_s: float | None = None) -> None:
-        """Finish queued and running requests, then release the kernel."""
-        if self.sequences is not None:  # requests held behind their sequence's fail; the running ones finish
+        """Let live sequences finish (up to ``ServingDefaults.sequence_finish_s``), finish queued and running
+        requests, then release the kernel."""
+        if self.sequences is not None:  # then requests held behind their sequence's fail; the running ones finish
+            left = await self.sequences.table.finish(
+                self._sequence_finish_s, f"model '{self.config.name}' version {self.version} is leaving service and "
+                "finishes its live sequences only; start the sequence without naming this version")
+            if left:
+                log.warning("model '%s' version %d: %d live sequence(s) had not ended %.0f s after it left service; "
+                            "they end now", self.config.name, self.version, left, self._sequence_finish_s)
             self.sequences.close("the model version is unloading")
             self.metrics.detach_sequences(self.sequences.table)
         await self.batcher.stop(drain_timeout_s)

@@ -39,6 +39,16 @@ class ServedVersion:
         raise NotImplementedError
 
     @property
+    def closes_in_background(self) -> bool:
+        """Whether a retirement should not wait for ``close`` (model_store/retiring.py): a sequence model whose
+        live sequences finish first. Those sequences' requests still come here (``holds_sequence``)."""
+        return False
+
+    def holds_sequence(self, sequence_id: Hashable) -> bool:
+        """Whether sequence ``sequence_id`` is live on this version (a sequence model's, server/sequences.py)."""
+        return False
+
+    @property
     def priority_levels(self) -> int | None:
         """The priority levels ``submit`` takes (1..levels, 0 the default); None: any (an ensemble passes the
         request's priority on to its steps, each read in its own model's levels)."""

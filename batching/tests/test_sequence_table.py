@@ -183,3 +183,61 @@ async def test_close_fails_what_waits_and_refuses_what_comes() -> None:
     with pytest.raises(ModelNotReady):
         sequences.submit(2, True, False, 1)
     assert sequences.live == 0
+
+
+async def test_finish_lets_live_sequences_go_on_to_their_end_and_refuses_new_ones() -> None:
+    model = FakeModel()
+    sequences = table(model)
+    started = sequences.submit(1, True, False, 1)
+    model.answer()
+    await started
+    assert sequences.holds(1) and not sequences.holds(2)
+
+    finishing = asyncio.ensure_future(sequences.finish(10.0, "version 1 is being replaced"))
+    await settle()
+    with pytest.raises(ModelNotReady, match="starts no new sequence: version 1 is being replaced"):
+        sequences.submit(2, True, False, 1)
+    going_on = sequences.submit(1, False, False, 2)  # the live one goes on, on its state
+    model.answer()
+    assert await going_on == 3
+    assert not finishing.done()
+    ending = sequences.submit(1, False, True, 3)
+    model.answer()
+    assert await ending == 6
+
+    assert await asyncio.wait_for(finishing, 1.0) == 0  # none live: the wait ends as the last sequence does
+    assert not sequences.holds(1)
+
+
+async def test_finish_ends_when_the_last_sequence_is_released_idle_or_at_its_timeout() -> None:
+    model = FakeModel()
+    idle = table(model, idle_s=0.05)
+    idle.submit(1, True, False, 1)
+    model.answer()
+    await settle()
+    started = asyncio.get_running_loop().time()
+    assert await idle.finish(10.0, "replaced") == 0
+    assert asyncio.get_running_loop().time() - started < 1.0  # released after 50 ms idle, not 10 s
+
+    busy = table(model, idle_s=10.0)
+    busy.submit(7, True, False, 1)
+    model.answer()
+    await settle()
+    assert await busy.finish(0.05, "replaced") == 1  # still live at the timeout: close ends it
+    busy.close("unloading")
+    assert busy.live == 0
+
+
+async def test_stop_finishing_ends_the_wait_at_once() -> None:
+    model = FakeModel()
+    sequences = table(model)
+    sequences.submit(1, True, False, 1)
+    model.answer()
+    await settle()
+    finishing = asyncio.ensure_future(sequences.finish(10.0, "replaced"))
+    await settle()
+
+    sequences.stop_finishing()
+
+    assert await asyncio.wait_for(finishing, 1.0) == 1
+    assert await sequences.finish(10.0, "replaced") == 1  # and does not wait again

@@ -194,6 +194,36 @@ async def test_a_version_too_long_to_be_a_folder_name_is_not_found_not_an_intern
     assert server.registry.get("m", "0" * 5000 + "1").version == 1  # leading zeros, as in "01"
 
 
+async def test_a_reload_does_not_wait_for_a_version_that_closes_in_the_background(tmp_path: Path):
+    """A sequence model's old copy finishes its live sequences as they come (server/servable.py): the load that
+    replaced it returns at once, and the copy stays listed in ``retiring`` until its close ends."""
+    path = model_file(tmp_path, 1, b"old" + COMPLETE)
+    finished = asyncio.Event()  # the old copy's last sequence ends
+
+    class Lingering(FakeServable):
+        closes_in_background = True
+
+        async def close(self) -> None:
+            await finished.wait()
+
+    class LingeringServer(Server):
+        async def load(self, source: ModelSource, version: int) -> FakeServable:
+            loaded = await super().load(source, version)
+            return Lingering(loaded.version, loaded.content)
+
+    server = LingeringServer(tmp_path)
+    await server.registry.load_all()
+    path.write_bytes(b"new" + COMPLETE)
+    await asyncio.wait_for(server.registry.load("m"), 1)  # returns though the old copy's close goes on
+
+    assert server.serving() == {1: b"new" + COMPLETE}
+    assert [s.content for s in server.registry.retiring.servables()] == [b"old" + COMPLETE]
+    finished.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert server.registry.retiring.servables() == []
+
+
 async def test_a_swapped_out_version_is_retiring_until_its_close_ends_though_its_reload_was_cancelled(tmp_path: Path):
     """Shutdown's drain timeout answers the requests of the versions ``retiring`` lists (server/app.py). A reload
     cancelled mid-swap (shutdown cancels its poller) used to cancel the old copy's close too: its queue drained

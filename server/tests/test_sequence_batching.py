@@ -9,6 +9,7 @@ refused.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import struct
 import time
@@ -25,7 +26,9 @@ from tritonclient.utils import InferenceServerException
 from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
 from model_store.testing import ModelSpec, write_model_repository
 from model_store.routing import TrafficRouter, make_split
+from ops.errors import InvalidInput
 from server.app import App
+from server.dataplane import ControlMode
 from server.settings import Settings
 from server.testing import ServerProcess, scrape_metrics
 from server.types import InferRequest, InputTensor
@@ -276,3 +279,97 @@ async def test_a_rollout_sends_every_request_of_a_sequence_to_one_version(tmp_pa
         assert {v for vs in versions.values() for v in vs} == {"1", "2"}  # the split still splits sequences
     finally:
         await app.stop()
+
+
+async def sequence_step(app: App, sequence_id: int, value: float, start: bool = False, end: bool = False,
+                        version: str = ""):
+    data = np.full((1, 4), value, np.float32)
+    return await app.dataplane.infer(InferRequest(
+        "acc", model_version=version, inputs=[InputTensor("INPUT0", "FP32", (1, 4), data)],
+        parameters={"sequence_id": sequence_id, "sequence_start": start, "sequence_end": end}))
+
+
+def sums(answer) -> float:
+    return float(answer.outputs[0].data[0, 0])
+
+
+async def wait_for(condition, timeout_s: float = 10.0) -> float:
+    """Seconds until ``condition()`` held (it must within ``timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not condition():
+        assert loop.time() - started < timeout_s
+        await asyncio.sleep(0.02)
+    return loop.time() - started
+
+
+def sequence_app(repo: Path, **settings) -> App:
+    return App(Settings(model_repository=repo, host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0,
+                        model_control_mode=ControlMode.EXPLICIT, load_models=("acc",), **settings))
+
+
+async def test_a_reload_lets_live_sequences_finish_on_the_version_they_started_on(tmp_path: Path) -> None:
+    repo = write_model_repository(tmp_path, {"acc": ModelSpec(write_accumulator_model, config=accumulator_config())})
+    app = sequence_app(repo)
+    await app.start()
+    try:
+        assert sums(await sequence_step(app, 11, 1.0, start=True)) == 1.0
+        assert sums(await sequence_step(app, 11, 2.0)) == 3.0
+        old = app.registry.get("acc")
+        (repo / "acc" / "config.pbtxt").write_text(accumulator_config(idle_us=4_000_000))  # new files: a reload
+        await asyncio.wait_for(app.dataplane.load_model("acc"), 5)  # answered at once, not after the sequence
+
+        new = app.registry.get("acc")
+        assert new is not old and app.registry.retiring.servables() == [old]
+        assert sums(await sequence_step(app, 11, 3.0)) == 6.0  # the live sequence goes on, on its state
+        assert sums(await sequence_step(app, 22, 5.0, start=True)) == 5.0  # a new one starts on the new copy
+        assert new.holds_sequence(22) and not new.holds_sequence(11) and old.holds_sequence(11)
+        assert sums(await sequence_step(app, 11, 4.0, end=True)) == 10.0
+
+        await wait_for(lambda: not app.registry.retiring.servables())  # its last sequence ended: it closed
+        with pytest.raises(InvalidInput, match="sequence 11 is not live"):
+            await sequence_step(app, 11, 1.0)
+        assert sums(await sequence_step(app, 22, 1.0, end=True)) == 6.0
+    finally:
+        await app.stop()
+
+
+async def test_a_version_leaving_service_ends_sequences_still_live_after_the_drain_timeout(tmp_path: Path) -> None:
+    config = accumulator_config() + "\nversion_policy { latest { num_versions: 1 } }"
+    repo = write_model_repository(tmp_path, {"acc": ModelSpec(write_accumulator_model, config=config)})
+    app = sequence_app(repo, drain_timeout_s=0.5)
+    await app.start()
+    try:
+        await sequence_step(app, 11, 1.0, start=True)
+        write_accumulator_model(repo / "acc" / "2" / "model.onnx")  # version 2: version 1 leaves service
+        await asyncio.wait_for(app.dataplane.load_model("acc"), 5)
+        assert app.registry.get("acc").version == 2
+        assert sums(await sequence_step(app, 11, 2.0)) == 3.0  # still on version 1, idle time 5 s
+
+        assert await wait_for(lambda: not app.registry.retiring.servables()) < 3.0  # ended at the 0.5 s bound
+        with pytest.raises(InvalidInput, match="sequence 11 is not live"):
+            await sequence_step(app, 11, 1.0)
+    finally:
+        await app.stop()
+
+
+async def test_shutdown_does_not_wait_for_sequences_a_replaced_version_holds(tmp_path: Path) -> None:
+    repo = write_model_repository(tmp_path, {"acc": ModelSpec(write_accumulator_model, config=accumulator_config())})
+    app = sequence_app(repo)  # drain timeout 30 s, sequences idle for 5 s
+    await app.start()
+    stopped = False
+    try:
+        await sequence_step(app, 11, 1.0, start=True)
+        (repo / "acc" / "config.pbtxt").write_text(accumulator_config(idle_us=4_000_000))
+        await app.dataplane.load_model("acc")
+        await sequence_step(app, 22, 1.0, start=True)  # and one on the version serving
+        assert len(app.registry.retiring.servables()) == 1
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(app.stop(), 10)
+        stopped = True
+        assert loop.time() - started < 3.0  # no request can come: neither copy waits for its sequences
+    finally:
+        if not stopped:
+            await app.stop()
