@@ -306,13 +306,19 @@ class DataPlane:
             raise
 
     def _sequence_holder(self, request: InferRequest) -> ServedVersion | None:
-        """The version leaving service that holds the live sequence ``request`` continues (not starts), if any."""
+        """The version leaving service that holds the live sequence ``request`` continues (not starts), if any and
+        if the version serving now does not hold it too (the sequence was started again there)."""
         try:
             sequence = sequence_of(request.parameters)
         except ServingError:
             return None  # the version that serves it says what is wrong
         if sequence is None or sequence[1]:  # a start begins the sequence anew, on the version serving now
             return None
+        try:
+            if self.registry.get(request.model_name, request.model_version).holds_sequence(sequence[0]):
+                return None
+        except ServingError:
+            pass  # unloaded, or the version it names is leaving service
         for servable in self.registry.retiring.servables():
             if (servable.config.name == request.model_name
                     and request.model_version in ("", servable.version_str)

@@ -309,12 +309,14 @@ def sequence_app(repo: Path, **settings) -> App:
 
 
 async def test_a_reload_lets_live_sequences_finish_on_the_version_they_started_on(tmp_path: Path) -> None:
-    repo = write_model_repository(tmp_path, {"acc": ModelSpec(write_accumulator_model, config=accumulator_config())})
+    config = accumulator_config(idle_us=1_000_000)
+    repo = write_model_repository(tmp_path, {"acc": ModelSpec(write_accumulator_model, config=config)})
     app = sequence_app(repo)
     await app.start()
     try:
         assert sums(await sequence_step(app, 11, 1.0, start=True)) == 1.0
         assert sums(await sequence_step(app, 11, 2.0)) == 3.0
+        assert sums(await sequence_step(app, 44, 1.0, start=True)) == 1.0  # left idle: released after 1 s
         old = app.registry.get("acc")
         (repo / "acc" / "config.pbtxt").write_text(accumulator_config(idle_us=4_000_000))  # new files: a reload
         await asyncio.wait_for(app.dataplane.load_model("acc"), 5)  # answered at once, not after the sequence
@@ -324,6 +326,8 @@ async def test_a_reload_lets_live_sequences_finish_on_the_version_they_started_o
         assert sums(await sequence_step(app, 11, 3.0)) == 6.0  # the live sequence goes on, on its state
         assert sums(await sequence_step(app, 22, 5.0, start=True)) == 5.0  # a new one starts on the new copy
         assert new.holds_sequence(22) and not new.holds_sequence(11) and old.holds_sequence(11)
+        assert sums(await sequence_step(app, 44, 7.0, start=True)) == 7.0  # 44 started again: on the new copy,
+        assert sums(await sequence_step(app, 44, 1.0, end=True)) == 8.0  # where it goes on (the old holds 1.0)
         assert sums(await sequence_step(app, 11, 4.0, end=True)) == 10.0
 
         await wait_for(lambda: not app.registry.retiring.servables())  # its last sequence ended: it closed
