@@ -194,6 +194,16 @@ async def test_a_version_too_long_to_be_a_folder_name_is_not_found_not_an_intern
     assert server.registry.get("m", "0" * 5000 + "1").version == 1  # leading zeros, as in "01"
 
 
+def loading_as(kind: type[FakeServable], root: Path) -> Server:
+    """A ``Server`` over ``root`` whose versions load as ``kind`` (a FakeServable with a ``close`` of its own)."""
+    class KindServer(Server):
+        async def load(self, source: ModelSource, version: int) -> FakeServable:
+            loaded = await super().load(source, version)
+            return kind(loaded.version, loaded.content)
+
+    return KindServer(root)
+
+
 async def test_a_reload_does_not_wait_for_a_version_that_closes_in_the_background(tmp_path: Path):
     """A sequence model's old copy finishes its live sequences as they come (server/servable.py): the load that
     replaced it returns at once, and the copy stays listed in ``retiring`` until its close ends."""
@@ -206,12 +216,7 @@ async def test_a_reload_does_not_wait_for_a_version_that_closes_in_the_backgroun
         async def close(self) -> None:
             await finished.wait()
 
-    class LingeringServer(Server):
-        async def load(self, source: ModelSource, version: int) -> FakeServable:
-            loaded = await super().load(source, version)
-            return Lingering(loaded.version, loaded.content)
-
-    server = LingeringServer(tmp_path)
+    server = loading_as(Lingering, tmp_path)
     await server.registry.load_all()
     path.write_bytes(b"new" + COMPLETE)
     await asyncio.wait_for(server.registry.load("m"), 1)  # returns though the old copy's close goes on
@@ -237,12 +242,7 @@ async def test_a_swapped_out_version_is_retiring_until_its_close_ends_though_its
             await drained.wait()
             closed.append(self.content)
 
-    class DrainingServer(Server):
-        async def load(self, source: ModelSource, version: int) -> FakeServable:
-            loaded = await super().load(source, version)
-            return Draining(loaded.version, loaded.content)
-
-    server = DrainingServer(tmp_path)
+    server = loading_as(Draining, tmp_path)
     await server.registry.load_all()
     path.write_bytes(b"new" + COMPLETE)
     reload = asyncio.ensure_future(server.registry.load("m"))

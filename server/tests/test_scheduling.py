@@ -215,17 +215,23 @@ def test_a_priority_a_step_s_model_lacks_runs_at_that_model_s_default_level(clie
         np.testing.assert_array_equal(beyond.result(10).as_numpy("OUT"), np.full((1, 4), 2.0, np.float32))
 
 
+def cancel_while_queued(stub, model: str, input_name: str) -> service_pb2.ModelInferRequest:
+    """Send one request for ``model`` and cancel it 0.3 s later, while it waits for prio's 1 s delay; the request."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name=input_name, datatype="FP32", shape=[1, 4])
+    tensor.contents.fp32_contents.extend([1.0] * 4)
+    gone = stub.ModelInfer.future(request)
+    time.sleep(0.3)
+    gone.cancel()
+    time.sleep(0.1)
+    return request
+
+
 def test_a_cancelled_caller_is_removed_from_the_queue(client, scheduling_server):
     before = rows_inferred(client, "prio")
-    request = service_pb2.ModelInferRequest(model_name="prio")
-    tensor = request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 4])
-    tensor.contents.fp32_contents.extend([1.0] * 4)
     with grpc.insecure_channel(scheduling_server.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        gone = stub.ModelInfer.future(request)
-        time.sleep(0.3)
-        gone.cancel()
-        time.sleep(0.1)
+        request = cancel_while_queued(stub, "prio", "INPUT0")
         kept = stub.ModelInfer(request, timeout=10)  # waits its own 1 s delay, then runs alone
     assert list(kept.outputs[0].shape) == [1, 4]
     assert rows_inferred(client, "prio") == before + 1  # the cancelled request never ran
@@ -233,15 +239,8 @@ def test_a_cancelled_caller_is_removed_from_the_queue(client, scheduling_server)
 
 def test_a_cancelled_ensemble_request_s_step_leaves_its_model_s_queue(client, scheduling_server):
     before = rows_inferred(client, "prio")
-    request = service_pb2.ModelInferRequest(model_name="prio_pipe")
-    tensor = request.inputs.add(name="IN", datatype="FP32", shape=[1, 4])
-    tensor.contents.fp32_contents.extend([1.0] * 4)
     with grpc.insecure_channel(scheduling_server.grpc_address) as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        gone = stub.ModelInfer.future(request)
-        time.sleep(0.3)  # its step waits in prio's queue for the 1 s delay
-        gone.cancel()
-        time.sleep(0.1)
+        cancel_while_queued(service_pb2_grpc.GRPCInferenceServiceStub(channel), "prio_pipe", "IN")
         kept = client.infer("prio", inputs())  # level 2's one place is free again: queued, not refused
     np.testing.assert_array_equal(kept.as_numpy("OUTPUT0"), np.full((1, 4), 2.0, np.float32))
     assert rows_inferred(client, "prio") == before + 1  # the cancelled step never ran
