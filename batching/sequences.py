@@ -97,7 +97,8 @@ class Sequences(Generic[I, R, S]):
                 raise InvalidInput(
                     f"{self.name}: sequence {sequence_id!r} is not live: it never started, it ended, or it was "
                     f"idle longer than max_sequence_idle_microseconds ({self.idle_s * 1e6:.0f}); its first request "
-                    "needs sequence_start")
+                    "needs sequence_start (behind a load balancer, it may be live on another server: a sequence's "
+                    "requests must all reach the server that started it, e.g. over one stream)")
             if len(self._live) >= self.max_sequences:
                 raise QueueFull(
                     f"{self.name} holds {len(self._live)} live sequences, its limit (max_candidate_sequences); end "
