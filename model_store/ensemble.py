@@ -231,9 +231,6 @@ def check_steps(config: ModelConfig, composing: Callable[[EnsembleStep], ModelCo
     for step in config.ensemble.run_order():
         model = composing(step)
         field = f"ensemble_scheduling.step (model '{step.model_name}')"
-        if model.sequence_batching is not None:
-            raise where.error(field, f"runs model '{step.model_name}', which runs sequences (sequence_batching): an "
-                              "ensemble does not carry sequences to its steps here; call that model directly")
         if batching and model.max_batch_size == 0:
             raise where.error("max_batch_size", f"is {config.max_batch_size}, but model '{step.model_name}' does not "
                               "batch (max_batch_size 0); set the ensemble's max_batch_size to 0")

@@ -58,3 +58,25 @@ sequence_batching {{
   {strategy}
 }}
 """  # the config of ``write_accumulator_model``'s sequence batching: format idle_us, initial and strategy
+
+# The config of ``write_add_constant_model(features=4)`` as plus_one, ACC_PIPE's first step. A batch of it answers
+# its priority-1 requests first, so without the ensemble's ordering a sequence's later request would overtake an
+# earlier one.
+PLUS_ONE = """
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 20000 priority_levels: 2 default_priority_level: 2 }
+"""
+# An ensemble: IN -> plus_one -> mid -> acc (write_accumulator_model) -> OUT, the running sum of each sequence's
+# inputs plus one.
+ACC_PIPE = """
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IN", data_type: TYPE_FP32, dims: [ 4 ] } ]
+output [ { name: "OUT", data_type: TYPE_FP32, dims: [ 4 ] } ]
+ensemble_scheduling { step [
+  { model_name: "plus_one" model_version: -1
+    input_map { key: "INPUT0" value: "IN" } output_map { key: "OUTPUT0" value: "mid" } },
+  { model_name: "acc" model_version: -1
+    input_map { key: "INPUT0" value: "mid" } output_map { key: "OUTPUT0" value: "OUT" } }
+] }
+"""

@@ -21,7 +21,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
@@ -236,15 +236,18 @@ class DataPlane:
             return self._succeed(call, outputs)
 
     async def run_step(self, model: str, version: str, inputs: list[InputTensor], outputs: list[str],
-                       deadline: float | None, request_id: str, priority: int = 0,
-                       timeout_us: int = 0) -> list[OutputTensor]:
+                       deadline: float | None, request_id: str, priority: int = 0, timeout_us: int = 0,
+                       sequence: "tuple[Hashable, bool, bool] | None" = None) -> list[OutputTensor]:
         """One step of an ensemble's request (server/ensemble.py): a request of its own to the composing model,
-        with the ensemble request's deadline, id, ``priority`` and queue ``timeout`` (microseconds)."""
+        with the ensemble request's deadline, id, ``priority``, queue ``timeout`` (microseconds) and, for a step
+        that runs sequences, its ``sequence`` (sequence_id, sequence_start, sequence_end)."""
         parameters: dict[str, Any] = {}
         if priority:
             parameters["priority"] = priority
         if timeout_us:
             parameters["timeout"] = timeout_us
+        if sequence is not None:
+            parameters["sequence_id"], parameters["sequence_start"], parameters["sequence_end"] = sequence
         request = InferRequest(model_name=model, model_version=version, id=request_id, inputs=inputs,
                                requested_outputs=outputs, parameters=parameters, deadline=deadline,
                                ensemble_step=True)

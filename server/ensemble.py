@@ -8,6 +8,9 @@ response cache. Steps run as soon as the tensors they read exist, so independent
 time. The request's deadline, id, priority and queue timeout go to every step, as Triton passes them (a
 fleet's rollout splits a step by the request's id; a priority level a composing model does not have runs
 at that model's default level; the timeout applies where the model's queue policy allows an override).
+An ensemble whose steps run sequences (a sequence model, or an ensemble with such steps) needs a request's
+sequence, passes it to those steps only, and runs each sequence's requests one after another in the order
+they came, so that no earlier step lets a later request overtake the one before it.
 
 A step that fails fails the request with the step's status code, its message led by the ensemble and
 step; the other steps still running are cancelled. A composing model that is not loaded any more fails
@@ -34,7 +37,7 @@ from model_store.ensemble import check_steps
 from model_store.labels import read_labels
 from model_store.registry import ModelRegistry
 from model_store.repository import ModelSource
-from ops.errors import ConfigError, ModelNotFound, ModelNotReady, ServingError, Unsupported
+from ops.errors import ConfigError, InvalidInput, ModelNotFound, ModelNotReady, ServingError, Unsupported
 from ops.metrics import ServableMetrics, ServerMetrics
 from ops.statistics import ModelStats
 from server.served import ServedVersion
@@ -42,14 +45,16 @@ from server.types import InputTensor, OutputTensor
 
 log = logging.getLogger(__name__)
 
-# (model, version, inputs, outputs wanted, deadline, request id, priority, timeout in microseconds) -> the
-# outputs: ``DataPlane.run_step``.
-StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str, int, int],
+# (model, version, inputs, outputs wanted, deadline, request id, priority, timeout in microseconds, sequence)
+# -> the outputs: ``DataPlane.run_step``.
+Sequence = tuple[Hashable, bool, bool]  # (sequence_id, sequence_start, sequence_end)
+StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str, int, int, "Sequence | None"],
                       Awaitable[list[OutputTensor]]]
 # The ensembles being loaded by the task at hand, outermost first: an ensemble that composes one of them
 # would wait for its own load.
-# What every step of one request takes from it: (deadline, request id, priority, timeout in microseconds).
-_StepTerms = tuple["float | None", str, int, int]
+# What every step of one request takes from it: (deadline, request id, priority, timeout in microseconds,
+# sequence: the request's for a step that runs sequences, else None).
+_StepTerms = tuple["float | None", str, int, int, "Sequence | None"]
 _LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fleetserve_ensembles_loading", default=())
 
 
@@ -57,7 +62,10 @@ class EnsembleServable(ServedVersion):
     """One version of an ensemble; see the module docstring. Loop-bound."""
 
     def __init__(self, config: ModelConfig, version: int, run_step: StepRunner,
-                 metrics: ServableMetrics | None = None, labels: dict | None = None) -> None:
+                 metrics: ServableMetrics | None = None, labels: dict | None = None,
+                 sequence_steps: frozenset[int] = frozenset()) -> None:
+        """``sequence_steps``: the indices of the steps that run sequences (a sequence model, or an ensemble with
+        such steps): those steps get a request's sequence, and each sequence's requests run one at a time."""
         assert config.ensemble is not None
         self.config = config
         self.version = version
@@ -66,6 +74,9 @@ class EnsembleServable(ServedVersion):
         self.metrics = metrics or ServableMetrics.detached(config.name, self.version_str)
         self.labels = labels or {}
         self._run_step = run_step
+        self.sequence_steps = sequence_steps
+        # The last request of each sequence submitted, until it is done: the next one of that sequence waits for it.
+        self._sequence_tails: dict[Hashable, asyncio.Task[dict[str, np.ndarray]]] = {}
         self._accepting = False
         self._running: set[asyncio.Task[dict[str, np.ndarray]]] = set()
         # Which steps each step waits for: the writers of the tensors it reads.
@@ -94,20 +105,39 @@ class EnsembleServable(ServedVersion):
         priority: int = 0, timeout_us: int = 0, request_id: str = "",
         sequence: "tuple[Hashable, bool, bool] | None" = None,
     ) -> "asyncio.Future[dict[str, np.ndarray]]":
-        if sequence is not None:
-            raise Unsupported(f"model '{self.config.name}' is an ensemble, which runs no sequences: send the request "
+        name = self.config.name
+        if sequence is not None and not self.sequence_steps:
+            raise Unsupported(f"model '{name}' is an ensemble none of whose steps runs sequences: send the request "
                               "without sequence_id, sequence_start and sequence_end")
+        if sequence is None and self.sequence_steps:
+            assert self.config.ensemble is not None
+            models = sorted({self.config.ensemble.steps[i].model_name for i in self.sequence_steps})
+            raise InvalidInput(f"model '{name}' runs sequences (its step(s) running {', '.join(models)}): a request "
+                               "needs a sequence_id naming its sequence, with sequence_start on the sequence's first "
+                               "request and sequence_end on its last")
         if not self._accepting:
             raise ModelNotReady(f"model '{self.config.name}' version {self.version} is not accepting requests "
                                 "(stopping or not started)")
         if trace is not None:  # its steps start now (their own requests are not traced)
             trace.started_ns = time.perf_counter_ns()
-        task = asyncio.get_running_loop().create_task(self._run(inputs, rows, (deadline, request_id, priority, timeout_us)))
+        terms: _StepTerms = (deadline, request_id, priority, timeout_us, sequence)
+        after = None
+        if sequence is not None:  # after the sequence's request before it: a sequence's steps run in its order
+            after = self._sequence_tails.get(sequence[0])
+        task = asyncio.get_running_loop().create_task(self._run(inputs, rows, terms, after))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        if sequence is not None:
+            sequence_id = sequence[0]
+            self._sequence_tails[sequence_id] = task
+            task.add_done_callback(lambda done: self._sequence_tails.pop(sequence_id, None)
+                                   if self._sequence_tails.get(sequence_id) is done else None)
         return task
 
-    async def _run(self, inputs: dict[str, np.ndarray], rows: int, request: "_StepTerms") -> dict[str, np.ndarray]:
+    async def _run(self, inputs: dict[str, np.ndarray], rows: int, request: "_StepTerms",
+                   after: "asyncio.Task[Any] | None" = None) -> dict[str, np.ndarray]:
+        if after is not None and not after.done():
+            await asyncio.wait([after])  # its outcome is its caller's: this request goes on either way
         start = time.perf_counter_ns()
         assert self.config.ensemble is not None
         steps = self.config.ensemble.steps
@@ -123,14 +153,14 @@ class EnsembleServable(ServedVersion):
                 if len(ready) == 1 and not running:  # the one step that can run: awaited here, no task of its own
                     index = ready[0]
                     try:
-                        outputs = await self._step(steps[index], tensors, request)
+                        outputs = await self._step(index, tensors, request)
                     except ServingError as exc:
                         raise self._step_error(index, exc) from exc
                     self._keep(steps[index], outputs, tensors)
                     done.add(index)
                     continue
                 for index in ready:
-                    running[asyncio.ensure_future(self._step(steps[index], tensors, request))] = index
+                    running[asyncio.ensure_future(self._step(index, tensors, request))] = index
                 finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in finished:
                     index = running.pop(task)
@@ -150,8 +180,12 @@ class EnsembleServable(ServedVersion):
         self.stats.record_batch(rows, 1, 0, elapsed, 0)
         return {spec.name: tensors[spec.name][1] for spec in self.config.outputs}
 
-    def _step(self, step: EnsembleStep, tensors: dict[str, tuple[str, np.ndarray]],
+    def _step(self, index: int, tensors: dict[str, tuple[str, np.ndarray]],
               request: "_StepTerms") -> Awaitable[list[OutputTensor]]:
+        assert self.config.ensemble is not None
+        step = self.config.ensemble.steps[index]
+        if request[4] is not None and index not in self.sequence_steps:
+            request = (*request[:4], None)
         feeds = []
         for name, tensor in step.input_map:
             datatype, data = tensors[tensor]
@@ -209,12 +243,21 @@ async def load_ensemble(
         _LOADING.reset(token)
     _check_acyclic(config, registry)
     check_steps(config, lambda step: registry.get(step.model_name, step.version_text).config, source.config_source)
+    sequence_steps = frozenset(i for i, step in enumerate(config.ensemble.steps)
+                               if _runs_sequences(registry.get(step.model_name, step.version_text)))
     labels = read_labels(source.path, config)
     handle = metrics.servable(config.name, str(version)) if metrics is not None else None
-    servable = EnsembleServable(config, version, run_step, handle, labels)
+    servable = EnsembleServable(config, version, run_step, handle, labels, sequence_steps)
     await servable.start()
     log.info("model '%s' version %d ready: an ensemble of %s", config.name, version, ", ".join(config.ensemble.models))
     return servable
+
+
+def _runs_sequences(served: ServedVersion) -> bool:
+    """Whether a step's version takes a request's sequence: a sequence model, or an ensemble with such steps."""
+    if isinstance(served, EnsembleServable):
+        return bool(served.sequence_steps)
+    return served.config.sequence_batching is not None
 
 
 def _cycle(chain: tuple[str, ...]) -> ConfigError:

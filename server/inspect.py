@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Hashable
 
 from model_store.registry import ModelRegistry
 from model_store.repository import ModelRepository
@@ -15,7 +16,8 @@ from server.types import InputTensor, OutputTensor
 
 
 async def _not_serving(model: str, version: str, inputs: list[InputTensor], outputs: list[str],
-                       deadline: float | None, request_id: str, priority: int, timeout_us: int) -> list[OutputTensor]:
+                       deadline: float | None, request_id: str, priority: int, timeout_us: int,
+                       sequence: "tuple[Hashable, bool, bool] | None") -> list[OutputTensor]:
     raise AssertionError("fleetserve models loads ensembles to check them, and runs none")
 
 

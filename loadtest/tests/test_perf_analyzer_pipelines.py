@@ -9,6 +9,7 @@ an ensemble's own statistics must count its requests there. For a sequence model
 from __future__ import annotations
 
 import shutil
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ import tritonclient.grpc as grpcclient
 
 from loadtest import perf_analyzer
 from model_store.examples import REPOSITORY
-from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
-from model_store.testing import ModelSpec, write_model_repository
+from model_store.stateful_testing import ACC_PIPE, ACCUMULATOR_SEQUENCE_BATCHING, PLUS_ONE, write_accumulator_model
+from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
 from server.testing import ServerProcess
 
 ANY_WINDOWS = 1000  # what happens, not how fast: windows that disagree must not fail a run on a busy machine
@@ -29,9 +30,12 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("repo")
     for name in ("add_one", "dense", "pipeline"):  # the bundled ensemble and its models
         shutil.copytree(REPOSITORY / name, root / name)
-    write_model_repository(root, {"acc": ModelSpec(write_accumulator_model, config="max_batch_size: 8\n" +
-                                                   ACCUMULATOR_SEQUENCE_BATCHING.format(
-                                                       idle_us=5_000_000, initial="", strategy="oldest { }"))})
+    write_model_repository(root, {
+        "acc": ModelSpec(write_accumulator_model, config="max_batch_size: 8\n" + ACCUMULATOR_SEQUENCE_BATCHING.format(
+            idle_us=5_000_000, initial="", strategy="oldest { }")),
+        "plus_one": ModelSpec(partial(write_add_constant_model, features=4, constant=1.0), config=PLUS_ONE),
+        "acc_pipe": ModelSpec(lambda folder: None, config=ACC_PIPE),  # an ensemble whose second step runs acc
+    })
     with ServerProcess(root) as proc:
         yield proc
 
@@ -70,6 +74,20 @@ def test_perf_analyzer_drives_a_sequence_model_with_sequences_of_its_own(pa, ser
     with grpcclient.InferenceServerClient(server.grpc_address) as client:
         failed = client.get_inference_statistics("acc", as_json=True)["model_stats"][0]["inference_stats"]["fail"]
     assert int(failed.get("count", 0)) == 0
+
+
+def test_perf_analyzer_drives_sequences_through_an_ensemble_with_a_sequence_step(pa, server: ServerProcess) -> None:
+    before = {m: counts(server.grpc_address, m) for m in ("acc_pipe", "acc")}
+
+    result = perf_analyzer.run(pa, server.grpc_address, "acc_pipe", concurrency=4, window_ms=300,
+                               stability_percent=ANY_WINDOWS, timeout_s=90, extra=["--sequence-length", "5"])
+
+    assert result.throughput > 0
+    served = counts(server.grpc_address, "acc_pipe")[0] - before["acc_pipe"][0]
+    assert served > 0 and counts(server.grpc_address, "acc")[0] - before["acc"][0] == served
+    with grpcclient.InferenceServerClient(server.grpc_address) as client:
+        failed = client.get_inference_statistics("acc_pipe", as_json=True)["model_stats"][0]["inference_stats"]["fail"]
+    assert int(failed.get("count", 0)) == 0  # perf_analyzer sent sequences: none refused as outside one
 
 
 def test_the_ensemble_counts_a_queue_entry_per_request(server: ServerProcess) -> None:

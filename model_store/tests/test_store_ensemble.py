@@ -196,11 +196,10 @@ def test_steps_that_do_not_fit_their_models_are_refused(models: tuple[ModelConfi
     assert says in caught.value.message
 
 
-def test_a_step_may_not_run_a_sequence_model() -> None:
+def test_a_step_may_run_a_sequence_model() -> None:
     stateful = replace(DENSE, sequence_batching=SequenceBatching())
 
-    with pytest.raises(ConfigError, match="runs model 'dense', which runs sequences"):
-        check(build(TWO_STEPS), ADD, stateful)
+    check(build(TWO_STEPS), ADD, stateful)  # the ensemble passes a request's sequence to it (server/ensemble.py)
 
 
 def test_an_ensemble_that_does_not_batch_hands_batching_models_a_leading_batch_dim() -> None:

@@ -23,8 +23,10 @@ import tritonclient.grpc as tc
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from model_store.stateful_testing import ACCUMULATOR_SEQUENCE_BATCHING, write_accumulator_model
-from model_store.testing import ModelSpec, write_model_repository
+from model_store.stateful_testing import (
+    ACC_PIPE, ACCUMULATOR_SEQUENCE_BATCHING, PLUS_ONE, write_accumulator_model,
+)
+from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
 from model_store.routing import TrafficRouter, make_split
 from ops.errors import InvalidInput
 from server.app import App
@@ -56,6 +58,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             strategy="direct { }")),
         "flat": ModelSpec(partial(write_accumulator_model, batch=False),
                           config=accumulator_config(max_batch_size=0, strategy="direct { }")),
+        "plus_one": ModelSpec(partial(write_add_constant_model, features=4, constant=1.0), config=PLUS_ONE),
+        "acc_pipe": ModelSpec(lambda folder: None, config=ACC_PIPE),  # an ensemble: plus_one, then acc
+        "plain_pipe": ModelSpec(lambda folder: None, config=ACC_PIPE.replace('"acc"', '"plus_one"')),  # no sequences
     })
     (repo / "seeded" / "initial_state").mkdir()
     (repo / "seeded" / "initial_state" / "seed.bin").write_bytes(struct.pack("<4f", 10, 20, 30, 40))
@@ -227,6 +232,53 @@ def test_the_stream_keeps_each_sequences_order(client) -> None:
     assert [error for _, error in got] == [None] * 8
     sums = {result.get_response().id: total(result) for result, _ in got}
     assert sums == {f"{s}-{k}": k + 1.0 for s in (501, 502) for k in range(4)}
+
+
+def ensemble_request(value: float) -> list:
+    tensor = tc.InferInput("IN", [1, 4], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+    return [tensor]
+
+
+def test_an_ensemble_carries_each_request_s_sequence_to_its_sequence_step(client) -> None:
+    def pipe(sequence_id: int, value: float, **flags) -> float:
+        result = client.infer("acc_pipe", ensemble_request(value), sequence_id=sequence_id, **flags)
+        return float(result.as_numpy("OUT")[0, 0])
+
+    got = [pipe(71, 1.0, sequence_start=True), pipe(72, 10.0, sequence_start=True), pipe(71, 2.0),
+           pipe(72, 10.0, sequence_end=True), pipe(71, 3.0, sequence_end=True)]
+
+    assert got == [2.0, 11.0, 5.0, 22.0, 9.0]  # each sequence's running sum of its inputs plus one
+    with pytest.raises(InferenceServerException, match="sequence 71 is not live"):
+        pipe(71, 1.0)  # ended at the acc step
+
+
+def test_an_ensemble_runs_a_sequence_s_requests_in_the_order_they_came(client) -> None:
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for k in range(12):  # sent without waiting; each odd one with priority 1, which plus_one answers first
+            client.async_stream_infer("acc_pipe", ensemble_request(float(k)), request_id=str(k), sequence_id=81,
+                                      sequence_start=k == 0, sequence_end=k == 11, priority=2 - k % 2)
+        got = [answers.get(timeout=20) for _ in range(12)]
+    finally:
+        client.stop_stream()
+
+    assert [error for _, error in got] == [None] * 12
+    sums = {int(result.get_response().id): float(result.as_numpy("OUT")[0, 0]) for result, _ in got}
+    assert sums == {k: sum(j + 1.0 for j in range(k + 1)) for k in range(12)}
+
+
+def test_an_ensemble_with_a_sequence_step_needs_a_sequence_and_one_without_refuses_it(client) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("acc_pipe", ensemble_request(1.0))
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert ("model 'acc_pipe' runs sequences (its step(s) running acc): a request needs a sequence_id"
+            in caught.value.message())
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("plain_pipe", ensemble_request(1.0), sequence_id=5, sequence_start=True)
+    assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "model 'plain_pipe' is an ensemble none of whose steps runs sequences" in caught.value.message()
 
 
 def test_rest_carries_sequences(server: ServerProcess) -> None:
