@@ -47,14 +47,14 @@ log = logging.getLogger(__name__)
 
 # (model, version, inputs, outputs wanted, deadline, request id, priority, timeout in microseconds, sequence)
 # -> the outputs: ``DataPlane.run_step``.
-Sequence = tuple[Hashable, bool, bool]  # (sequence_id, sequence_start, sequence_end)
-StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str, int, int, "Sequence | None"],
+SequenceFlags = tuple[Hashable, bool, bool]  # (sequence_id, sequence_start, sequence_end)
+StepRunner = Callable[[str, str, list[InputTensor], list[str], "float | None", str, int, int, "SequenceFlags | None"],
                       Awaitable[list[OutputTensor]]]
-# The ensembles being loaded by the task at hand, outermost first: an ensemble that composes one of them
-# would wait for its own load.
 # What every step of one request takes from it: (deadline, request id, priority, timeout in microseconds,
 # sequence: the request's for a step that runs sequences, else None).
-_StepTerms = tuple["float | None", str, int, int, "Sequence | None"]
+_StepTerms = tuple["float | None", str, int, int, "SequenceFlags | None"]
+# The ensembles being loaded by the task at hand, outermost first: an ensemble that composes one of them
+# would wait for its own load.
 _LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("fleetserve_ensembles_loading", default=())
 
 

@@ -42,7 +42,7 @@ class ServingDefaults:
     max_queue_size: int = 1024
     warmup: bool = True  # the zero-filled warm-up run of a version without model_warmup samples
     # A sequence model's version taken out of service (a reload, an unload, a newer version) lets its live
-    # sequences go on to their end for this long (the server's --drain-timeout-s); then they end.
+    # sequences go on to their end for this long (the server's --drain-timeout); then they end.
     sequence_finish_s: float = 30.0
 
 
