@@ -19,6 +19,10 @@ Replaced (a reload, a newer version): ``finish(timeout_s)`` lets the live sequen
 their idle release) while refusing new ones, so that a reload drops none; ``holds(id)`` tells the dataplane
 which requests still come here. ``stop_finishing()`` ends that wait at once (the server is shutting down).
 
+An ``observer`` (a fleet's record of which replica holds each sequence, server/sequence_owners.py) hears
+of each sequence started (or started again), of each later request of it, and of its release (its end,
+idle release, or ``close``); it must not raise or block.
+
 Generic over the item, the result and the state (the server's tensors). Loop-bound. Must not import
 server, kernels, model_store, numpy or grpc.
 """
@@ -29,7 +33,7 @@ import asyncio
 import collections
 import functools
 import logging
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, Protocol, TypeVar
 
 from ops.errors import InvalidInput, ModelNotReady, QueueFull
 
@@ -38,6 +42,14 @@ I = TypeVar("I")  # noqa: E741 - an item: one request as the server queues it
 R = TypeVar("R")  # the result a caller gets
 S = TypeVar("S")  # a sequence's state
 Run = Callable[[I, S, Hashable, bool, bool], "asyncio.Future[tuple[R, S]]"]
+
+
+class SequenceObserver(Protocol):
+    def started(self, sequence_id: Hashable) -> None: ...
+
+    def touched(self, sequence_id: Hashable) -> None: ...
+
+    def released(self, sequence_id: Hashable) -> None: ...
 
 
 class _Request(Generic[I, R]):
@@ -64,8 +76,9 @@ class Sequences(Generic[I, R, S]):
     """See the module docstring. ``name`` leads messages ("model 'm' version 1")."""
 
     def __init__(self, name: str, run: "Run[I, S, R]", initial: Callable[[], S], idle_s: float,
-                 max_sequences: int) -> None:
+                 max_sequences: int, observer: SequenceObserver | None = None) -> None:
         self.name = name
+        self.observer = observer
         self._run = run
         self._initial = initial
         self.idle_s = idle_s
@@ -107,6 +120,11 @@ class Sequences(Generic[I, R, S]):
         elif sequence.timer is not None:
             sequence.timer.cancel()
             sequence.timer = None
+        if self.observer is not None:
+            if start:
+                self.observer.started(sequence_id)
+            else:
+                self.observer.touched(sequence_id)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         sequence.waiting.append(_Request(item, start, end, future))
         if not sequence.running:
@@ -159,7 +177,8 @@ class Sequences(Generic[I, R, S]):
 
     def _idle(self, sequence_id: Hashable, sequence: _Sequence[I, R, S]) -> None:
         if sequence.state is None:  # ended (or never started): nothing to keep
-            self._live.pop(sequence_id, None)
+            if self._live.pop(sequence_id, None) is not None and self.observer is not None:
+                self.observer.released(sequence_id)
             self._check_none_live()
             return
         sequence.timer = asyncio.get_running_loop().call_later(self.idle_s, self._expire, sequence_id, sequence)
@@ -168,6 +187,8 @@ class Sequences(Generic[I, R, S]):
         if self._live.get(sequence_id) is sequence and not sequence.running and not sequence.waiting:
             del self._live[sequence_id]
             log.debug("%s: sequence %r released after %.3f s without a request", self.name, sequence_id, self.idle_s)
+            if self.observer is not None:
+                self.observer.released(sequence_id)
             self._check_none_live()
 
     def _check_none_live(self) -> None:
@@ -205,6 +226,9 @@ class Sequences(Generic[I, R, S]):
                 if not request.future.done():
                     request.future.set_exception(ModelNotReady(f"{self.name} is not accepting requests: {reason}"))
             sequence.waiting.clear()
+        if self.observer is not None:
+            for sequence_id in self._live:
+                self.observer.released(sequence_id)
         self._live.clear()
         self._check_none_live()
 

@@ -59,6 +59,8 @@ class FleetMetrics:
         self._cache: dict[tuple[str, str], CacheMetrics] = {}
         self._limited: dict[tuple[str, str], int] = {}  # (model, tenant) -> requests refused
         self.leases = {"granted": 0, "empty": 0, "unavailable": 0}
+        self.sequence_forwards: dict[str, int] = {}  # by model (server/sequence_owners.py)
+        self.sequence_record_errors = 0
         self._redis_up: Callable[[], bool] = lambda: False
         self._transitions: Callable[[], dict[str, int]] = dict
         self._replicas: Callable[[], int] = lambda: 0
@@ -110,6 +112,14 @@ class FleetMetrics:
             leases.add_metric([result], count)
         yield leases
         yield from self._rollout_families()
+        forwarded = CounterMetricFamily("fleetserve_sequence_forwarded_requests",
+                                        "Requests of a sequence another replica holds, forwarded to it", labels=["model"])
+        for model, count in list(self.sequence_forwards.items()):
+            forwarded.add_metric([model], count)
+        yield forwarded
+        yield CounterMetricFamily("fleetserve_sequence_record_errors",
+                                  "Writes of which replica holds a sequence that Redis did not take (down, slow, or "
+                                  "too many pending)", value=self.sequence_record_errors)
 
     def _cache_families(self) -> Iterator[Metric]:
         hits = CounterMetricFamily("fleetserve_response_cache_hits", "Response cache hits by tier",
@@ -183,4 +193,6 @@ FLEET_FAMILIES: tuple[tuple[str, str], ...] = (
     ("fleetserve_rollout_desired_revision", "gauge"),
     ("fleetserve_rollout_applied_revision", "gauge"),
     ("fleetserve_rollout_failed", "gauge"),
+    ("fleetserve_sequence_forwarded_requests", "counter"),
+    ("fleetserve_sequence_record_errors", "counter"),
 )

@@ -114,8 +114,6 @@ class App:
         # Which requests are traced: both transports' trace-setting endpoints and the tracer share these.
         self.trace_settings = TraceSettings(exporting=settings.trace, model_known=lambda m: m in self.registry.names())
         self._poller: asyncio.Task[None] | None = None
-        self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size,
-                                         sequence_finish_s=settings.drain_timeout_s)
         self.metrics_registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ServerMetrics(self.metrics_registry, settings.metrics, version=_version())
         self.mirror = RepositoryMirror(settings.remote_repository) if settings.remote_repository else None
@@ -129,11 +127,14 @@ class App:
 
             self.fleet = Fleet(settings.fleet, self.registry, self.metrics_registry, settings.metrics)
         fleet = self.fleet
+        self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size,
+                                         sequence_finish_s=settings.drain_timeout_s,
+                                         sequence_owners=fleet.sequences if fleet else None)
         self.dataplane = DataPlane(
             self.registry, version=_version(), control_mode=settings.model_control_mode, is_ready=lambda: self._ready,
             metrics=self.metrics, request_log=RequestLog() if settings.log_format == "json" else None,
             router=fleet.router if fleet else None, cache=fleet.cache if fleet else None,
-            limiter=fleet.limiter if fleet else None,
+            limiter=fleet.limiter if fleet else None, sequence_owners=fleet.sequences if fleet else None,
         )
         self.metrics.observe_server(
             ready=lambda: self._ready,

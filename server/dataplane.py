@@ -39,12 +39,13 @@ from server.classification import classify_outputs
 from server.ensemble import unload
 from server.served import ServedVersion
 from server.types import InferRequest, InferResponse, InputTensor, OutputTensor
-from server.validation import output_spec, scheduling, sequence_of, validate
+from server.validation import FORWARDED, output_spec, scheduling, sequence_of, validate
 
 if TYPE_CHECKING:  # fleet mode only: these import redis
     from model_store.routing import TrafficRouter
     from server.rate_limit import TenantLimiter
     from server.response_cache import ResponseCache
+    from server.sequence_owners import SequenceOwners
 
 SERVER_NAME = "fleetserve"
 # Where a request names its tenant (fleet mode rate limits): the transport's header wins over the parameter.
@@ -94,10 +95,11 @@ class DataPlane:
         router: "TrafficRouter | None" = None,
         cache: "ResponseCache | None" = None,
         limiter: "TenantLimiter | None" = None,
+        sequence_owners: "SequenceOwners | None" = None,
     ) -> None:
         """``metrics`` records requests that reach no model version (servables record the rest);
-        ``request_log``, when given, gets one record per inference request; ``router``, ``cache``
-        and ``limiter`` are fleet mode's (module docstring)."""
+        ``request_log``, when given, gets one record per inference request; ``router``, ``cache``,
+        ``limiter`` and ``sequence_owners`` are fleet mode's (module docstring)."""
         self.registry = registry
         self.version = version
         self.control_mode = control_mode
@@ -107,6 +109,7 @@ class DataPlane:
         self._router = router
         self._cache = cache
         self._limiter = limiter
+        self._owners = sequence_owners
 
     @property
     def tenant_aware(self) -> bool:
@@ -206,6 +209,10 @@ class DataPlane:
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, admit, validate, queue and answer one request; raises ``ServingError``."""
+        if self._owners is not None and request.parameters and "sequence_id" in request.parameters:
+            forwarded = await self._forward_sequence(request, self._owners)
+            if forwarded is not None:
+                return forwarded
         admitted = self._limiter is None
         retired: ServedVersion | None = None
         while True:
@@ -307,6 +314,27 @@ class DataPlane:
         except ServingError as exc:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
+
+    async def _forward_sequence(self, request: InferRequest, owners: "SequenceOwners") -> InferResponse | None:
+        """Fleet mode: the answer of the replica holding the sequence ``request`` continues, when this replica
+        does not hold it (server/sequence_owners.py); None to serve it here."""
+        try:
+            sequence = sequence_of(request.parameters)
+        except ServingError:
+            return None  # the version that serves it says what is wrong
+        if sequence is None or sequence[1] or request.parameters.get(FORWARDED):
+            return None  # a start begins here; a forwarded request is never forwarded again
+        try:
+            if self.registry.get(request.model_name, request.model_version).holds_sequence(sequence[0]):
+                return None
+        except ServingError:
+            pass
+        if self._sequence_holder(request) is not None:  # a version of this replica leaving service
+            return None
+        owner = await owners.owner(request.model_name, sequence[0])
+        if owner is None or owner == owners.address:
+            return None
+        return await owners.forward(owner, request, sequence[0])
 
     def _sequence_holder(self, request: InferRequest) -> ServedVersion | None:
         """The version leaving service that holds the live sequence ``request`` continues (not starts), if any and

@@ -39,6 +39,7 @@ from ops.redis_link import RedisLink, RedisUnavailable
 from server.cache_codec import version_digest
 from server.rate_limit import TenantLimiter
 from server.response_cache import ResponseCache
+from server.sequence_owners import SequenceOwners
 from server.served import ServedVersion
 from server.settings import FleetSettings
 
@@ -74,6 +75,7 @@ class Fleet:
         self.reconciler = Reconciler(self.store, registry, self.router, on_change=self._changed)
         self.cache = ResponseCache(self.link, self.keys, self.metrics, local_bytes=settings.cache_local_bytes)
         self.limiter = TenantLimiter(self.link, self.keys, self.metrics)
+        self.sequences = SequenceOwners(self.link, self.keys, self.metrics)
         self.replicas = 0  # live replicas last seen
         self._started_at = time.time()
         self._addresses = ("", "")
@@ -100,6 +102,7 @@ class Fleet:
         """Step 2 of the module docstring."""
         s = self.settings
         self._addresses = (advertised(s.advertise_address, grpc_host, grpc_port), advertised("", grpc_host, http_port))
+        self.sequences.address = self._addresses[0]
         with contextlib.suppress(RedisUnavailable):
             await self.reconciler.reconcile_all()
             await self.limiter.refresh()
@@ -126,6 +129,7 @@ class Fleet:
     async def close(self) -> None:
         """Step 4 of the module docstring."""
         await self.cache.stop()
+        await self.sequences.close()
         await self.link.stop()
 
     async def on_loaded(self, source: ModelSource, version: int, servable: ServedVersion) -> None:

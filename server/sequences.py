@@ -17,7 +17,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from model_store.config import ModelConfig
 from model_store.sequence_types import SequenceControl
 from model_store.sequence import INITIAL_STATE_FOLDER
 from ops.errors import ConfigError, InvalidInput
+
+if TYPE_CHECKING:
+    from server.sequence_owners import SequenceOwners
 
 State = dict[str, np.ndarray]  # a sequence's state inputs, by input name
 # (feeds, rows, key, deadline, trace, priority, timeout_us) -> the request's outputs, by name
@@ -86,7 +89,9 @@ def warmup_feeds(config: ModelConfig, initial: State, rows: int) -> dict[str, np
 class SequenceRunner:
     """One model version's sequences; see the module docstring. Loop-bound."""
 
-    def __init__(self, config: ModelConfig, initial: State, submit: Submit, name: str) -> None:
+    def __init__(self, config: ModelConfig, initial: State, submit: Submit, name: str,
+                 owners: "SequenceOwners | None" = None) -> None:
+        """``owners``: fleet mode's record of which replica holds each sequence (server/sequence_owners.py)."""
         sb = config.sequence_batching
         assert sb is not None
         self._config = config
@@ -99,8 +104,10 @@ class SequenceRunner:
         self._rows = 1 if self._batching else 0
         self._flags = {(c.input_name, value): _control_value(c, 0, value, value, self._rows)
                        for c in sb.controls if c.kind != "CORRID" for value in (False, True)}
+        idle_s = sb.max_idle_us / 1e6
+        observer = owners.observer(config.name, idle_s) if owners is not None else None
         self.table: Sequences[_Item, dict[str, np.ndarray], State] = Sequences(
-            name, self._run, lambda: self._initial, sb.max_idle_us / 1e6, sb.max_sequences)
+            name, self._run, lambda: self._initial, idle_s, sb.max_sequences, observer)
 
     def submit(self, feeds: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None, trace: Any,
                priority: int, timeout_us: int, sequence: tuple[Hashable, bool, bool]) -> "asyncio.Future[dict[str, np.ndarray]]":

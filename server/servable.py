@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Hashable, Mapping
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from server.scheduling import batcher_config
 from server.served import ServedVersion
 from server.sequences import SequenceRunner, read_initial_states, warmup_feeds
 
+if TYPE_CHECKING:  # fleet mode only: it imports grpc and redis
+    from server.sequence_owners import SequenceOwners
+
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +47,8 @@ class ServingDefaults:
     # A sequence model's version taken out of service (a reload, an unload, a newer version) lets its live
     # sequences go on to their end for this long (the server's --drain-timeout); then they end.
     sequence_finish_s: float = 30.0
+    # Fleet mode: where the fleet records which replica holds each sequence (server/sequence_owners.py).
+    sequence_owners: "SequenceOwners | None" = None
 
 
 class _Work:
@@ -132,7 +137,8 @@ class Servable(ServedVersion):
         self.metrics.attach(self.batcher, self.instances)
         self.sequences: SequenceRunner | None = None
         if config.sequence_batching is not None:
-            self.sequences = SequenceRunner(config, dict(initial_states or {}), self._submit, self.batcher.name)
+            self.sequences = SequenceRunner(config, dict(initial_states or {}), self._submit, self.batcher.name,
+                                            defaults.sequence_owners)
             self.metrics.attach_sequences(self.sequences.table)
 
     async def start(self) -> None:

@@ -107,6 +107,9 @@ _UINT64_MAX = (1 << 64) - 1
 
 
 SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
+# A request another replica of the fleet forwarded here, to the replica holding its sequence
+# (server/sequence_owners.py): never forwarded again.
+FORWARDED = "fleetserve_forwarded"
 
 
 def scheduling(parameters: dict[str, object]) -> tuple[int, int]:

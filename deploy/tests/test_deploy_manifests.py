@@ -254,11 +254,16 @@ def test_termination_grace_covers_the_pre_stop_sleep_and_the_drain(overlay: str)
     assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + drain_s + 5
 
 
+def pod_fields(container: dict) -> dict[str, str]:
+    """The container's variables the kubelet fills from the pod (the downward API), with stand-in values."""
+    return {e["name"]: "10.0.0.7" for e in container.get("env", []) if "fieldRef" in e.get("valueFrom", {})}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_args_take_every_value_from_the_config_map_and_are_flags_fleetserve_accepts(overlay: str):
     docs = render(overlay)
     container = server_container(docs)
-    values = config(docs)
+    values = dict(config(docs), **pod_fields(container))
     args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in container["args"]]  # KeyError: a gap
     assert args[0] == "serve"
     help_text = subprocess.run([sys.executable, "-m", "server", "serve", "--help"], capture_output=True, text=True,
@@ -267,6 +272,7 @@ def test_args_take_every_value_from_the_config_map_and_are_flags_fleetserve_acce
         flag = arg.split("=", 1)[0]
         assert re.search(rf"(^|\s){re.escape(flag)}\b", help_text), f"fleetserve serve has no {flag}"
     assert "--drain-timeout=" + values["FLEETSERVE_DRAIN_TIMEOUT"] in args
+    assert "--advertise-address=10.0.0.7" in args  # the pod IP: where other replicas forward sequences
 
 
 def test_the_deployment_command_line_starts_a_real_server(tmp_path: Path):
@@ -275,7 +281,7 @@ def test_the_deployment_command_line_starts_a_real_server(tmp_path: Path):
     from server.testing import ServerProcess
 
     docs = render("cpu")
-    values = dict(config(docs), FLEETSERVE_MODEL_CACHE_DIR=str(tmp_path))
+    values = dict(config(docs), **pod_fields(server_container(docs)), FLEETSERVE_MODEL_CACHE_DIR=str(tmp_path))
     args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in server_container(docs)["args"][1:]]
     local = ("--host=", "--http-port=", "--grpc-port=", "--metrics-port=", "--model-repository=")
     args = [a for a in args if not a.startswith(local)]  # ServerProcess picks these
