@@ -155,7 +155,7 @@ class SequenceOwners:
         try:
             reply = await rpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            error = ServingError(f"{exc.details()} (answered by replica {address}, which holds sequence "
+            error = ServingError(f"{exc.details()} (forwarded to replica {address}, which holds sequence "
                                  f"{sequence_id!r})")
             error.code = Code(exc.code().value[0])
             raise error from None

@@ -109,7 +109,7 @@ def test_a_forwarded_request_s_error_keeps_its_status_and_names_the_replica(flee
     with pytest.raises(InferenceServerException) as caught:
         on_b.infer("acc", [tensor], sequence_id=51)
     assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert f"answered by replica {a.grpc_address}, which holds sequence 51" in caught.value.message()
+    assert f"forwarded to replica {a.grpc_address}, which holds sequence 51" in caught.value.message()
     assert step(on_b, 51, 1.0, end=True) == 2.0  # the sequence goes on: a refused request leaves the state
 
 
