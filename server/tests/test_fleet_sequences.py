@@ -140,3 +140,16 @@ def test_the_stream_forwards_too(fleet) -> None:
             assert float(result.as_numpy("OUTPUT0")[0, 0]) == (3.0, 6.0)[k]
     finally:
         on_b.stop_stream()
+
+
+def test_a_sequence_held_by_a_replica_that_is_gone_fails_unavailable_naming_it(fleet) -> None:
+    server, (a, b), (on_a, on_b) = fleet
+    with redis.Redis.from_url(server.url) as client:  # the record a replica that died left behind
+        client.set("fleetserve:sequence:acc:i:91", "127.0.0.1:1", px=5000)
+    with pytest.raises(InferenceServerException) as caught:
+        step(on_b, 91, 1.0)
+    assert caught.value.status() == "StatusCode.UNAVAILABLE"
+    assert "forwarded to replica 127.0.0.1:1, which holds sequence 91" in caught.value.message()
+    assert step(on_b, 91, 1.0, start=True) == 1.0  # started again: b holds it now, and the record says so
+    eventually(lambda: record(server, 91) == b.grpc_address)
+    assert step(on_a, 91, 1.0, end=True) == 2.0
