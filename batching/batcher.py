@@ -122,11 +122,6 @@ class DynamicBatcher(Generic[T, R]):
         return self._accepting
 
     @property
-    def priority_levels(self) -> int:
-        """How many priority levels ``submit`` takes (1..levels; 0 is the default level)."""
-        return self._queues.levels
-
-    @property
     def draining(self) -> bool:
         """Whether ``drain`` was called: queued requests go without waiting for their batch to fill."""
         return self._draining

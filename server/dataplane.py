@@ -18,28 +18,27 @@ queued anywhere yet: it is resolved again, so a swap fails none of them.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
 
 from model_store.config import ModelConfig, TensorSpec
-from model_store.registry import IndexEntry, ModelRegistry
+from model_store.registry import ModelRegistry
 from model_store.routing import routing_key
-from model_store.sent_files import read_files
-from ops.errors import Code, InvalidInput, ModelNotReady, ServingError, Unsupported, code_of
+from ops.errors import Code, InvalidInput, ModelNotReady, ServingError, code_of
 from ops.logs import RequestLog
 from ops.histograms import MetricsConfig
 from ops.metrics import ServerMetrics
 from ops.statistics import ModelStats
 from server.classification import classify_outputs
-from server.ensemble import unload
 from server.served import ServedVersion
 from server.types import InferRequest, InferResponse, InputTensor, OutputTensor
-from server.validation import FORWARDED, output_spec, scheduling, sequence_of, validate
+from server.repository_control import ControlMode, RepositoryControl
+from server.sequence_routing import forwarded_answer, retiring_holder
+from server.validation import output_spec, scheduling, sequence_of, validate
 
 if TYPE_CHECKING:  # fleet mode only: these import redis
     from model_store.routing import TrafficRouter
@@ -65,12 +64,6 @@ class Call:
     start_ns: int
 
 
-class ControlMode(enum.Enum):
-    NONE = "none"  # load everything at start-up; the repository is not watched
-    POLL = "poll"  # re-scan the repository at an interval
-    EXPLICIT = "explicit"  # only RepositoryModelLoad/Unload change what is served
-
-
 @dataclass(frozen=True)
 class ModelMetadata:
     name: str
@@ -80,7 +73,7 @@ class ModelMetadata:
     outputs: list[tuple[str, str, tuple[int, ...]]]
 
 
-class DataPlane:
+class DataPlane(RepositoryControl):
     """See the module docstring. Loop-bound."""
 
     def __init__(
@@ -159,58 +152,11 @@ class DataPlane:
                 out.append((model, str(v), s.stats))
         return out
 
-    # ---- repository control -------------------------------------------------------------------
-    def repository_index(self, ready_only: bool = False, repository: str = "") -> list[IndexEntry]:
-        """``repository``: the one the request names (gRPC's ``repository_name``, REST's
-        ``/v2/repository/{repository}/…``), refused as Triton refuses it: never answered for the one served."""
-        _one_repository(repository)
-        entries = self.registry.index()
-        if ready_only:
-            entries = [e for e in entries if e.state.value == "READY"]
-        return entries
-
-    async def load_model(self, name: str, parameters: Mapping[str, object] | None = None, repository: str = "") -> None:
-        """``parameters``: the request's parameters by name, as plain values (str, int, bool, bytes).
-
-        ``config`` (a string: the model configuration as JSON, in the form ``model_config`` returns) loads the
-        model with that configuration instead of its config.pbtxt, until a load without it; the registry parses
-        and checks it (model_store/override.py). ``file:<path>`` (bytes, with ``config``): the model's folder for
-        this load (model_store/sent_files.py). Refused, never ignored, in fleet mode, where they would change this
-        replica only. ``repository``: as for ``repository_index``."""
-        _one_repository(repository)
-        self._check_explicit("load")
-        parameters = parameters or {}
-        files = read_files(name, parameters)
-        config = parameters.get("config")
-        if config is not None and not isinstance(config, str):
-            raise InvalidInput(f"model '{name}': the load request's parameter 'config' must be a string holding the "
-                               f"model configuration as JSON, got {type(config).__name__}")
-        if config is not None and self._router is not None:
-            raise Unsupported(
-                f"model '{name}': a config override{' with model files' if files else ''} is not supported in fleet "
-                "mode: it would change this replica only, and the fleet's replicas would serve one model "
-                "differently; change the model repository instead"
-            )
-        await self.registry.load(name, retry=True, config=config, files=files)  # explicit: what failed is tried again
-
-    async def unload_model(self, name: str, repository: str = "", dependents: bool = False) -> None:
-        """``dependents`` (Triton's ``unload_dependents``): an ensemble's composing models go too (server/ensemble.py)."""
-        _one_repository(repository)
-        self._check_explicit("unload")
-        await unload(self.registry, name, dependents)
-
-    def _check_explicit(self, verb: str) -> None:
-        if self.control_mode is not ControlMode.EXPLICIT:
-            raise Unsupported(
-                f"explicit model {verb} is not allowed: the server runs with --model-control-mode "
-                f"{self.control_mode.value}; start it with --model-control-mode explicit"
-            )
-
     # ---- inference ----------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Resolve, admit, validate, queue and answer one request; raises ``ServingError``."""
         if self._owners is not None and request.parameters and "sequence_id" in request.parameters:
-            forwarded = await self._forward_sequence(request, self._owners)
+            forwarded = await forwarded_answer(self.registry, self._owners, request)
             if forwarded is not None:
                 return forwarded
         admitted = self._limiter is None
@@ -297,7 +243,7 @@ class DataPlane:
         there): a reload drops no live sequence (server/servable.py, ``Servable.close``)."""
         parameters = request.parameters
         if parameters and "sequence_id" in parameters and self.registry.retiring.servables():
-            holder = self._sequence_holder(request)
+            holder = retiring_holder(self.registry, request)
             if holder is not None:
                 return holder
         version = request.model_version
@@ -314,48 +260,6 @@ class DataPlane:
         except ServingError as exc:
             self.reject(request.model_name, request.model_version, request.id, exc)
             raise
-
-    async def _forward_sequence(self, request: InferRequest, owners: "SequenceOwners") -> InferResponse | None:
-        """Fleet mode: the answer of the replica holding the sequence ``request`` continues, when this replica
-        does not hold it (server/sequence_owners.py); None to serve it here."""
-        try:
-            sequence = sequence_of(request.parameters)
-        except ServingError:
-            return None  # the version that serves it says what is wrong
-        if sequence is None or sequence[1] or request.parameters.get(FORWARDED):
-            return None  # a start begins here; a forwarded request is never forwarded again
-        try:
-            if self.registry.get(request.model_name, request.model_version).holds_sequence(sequence[0]):
-                return None
-        except ServingError:
-            pass
-        if self._sequence_holder(request) is not None:  # a version of this replica leaving service
-            return None
-        owner = await owners.owner(request.model_name, sequence[0])
-        if owner is None or owner == owners.address:
-            return None
-        return await owners.forward(owner, request, sequence[0])
-
-    def _sequence_holder(self, request: InferRequest) -> ServedVersion | None:
-        """The version leaving service that holds the live sequence ``request`` continues (not starts), if any and
-        if the version serving now does not hold it too (the sequence was started again there)."""
-        try:
-            sequence = sequence_of(request.parameters)
-        except ServingError:
-            return None  # the version that serves it says what is wrong
-        if sequence is None or sequence[1]:  # a start begins the sequence anew, on the version serving now
-            return None
-        try:
-            if self.registry.get(request.model_name, request.model_version).holds_sequence(sequence[0]):
-                return None
-        except ServingError:
-            pass  # unloaded, or the version it names is leaving service
-        for servable in self.registry.retiring.servables():
-            if (servable.config.name == request.model_name
-                    and request.model_version in ("", servable.version_str)
-                    and servable.holds_sequence(sequence[0])):
-                return servable
-        return None
 
     def _begin(self, request: InferRequest, servable: ServedVersion) -> "Call":
         """From here the request is in flight: it ends in ``_succeed`` or ``_fail``."""
@@ -450,14 +354,6 @@ class DataPlane:
         self._metrics.record_unresolved(model if model in self.registry.names() else "", code)
         if self._request_log is not None:
             self._request_log.record(request_id, model, version, code, 0)
-
-
-def _one_repository(repository: str) -> None:
-    if repository:
-        raise Unsupported(
-            f"model repository '{repository}': naming a repository is not supported; this server serves the one "
-            "given by --model-repository: send the request without a repository name"
-        )
 
 
 def _output(spec: TensorSpec, data: np.ndarray) -> OutputTensor:

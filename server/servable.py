@@ -154,7 +154,7 @@ class Servable(ServedVersion):
 
     @property
     def priority_levels(self) -> int:
-        return self.batcher.priority_levels
+        return len(self.batcher.config.queue_policies())  # what the batcher's submit takes (0: the default)
 
     @property
     def closes_in_background(self) -> bool:
