@@ -47,6 +47,9 @@ if TYPE_CHECKING:  # fleet mode only: these import redis
     from server.sequence_owners import SequenceOwners
 
 SERVER_NAME = "fleetserve"
+# A caller that cancels this close to its deadline gave up at the deadline: gRPC's client and server each time
+# the deadline, the server's from when the request arrived, so a client's cancel may arrive before it.
+DEADLINE_SKEW_S = 0.02
 # Where a request names its tenant (fleet mode rate limits): the transport's header wins over the parameter.
 TENANT_METADATA = "fleetserve-tenant"  # gRPC metadata key
 TENANT_HEADER = "X-Fleetserve-Tenant"  # HTTP header
@@ -289,8 +292,9 @@ class DataPlane(RepositoryControl):
         elapsed = time.perf_counter_ns() - call.start_ns
         servable.stats.fail.add(elapsed)
         code = code_of(exc)
-        if code is Code.CANCELLED and request.deadline is not None and time.monotonic() >= request.deadline:
-            code = Code.DEADLINE_EXCEEDED  # the transport gave up at the caller's deadline
+        if (code is Code.CANCELLED and request.deadline is not None
+                and time.monotonic() >= request.deadline - DEADLINE_SKEW_S):
+            code = Code.DEADLINE_EXCEEDED  # the caller gave up at its deadline
         metrics = servable.metrics
         metrics.inflight -= 1
         metrics.record_failure(code)
