@@ -37,7 +37,7 @@ from server.classification import classify_outputs
 from server.served import ServedVersion
 from server.types import InferRequest, InferResponse, InputTensor, OutputTensor
 from server.repository_control import ControlMode, RepositoryControl
-from server.sequence_routing import forwarded_answer, retiring_holder
+from server.sequence_routing import forwarded_answer, sequence_holder
 from server.validation import output_spec, scheduling, sequence_of, validate
 
 if TYPE_CHECKING:  # fleet mode only: these import redis
@@ -246,7 +246,7 @@ class DataPlane(RepositoryControl):
         there): a reload drops no live sequence (server/servable.py, ``Servable.close``)."""
         parameters = request.parameters
         if parameters and "sequence_id" in parameters and self.registry.retiring.servables():
-            holder = retiring_holder(self.registry, request)
+            holder = sequence_holder(self.registry, request)  # perhaps a version leaving service
             if holder is not None:
                 return holder
         version = request.model_version

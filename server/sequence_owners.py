@@ -27,7 +27,6 @@ import time
 from typing import Any, Hashable
 
 import grpc
-import numpy as np
 
 from model_store.datatypes import BY_NAME
 from model_store.rollout import Keys
@@ -90,7 +89,7 @@ class SequenceOwners:
         self._metrics = metrics
         self.address = ""
         self._writes: set[asyncio.Task[None]] = set()
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._peers: dict[str, tuple[grpc.aio.Channel, rpc.GRPCInferenceServiceStub]] = {}  # by address
 
     def observer(self, model: str, idle_s: float) -> _ModelObserver:
         return _ModelObserver(self, model, idle_s)
@@ -147,13 +146,14 @@ class SequenceOwners:
         timeout = None
         if request.deadline is not None:
             timeout = max(0.0, request.deadline - time.monotonic())
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        peer = self._peers.get(address)
+        if peer is None:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            peer = self._peers[address] = (channel, rpc.GRPCInferenceServiceStub(channel))
         forwards = self._metrics.sequence_forwards
         forwards[request.model_name] = forwards.get(request.model_name, 0) + 1
         try:
-            reply = await rpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=timeout)
+            reply = await peer[1].ModelInfer(message, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             error = ServingError(f"{exc.details()} (forwarded to replica {address}, which holds sequence "
                                  f"{sequence_id!r})")
@@ -164,9 +164,9 @@ class SequenceOwners:
     async def close(self) -> None:
         for task in list(self._writes):
             task.cancel()
-        for channel in self._channels.values():
+        for channel, _ in self._peers.values():
             await channel.close()
-        self._channels.clear()
+        self._peers.clear()
 
 
 def _set_parameter(parameters: Any, name: str, value: Any) -> None:
@@ -190,7 +190,7 @@ def _to_message(request: InferRequest) -> pb.ModelInferRequest:
     _set_parameter(message.parameters, FORWARDED, True)
     for tensor in request.inputs:
         message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
-        message.raw_input_contents.append(to_raw(np.asarray(tensor.data), BY_NAME[tensor.datatype]))
+        message.raw_input_contents.append(to_raw(tensor.data, BY_NAME[tensor.datatype]))
     classes = request.classification or {}
     for name in request.requested_outputs or ():
         output = message.outputs.add(name=name)

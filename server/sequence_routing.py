@@ -20,48 +20,49 @@ if TYPE_CHECKING:  # fleet mode only: it imports grpc and redis
     from server.sequence_owners import SequenceOwners
 
 
-def _continued(request: InferRequest) -> tuple[Hashable, bool, bool] | None:
-    """The request's (sequence_id, start, end) when it continues a sequence, else None."""
+def _continued(request: InferRequest) -> Hashable | None:
+    """The id of the sequence ``request`` continues (not starts), else None."""
     try:
         sequence = sequence_of(request.parameters)
     except ServingError:
         return None  # the version that serves it says what is wrong
     if sequence is None or sequence[1]:  # a start begins the sequence anew, on the version serving now
         return None
-    return sequence
+    return sequence[0]
 
 
-def _held_now(registry: ModelRegistry[ServedVersion], request: InferRequest, sequence_id: Hashable) -> bool:
+def _local_holder(registry: ModelRegistry[ServedVersion], request: InferRequest,
+                  sequence_id: Hashable) -> ServedVersion | None:
+    """This server's version holding the sequence: the one serving now (the sequence may have been started again
+    there), else one leaving service that still holds it; None if none does."""
     try:
-        return registry.get(request.model_name, request.model_version).holds_sequence(sequence_id)
+        current = registry.get(request.model_name, request.model_version)
+        if current.holds_sequence(sequence_id):
+            return current
     except ServingError:
-        return False  # unloaded, or the version it names is leaving service
-
-
-def retiring_holder(registry: ModelRegistry[ServedVersion], request: InferRequest) -> ServedVersion | None:
-    """The version leaving service that holds the live sequence ``request`` continues, if any and if the
-    version serving now does not hold it too (the sequence was started again there)."""
-    sequence = _continued(request)
-    if sequence is None or _held_now(registry, request, sequence[0]):
-        return None
+        pass  # unloaded, or the version it names is leaving service
     for servable in registry.retiring.servables():
         if (servable.config.name == request.model_name
                 and request.model_version in ("", servable.version_str)
-                and servable.holds_sequence(sequence[0])):
+                and servable.holds_sequence(sequence_id)):
             return servable
     return None
 
 
+def sequence_holder(registry: ModelRegistry[ServedVersion], request: InferRequest) -> ServedVersion | None:
+    """The version of this server holding the live sequence ``request`` continues, if any."""
+    sequence_id = _continued(request)
+    return None if sequence_id is None else _local_holder(registry, request, sequence_id)
+
+
 async def forwarded_answer(registry: ModelRegistry[ServedVersion], owners: "SequenceOwners",
                            request: InferRequest) -> InferResponse | None:
-    """Fleet mode: the answer of the replica holding the sequence ``request`` continues, when this replica does
+    """Fleet mode: the answer of the replica holding the sequence ``request`` continues, when this server does
     not hold it; None to serve it here. A forwarded request is never forwarded again."""
-    sequence = _continued(request)
-    if sequence is None or request.parameters.get(FORWARDED):
+    sequence_id = _continued(request)
+    if sequence_id is None or request.parameters.get(FORWARDED) or _local_holder(registry, request, sequence_id):
         return None
-    if _held_now(registry, request, sequence[0]) or retiring_holder(registry, request) is not None:
-        return None
-    owner = await owners.owner(request.model_name, sequence[0])
+    owner = await owners.owner(request.model_name, sequence_id)
     if owner is None or owner == owners.address:
         return None
-    return await owners.forward(owner, request, sequence[0])
+    return await owners.forward(owner, request, sequence_id)

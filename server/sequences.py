@@ -98,6 +98,7 @@ class SequenceRunner:
         self._batching = config.max_batch_size > 0
         self._controls = sb.controls
         self._states = sb.states
+        self._state_outputs = frozenset(s.output_name for s in sb.states)  # kept, not answered
         self._corrid = next((c for c in sb.controls if c.kind == "CORRID"), None)
         self._initial = initial
         self._submit = submit
@@ -158,7 +159,7 @@ class SequenceRunner:
             return
         outputs = done.result()
         state = {s.input_name: np.array(outputs[s.output_name]) for s in self._states}
-        kept = {s.output_name for s in self._states}
+        kept = self._state_outputs
         ran.set_result(({k: v for k, v in outputs.items() if k not in kept}, state))
 
     def close(self, reason: str) -> None:

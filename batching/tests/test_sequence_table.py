@@ -241,3 +241,36 @@ async def test_stop_finishing_ends_the_wait_at_once() -> None:
 
     assert await asyncio.wait_for(finishing, 1.0) == 1
     assert await sequences.finish(10.0, "replaced") == 1  # and does not wait again
+
+
+class Recorder:
+    """A SequenceObserver that records what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, object]] = []
+
+    def started(self, sequence_id: object) -> None:
+        self.heard.append(("started", sequence_id))
+
+    def touched(self, sequence_id: object) -> None:
+        self.heard.append(("touched", sequence_id))
+
+    def released(self, sequence_id: object) -> None:
+        self.heard.append(("released", sequence_id))
+
+
+async def test_the_observer_hears_each_start_request_and_release() -> None:
+    model, recorder = FakeModel(), Recorder()
+    sequences = Sequences("model 'm' version 1", model.run, lambda: 0, 0.05, 100, recorder)
+    for sequence_id, start, end in ((1, True, False), (1, False, True), (2, True, False), (3, True, False)):
+        submitted = sequences.submit(sequence_id, start, end, 1)
+        model.answer()
+        await submitted
+    await asyncio.sleep(0.03)
+    sequences.submit(3, False, False, 1)  # 3 keeps going; 2 is released idle
+    model.answer()
+    await asyncio.sleep(0.04)
+    sequences.close("unloading")  # 3 is still live
+
+    assert recorder.heard == [("started", 1), ("touched", 1), ("released", 1), ("started", 2), ("started", 3),
+                              ("touched", 3), ("released", 2), ("released", 3)]

@@ -84,7 +84,7 @@ def test_a_sequence_goes_on_through_either_replica_on_the_state_of_the_one_that_
     assert sums == [1.0, 3.0, 6.0, 10.0]
     assert (served(on_a) - ran_a, served(on_b) - ran_b) == (4, 0)  # every request ran on a, where the state is
     assert forwarded(b) - sent_on == 2  # b forwarded its two (the metric SREs read)
-    eventually(lambda: record(server, 41) is None)  # its end removed the record
+    eventually(lambda: record(server, 41) is None, timeout_s=1.0)  # its end removed it (its expiry is 3 s away)
     with pytest.raises(InferenceServerException, match="sequence 41 is not live"):
         step(on_b, 41, 1.0)
 
