@@ -22,7 +22,7 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
   6. flush traces (for at most 2 s), close the metrics endpoint, exit 0. A second signal exits at once with
      status 1.
 
-A server that cannot start (a port in use, an unreachable remote repository with no copy, --trace
+A server that cannot start (a port in use, certificate files that cannot serve TLS, an unreachable remote repository with no copy, --trace
 without OpenTelemetry) raises ``StartupError``: ``serve`` closes what did open, logs one line
 ``cannot start: ...`` and returns 1.
 
@@ -66,6 +66,7 @@ from server.servable import ServingDefaults, load_servable
 from server.served import ServedVersion
 from server.shared_memory import SharedMemoryRegistry
 from server.settings import Settings
+from server.tls import HttpTlsReloader, TlsError, describe, grpc_server_credentials
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTracer
@@ -107,6 +108,7 @@ class App:
         self._servicer: InferenceServicer | None = None
         self._http: HttpListener | None = None
         self._metrics_http: HttpListener | None = None
+        self._http_tls: HttpTlsReloader | None = None
         self._tracer_provider = tracer_provider
         self._owns_tracer_provider = False
         self._health = health.aio.HealthServicer()
@@ -201,23 +203,30 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         await self._set_health(False)
         address = f"{s.host}:{s.grpc_port}"
+        try:  # certificate files that cannot serve stop the start, naming the file (server/tls.py)
+            credentials = grpc_server_credentials(s.grpc_tls) if s.grpc_tls else None
+            self._http_tls = HttpTlsReloader.start(s.http_tls, s.tls_reload_interval_s) if s.http_tls else None
+        except TlsError as exc:
+            raise StartupError(f"cannot serve over TLS: {exc}") from None
         try:
-            self.grpc_port = server.add_insecure_port(address)
+            self.grpc_port = (server.add_insecure_port(address) if credentials is None
+                              else server.add_secure_port(address, credentials))
         except RuntimeError:  # grpcio >= 1.6x raises where older releases returned 0
             self.grpc_port = 0
         if self.grpc_port == 0:
             raise StartupError(f"cannot listen for gRPC on {address}: the address is in use or not available here")
         await server.start()
         self._grpc = server
-        log.info("gRPC listening on %s:%d", s.host, self.grpc_port)
+        log.info("gRPC listening on %s:%d%s", s.host, self.grpc_port, describe(s.grpc_tls))
         service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
                               body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
                               trace_settings=self.trace_settings)
         self._http = HttpListener(rest_app(service), s.host, s.http_port,
                                   shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
-                                  auto_decompress=False)  # HttpService decodes request bodies itself
+                                  auto_decompress=False,  # HttpService decodes request bodies itself
+                                  tls=self._http_tls)
         self.http_port = await self._listen(self._http, "HTTP", s.http_port)
-        log.info("HTTP listening on %s:%d", s.host, self.http_port)
+        log.info("HTTP listening on %s:%d%s", s.host, self.http_port, describe(s.http_tls))
         if self.fleet is not None:
             await self.fleet.connect()
         await self._sync_repository(starting=True)

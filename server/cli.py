@@ -19,6 +19,8 @@ from ops.logs import LOG_FORMATS, configure_logging
 from ops.histograms import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig, bucket_problem
 from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
+from server.tls import TlsConfig
+from server.tls_cli import add_tls_arguments, tls_configs
 
 
 def _buckets(text: str) -> tuple[float, ...]:
@@ -107,6 +109,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--trace-exporter", default="otlp", choices=TRACE_EXPORTERS,
                    help="otlp: OTLP/HTTP, configured by the OTEL_EXPORTER_OTLP_* variables (default); "
                         "console: one JSON span per line on stdout")
+    add_tls_arguments(p)
     fleet = p.add_argument_group("fleet mode (README \"Fleets\"): rollouts, shared response cache, rate limits")
     fleet.add_argument("--redis-url", default="",
                        help="the fleet's Redis, e.g. redis://redis:6379/0 (default: none, standalone)")
@@ -114,6 +117,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     fleet.add_argument("--advertise-address", default="",
                        help="host[:port] where others reach this replica's gRPC (default: --host, or the hostname "
                             "when it is 0.0.0.0, and the gRPC port)")
+    fleet.add_argument("--peer-tls-server-name", default="", metavar="NAME",
+                       help="with --grpc-use-ssl: the name peers' certificates are checked for when forwarding a "
+                            "sequence, when it is not their advertised host (e.g. the Service's DNS name)")
     fleet.add_argument("--redis-timeout", type=float, default=0.25,
                        help="seconds a Redis command may take before Redis counts as down (default 0.25)")
     fleet.add_argument("--fleet-heartbeat-secs", type=float, default=1.0,
@@ -125,9 +131,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _fleet(args: argparse.Namespace) -> FleetSettings | None:
+def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None) -> FleetSettings | None:
     if not args.redis_url:
+        if args.peer_tls_server_name:
+            raise ValueError("--peer-tls-server-name applies only in fleet mode (--redis-url)")
         return None
+    if args.peer_tls_server_name and peer_tls is None:
+        raise ValueError("--peer-tls-server-name applies only with --grpc-use-ssl")
     return FleetSettings(
         redis_url=args.redis_url,
         replica_id=args.replica_id or f"{socket.gethostname()}-{os.getpid()}",
@@ -136,6 +146,8 @@ def _fleet(args: argparse.Namespace) -> FleetSettings | None:
         heartbeat_interval_s=args.fleet_heartbeat_secs,
         reconcile_interval_s=args.fleet_reconcile_secs,
         cache_local_bytes=args.response_cache_local_bytes,
+        peer_tls=peer_tls,
+        peer_tls_name=args.peer_tls_server_name,
     )
 
 
@@ -166,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(args.log_level, args.log_format)
         try:
             model_repository, remote_repository = _repository(args)
+            grpc_tls, http_tls = tls_configs(args)
             settings = Settings(
                 model_repository=model_repository,
                 remote_repository=remote_repository,
@@ -188,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                 trace_exporter=args.trace_exporter,
                 metrics=MetricsConfig(latency_buckets_s=args.metrics_latency_buckets,
                                       batch_size_buckets=args.metrics_batch_buckets),
-                fleet=_fleet(args),
+                fleet=_fleet(args, grpc_tls),
+                grpc_tls=grpc_tls,
+                http_tls=http_tls,
+                tls_reload_interval_s=args.tls_reload_secs,
             )
         except ValueError as exc:
             serve_parser.error(str(exc))

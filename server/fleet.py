@@ -42,6 +42,7 @@ from server.response_cache import ResponseCache
 from server.sequence_owners import SequenceOwners
 from server.served import ServedVersion
 from server.settings import FleetSettings
+from server.tls import peer_channel
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class Fleet:
         self.reconciler = Reconciler(self.store, registry, self.router, on_change=self._changed)
         self.cache = ResponseCache(self.link, self.keys, self.metrics, local_bytes=settings.cache_local_bytes)
         self.limiter = TenantLimiter(self.link, self.keys, self.metrics)
-        self.sequences = SequenceOwners(self.link, self.keys, self.metrics)
+        self.sequences = SequenceOwners(self.link, self.keys, self.metrics,
+                                        peer_channel(settings.peer_tls, settings.peer_tls_name))
         self.replicas = 0  # live replicas last seen
         self._started_at = time.time()
         self._addresses = ("", "")

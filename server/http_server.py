@@ -35,6 +35,7 @@ from prometheus_client.registry import CollectorRegistry
 from ops.gpu import write_triton_values_in_full
 from server.http_errors import error_middleware
 from server.http_service import HttpService
+from server.tls import HttpTlsReloader
 
 
 class ClientFramingFilter(logging.Filter):
@@ -101,8 +102,9 @@ class HttpListener:
     """One aiohttp application on ``host:port``. ``start``/``stop`` from the loop that serves it."""
 
     def __init__(self, app: web.Application, host: str, port: int, *, shutdown_timeout_s: float = 30.0,
-                 auto_decompress: bool = True) -> None:
+                 auto_decompress: bool = True, tls: HttpTlsReloader | None = None) -> None:
         self._app = app
+        self._tls = tls  # HTTPS, its certificate files checked until ``stop`` (server/tls.py)
         self._host = host
         self._port = port
         self._shutdown_timeout_s = shutdown_timeout_s
@@ -125,7 +127,7 @@ class HttpListener:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
             sock.setblocking(False)
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=self._tls.context if self._tls else None).start()
         except BaseException:
             sock.close()
             await runner.cleanup()
@@ -139,6 +141,8 @@ class HttpListener:
         stop: a handler still running then is cancelled and its connection closed at once (aiohttp alone
         would wait the timeout a second time for a handler that does not end when cancelled)."""
         runner, self._runner = self._runner, None
+        if self._tls is not None:
+            self._tls.stop()
         if runner is None:
             return
         cleanup = asyncio.ensure_future(runner.cleanup())

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import grpc
 
@@ -83,8 +83,11 @@ class _ModelObserver:
 class SequenceOwners:
     """See the module docstring. ``address``: this replica's advertised gRPC address (set once it is known)."""
 
-    def __init__(self, link: RedisLink, keys: Keys, metrics: FleetMetrics) -> None:
+    def __init__(self, link: RedisLink, keys: Keys, metrics: FleetMetrics,
+                 channel: "Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None" = None) -> None:
+        """``channel(address, options)``: a channel to a peer (``peer_channel``; plain by default)."""
         self._link = link
+        self._channel = channel or (lambda address, options: grpc.aio.insecure_channel(address, options=options))
         self._keys = keys
         self._metrics = metrics
         self.address = ""
@@ -148,7 +151,7 @@ class SequenceOwners:
             timeout = max(0.0, request.deadline - time.monotonic())
         peer = self._peers.get(address)
         if peer is None:
-            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            channel = self._channel(address, _CHANNEL_OPTIONS)
             peer = self._peers[address] = (channel, rpc.GRPCInferenceServiceStub(channel))
         forwards = self._metrics.sequence_forwards
         forwards[request.model_name] = forwards.get(request.model_name, 0) + 1

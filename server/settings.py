@@ -10,6 +10,7 @@ from model_store.remote import MirrorConfig
 from ops.logs import LOG_FORMATS
 from ops.histograms import MetricsConfig
 from server.dataplane import ControlMode
+from server.tls import TlsConfig
 
 TRACE_EXPORTERS = ("otlp", "console")
 EXAMPLE_REPOSITORY = Path(__file__).resolve().parents[1] / "model_store" / "examples" / "repository"
@@ -26,6 +27,8 @@ class FleetSettings:
     heartbeat_interval_s: float = 1.0  # actual state published this often, with a TTL of 3 intervals
     reconcile_interval_s: float = 10.0  # full reconcile of the desired state, beside change events
     cache_local_bytes: int = 64 * 1024 * 1024  # the response cache's in-process tier
+    peer_tls: TlsConfig | None = None  # the gRPC listener's TLS: peers (sequence forwarding) are called with it
+    peer_tls_name: str = ""  # the name peers' certificates are checked for ("": the advertised address's host)
 
     def __post_init__(self) -> None:
         if "://" not in self.redis_url:
@@ -75,6 +78,9 @@ class Settings:
     trace_exporter: str = "otlp"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     fleet: FleetSettings | None = None  # None: standalone, no Redis
+    grpc_tls: TlsConfig | None = None  # None: plain gRPC (server/tls.py)
+    http_tls: TlsConfig | None = None  # None: plain HTTP for REST (the metrics port is always plain)
+    tls_reload_interval_s: float = 10.0  # REST checks its certificate files this often (gRPC at each connection)
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port", "metrics_port"):
@@ -87,7 +93,8 @@ class Settings:
                                        ("--drain-timeout", self.drain_timeout_s, True),
                                        ("--grpc-max-connection-age", self.grpc_max_connection_age_s, True),
                                        ("--shutdown-delay", self.shutdown_delay_s, True),
-                                       ("--http-body-idle-timeout", self.http_body_idle_timeout_s, False)):
+                                       ("--http-body-idle-timeout", self.http_body_idle_timeout_s, False),
+                                       ("--tls-reload-secs", self.tls_reload_interval_s, False)):
             if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
                 raise ValueError(f"{flag} must be a finite number of seconds {'>= 0' if zero_ok else '> 0'}, "
                                  f"got {seconds}")

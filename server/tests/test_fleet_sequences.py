@@ -20,6 +20,7 @@ from model_store.testing import ModelSpec, write_model_repository
 from ops.redis_testing import RedisServer
 from server.fleet_testing import fleet_args, start_replicas
 from server.testing import scrape_metrics
+from server.tls_testing import make_pki, tls_args
 
 CONFIG = "max_batch_size: 8\n" + ACCUMULATOR_SEQUENCE_BATCHING.format(
     idle_us=2_000_000, initial="", strategy="direct { }")
@@ -153,3 +154,30 @@ def test_a_sequence_held_by_a_replica_that_is_gone_fails_unavailable_naming_it(f
     assert step(on_b, 91, 1.0, start=True) == 1.0  # started again: b holds it now, and the record says so
     eventually(lambda: record(server, 91) == b.grpc_address)
     assert step(on_a, 91, 1.0, end=True) == 2.0
+
+
+def test_replicas_serving_mutual_tls_forward_a_sequence_over_it(tmp_path) -> None:
+    """Peers are called with the replica's own certificate, checked for --peer-tls-server-name: the
+    certificate names only the Service, not the addresses the replicas advertise."""
+    pki = make_pki(tmp_path / "pki", "fleetserve.test")
+    repo = write_model_repository(tmp_path / "repo", {"acc": ModelSpec(write_accumulator_model, config=CONFIG)})
+    peer = [*tls_args(pki, mutual=True, http=False), "--peer-tls-server-name", "fleetserve.test"]
+    with RedisServer() as server:
+        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), *peer]),
+                               (repo, [*fleet_args(server.url, "b"), *peer])])
+        clients = [tc.InferenceServerClient(s.grpc_address, ssl=True, root_certificates=str(pki.ca),
+                                            private_key=str(pki.client_key), certificate_chain=str(pki.client_cert),
+                                            channel_args=[("grpc.ssl_target_name_override", "fleetserve.test")])
+                   for s in (a, b)]
+        try:
+            on_a, on_b = clients
+            assert step(on_a, 81, 1.0, start=True) == 1.0
+            eventually(lambda: record(server, 81) == a.grpc_address)
+            assert step(on_b, 81, 2.0) == 3.0  # forwarded to a over TLS
+            assert step(on_b, 81, 3.0, end=True) == 6.0
+            assert forwarded(b) == 2.0
+        finally:
+            for client in clients:
+                client.close()
+            a.stop()
+            b.stop()
