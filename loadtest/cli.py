@@ -14,7 +14,10 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from loadtest.tls import ClientTls
 
 COMMANDS: dict[str, str] = {
     "loadtest": "drive an Open Inference Protocol server over gRPC or HTTP and report latency, throughput, goodput",
@@ -85,6 +88,13 @@ def loadtest_parser() -> argparse.ArgumentParser:
                    help="for a model that runs sequences (sequence_batching): each concurrency slot sends "
                         "sequences of N requests (sequence_id, start, end), closed loop over gRPC (default 0: none)")
     p.add_argument("--streams", type=int, default=1, help="stream transport: streams per target per process (default 1)")
+    p.add_argument("--tls", action="store_true", help="connect over TLS, checking the servers' certificates "
+                   "against the system's CAs (--tls-ca, --tls-cert or --tls-server-name imply it)")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="the CA bundle the servers' certificates must chain to")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="mutual TLS: this client's certificate chain")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="mutual TLS: this client's private key")
+    p.add_argument("--tls-server-name", default="", metavar="NAME",
+                   help="gRPC: the name the servers' certificates are checked for, when not the target's host")
     p.add_argument("--out", type=Path, help="folder for NAME.json, NAME.csv and NAME.png")
     p.add_argument("--name", help="file name stem in --out (default from model and transport)")
     p.add_argument("--label", help="label of this run in tables and plots")
@@ -184,7 +194,7 @@ def run_loadtest(argv: list[str]) -> int:
             stable_windows=args.stable_windows,
             tolerance=args.tolerance, max_duration_s=args.max_duration_s, max_requests=args.max_requests,
             max_inflight=args.max_inflight, timeout_s=args.timeout_s, burstiness=args.burstiness,
-            sequence_length=args.sequence_length,
+            sequence_length=args.sequence_length, tls=_tls(args),
         )
         checks = parse_checks(args.checks, slo_ms=args.slo_ms) if args.checks is not None else []
     except (OSError, ValueError) as exc:  # CheckSyntaxError is a ValueError
@@ -219,6 +229,14 @@ def run_loadtest(argv: list[str]) -> int:
         print(format_checks(outcomes))
         return 0 if all(o.passed for o in outcomes) else 1
     return 0
+
+
+def _tls(args: argparse.Namespace) -> "ClientTls | None":
+    from loadtest.tls import ClientTls
+
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
 
 
 def main(argv: list[str] | None = None) -> int:

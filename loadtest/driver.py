@@ -34,6 +34,7 @@ import numpy as np
 
 from loadtest.http_wire import TRANSPORTS as HTTP_TRANSPORTS
 from loadtest.schedule import arrival_rng, poisson_arrivals
+from loadtest.tls import ClientTls, aiohttp_ssl, grpc_channel, http_base
 from loadtest.stats import DROPPED, HTTP_BASE, OK
 from loadtest.streams import Stream
 from loadtest.wire import CHANNEL_OPTIONS, MODEL_INFER, SequenceBodies, sequence_first_id, with_id
@@ -70,6 +71,7 @@ class DriveSpec:
     http_path: str = ""  # HTTP transports: the infer path, sent to every target
     http_headers: tuple[tuple[str, str], ...] = ()
     sequence_length: int = 0  # closed loop over gRPC: each slot sends sequences of this many requests (0: none)
+    tls: ClientTls | None = None  # None: plain connections
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,11 @@ class LoadDriver:
         if spec.transport in HTTP_TRANSPORTS:
             # No connection limit: the load's own concurrency (or max_inflight) bounds the connections.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+                connector=aiohttp.TCPConnector(limit=0, ssl=aiohttp_ssl(spec.tls)), timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
                 headers=dict(spec.http_headers), skip_auto_headers=("User-Agent",),
             )
         else:
-            self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in spec.targets]
+            self._channels = [grpc_channel(t, spec.tls, CHANNEL_OPTIONS) for t in spec.targets]
         try:
             for channel in self._channels:
                 # Connecting is not a request: a short --timeout-s (measuring deadlines) must not fail it.
@@ -181,7 +183,7 @@ class LoadDriver:
         calls: list[Callable[[], Awaitable[int]]] = []  # one per target
         if self._session is not None:
             session = self._session
-            calls = [functools.partial(self._http_call, session, f"http://{t}{spec.http_path}") for t in spec.targets]
+            calls = [functools.partial(self._http_call, session, f"{http_base(t, spec.tls)}{spec.http_path}") for t in spec.targets]
         elif spec.transport == "unary":
             methods = [ch.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
                        for ch in self._channels]

@@ -133,10 +133,11 @@ async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float) 
         raise RuntimeError(f"GET {url}: the answer is not JSON: {_one_line(text)!r}") from None
 
 
-async def model_metadata(session: aiohttp.ClientSession, target: str, model: str, version: str,
+async def model_metadata(session: aiohttp.ClientSession, base: str, model: str, version: str,
                          timeout_s: float = 10.0) -> ModelMetadata:
-    """The model's inputs, from ``GET /v2/models/{model}[/versions/{version}]`` on ``target`` (host:port)."""
-    url = f"http://{target}{model_path(model, version)}"
+    """The model's inputs, from ``GET /v2/models/{model}[/versions/{version}]`` on ``base`` (http(s)://host:port,
+    ``loadtest.tls.http_base``)."""
+    url = f"{base}{model_path(model, version)}"
     body = await _get_json(session, url, timeout_s)
     try:
         inputs = tuple(TensorMetadata(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"]))
@@ -146,11 +147,11 @@ async def model_metadata(session: aiohttp.ClientSession, target: str, model: str
     return ModelMetadata(inputs)
 
 
-async def infer_once(session: aiohttp.ClientSession, target: str, request: HttpRequest, timeout_s: float,
+async def infer_once(session: aiohttp.ClientSession, base: str, request: HttpRequest, timeout_s: float,
                      fatal: frozenset[int]) -> None:
-    """POST ``request`` to ``target`` once; raises RuntimeError with the server's answer when it cannot be
+    """POST ``request`` to ``base`` (http(s)://host:port) once; raises RuntimeError with the server's answer when it cannot be
     reached or answers a status in ``fatal``."""
-    url = f"http://{target}{request.path}"
+    url = f"{base}{request.path}"
     try:
         async with session.post(url, data=request.body, headers=dict(request.headers),
                                 timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
@@ -163,11 +164,11 @@ async def infer_once(session: aiohttp.ClientSession, target: str, request: HttpR
         raise RuntimeError(f"POST {url}: HTTP {response.status}: {_error_detail(text, response.reason)}")
 
 
-async def batch_statistics(session: aiohttp.ClientSession, target: str, model: str, version: str,
+async def batch_statistics(session: aiohttp.ClientSession, base: str, model: str, version: str,
                            timeout_s: float = 10.0) -> Batch | None:
     """The model's batch statistics from ``GET .../stats``, or None when the server has none to give."""
     try:
-        body = await _get_json(session, f"http://{target}{model_path(model, version)}/stats", timeout_s)
+        body = await _get_json(session, f"{base}{model_path(model, version)}/stats", timeout_s)
         by_size: dict[int, int] = {}
         inferences = executions = 0
         for stats in body["model_stats"]:

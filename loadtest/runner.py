@@ -26,6 +26,7 @@ from loadtest import http_wire, stats
 from loadtest.driver import CONNECT_TIMEOUT_S, DriveRecord, DriveSpec, LoadDriver, WindowReport
 from loadtest.procpool import LoadProcesses
 from loadtest.results import LoadtestResult, PointResult
+from loadtest.tls import ClientTls, aiohttp_ssl, grpc_channel, http_base, tls_hint
 from loadtest.wire import (
     CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, Batch, add_batches, batch_delta, batch_inputs, batch_statistics,
     describe_inputs, encode_request, file_inputs, file_rows, model_metadata, random_inputs, sequence_parameters,
@@ -67,6 +68,7 @@ class RunSettings:
     timeout_s: float = 10.0
     burstiness: float = 1.0
     sequence_length: int = 0  # a sequence model's requests in sequences of this many (closed loop, gRPC); 0: none
+    tls: ClientTls | None = None  # None: plain connections (loadtest/tls.py)
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -86,6 +88,9 @@ class RunSettings:
             raise ValueError(f"--sequence-length must be >= 0, got {self.sequence_length}")
         if self.sequence_length and self.transport not in ("unary", "stream"):
             raise ValueError(f"--sequence-length needs a gRPC transport (unary or stream), not {self.transport}")
+        if self.tls is not None and self.tls.server_name and self.transport in http_wire.TRANSPORTS:
+            raise ValueError("--tls-server-name applies to the gRPC transports; over HTTPS, target the name the "
+                             "server's certificate is for")
         if self.warmup_s < 0:
             raise ValueError(f"--warmup-s must be >= 0, got {self.warmup_s}")
         if not 0 < self.tolerance < 1:
@@ -124,9 +129,9 @@ class LoadRunner:
         s = self.settings
         http = s.transport in http_wire.TRANSPORTS
         if http:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=aiohttp_ssl(s.tls)))
         else:
-            self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in s.targets]
+            self._channels = [grpc_channel(t, s.tls, CHANNEL_OPTIONS) for t in s.targets]
         metadata = await self._metadata()
         if s.input_file is not None:
             inputs = file_inputs(s.input_file)
@@ -151,11 +156,18 @@ class LoadRunner:
         s = self.settings
         timeout_s = max(s.timeout_s, CONNECT_TIMEOUT_S)
         if self._session is not None:
-            return await http_wire.model_metadata(self._session, s.targets[0], s.model, s.model_version, timeout_s)
+            try:
+                return await http_wire.model_metadata(self._session, http_base(s.targets[0], s.tls), s.model,
+                                                      s.model_version, timeout_s)
+            except RuntimeError as exc:
+                if ": UNAVAILABLE: " in str(exc):
+                    raise RuntimeError(f"{exc}{tls_hint(s.tls)}") from exc
+                raise
         try:
             return await model_metadata(self._channels[0], s.model, s.model_version, timeout_s)
         except grpc.aio.AioRpcError as exc:
-            hint = " (not an Open Inference Protocol server?)" if exc.code() == grpc.StatusCode.UNIMPLEMENTED else ""
+            hint = {grpc.StatusCode.UNIMPLEMENTED: " (not an Open Inference Protocol server?)",
+                    grpc.StatusCode.UNAVAILABLE: tls_hint(s.tls)}.get(exc.code(), "")
             raise RuntimeError(f"ModelMetadata on {s.targets[0]}: {exc.code().name}: {exc.details()}{hint}") from exc
 
     async def probe(self) -> None:
@@ -171,7 +183,7 @@ class LoadRunner:
         for i, target in enumerate(s.targets):
             if self._session is not None:
                 assert self.http_request is not None
-                await http_wire.infer_once(self._session, target, self.http_request, s.timeout_s, _FATAL_HTTP)
+                await http_wire.infer_once(self._session, http_base(target, s.tls), self.http_request, s.timeout_s, _FATAL_HTTP)
                 continue
             infer = self._channels[i].unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
             body = self.body
@@ -268,7 +280,7 @@ class LoadRunner:
             max_inflight=math.ceil(s.max_inflight / s.processes), streams=s.streams, timeout_s=s.timeout_s,
             http_path=self.http_request.path if self.http_request else "",
             http_headers=self.http_request.headers if self.http_request else (),
-            sequence_length=s.sequence_length,
+            sequence_length=s.sequence_length, tls=s.tls,
         )
 
     async def _drive(self, specs: list[DriveSpec], label: str) -> tuple[list[DriveRecord], list[float], tuple[int, int], bool]:
@@ -329,7 +341,7 @@ class LoadRunner:
         s, total = self.settings, Batch()
         for i, target in enumerate(s.targets):
             if self._session is not None:
-                snapshot = await http_wire.batch_statistics(self._session, target, s.model, s.model_version)
+                snapshot = await http_wire.batch_statistics(self._session, http_base(target, s.tls), s.model, s.model_version)
             else:
                 snapshot = await batch_statistics(self._channels[i], s.model, s.model_version)
             if snapshot is None:

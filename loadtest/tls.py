@@ -1,0 +1,71 @@
+"""TLS for the load generator's connections (``--tls``, ``--tls-ca``, ``--tls-cert``/``--tls-key``,
+``--tls-server-name``): gRPC channels and the HTTP transports' sessions to servers that serve TLS, mutual TLS
+included. Picklable: it travels to the load-generator processes with each ``DriveSpec``."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import grpc
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """``ca``: the CA bundle the servers' certificates are checked against (None: the system's); ``cert`` and
+    ``key``: a client certificate for mutual TLS; ``server_name``: the name the certificates are checked for
+    over gRPC, when it is not the target's host (a certificate for a Service's name, reached at an address)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--tls-cert and --tls-key go together: a client certificate and its private key")
+        for flag, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert), ("--tls-key", self.key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{flag} {path}: no such file")
+
+    def grpc_credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        if self.cert is not None and self.key is not None:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def grpc_channel(target: str, tls: ClientTls | None, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+    """A channel to ``target``: plain without ``tls``."""
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=list(options))
+    if tls.server_name:
+        options = [*options, ("grpc.ssl_target_name_override", tls.server_name)]
+    return grpc.aio.secure_channel(target, tls.grpc_credentials(), options=list(options))
+
+
+def aiohttp_ssl(tls: ClientTls | None) -> "ssl.SSLContext | bool":
+    """aiohttp's ``ssl`` for a connector: the context with ``tls``; True (its defaults) for plain http URLs."""
+    return tls.ssl_context() if tls is not None else True
+
+
+def http_base(target: str, tls: ClientTls | None) -> str:
+    """``target``'s URL without a path: https with ``tls``."""
+    return f"{'https' if tls is not None else 'http'}://{target}"
+
+
+def tls_hint(tls: ClientTls | None) -> str:
+    """What to add to a connection the server closed: the TLS flags it may be missing."""
+    if tls is None:
+        return " (if it serves TLS: --tls, or --tls-ca with its CA)"
+    if tls.cert is None:
+        return " (if it asks for a client certificate: --tls-cert and --tls-key)"
+    return ""
