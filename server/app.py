@@ -66,7 +66,7 @@ from server.servable import ServingDefaults, load_servable
 from server.served import ServedVersion
 from server.shared_memory import SharedMemoryRegistry
 from server.settings import Settings
-from server.tls import HttpTlsReloader, TlsError, describe, grpc_server_credentials
+from server.tls import HttpTlsReloader, TlsError, describe, open_tls
 
 if TYPE_CHECKING:
     from ops.tracing import RequestTracer
@@ -204,13 +204,13 @@ class App:
         await self._set_health(False)
         address = f"{s.host}:{s.grpc_port}"
         try:  # certificate files that cannot serve stop the start, naming the file (server/tls.py)
-            credentials = grpc_server_credentials(s.grpc_tls) if s.grpc_tls else None
-            self._http_tls = HttpTlsReloader.start(s.http_tls, s.tls_reload_interval_s) if s.http_tls else None
+            tls = open_tls(s.grpc_tls, s.http_tls, s.tls_reload_interval_s, self.metrics_registry)
         except TlsError as exc:
             raise StartupError(f"cannot serve over TLS: {exc}") from None
+        self._http_tls = tls.http
         try:
-            self.grpc_port = (server.add_insecure_port(address) if credentials is None
-                              else server.add_secure_port(address, credentials))
+            self.grpc_port = (server.add_insecure_port(address) if tls.grpc is None
+                              else server.add_secure_port(address, tls.grpc))
         except RuntimeError:  # grpcio >= 1.6x raises where older releases returned 0
             self.grpc_port = 0
         if self.grpc_port == 0:

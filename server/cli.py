@@ -118,8 +118,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="host[:port] where others reach this replica's gRPC (default: --host, or the hostname "
                             "when it is 0.0.0.0, and the gRPC port)")
     fleet.add_argument("--peer-tls-server-name", default="", metavar="NAME",
-                       help="with --grpc-use-ssl: the name peers' certificates are checked for when forwarding a "
-                            "sequence, when it is not their advertised host (e.g. the Service's DNS name)")
+                       help="the name peers' certificates are checked for when forwarding a sequence over TLS, "
+                            "when it is not their advertised host, e.g. the Service's DNS name (unused without "
+                            "--grpc-use-ssl)")
     fleet.add_argument("--redis-timeout", type=float, default=0.25,
                        help="seconds a Redis command may take before Redis counts as down (default 0.25)")
     fleet.add_argument("--fleet-heartbeat-secs", type=float, default=1.0,
@@ -133,11 +134,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None) -> FleetSettings | None:
     if not args.redis_url:
-        if args.peer_tls_server_name:
-            raise ValueError("--peer-tls-server-name applies only in fleet mode (--redis-url)")
         return None
-    if args.peer_tls_server_name and peer_tls is None:
-        raise ValueError("--peer-tls-server-name applies only with --grpc-use-ssl")
     return FleetSettings(
         redis_url=args.redis_url,
         replica_id=args.replica_id or f"{socket.gethostname()}-{os.getpid()}",

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from prometheus_client.registry import CollectorRegistry
+
+from ops.tls_metrics import TlsMetrics
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class Material:
     cert: bytes
     key: bytes
     root: bytes | None
+    expiry_s: float  # the (first) certificate's notAfter, Unix seconds
 
 
 def read_material(config: TlsConfig) -> Material:
@@ -65,7 +70,11 @@ def read_material(config: TlsConfig) -> Material:
             contents.append(path.read_bytes())
         except OSError as exc:
             raise TlsError(f"cannot read {path}: {exc.strerror or exc}") from None
-    material = Material(contents[0], contents[1], contents[2] if config.root is not None else None)
+    try:
+        expiry_s = x509.load_pem_x509_certificates(contents[0])[0].not_valid_after_utc.timestamp()
+    except ValueError as exc:
+        raise TlsError(f"{config.cert} is not a PEM certificate chain ({exc})") from None
+    material = Material(contents[0], contents[1], contents[2] if config.root is not None else None, expiry_s)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(config.cert, config.key)
@@ -97,7 +106,12 @@ class CertificateFiles:
         self._stamp = _stamp(config.files)
         self.material = read_material(config)
         self._refused: object = None  # the stamp of files that did not load: logged once
-        self.reloads = 0
+        self.reloads = 0  # changed files loaded (ops/tls_metrics.py reads these three)
+        self.reload_errors = 0
+
+    @property
+    def expiry_s(self) -> float:
+        return self.material.expiry_s
 
     def reload(self) -> Material | None:
         """The files' new material when they changed and load; None when unchanged, or when they do not
@@ -109,6 +123,7 @@ class CertificateFiles:
             material = read_material(self.config)
         except TlsError as exc:
             self._refused = stamp
+            self.reload_errors += 1
             log.warning("%s TLS certificate files changed but cannot be used, so the ones loaded before still "
                         "serve: %s", self.what, exc)
             return None
@@ -122,9 +137,32 @@ def _grpc_certificates(material: Material) -> Any:
     return grpc.ssl_server_certificate_configuration([(material.key, material.cert)], root_certificates=material.root)
 
 
-def grpc_server_credentials(config: TlsConfig) -> grpc.ServerCredentials:
-    """The gRPC listener's credentials; raises ``TlsError``. Rotated files serve the next connection."""
-    files = CertificateFiles(config, "gRPC")
+@dataclass(frozen=True)
+class ServerTls:
+    """What the listeners serve TLS with: gRPC's credentials and REST's reloader (None: that one is plain)."""
+
+    grpc: grpc.ServerCredentials | None
+    http: "HttpTlsReloader | None"
+
+
+def open_tls(grpc_config: TlsConfig | None, http_config: TlsConfig | None, reload_interval_s: float,
+             registry: CollectorRegistry) -> ServerTls:
+    """Both listeners' TLS, their certificates observed on ``registry`` (ops/tls_metrics.py); REST's files are
+    checked every ``reload_interval_s`` from now on (on the running loop). Raises ``TlsError``."""
+    listeners = {name: CertificateFiles(config, what) for name, config, what in
+                 (("grpc", grpc_config, "gRPC"), ("http", http_config, "REST")) if config is not None}
+    if listeners:
+        metrics = TlsMetrics(registry)
+        for name, files in listeners.items():
+            metrics.observe(name, files)
+    grpc_files, http_files = listeners.get("grpc"), listeners.get("http")
+    return ServerTls(grpc_server_credentials(grpc_files) if grpc_files else None,
+                     HttpTlsReloader.start(http_files, reload_interval_s) if http_files else None)
+
+
+def grpc_server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:
+    """The gRPC listener's credentials. Rotated files serve the next connection."""
+    config = files.config
 
     def fetch() -> Any:  # grpc calls it before each new connection's handshake
         try:
@@ -191,10 +229,10 @@ class HttpTlsReloader:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def start(cls, config: TlsConfig, interval_s: float) -> "HttpTlsReloader":
-        """The REST listener's context (``context``), checked every ``interval_s`` from now on (on the running
-        loop; ``stop`` ends it); raises ``TlsError``."""
-        files = CertificateFiles(config, "REST")
+    def start(cls, files: CertificateFiles, interval_s: float) -> "HttpTlsReloader":
+        """The REST listener's context (``context``), its files checked every ``interval_s`` from now on (on the
+        running loop; ``stop`` ends it)."""
+        config = files.config
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         _load(context, config)
         if config.mutual:

@@ -4,6 +4,7 @@ and the ``fleetserve serve`` flags that serve them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import trustme
@@ -20,10 +21,12 @@ class Pki:
     client_key: Path
 
 
-def make_pki(folder: Path, *hosts: str) -> Pki:
+def make_pki(folder: Path, *hosts: str, not_after: datetime | None = None) -> Pki:
+    """``hosts``: what the server certificate is for (default 127.0.0.1 and localhost); ``not_after``: when it
+    expires (default: trustme's, in the year 3000)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    server = ca.issue_cert(*(hosts or ("127.0.0.1", "localhost")))
+    server = ca.issue_cert(*(hosts or ("127.0.0.1", "localhost")), not_after=not_after)
     client = ca.issue_cert("client@example.test")
     pki = Pki(folder / "ca.pem", folder / "cert.pem", folder / "key.pem", folder / "client.pem",
               folder / "client-key.pem")

@@ -25,8 +25,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-OVERLAYS = ("cpu", "gpu", "dev", "cpu-keda")
-AUTOSCALED = {"cpu": "hpa", "gpu": "hpa", "cpu-keda": "keda"}
+OVERLAYS = ("cpu", "gpu", "dev", "cpu-keda", "cpu-tls")
+AUTOSCALED = {"cpu": "hpa", "gpu": "hpa", "cpu-keda": "keda", "cpu-tls": "hpa"}
+TLS = {"cpu-tls"}  # overlays with components/tls: HTTPS probes (the kubelet's gRPC probes cannot speak TLS)
 # Native gRPC probes are GA since 1.27 and unhealthyPodEvictionPolicy since 1.31 (beta, on, from 1.27).
 K8S_VERSIONS = ("1.29.0", str(kubernetes_validate.latest_version()))
 SERVER = {"app.kubernetes.io/name": "fleetserve", "app.kubernetes.io/component": "server"}
@@ -185,10 +186,15 @@ def test_pods_have_named_ports_probes_and_a_restricted_security_context(overlay:
     container = server_container(docs)
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == PORTS
     startup = container["startupProbe"]
-    assert startup["grpc"]["port"] == PORTS["grpc"] and startup["grpc"].get("service", "") in GRPC_HEALTH_SERVICES
+    https = {"scheme": "HTTPS"} if overlay in TLS else {}
+    if overlay in TLS:
+        assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http", **https}
+    else:
+        assert startup["grpc"]["port"] == PORTS["grpc"]
+        assert startup["grpc"].get("service", "") in GRPC_HEALTH_SERVICES
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 150  # the budget in the base's comment
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http", **https}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http", **https}
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     security = container["securityContext"]
@@ -275,25 +281,41 @@ def test_args_take_every_value_from_the_config_map_and_are_flags_fleetserve_acce
     assert "--advertise-address=10.0.0.7" in args  # the pod IP: where other replicas forward sequences
 
 
-def test_the_deployment_command_line_starts_a_real_server(tmp_path: Path):
-    """The cpu overlay's args and ConfigMap values, as the pod runs them, but local ports and models."""
+@pytest.mark.parametrize("overlay", ["cpu", "cpu-tls"])
+def test_the_deployment_command_line_starts_a_real_server(tmp_path: Path, overlay: str):
+    """The overlay's args and ConfigMap values, as the pod runs them, but local ports and models, and for
+    cpu-tls test certificates at the Secret's paths' names; REST then answers over HTTPS as the probes ask."""
+    import requests
+
     from server.settings import EXAMPLE_REPOSITORY
     from server.testing import ServerProcess
+    from server.tls_testing import make_pki
 
-    docs = render("cpu")
+    docs = render(overlay)
     values = dict(config(docs), **pod_fields(server_container(docs)), FLEETSERVE_MODEL_CACHE_DIR=str(tmp_path))
     args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], a) for a in server_container(docs)["args"][1:]]
     local = ("--host=", "--http-port=", "--grpc-port=", "--metrics-port=", "--model-repository=")
     args = [a for a in args if not a.startswith(local)]  # ServerProcess picks these
+    secret = tmp_path / "tls"
+    if overlay in TLS:  # the Secret's files: cert-manager's names, here from a test CA
+        pki = make_pki(tmp_path / "pki")
+        secret.mkdir()
+        for name, source in (("tls.crt", pki.cert), ("tls.key", pki.key), ("ca.crt", pki.ca)):
+            shutil.copyfile(source, secret / name)
+        args = [a.replace("/etc/fleetserve/tls", str(secret)) for a in args]
     with ServerProcess(EXAMPLE_REPOSITORY, *args) as server:
         assert "fleetserve ready" in server.log  # (ServerProcess also returns when the server exits early)
         assert server.proc is not None and server.proc.poll() is None
+        if overlay in TLS:
+            probe = server_container(docs)["startupProbe"]["httpGet"]
+            url = f"https://127.0.0.1:{server.http_port}{probe['path']}"
+            assert requests.get(url, verify=str(secret / "ca.crt"), timeout=10).status_code == 200
 
 
 def test_gpu_pods_ask_for_a_gpu_and_cpu_pods_do_not():
     gpu = server_container(render("gpu"))["resources"]["limits"]
     assert gpu["nvidia.com/gpu"] == 1
-    for overlay in ("cpu", "dev", "cpu-keda"):
+    for overlay in ("cpu", "dev", "cpu-keda", "cpu-tls"):
         assert "nvidia.com/gpu" not in server_container(render(overlay))["resources"].get("limits", {})
     assert server_container(render("gpu"))["image"].endswith("-gpu")
     assert server_container(render("cpu"))["image"].endswith("-cpu")

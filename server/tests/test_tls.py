@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -129,14 +130,18 @@ def https_ok(port: int, ca: Path) -> bool:
 
 
 def test_a_rotated_certificate_serves_new_connections_without_a_restart(repo: Path, tmp_path: Path) -> None:
-    live = make_pki(tmp_path / "live")  # the files the server reads
+    first_expiry = datetime(2031, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    live = make_pki(tmp_path / "live", "127.0.0.1", not_after=first_expiry)  # the files the server reads
     first_ca = tmp_path / "first-ca.pem"  # what clients trusted before the rotation
     shutil.copyfile(live.ca, first_ca)
     with ServerProcess(repo, *tls_args(live), "--tls-reload-secs", "0.2") as server:
         held = grpc_client(server.grpc_address, first_ca)
         try:
             np.testing.assert_array_equal(add_one_grpc(held), EXPECTED)  # a connection open before the rotation
-            rotated = make_pki(tmp_path / "rotated")
+            assert tls_metrics(server) == {"grpc": (first_expiry.timestamp(), 0, 0),
+                                           "http": (first_expiry.timestamp(), 0, 0)}
+            rotated_expiry = datetime(2032, 6, 7, 8, 9, 10, tzinfo=timezone.utc)
+            rotated = make_pki(tmp_path / "rotated", "127.0.0.1", not_after=rotated_expiry)
             install(rotated, live)
             # gRPC: the next connection's handshake uses the new files
             with grpc_client(server.grpc_address, rotated.ca) as client:
@@ -149,6 +154,7 @@ def test_a_rotated_certificate_serves_new_connections_without_a_restart(repo: Pa
         assert wait_until(lambda: https_ok(server.http_port, rotated.ca), timeout_s=10)
         assert not https_ok(server.http_port, first_ca)
         assert server.wait_for_log("gRPC TLS certificate reloaded") and server.wait_for_log("REST TLS certificate reloaded")
+        assert tls_metrics(server) == {"grpc": (rotated_expiry.timestamp(), 1, 0), "http": (rotated_expiry.timestamp(), 1, 0)}
 
         # A change that cannot serve (the key of another certificate) is logged once; the rotated one stays.
         stray = make_pki(tmp_path / "stray")
@@ -162,6 +168,16 @@ def test_a_rotated_certificate_serves_new_connections_without_a_restart(repo: Pa
         assert https_ok(server.http_port, rotated.ca)
         assert server.log.count("gRPC TLS certificate files changed but cannot be used") == 1
         assert server.log.count("REST TLS certificate files changed but cannot be used") == 1
+        # the certificate served is still the rotated one: its expiry, not the stray one's
+        assert tls_metrics(server) == {"grpc": (rotated_expiry.timestamp(), 1, 1), "http": (rotated_expiry.timestamp(), 1, 1)}
+
+
+def tls_metrics(server: ServerProcess) -> dict[str, tuple[float, float, float]]:
+    """Per listener: (expiry timestamp, reloads, reload errors), scraped."""
+    samples = scrape_metrics(server.metrics_url)
+    return {listener: tuple(samples[(name, frozenset({("listener", listener)}))] for name in (
+        "fleetserve_tls_certificate_expiry_timestamp_seconds", "fleetserve_tls_certificate_reloads_total",
+        "fleetserve_tls_certificate_reload_errors_total")) for listener in ("grpc", "http")}
 
 
 def serve_until_exit(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -195,7 +211,6 @@ def test_certificate_files_that_cannot_serve_stop_the_start_naming_the_file(repo
      "--grpc-use-ssl-mutual needs --grpc-root-cert"),
     (["--http-use-ssl=true"], "--http-use-ssl needs --http-server-cert and --http-server-key"),
     (["--grpc-use-ssl=maybe"], "expected true or false, got 'maybe'"),
-    (["--peer-tls-server-name", "x"], "--peer-tls-server-name applies only in fleet mode"),
     (["--tls-reload-secs", "0"], "--tls-reload-secs must be a finite number of seconds > 0"),
 ])
 def test_tls_flags_that_do_not_fit_are_refused_before_anything_starts(repo: Path, args: list[str],
