@@ -58,6 +58,7 @@ from ops.logs import RequestLog
 from ops.metrics import ServerMetrics
 from ops.trace_settings import TraceSettings
 from server.dataplane import ControlMode, DataPlane
+from server.grpc_options import server_options
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
 from server.http_service import HttpService
@@ -186,17 +187,9 @@ class App:
         # onnxruntime's intra-op threads default to these cores (shared by a model's instances).
         log.info("onnxruntime thread pools sized for %s", describe_cores())
         tracer = self._tracer()
-        options: list[tuple[str, int]] = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
-        ]
-        if s.grpc_max_connection_age_s > 0:
-            # GOAWAY after the age; calls in flight get the drain timeout to finish.
-            options.append(("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)))
-            options.append(("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)))
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
+                                                        s.grpc_max_connection_age_s, s.drain_timeout_s,
+                                                        s.grpc_keepalive))
         self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
                                           trace_settings=self.trace_settings)
         server.add_generic_rpc_handlers((method_handlers(self._servicer),))

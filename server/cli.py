@@ -20,7 +20,8 @@ from ops.histograms import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S
 from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
 from server.tls import TlsConfig
-from server.tls_cli import add_tls_arguments, tls_configs
+from server.tls_cli import add_tls_arguments, switch, tls_configs
+from server.grpc_options import GrpcKeepalive
 
 
 def _buckets(text: str) -> tuple[float, ...]:
@@ -81,6 +82,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "(0: never; calls in flight get --drain-timeout to finish)")
     p.add_argument("--grpc-max-concurrent-streams", type=int, default=1024, metavar="N",
                    help="calls one gRPC connection may have open at once; its client queues the rest (default 1024)")
+    keepalive = GrpcKeepalive()
+    for flag, default, text in (
+        ("--grpc-keepalive-time", keepalive.time_ms, "ping a connection idle this long, in ms"),
+        ("--grpc-keepalive-timeout", keepalive.timeout_ms, "close a connection whose ping is not answered "
+                                                           "within this, in ms"),
+        ("--grpc-http2-max-pings-without-data", keepalive.max_pings_without_data,
+         "pings the server sends with no data between them (0: no limit)"),
+        ("--grpc-http2-min-recv-ping-interval-without-data", keepalive.min_recv_ping_interval_without_data_ms,
+         "shortest interval, in ms, between a client's pings while it sends nothing; sooner ones are strikes"),
+        ("--grpc-http2-max-ping-strikes", keepalive.max_ping_strikes,
+         "strikes tolerated before GOAWAY too_many_pings ends the connection's calls (0: no limit)"),
+    ):
+        p.add_argument(flag, type=int, default=default, metavar="N", help=f"{text} (default {default})")
+    p.add_argument("--grpc-keepalive-permit-without-calls", type=switch, nargs="?", const=True, default=False,
+                   metavar="BOOL", help="clients may ping a connection with no call open (default false)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish on shutdown; also how long a sequence "
                         "model's version leaving service (a reload) serves its live sequences (default 30)")
@@ -190,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                 drain_timeout_s=args.drain_timeout,
                 grpc_max_connection_age_s=args.grpc_max_connection_age,
                 grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
+                grpc_keepalive=GrpcKeepalive(
+                    time_ms=args.grpc_keepalive_time, timeout_ms=args.grpc_keepalive_timeout,
+                    permit_without_calls=args.grpc_keepalive_permit_without_calls,
+                    max_pings_without_data=args.grpc_http2_max_pings_without_data,
+                    min_recv_ping_interval_without_data_ms=args.grpc_http2_min_recv_ping_interval_without_data,
+                    max_ping_strikes=args.grpc_http2_max_ping_strikes),
                 http_max_body_bytes=args.http_max_body_bytes,
                 http_body_idle_timeout_s=args.http_body_idle_timeout,
                 shutdown_delay_s=args.shutdown_delay,

@@ -10,6 +10,7 @@ from model_store.remote import MirrorConfig
 from ops.logs import LOG_FORMATS
 from ops.histograms import MetricsConfig
 from server.dataplane import ControlMode
+from server.grpc_options import GrpcKeepalive
 from server.tls import TlsConfig
 
 TRACE_EXPORTERS = ("otlp", "console")
@@ -68,6 +69,7 @@ class Settings:
     # Each open stream costs the server about 25 KB, so without a cap one connection holding idle
     # streams grew it without bound (20,000 streams: 370 MB).
     grpc_max_concurrent_streams: int = 1024
+    grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)  # server/grpc_options.py
     max_message_bytes: int = 64 * 1024 * 1024
     http_max_body_bytes: int = 64 * 1024 * 1024  # REST request bodies; larger ones get 413
     # A large or chunked REST body that stops arriving for this long is answered 408, its bytes released.

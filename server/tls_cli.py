@@ -12,8 +12,9 @@ _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 
 
-def _boolean(text: str) -> bool:
-    """Triton writes its switches ``--grpc-use-ssl=true``; a bare ``--grpc-use-ssl`` means true too."""
+def switch(text: str) -> bool:
+    """A switch's value: Triton writes its switches ``--grpc-use-ssl=true``; a bare ``--grpc-use-ssl`` (with
+    ``nargs="?", const=True``) means true too."""
     value = text.strip().lower()
     if value in _TRUE:
         return True
@@ -26,9 +27,9 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "TLS (README \"TLS\"): certificate files in PEM, re-read when they change; the metrics port stays plain")
     for transport, name, what in (("grpc", "gRPC", "gRPC"), ("http", "REST", "REST (HTTPS)")):
-        group.add_argument(f"--{transport}-use-ssl", type=_boolean, nargs="?", const=True, default=False,
+        group.add_argument(f"--{transport}-use-ssl", type=switch, nargs="?", const=True, default=False,
                            metavar="BOOL", help=f"serve {what} over TLS (default false)")
-        group.add_argument(f"--{transport}-use-ssl-mutual", type=_boolean, nargs="?", const=True, default=False,
+        group.add_argument(f"--{transport}-use-ssl-mutual", type=switch, nargs="?", const=True, default=False,
                            metavar="BOOL", help=f"{name} clients must present a certificate that chains to "
                                                 f"--{transport}-root-cert (implies --{transport}-use-ssl)")
         fallback = "" if transport == "grpc" else " (default: the --grpc-* one)"

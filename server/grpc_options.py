@@ -1,0 +1,62 @@
+"""The gRPC server's channel options, from Settings: message limits, streams per connection, connection age,
+and keepalive (Triton's ``--grpc-keepalive-*`` and ``--grpc-http2-*`` flags, with gRPC's and Triton's defaults).
+
+Keepalive matters where connections cross load balancers and NATs that drop idle ones: the server pings
+idle clients every ``time_ms`` and closes a connection whose ping is not answered within ``timeout_ms``.
+The other way round, a client that pings more often than ``min_recv_ping_interval_without_data_ms`` while
+it sends nothing (a stream held open between requests, tritonclient's ``KeepAliveOptions``) is answered
+GOAWAY ``too_many_pings`` after ``max_ping_strikes`` such pings, and its calls end UNAVAILABLE: lower the
+interval (and permit pings without calls) to accept such clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GRPC_PING_INTERVAL_MS = 300_000  # gRPC's (and Triton's) default minimum interval between a client's idle pings
+
+
+@dataclass(frozen=True)
+class GrpcKeepalive:
+    time_ms: int = 7_200_000  # the server pings a connection idle this long
+    timeout_ms: int = 20_000  # ... and closes it when the ping is not answered within this
+    permit_without_calls: bool = False  # clients may ping a connection with no call open
+    max_pings_without_data: int = 2  # pings the server sends with no data between them (0: no limit)
+    min_recv_ping_interval_without_data_ms: int = GRPC_PING_INTERVAL_MS  # shortest idle-ping interval accepted
+    max_ping_strikes: int = 2  # pings sooner than that, tolerated before GOAWAY too_many_pings (0: no limit)
+
+    def __post_init__(self) -> None:
+        for name, least in (("time_ms", 1), ("timeout_ms", 1), ("max_pings_without_data", 0),
+                            ("min_recv_ping_interval_without_data_ms", 0), ("max_ping_strikes", 0)):
+            value = getattr(self, name)
+            if not least <= value <= 2**31 - 1:
+                flag = {"time_ms": "keepalive-time", "timeout_ms": "keepalive-timeout"}.get(
+                    name, "http2-" + name.replace("_ms", "").replace("_", "-"))
+                raise ValueError(f"--grpc-{flag} must be an integer in {least}..{2**31 - 1}, got {value}")
+
+    def options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
+            ("grpc.http2.max_pings_without_data", self.max_pings_without_data),
+            ("grpc.http2.min_ping_interval_without_data_ms", self.min_recv_ping_interval_without_data_ms),
+            ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
+        ]
+
+
+def server_options(max_message_bytes: int, max_concurrent_streams: int, max_connection_age_s: float,
+                   drain_timeout_s: float, keepalive: GrpcKeepalive) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", max_concurrent_streams),
+        *keepalive.options(),
+    ]
+    if max_connection_age_s > 0:
+        # GOAWAY after the age; calls in flight get the drain timeout to finish.
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(drain_timeout_s * 1000)))
+    return options
