@@ -189,7 +189,7 @@ class App:
         tracer = self._tracer()
         server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
                                                         s.grpc_max_connection_age_s, s.drain_timeout_s,
-                                                        s.grpc_keepalive))
+                                                        s.grpc_keepalive, s.grpc_response_compression))
         self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
                                           trace_settings=self.trace_settings)
         server.add_generic_rpc_handlers((method_handlers(self._servicer),))

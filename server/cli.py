@@ -21,7 +21,7 @@ from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
 from server.tls import TlsConfig
 from server.tls_cli import add_tls_arguments, switch, tls_configs
-from server.grpc_options import GrpcKeepalive
+from server.grpc_options import COMPRESSION_LEVELS, GrpcKeepalive
 
 
 def _buckets(text: str) -> tuple[float, ...]:
@@ -97,6 +97,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         p.add_argument(flag, type=int, default=default, metavar="N", help=f"{text} (default {default})")
     p.add_argument("--grpc-keepalive-permit-without-calls", type=switch, nargs="?", const=True, default=False,
                    metavar="BOOL", help="clients may ping a connection with no call open (default false)")
+    p.add_argument("--grpc-infer-response-compression-level", choices=list(COMPRESSION_LEVELS), default="none",
+                   help="compress gRPC responses at this level, in an algorithm the client accepts (default none; "
+                        "compressed requests are read whatever this says)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish on shutdown; also how long a sequence "
                         "model's version leaving service (a reload) serves its live sequences (default 30)")
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 drain_timeout_s=args.drain_timeout,
                 grpc_max_connection_age_s=args.grpc_max_connection_age,
                 grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
+                grpc_response_compression=args.grpc_infer_response_compression_level,
                 grpc_keepalive=GrpcKeepalive(
                     time_ms=args.grpc_keepalive_time, timeout_ms=args.grpc_keepalive_timeout,
                     permit_without_calls=args.grpc_keepalive_permit_without_calls,

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Triton's --grpc-infer-response-compression-level: gRPC's compression levels, each choosing an algorithm among
+# those the client accepts (every gRPC client accepts gzip and deflate).
+COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
 GRPC_PING_INTERVAL_MS = 300_000  # gRPC's (and Triton's) default minimum interval between a client's idle pings
 
 
@@ -47,7 +50,11 @@ class GrpcKeepalive:
 
 
 def server_options(max_message_bytes: int, max_concurrent_streams: int, max_connection_age_s: float,
-                   drain_timeout_s: float, keepalive: GrpcKeepalive) -> list[tuple[str, Any]]:
+                   drain_timeout_s: float, keepalive: GrpcKeepalive,
+                   response_compression: str = "none") -> list[tuple[str, Any]]:
+    """``response_compression``: a ``COMPRESSION_LEVELS`` name; responses are compressed at that level (the
+    inference responses are nearly all the bytes a server sends; requests arrive compressed or not, as
+    each client chooses, whatever this says)."""
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -55,6 +62,8 @@ def server_options(max_message_bytes: int, max_concurrent_streams: int, max_conn
         ("grpc.max_concurrent_streams", max_concurrent_streams),
         *keepalive.options(),
     ]
+    if response_compression != "none":
+        options.append(("grpc.default_compression_level", COMPRESSION_LEVELS[response_compression]))
     if max_connection_age_s > 0:
         # GOAWAY after the age; calls in flight get the drain timeout to finish.
         options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))

@@ -70,6 +70,7 @@ class Settings:
     # streams grew it without bound (20,000 streams: 370 MB).
     grpc_max_concurrent_streams: int = 1024
     grpc_keepalive: GrpcKeepalive = field(default_factory=GrpcKeepalive)  # server/grpc_options.py
+    grpc_response_compression: str = "none"  # a COMPRESSION_LEVELS name (server/grpc_options.py)
     max_message_bytes: int = 64 * 1024 * 1024
     http_max_body_bytes: int = 64 * 1024 * 1024  # REST request bodies; larger ones get 413
     # A large or chunked REST body that stops arriving for this long is answered 408, its bytes released.
