@@ -114,6 +114,12 @@ class BackendError(ServingError):
     code = Code.INTERNAL
 
 
+class Restricted(ServingError):
+    """The endpoint is restricted to requests carrying a header this one lacks (PERMISSION_DENIED)."""
+
+    code = Code.PERMISSION_DENIED
+
+
 class Unsupported(ServingError):
     """The request asks for something fleetserve does not implement (UNIMPLEMENTED)."""
 

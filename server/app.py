@@ -59,6 +59,7 @@ from ops.metrics import ServerMetrics
 from ops.trace_settings import TraceSettings
 from server.dataplane import ControlMode, DataPlane
 from server.grpc_options import server_options
+from server.restrictions import GrpcRestrictions, restrictions_by_category
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
 from server.http_service import HttpService
@@ -187,9 +188,11 @@ class App:
         # onnxruntime's intra-op threads default to these cores (shared by a model's instances).
         log.info("onnxruntime thread pools sized for %s", describe_cores())
         tracer = self._tracer()
+        restricted = restrictions_by_category(s.grpc_restrictions, "--grpc-restricted-protocol")
         server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
                                                         s.grpc_max_connection_age_s, s.drain_timeout_s,
-                                                        s.grpc_keepalive, s.grpc_response_compression))
+                                                        s.grpc_keepalive, s.grpc_response_compression),
+                                 interceptors=[GrpcRestrictions(restricted)] if restricted else None)
         self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
                                           trace_settings=self.trace_settings)
         server.add_generic_rpc_handlers((method_handlers(self._servicer),))
@@ -214,7 +217,8 @@ class App:
         service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
                               body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
                               trace_settings=self.trace_settings)
-        self._http = HttpListener(rest_app(service), s.host, s.http_port,
+        rest = rest_app(service, restrictions_by_category(s.http_restrictions, "--http-restricted-api"))
+        self._http = HttpListener(rest, s.host, s.http_port,
                                   shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
                                   auto_decompress=False,  # HttpService decodes request bodies itself
                                   tls=self._http_tls)

@@ -19,6 +19,8 @@ from ops.logs import LOG_FORMATS, configure_logging
 from ops.histograms import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig, bucket_problem
 from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
+from server.restrictions import (CATEGORIES, Restriction, grpc_peer_metadata, parse_restriction,
+                                 restrictions_by_category)
 from server.tls import TlsConfig
 from server.tls_cli import add_tls_arguments, switch, tls_configs
 from server.grpc_options import COMPRESSION_LEVELS, GrpcKeepalive
@@ -129,6 +131,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="otlp: OTLP/HTTP, configured by the OTEL_EXPORTER_OTLP_* variables (default); "
                         "console: one JSON span per line on stdout")
     add_tls_arguments(p)
+    for flag, transport in (("--grpc-restricted-protocol", "gRPC"), ("--http-restricted-api", "REST")):
+        header = "triton-grpc-protocol-KEY" if transport == "gRPC" else "KEY"
+        p.add_argument(flag, action="append", default=[], metavar="CATEGORIES:KEY=VALUE",
+                       help=f"{transport} requests to these APIs must carry the header {header} with VALUE "
+                            f"(repeatable, one group per category; categories: {', '.join(CATEGORIES)})")
     fleet = p.add_argument_group("fleet mode (README \"Fleets\"): rollouts, shared response cache, rate limits")
     fleet.add_argument("--redis-url", default="",
                        help="the fleet's Redis, e.g. redis://redis:6379/0 (default: none, standalone)")
@@ -151,7 +158,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None) -> FleetSettings | None:
+def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None,
+           restrictions: tuple[Restriction, ...]) -> FleetSettings | None:
     if not args.redis_url:
         return None
     return FleetSettings(
@@ -164,6 +172,7 @@ def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None) -> FleetSetting
         cache_local_bytes=args.response_cache_local_bytes,
         peer_tls=peer_tls,
         peer_tls_name=args.peer_tls_server_name,
+        peer_metadata=tuple(grpc_peer_metadata(restrictions_by_category(restrictions, "--grpc-restricted-protocol"))),
     )
 
 
@@ -195,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model_repository, remote_repository = _repository(args)
             grpc_tls, http_tls = tls_configs(args)
+            grpc_restrictions = tuple(parse_restriction(r, "--grpc-restricted-protocol")
+                                      for r in args.grpc_restricted_protocol)
+            http_restrictions = tuple(parse_restriction(r, "--http-restricted-api") for r in args.http_restricted_api)
             settings = Settings(
                 model_repository=model_repository,
                 remote_repository=remote_repository,
@@ -224,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                 trace_exporter=args.trace_exporter,
                 metrics=MetricsConfig(latency_buckets_s=args.metrics_latency_buckets,
                                       batch_size_buckets=args.metrics_batch_buckets),
-                fleet=_fleet(args, grpc_tls),
+                fleet=_fleet(args, grpc_tls, grpc_restrictions),
+                grpc_restrictions=grpc_restrictions,
+                http_restrictions=http_restrictions,
                 grpc_tls=grpc_tls,
                 http_tls=http_tls,
                 tls_reload_interval_s=args.tls_reload_secs,

@@ -77,7 +77,8 @@ class Fleet:
         self.cache = ResponseCache(self.link, self.keys, self.metrics, local_bytes=settings.cache_local_bytes)
         self.limiter = TenantLimiter(self.link, self.keys, self.metrics)
         self.sequences = SequenceOwners(self.link, self.keys, self.metrics,
-                                        peer_channel(settings.peer_tls, settings.peer_tls_name))
+                                        peer_channel(settings.peer_tls, settings.peer_tls_name),
+                                        settings.peer_metadata)
         self.replicas = 0  # live replicas last seen
         self._started_at = time.time()
         self._addresses = ("", "")

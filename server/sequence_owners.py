@@ -84,9 +84,12 @@ class SequenceOwners:
     """See the module docstring. ``address``: this replica's advertised gRPC address (set once it is known)."""
 
     def __init__(self, link: RedisLink, keys: Keys, metrics: FleetMetrics,
-                 channel: "Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None" = None) -> None:
-        """``channel(address, options)``: a channel to a peer (``peer_channel``; plain by default)."""
+                 channel: "Callable[[str, list[tuple[str, Any]]], grpc.aio.Channel] | None" = None,
+                 metadata: "tuple[tuple[str, str], ...]" = ()) -> None:
+        """``channel(address, options)``: a channel to a peer (``peer_channel``; plain by default); ``metadata``:
+        sent with each forwarded request (the header a restricted inference API asks for)."""
         self._link = link
+        self._metadata = metadata or None
         self._channel = channel or (lambda address, options: grpc.aio.insecure_channel(address, options=options))
         self._keys = keys
         self._metrics = metrics
@@ -156,7 +159,7 @@ class SequenceOwners:
         forwards = self._metrics.sequence_forwards
         forwards[request.model_name] = forwards.get(request.model_name, 0) + 1
         try:
-            reply = await peer[1].ModelInfer(message, timeout=timeout)
+            reply = await peer[1].ModelInfer(message, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             error = ServingError(f"{exc.details()} (forwarded to replica {address}, which holds sequence "
                                  f"{sequence_id!r})")

@@ -11,6 +11,7 @@ from ops.logs import LOG_FORMATS
 from ops.histograms import MetricsConfig
 from server.dataplane import ControlMode
 from server.grpc_options import GrpcKeepalive
+from server.restrictions import Restriction, restrictions_by_category
 from server.tls import TlsConfig
 
 TRACE_EXPORTERS = ("otlp", "console")
@@ -30,6 +31,7 @@ class FleetSettings:
     cache_local_bytes: int = 64 * 1024 * 1024  # the response cache's in-process tier
     peer_tls: TlsConfig | None = None  # the gRPC listener's TLS: peers (sequence forwarding) are called with it
     peer_tls_name: str = ""  # the name peers' certificates are checked for ("": the advertised address's host)
+    peer_metadata: tuple[tuple[str, str], ...] = ()  # sent with forwarded requests: a restricted inference's header
 
     def __post_init__(self) -> None:
         if "://" not in self.redis_url:
@@ -84,6 +86,9 @@ class Settings:
     grpc_tls: TlsConfig | None = None  # None: plain gRPC (server/tls.py)
     http_tls: TlsConfig | None = None  # None: plain HTTP for REST (the metrics port is always plain)
     tls_reload_interval_s: float = 10.0  # REST checks its certificate files this often (gRPC at each connection)
+    # Triton's --grpc-restricted-protocol and --http-restricted-api groups (server/restrictions.py)
+    grpc_restrictions: tuple[Restriction, ...] = ()
+    http_restrictions: tuple[Restriction, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("grpc_port", "http_port", "metrics_port"):
@@ -113,5 +118,7 @@ class Settings:
             raise ValueError(f"trace exporter must be one of {', '.join(TRACE_EXPORTERS)}, got {self.trace_exporter!r}")
         if self.remote_repository is not None and self.model_repository != self.remote_repository.root:
             raise ValueError("with a remote repository, model_repository must be its mirror's root")
+        restrictions_by_category(self.grpc_restrictions, "--grpc-restricted-protocol")  # raises ValueError
+        restrictions_by_category(self.http_restrictions, "--http-restricted-api")
         if self.load_models and self.model_control_mode is not ControlMode.EXPLICIT:
             raise ValueError("--load-model is only meaningful with --model-control-mode explicit")

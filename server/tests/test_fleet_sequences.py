@@ -181,3 +181,30 @@ def test_replicas_serving_mutual_tls_forward_a_sequence_over_it(tmp_path) -> Non
                 client.close()
             a.stop()
             b.stop()
+
+
+def test_a_replica_forwards_with_the_header_a_restricted_inference_api_asks_for(tmp_path) -> None:
+    repo = write_model_repository(tmp_path / "repo", {"acc": ModelSpec(write_accumulator_model, config=CONFIG)})
+    restricted = "--grpc-restricted-protocol=inference:infer-key=v"
+    headers = {"triton-grpc-protocol-infer-key": "v"}
+    with RedisServer() as server:
+        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), restricted]),
+                               (repo, [*fleet_args(server.url, "b"), restricted])])
+        clients = [tc.InferenceServerClient(s.grpc_address) for s in (a, b)]
+        try:
+            def send(client: tc.InferenceServerClient, value: float, **flags) -> float:
+                tensor = tc.InferInput("INPUT0", [1, 4], "FP32")
+                tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+                result = client.infer("acc", [tensor], sequence_id=82, headers=headers, **flags)
+                return float(result.as_numpy("OUTPUT0")[0, 0])
+
+            assert send(clients[0], 1.0, sequence_start=True) == 1.0
+            eventually(lambda: record(server, 82) == a.grpc_address)
+            assert send(clients[1], 2.0) == 3.0  # b forwards to a, with the header
+            assert send(clients[1], 3.0, sequence_end=True) == 6.0
+            assert forwarded(b) == 2.0
+        finally:
+            for client in clients:
+                client.close()
+            a.stop()
+            b.stop()
