@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from loadtest.tls import ClientTls
+    from loadtest.connections import ClientTls
 
 COMMANDS: dict[str, str] = {
     "loadtest": "drive an Open Inference Protocol server over gRPC or HTTP and report latency, throughput, goodput",
@@ -95,6 +95,9 @@ def loadtest_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="mutual TLS: this client's private key")
     p.add_argument("--tls-server-name", default="", metavar="NAME",
                    help="gRPC: the name the servers' certificates are checked for, when not the target's host")
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                   help="send this header with every call (gRPC metadata, HTTP header; repeatable), e.g. the key "
+                        "of a restricted API: triton-grpc-protocol-infer-key:VALUE")
     p.add_argument("--out", type=Path, help="folder for NAME.json, NAME.csv and NAME.png")
     p.add_argument("--name", help="file name stem in --out (default from model and transport)")
     p.add_argument("--label", help="label of this run in tables and plots")
@@ -176,6 +179,7 @@ def run_loadtest(argv: list[str]) -> int:
     from loadtest.procpool import run_event_loop
     from loadtest.report import format_checks, format_table, write_csv, write_json
     from loadtest.results import LoadtestResult
+    from loadtest.connections import parse_header
     from loadtest.runner import LoadRunner, RunSettings
     from loadtest.wire import file_inputs
 
@@ -195,6 +199,7 @@ def run_loadtest(argv: list[str]) -> int:
             tolerance=args.tolerance, max_duration_s=args.max_duration_s, max_requests=args.max_requests,
             max_inflight=args.max_inflight, timeout_s=args.timeout_s, burstiness=args.burstiness,
             sequence_length=args.sequence_length, tls=_tls(args),
+            headers=tuple(parse_header(h) for h in args.header),
         )
         checks = parse_checks(args.checks, slo_ms=args.slo_ms) if args.checks is not None else []
     except (OSError, ValueError) as exc:  # CheckSyntaxError is a ValueError
@@ -232,7 +237,7 @@ def run_loadtest(argv: list[str]) -> int:
 
 
 def _tls(args: argparse.Namespace) -> "ClientTls | None":
-    from loadtest.tls import ClientTls
+    from loadtest.connections import ClientTls
 
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
         return None

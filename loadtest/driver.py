@@ -34,7 +34,7 @@ import numpy as np
 
 from loadtest.http_wire import TRANSPORTS as HTTP_TRANSPORTS
 from loadtest.schedule import arrival_rng, poisson_arrivals
-from loadtest.tls import ClientTls, aiohttp_ssl, grpc_channel, http_base
+from loadtest.connections import ClientTls, aiohttp_ssl, grpc_channel, http_base
 from loadtest.stats import DROPPED, HTTP_BASE, OK
 from loadtest.streams import Stream
 from loadtest.wire import CHANNEL_OPTIONS, MODEL_INFER, SequenceBodies, sequence_first_id, with_id
@@ -72,6 +72,7 @@ class DriveSpec:
     http_headers: tuple[tuple[str, str], ...] = ()
     sequence_length: int = 0  # closed loop over gRPC: each slot sends sequences of this many requests (0: none)
     tls: ClientTls | None = None  # None: plain connections
+    headers: tuple[tuple[str, str], ...] = ()  # --header: with every call
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,10 @@ class LoadDriver:
             # No connection limit: the load's own concurrency (or max_inflight) bounds the connections.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ssl=aiohttp_ssl(spec.tls)), timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-                headers=dict(spec.http_headers), skip_auto_headers=("User-Agent",),
+                headers={**dict(spec.http_headers), **dict(spec.headers)}, skip_auto_headers=("User-Agent",),
             )
         else:
-            self._channels = [grpc_channel(t, spec.tls, CHANNEL_OPTIONS) for t in spec.targets]
+            self._channels = [grpc_channel(t, spec.tls, CHANNEL_OPTIONS, spec.headers) for t in spec.targets]
         try:
             for channel in self._channels:
                 # Connecting is not a request: a short --timeout-s (measuring deadlines) must not fail it.

@@ -136,7 +136,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float) 
 async def model_metadata(session: aiohttp.ClientSession, base: str, model: str, version: str,
                          timeout_s: float = 10.0) -> ModelMetadata:
     """The model's inputs, from ``GET /v2/models/{model}[/versions/{version}]`` on ``base`` (http(s)://host:port,
-    ``loadtest.tls.http_base``)."""
+    ``loadtest.connections.http_base``)."""
     url = f"{base}{model_path(model, version)}"
     body = await _get_json(session, url, timeout_s)
     try:

@@ -26,7 +26,7 @@ from loadtest import http_wire, stats
 from loadtest.driver import CONNECT_TIMEOUT_S, DriveRecord, DriveSpec, LoadDriver, WindowReport
 from loadtest.procpool import LoadProcesses
 from loadtest.results import LoadtestResult, PointResult
-from loadtest.tls import ClientTls, aiohttp_ssl, grpc_channel, http_base, tls_hint
+from loadtest.connections import ClientTls, aiohttp_ssl, grpc_channel, http_base, tls_hint
 from loadtest.wire import (
     CHANNEL_OPTIONS, MODEL_INFER, MODEL_STREAM_INFER, Batch, add_batches, batch_delta, batch_inputs, batch_statistics,
     describe_inputs, encode_request, file_inputs, file_rows, model_metadata, random_inputs, sequence_parameters,
@@ -68,7 +68,8 @@ class RunSettings:
     timeout_s: float = 10.0
     burstiness: float = 1.0
     sequence_length: int = 0  # a sequence model's requests in sequences of this many (closed loop, gRPC); 0: none
-    tls: ClientTls | None = None  # None: plain connections (loadtest/tls.py)
+    tls: ClientTls | None = None  # None: plain connections (loadtest/connections.py)
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every call: gRPC metadata or HTTP headers
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -129,9 +130,10 @@ class LoadRunner:
         s = self.settings
         http = s.transport in http_wire.TRANSPORTS
         if http:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=aiohttp_ssl(s.tls)))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=aiohttp_ssl(s.tls)),
+                                                  headers=dict(s.headers))
         else:
-            self._channels = [grpc_channel(t, s.tls, CHANNEL_OPTIONS) for t in s.targets]
+            self._channels = [grpc_channel(t, s.tls, CHANNEL_OPTIONS, s.headers) for t in s.targets]
         metadata = await self._metadata()
         if s.input_file is not None:
             inputs = file_inputs(s.input_file)
@@ -280,7 +282,7 @@ class LoadRunner:
             max_inflight=math.ceil(s.max_inflight / s.processes), streams=s.streams, timeout_s=s.timeout_s,
             http_path=self.http_request.path if self.http_request else "",
             http_headers=self.http_request.headers if self.http_request else (),
-            sequence_length=s.sequence_length, tls=s.tls,
+            sequence_length=s.sequence_length, tls=s.tls, headers=s.headers,
         )
 
     async def _drive(self, specs: list[DriveSpec], label: str) -> tuple[list[DriveRecord], list[float], tuple[int, int], bool]:
