@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
 from prometheus_client.registry import CollectorRegistry
 
 from ops.tls_metrics import TlsMetrics
@@ -70,6 +69,8 @@ def read_material(config: TlsConfig) -> Material:
             contents.append(path.read_bytes())
         except OSError as exc:
             raise TlsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    from cryptography import x509  # here, not at import: 8 MB resident a server without TLS does not need
+
     try:
         expiry_s = x509.load_pem_x509_certificates(contents[0])[0].not_valid_after_utc.timestamp()
     except ValueError as exc:
