@@ -59,6 +59,12 @@ class ModelRecord(Generic[S]):
     def publish(self) -> None:
         self.latest = self.servables[max(self.servables)] if self.servables else None
 
+    def serves_fully(self) -> bool:
+        """A version READY and none that failed to load with no earlier copy serving (UNAVAILABLE); versions
+        loading beside a READY one, or leaving, do not count."""
+        states = {status.state for status in self.status.values()}
+        return ModelState.READY in states and ModelState.UNAVAILABLE not in states
+
     def version_list(self) -> str:
         """The versions with a state, for messages: "1, 2", or "none"."""
         return ", ".join(str(v) for v in sorted(self.status)) or "none"

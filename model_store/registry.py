@@ -16,20 +16,17 @@ Contract:
 - ``poll`` acts on a changed, new or removed model only once its files have stayed the same for one poll (they
   are compared with the previous poll's): a file still being copied in, or a config written in steps, is not
   loaded half-written.
-- Loads and unloads of one model are serialised by a per-model lock, in the
-  order they were called: a load that waited for an unload loads afterwards.
+- Loads and unloads of one model are serialised by a per-model lock, in call order (a load after an unload).
 - ``load(name, config=text)`` loads with a config override (model_store/override.py) in place of config.pbtxt:
   each selected version loads again with it and replaces the version serving, as any reload; the next ``load``
   without one reads config.pbtxt again (and so loads each version again). ``files`` (with ``config``) load from a
   temporary folder of sent files (model_store/sent_files.py), removed once no version loaded from it serves.
-- ``pin(name, versions)`` overrides the version policy of one model (a fleet's desired
-  state, model_store/reconcile.py): the next ``load`` serves exactly those versions.
-- ``load`` and ``unload`` complete when their caller is cancelled meanwhile (an explicit load's client
-  gone, or its deadline passed), as in Triton: the outcome shows in ``index`` and the log.
+- ``pin(name, versions)`` overrides one model's version policy (a fleet's desired state, model_store/reconcile.py).
+- ``load`` and ``unload`` complete when their caller is cancelled meanwhile, as in Triton (``index`` and the log tell).
 - ``loads.close()`` (the start of shutdown): loads are refused from then on, and one under way is not
   waited for and never serves (model_store/load_gate.py); ``close()`` then unloads everything and waits
   for every retired version's close.
-- Loop-bound: call from the event loop.
+- ``unready()``: the models that do not fully serve (strict readiness, server/readiness.py). Loop-bound.
 
 Generic over the servable type: ``load_version(source, version)`` builds one, ``servable.close()`` releases it.
 Its records are in model_store/model_state.py. Must not import server, batching or grpc.
@@ -112,10 +109,9 @@ class ModelRegistry(Generic[S]):
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.get(name, version)
+            return self.get(name, version) is not None
         except ServingError:
             return False
-        return True
 
     # ---- control --------------------------------------------------------------------------
     async def load(self, name: str, retry: bool = False, config: str | None = None,
@@ -382,6 +378,10 @@ class ModelRegistry(Generic[S]):
         await self.retiring.wait_closed()  # also those whose reload or unload was cancelled (a poll's)
 
     # ---- reporting ------------------------------------------------------------------------
+    def unready(self) -> list[str]:
+        """The models loaded (or tried) that do not fully serve (``ModelRecord.serves_fully``): strict readiness."""
+        return sorted(name for name, model in self._models.items() if not model.serves_fully())
+
     def index(self) -> list[IndexEntry]:
         """Every model in the repository with each version's state (RepositoryIndex)."""
         entries: list[IndexEntry] = []

@@ -44,7 +44,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from prometheus_client.registry import CollectorRegistry
 
 from ops.cores import describe_cores
@@ -59,6 +59,7 @@ from ops.metrics import ServerMetrics
 from ops.trace_settings import TraceSettings
 from server.dataplane import ControlMode, DataPlane
 from server.grpc_options import server_options
+from server.readiness import Readiness
 from server.restrictions import GrpcRestrictions, restrictions_by_category
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
@@ -102,7 +103,6 @@ class App:
         self, settings: Settings, *, registry: CollectorRegistry | None = None, tracer_provider: Any = None
     ) -> None:
         self.settings = settings
-        self._ready = False
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self.metrics_port: int | None = None
@@ -113,7 +113,6 @@ class App:
         self._http_tls: HttpTlsReloader | None = None
         self._tracer_provider = tracer_provider
         self._owns_tracer_provider = False
-        self._health = health.aio.HealthServicer()
         self.regions = SharedMemoryRegistry()  # system shared-memory regions, one registry for both transports
         # Which requests are traced: both transports' trace-setting endpoints and the tracer share these.
         self.trace_settings = TraceSettings(exporting=settings.trace, model_known=lambda m: m in self.registry.names())
@@ -123,8 +122,10 @@ class App:
         self.mirror = RepositoryMirror(settings.remote_repository) if settings.remote_repository else None
         self.repository = MirroredRepository(self.mirror) if self.mirror else ModelRepository(settings.model_repository)
         self.registry: ModelRegistry[ServedVersion] = ModelRegistry(
-            self.repository, self._load_version, on_load_failed=self.metrics.record_load_failure
+            self.repository, self._load_version, on_change=lambda: self.readiness.models_changed(),
+            on_load_failed=self.metrics.record_load_failure,
         )
+        self.readiness = Readiness(self.registry, strict=settings.strict_readiness, services=("", SERVICE_NAME))
         self.fleet: "Fleet | None" = None
         if settings.fleet is not None:
             from server.fleet import Fleet  # redis is imported only in fleet mode
@@ -135,13 +136,13 @@ class App:
                                          sequence_finish_s=settings.drain_timeout_s,
                                          sequence_owners=fleet.sequences if fleet else None)
         self.dataplane = DataPlane(
-            self.registry, version=_version(), control_mode=settings.model_control_mode, is_ready=lambda: self._ready,
+            self.registry, version=_version(), control_mode=settings.model_control_mode, is_ready=self.readiness,
             metrics=self.metrics, request_log=RequestLog() if settings.log_format == "json" else None,
             router=fleet.router if fleet else None, cache=fleet.cache if fleet else None,
             limiter=fleet.limiter if fleet else None, sequence_owners=fleet.sequences if fleet else None,
         )
         self.metrics.observe_server(
-            ready=lambda: self._ready,
+            ready=self.readiness,
             model_states=lambda: [e.state.value for e in self.registry.index()],
             state_names=[state.value for state in ModelState],
         )
@@ -196,8 +197,8 @@ class App:
         self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
                                           trace_settings=self.trace_settings)
         server.add_generic_rpc_handlers((method_handlers(self._servicer),))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        await self._set_health(False)
+        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.health, server)
+        await self.readiness.publish()  # NOT_SERVING until the start-up models have loaded
         address = f"{s.host}:{s.grpc_port}"
         try:  # certificate files that cannot serve stop the start, naming the file (server/tls.py)
             tls = open_tls(s.grpc_tls, s.http_tls, s.tls_reload_interval_s, self.metrics_registry)
@@ -245,8 +246,8 @@ class App:
         # every full collection stalled the event loop for about 55 ms, every few seconds under load,
         # which alone put a request in a hundred past a 95 ms objective (README, "Scheduling").
         gc.freeze()
-        self._ready = True
-        await self._set_health(True)
+        self.readiness.started = True
+        await self.readiness.publish()
         log.info("fleetserve ready")
 
     async def _listen(self, listener: HttpListener, what: str, port: int) -> int:
@@ -255,11 +256,6 @@ class App:
         except OSError as exc:
             why = exc.strerror or exc
             raise StartupError(f"cannot listen for {what} on {self.settings.host}:{port}: {why}") from exc
-
-    async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, status)
 
     async def _poll(self) -> None:
         """Poll mode: sync a remote repository's mirror, then apply changes. Explicit mode: only sync."""
@@ -295,10 +291,10 @@ class App:
 
     async def stop(self) -> None:
         """The shutdown checklist in the module docstring."""
-        serving = self._ready
-        self._ready = False
+        serving = self.readiness.started
+        self.readiness.started = False
         self.registry.loads.close()  # 1. no load starts from now on; one under way never serves
-        await self._set_health(False)
+        await self.readiness.publish()
         if serving and self.settings.shutdown_delay_s > 0:
             log.info("not ready; serving on for %.1f s before closing the listeners", self.settings.shutdown_delay_s)
             await asyncio.sleep(self.settings.shutdown_delay_s)

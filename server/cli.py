@@ -110,6 +110,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--http-body-idle-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="a REST request body of 1 MiB or more, or chunked, that stops arriving for this long is "
                         "answered 408 and its connection closed (default 30)")
+    p.add_argument("--strict-readiness", type=switch, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="ready only while every model loaded serves, none failed (the protocol's 'server ready'; "
+                        "default false: one bad model pushed to a polled repository would take every replica "
+                        "out of service)")
     p.add_argument("--shutdown-delay", type=float, default=0.0,
                    help="on shutdown, seconds to keep serving while reporting not ready, so load balancers "
                         "stop routing here before the listeners close (default 0)")
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 http_max_body_bytes=args.http_max_body_bytes,
                 http_body_idle_timeout_s=args.http_body_idle_timeout,
                 shutdown_delay_s=args.shutdown_delay,
+                strict_readiness=args.strict_readiness,
                 log_format=args.log_format,
                 trace=args.trace,
                 trace_exporter=args.trace_exporter,

@@ -78,6 +78,7 @@ class Settings:
     # A large or chunked REST body that stops arriving for this long is answered 408, its bytes released.
     http_body_idle_timeout_s: float = 30.0
     shutdown_delay_s: float = 0.0  # shutdown: serve on, not ready, so load balancers stop routing here first
+    strict_readiness: bool = False  # ready only while every model serves (server/readiness.py says why not default)
     log_format: str = "text"  # "json" adds one structured line per inference request
     trace: bool = False  # OpenTelemetry spans per inference request (the [tracing] extra)
     trace_exporter: str = "otlp"
