@@ -58,9 +58,9 @@ from ops.logs import RequestLog
 from ops.metrics import ServerMetrics
 from ops.trace_settings import TraceSettings
 from server.dataplane import ControlMode, DataPlane
-from server.grpc_options import server_options
+from server.grpc_options import bind, build_server
 from server.readiness import Readiness
-from server.restrictions import GrpcRestrictions, restrictions_by_category
+from server.restrictions import restrictions_by_category
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
 from server.http_service import HttpService
@@ -181,50 +181,44 @@ class App:
         gpu = gpu_collector()  # NVML start-up is I/O: here, not in __init__
         if gpu is not None:
             self.metrics_registry.register(gpu)
-        self._metrics_http = HttpListener(metrics_app(self.metrics_registry), s.host, s.metrics_port,
-                                          shutdown_timeout_s=1.0)
-        self.metrics_port = await self._listen(self._metrics_http, "metrics", s.metrics_port)
-        log.info("metrics listening on %s:%d", s.host, self.metrics_port)
+        if s.allow_metrics:
+            self._metrics_http = HttpListener(metrics_app(self.metrics_registry), s.address("metrics"),
+                                              s.metrics_port, shutdown_timeout_s=1.0)
+            self.metrics_port = await self._listen(self._metrics_http, "metrics", s.address("metrics"), s.metrics_port)
+            log.info("metrics listening on %s:%d", s.address("metrics"), self.metrics_port)
         await asyncio.to_thread(remove_stale)  # what servers killed before their shutdown left of sent model files
         # onnxruntime's intra-op threads default to these cores (shared by a model's instances).
         log.info("onnxruntime thread pools sized for %s", describe_cores())
         tracer = self._tracer()
-        restricted = restrictions_by_category(s.grpc_restrictions, "--grpc-restricted-protocol")
-        server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
-                                                        s.grpc_max_connection_age_s, s.drain_timeout_s,
-                                                        s.grpc_keepalive, s.grpc_response_compression),
-                                 interceptors=[GrpcRestrictions(restricted)] if restricted else None)
-        self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
-                                          trace_settings=self.trace_settings)
-        server.add_generic_rpc_handlers((method_handlers(self._servicer),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.health, server)
         await self.readiness.publish()  # NOT_SERVING until the start-up models have loaded
-        address = f"{s.host}:{s.grpc_port}"
         try:  # certificate files that cannot serve stop the start, naming the file (server/tls.py)
             tls = open_tls(s.grpc_tls, s.http_tls, s.tls_reload_interval_s, self.metrics_registry)
         except TlsError as exc:
             raise StartupError(f"cannot serve over TLS: {exc}") from None
         self._http_tls = tls.http
-        try:
-            self.grpc_port = (server.add_insecure_port(address) if tls.grpc is None
-                              else server.add_secure_port(address, tls.grpc))
-        except RuntimeError:  # grpcio >= 1.6x raises where older releases returned 0
-            self.grpc_port = 0
-        if self.grpc_port == 0:
-            raise StartupError(f"cannot listen for gRPC on {address}: the address is in use or not available here")
-        await server.start()
-        self._grpc = server
-        log.info("gRPC listening on %s:%d%s", s.host, self.grpc_port, describe(s.grpc_tls))
-        service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
-                              body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
-                              trace_settings=self.trace_settings)
-        rest = rest_app(service, restrictions_by_category(s.http_restrictions, "--http-restricted-api"))
-        self._http = HttpListener(rest, s.host, s.http_port,
-                                  shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
-                                  auto_decompress=False,  # HttpService decodes request bodies itself
-                                  tls=self._http_tls)
-        self.http_port = await self._listen(self._http, "HTTP", s.http_port)
-        log.info("HTTP listening on %s:%d%s", s.host, self.http_port, describe(s.http_tls))
+        if s.allow_grpc:
+            self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
+                                              trace_settings=self.trace_settings)
+            server = build_server(s, [method_handlers(self._servicer)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.readiness.health, server)
+            address = f"{s.address('grpc')}:{s.grpc_port}"
+            self.grpc_port = bind(server, address, tls.grpc)
+            if not self.grpc_port:
+                raise StartupError(f"cannot listen for gRPC on {address}: the address is in use or not available here")
+            await server.start()
+            self._grpc = server
+            log.info("gRPC listening on %s:%d%s", s.address("grpc"), self.grpc_port, describe(s.grpc_tls))
+        if s.allow_http:
+            service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
+                                  body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
+                                  trace_settings=self.trace_settings)
+            rest = rest_app(service, restrictions_by_category(s.http_restrictions, "--http-restricted-api"))
+            self._http = HttpListener(rest, s.address("http"), s.http_port,
+                                      shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
+                                      auto_decompress=False,  # HttpService decodes request bodies itself
+                                      tls=self._http_tls)
+            self.http_port = await self._listen(self._http, "HTTP", s.address("http"), s.http_port)
+            log.info("HTTP listening on %s:%d%s", s.address("http"), self.http_port, describe(s.http_tls))
         if self.fleet is not None:
             await self.fleet.connect()
         await self._sync_repository(starting=True)
@@ -240,7 +234,7 @@ class App:
         if s.model_control_mode is ControlMode.POLL or (self.mirror and s.model_control_mode is ControlMode.EXPLICIT):
             self._poller = asyncio.get_running_loop().create_task(self._poll())
         if self.fleet is not None:
-            await self.fleet.start(s.host, self.grpc_port, self.http_port)
+            await self.fleet.start(s.address("grpc"), self.grpc_port or 0, self.http_port or 0)
         # Everything built so far (modules, descriptors, sessions, the loaded models) lives as long as
         # the server: out of the collector's sight, a full collection no longer walks it. Without this
         # every full collection stalled the event loop for about 55 ms, every few seconds under load,
@@ -250,12 +244,11 @@ class App:
         await self.readiness.publish()
         log.info("fleetserve ready")
 
-    async def _listen(self, listener: HttpListener, what: str, port: int) -> int:
+    async def _listen(self, listener: HttpListener, what: str, address: str, port: int) -> int:
         try:
             return await listener.start()
         except OSError as exc:
-            why = exc.strerror or exc
-            raise StartupError(f"cannot listen for {what} on {self.settings.host}:{port}: {why}") from exc
+            raise StartupError(f"cannot listen for {what} on {address}:{port}: {exc.strerror or exc}") from exc
 
     async def _poll(self) -> None:
         """Poll mode: sync a remote repository's mirror, then apply changes. Explicit mode: only sync."""

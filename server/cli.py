@@ -68,6 +68,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="s3:// repositories: an S3-compatible server instead of AWS, e.g. http://127.0.0.1:9000 "
                         "(empty: AWS); credentials come from the AWS_* variables or profile")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    for name, what in (("grpc", "gRPC"), ("http", "HTTP/REST"), ("metrics", "the metrics endpoint")):
+        p.add_argument(f"--{name}-address", default="", metavar="ADDRESS",
+                       help=f"address {what} listens on (default: --host)")
+        p.add_argument(f"--allow-{name}", type=switch, nargs="?", const=True, default=True, metavar="BOOL",
+                       help=f"serve {what} (default true; false: that port is not opened)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default 8000)")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)")
@@ -215,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
                 model_repository=model_repository,
                 remote_repository=remote_repository,
                 host=args.host,
+                grpc_address=args.grpc_address, http_address=args.http_address,
+                metrics_address=args.metrics_address, allow_grpc=args.allow_grpc, allow_http=args.allow_http,
+                allow_metrics=args.allow_metrics,
                 grpc_port=args.grpc_port,
                 http_port=args.http_port,
                 metrics_port=args.metrics_port,

@@ -104,7 +104,8 @@ class Fleet:
     async def start(self, grpc_host: str, grpc_port: int, http_port: int) -> None:
         """Step 2 of the module docstring."""
         s = self.settings
-        self._addresses = (advertised(s.advertise_address, grpc_host, grpc_port), advertised("", grpc_host, http_port))
+        self._addresses = (advertised(s.advertise_address, grpc_host, grpc_port),
+                           advertised("", grpc_host, http_port) if http_port else "")  # 0: REST is off
         self.sequences.address = self._addresses[0]
         with contextlib.suppress(RedisUnavailable):
             await self.reconciler.reconcile_all()

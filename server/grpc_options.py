@@ -1,5 +1,6 @@
-"""The gRPC server's channel options, from Settings: message limits, streams per connection, connection age,
-and keepalive (Triton's ``--grpc-keepalive-*`` and ``--grpc-http2-*`` flags, with gRPC's and Triton's defaults).
+"""The gRPC server, built from Settings (``build_server``, ``bind``): its channel options (message limits, streams
+per connection, connection age, compression, and keepalive: Triton's ``--grpc-keepalive-*`` and ``--grpc-http2-*``
+flags, with gRPC's and Triton's defaults), the restricted APIs' interceptor, and its listening port.
 
 Keepalive matters where connections cross load balancers and NATs that drop idle ones: the server pings
 idle clients every ``time_ms`` and closes a connection whose ping is not answered within ``timeout_ms``.
@@ -12,7 +13,12 @@ interval (and permit pings without calls) to accept such clients.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 # Triton's --grpc-infer-response-compression-level: gRPC's compression levels, each choosing an algorithm among
 # those the client accepts (every gRPC client accepts gzip and deflate).
@@ -69,3 +75,26 @@ def server_options(max_message_bytes: int, max_concurrent_streams: int, max_conn
         options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(drain_timeout_s * 1000)))
     return options
+
+
+def build_server(s: "Settings", handlers: "list[grpc.GenericRpcHandler]") -> grpc.aio.Server:
+    """The server with ``handlers``, not yet listening; with a restricted API, its interceptor
+    (server/restrictions.py)."""
+    from server.restrictions import GrpcRestrictions, restrictions_by_category
+
+    restricted = restrictions_by_category(s.grpc_restrictions, "--grpc-restricted-protocol")
+    server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
+                                                    s.grpc_max_connection_age_s, s.drain_timeout_s,
+                                                    s.grpc_keepalive, s.grpc_response_compression),
+                             interceptors=[GrpcRestrictions(restricted)] if restricted else None)
+    server.add_generic_rpc_handlers(handlers)
+    return server
+
+
+def bind(server: grpc.aio.Server, address: str, credentials: "grpc.ServerCredentials | None") -> int:
+    """Listen on ``address`` (TLS with ``credentials``); the port, 0 when the address is in use or not here."""
+    try:
+        return (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+    except RuntimeError:  # grpcio >= 1.6x raises where older releases returned 0
+        return 0

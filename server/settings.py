@@ -56,6 +56,13 @@ class Settings:
     model_repository: Path = EXAMPLE_REPOSITORY  # the local folder read; a remote repository's mirror
     remote_repository: MirrorConfig | None = None  # s3:// or http(s)://, mirrored into model_repository
     host: str = "0.0.0.0"
+    # Triton's --grpc-address, --http-address, --metrics-address ("": --host) and --allow-grpc/-http/-metrics
+    grpc_address: str = ""
+    http_address: str = ""
+    metrics_address: str = ""
+    allow_grpc: bool = True
+    allow_http: bool = True
+    allow_metrics: bool = True
     grpc_port: int = 8001  # Triton's conventions: HTTP 8000, gRPC 8001, metrics 8002
     http_port: int = 8000
     metrics_port: int = 8002
@@ -121,5 +128,14 @@ class Settings:
             raise ValueError("with a remote repository, model_repository must be its mirror's root")
         restrictions_by_category(self.grpc_restrictions, "--grpc-restricted-protocol")  # raises ValueError
         restrictions_by_category(self.http_restrictions, "--http-restricted-api")
+        if not (self.allow_grpc or self.allow_http):
+            raise ValueError("--allow-grpc false and --allow-http false: nothing would serve requests")
+        if self.fleet is not None and not self.allow_grpc:
+            raise ValueError("fleet mode (--redis-url) needs gRPC: the replicas forward requests to each other over "
+                             "it; drop --allow-grpc false")
         if self.load_models and self.model_control_mode is not ControlMode.EXPLICIT:
             raise ValueError("--load-model is only meaningful with --model-control-mode explicit")
+
+    def address(self, listener: str) -> str:
+        """Where ``listener`` ("grpc", "http", "metrics") binds: its own address, else ``host``."""
+        return getattr(self, f"{listener}_address") or self.host

@@ -100,7 +100,7 @@ class ServerProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self._ready.wait(self.ready_timeout_s) or not self.grpc_port:
+        if not self._ready.wait(self.ready_timeout_s) or "fleetserve ready" not in self.log:
             self.stop()
             raise RuntimeError(f"fleetserve did not become ready; its log:\n{self.log}")
         return self
