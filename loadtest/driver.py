@@ -133,7 +133,8 @@ class LoadDriver:
         if spec.transport in HTTP_TRANSPORTS:
             # No connection limit: the load's own concurrency (or max_inflight) bounds the connections.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=aiohttp_ssl(spec.tls)), timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+                connector=aiohttp.TCPConnector(limit=0, ssl=aiohttp_ssl(spec.tls)),
+                timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
                 headers={**dict(spec.http_headers), **dict(spec.headers)}, skip_auto_headers=("User-Agent",),
             )
         else:

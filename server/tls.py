@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from prometheus_client.registry import CollectorRegistry
 
+from ops.errors import Code, ServingError
 from ops.tls_metrics import TlsMetrics
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 class TlsError(Exception):
     """Certificate files that cannot serve: the message names the file and what is wrong with it."""
+
+
+class PeerUnreachable(ServingError):
+    """Another replica cannot be called: this one's certificate files no longer load (UNAVAILABLE)."""
+
+    code = Code.UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,11 @@ def peer_channel(config: TlsConfig | None, server_name: str = "") -> Any:
             return grpc.aio.insecure_channel(address, options=options)
         if server_name:
             options = [*options, ("grpc.ssl_target_name_override", server_name)]
-        return grpc.aio.secure_channel(address, peer_channel_credentials(config), options=options)
+        try:
+            credentials = peer_channel_credentials(config)
+        except TlsError as exc:  # the files changed since the start and no longer load: the caller may retry
+            raise PeerUnreachable(f"cannot call replica {address} over TLS: {exc}") from None
+        return grpc.aio.secure_channel(address, credentials, options=options)
 
     return channel
 

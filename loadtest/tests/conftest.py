@@ -1,7 +1,9 @@
-"""Fixtures of the harness tests: synthetic results, and a real fleetserve serving a tiny model."""
+"""Fixtures of the harness tests: synthetic results, a real fleetserve serving a tiny model, and one serving the
+bundled add_one over mutual TLS on both transports."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any, Callable
 
 import pytest
@@ -9,8 +11,10 @@ import pytest
 from loadtest import perf_analyzer
 from loadtest.results import LoadtestResult, PointResult
 from loadtest.stats import LatencyMs
+from model_store.examples import REPOSITORY
 from model_store.testing import ModelSpec, write_add_constant_model, write_model_repository
 from server.testing import ServerProcess
+from server.tls_testing import make_pki, tls_args
 
 
 def _point(**overrides: Any) -> PointResult:
@@ -67,3 +71,13 @@ def pa() -> perf_analyzer.PerfAnalyzer:
     if found is None:
         pytest.fail(f"perf_analyzer is not installed; {perf_analyzer.INSTALL_HINT}")
     return found
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory):
+    """(server, pki): add_one over mutual TLS on gRPC and REST, certificates of a test CA (server/tls_testing.py)."""
+    root = tmp_path_factory.mktemp("repo")
+    shutil.copytree(REPOSITORY / "add_one", root / "add_one")
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    with ServerProcess(root, *tls_args(pki, mutual=True)) as server:
+        yield server, pki

@@ -4,26 +4,13 @@ two load-generator processes, and a client the server refuses named in one line.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from loadtest.cli import main
-from model_store.examples import REPOSITORY
-from server.testing import ServerProcess
-from server.tls_testing import make_pki, tls_args
 
 QUICK_ARGS = ["--warmup-s", "0.2", "--window-s", "0.3", "--stable-windows", "2", "--tolerance", "0.5",
               "--max-duration-s", "1.5", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("repo")
-    shutil.copytree(REPOSITORY / "add_one", root / "add_one")
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    with ServerProcess(root, *tls_args(pki, mutual=True)) as server:
-        yield server, pki
 
 
 @pytest.mark.parametrize("transport, processes", [("unary", 1), ("stream", 1), ("http", 1), ("http-binary", 1),

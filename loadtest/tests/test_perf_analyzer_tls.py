@@ -1,28 +1,13 @@
-"""Triton's perf_analyzer against fleetserve serving mutual TLS on gRPC and TLS on REST, with its own TLS flags:
-a Triton user's load test of a TLS endpoint runs unchanged against fleetserve."""
+"""Triton's perf_analyzer, with its own TLS flags, against fleetserve serving mutual TLS on gRPC and REST (the
+``tls_server`` fixture): a Triton user's load test of a TLS endpoint runs unchanged against fleetserve."""
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import pytest
 
 from loadtest import perf_analyzer
-from model_store.examples import REPOSITORY
-from server.testing import ServerProcess
-from server.tls_testing import make_pki, tls_args
 
 ANY_WINDOWS = 1000  # what happens, not how fast
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("repo")
-    shutil.copytree(REPOSITORY / "add_one", root / "add_one")
-    pki = make_pki(tmp_path_factory.mktemp("pki"))
-    with ServerProcess(root, *tls_args(pki, mutual=True)) as server:
-        yield server, pki
 
 
 def grpc_tls(pki, client: bool) -> list[str]:

@@ -6,6 +6,7 @@ forwarded there (server/sequence_owners.py), whose record in Redis names the rep
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 
@@ -156,55 +157,52 @@ def test_a_sequence_held_by_a_replica_that_is_gone_fails_unavailable_naming_it(f
     assert step(on_a, 91, 1.0, end=True) == 2.0
 
 
+@contextlib.contextmanager
+def replica_pair(repo, extra: list[str], **client_options):
+    """Two replicas of ``repo`` with ``extra`` flags, a real Redis, and a tritonclient for each."""
+    with RedisServer() as server:
+        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), *extra]),
+                               (repo, [*fleet_args(server.url, "b"), *extra])])
+        clients = [tc.InferenceServerClient(s.grpc_address, **client_options) for s in (a, b)]
+        try:
+            yield server, (a, b), clients
+        finally:
+            for client in clients:
+                client.close()
+            a.stop()
+            b.stop()
+
+
 def test_replicas_serving_mutual_tls_forward_a_sequence_over_it(tmp_path) -> None:
     """Peers are called with the replica's own certificate, checked for --peer-tls-server-name: the
     certificate names only the Service, not the addresses the replicas advertise."""
     pki = make_pki(tmp_path / "pki", "fleetserve.test")
     repo = write_model_repository(tmp_path / "repo", {"acc": ModelSpec(write_accumulator_model, config=CONFIG)})
     peer = [*tls_args(pki, mutual=True, http=False), "--peer-tls-server-name", "fleetserve.test"]
-    with RedisServer() as server:
-        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), *peer]),
-                               (repo, [*fleet_args(server.url, "b"), *peer])])
-        clients = [tc.InferenceServerClient(s.grpc_address, ssl=True, root_certificates=str(pki.ca),
-                                            private_key=str(pki.client_key), certificate_chain=str(pki.client_cert),
-                                            channel_args=[("grpc.ssl_target_name_override", "fleetserve.test")])
-                   for s in (a, b)]
-        try:
-            on_a, on_b = clients
-            assert step(on_a, 81, 1.0, start=True) == 1.0
-            eventually(lambda: record(server, 81) == a.grpc_address)
-            assert step(on_b, 81, 2.0) == 3.0  # forwarded to a over TLS
-            assert step(on_b, 81, 3.0, end=True) == 6.0
-            assert forwarded(b) == 2.0
-        finally:
-            for client in clients:
-                client.close()
-            a.stop()
-            b.stop()
+    with replica_pair(repo, peer, ssl=True, root_certificates=str(pki.ca), private_key=str(pki.client_key),
+                      certificate_chain=str(pki.client_cert),
+                      channel_args=[("grpc.ssl_target_name_override", "fleetserve.test")]) as (server, (a, b), clients):
+        on_a, on_b = clients
+        assert step(on_a, 81, 1.0, start=True) == 1.0
+        eventually(lambda: record(server, 81) == a.grpc_address)
+        assert step(on_b, 81, 2.0) == 3.0  # forwarded to a over TLS
+        assert step(on_b, 81, 3.0, end=True) == 6.0
+        assert forwarded(b) == 2.0
 
 
 def test_a_replica_forwards_with_the_header_a_restricted_inference_api_asks_for(tmp_path) -> None:
     repo = write_model_repository(tmp_path / "repo", {"acc": ModelSpec(write_accumulator_model, config=CONFIG)})
-    restricted = "--grpc-restricted-protocol=inference:infer-key=v"
     headers = {"triton-grpc-protocol-infer-key": "v"}
-    with RedisServer() as server:
-        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), restricted]),
-                               (repo, [*fleet_args(server.url, "b"), restricted])])
-        clients = [tc.InferenceServerClient(s.grpc_address) for s in (a, b)]
-        try:
-            def send(client: tc.InferenceServerClient, value: float, **flags) -> float:
-                tensor = tc.InferInput("INPUT0", [1, 4], "FP32")
-                tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
-                result = client.infer("acc", [tensor], sequence_id=82, headers=headers, **flags)
-                return float(result.as_numpy("OUTPUT0")[0, 0])
 
-            assert send(clients[0], 1.0, sequence_start=True) == 1.0
-            eventually(lambda: record(server, 82) == a.grpc_address)
-            assert send(clients[1], 2.0) == 3.0  # b forwards to a, with the header
-            assert send(clients[1], 3.0, sequence_end=True) == 6.0
-            assert forwarded(b) == 2.0
-        finally:
-            for client in clients:
-                client.close()
-            a.stop()
-            b.stop()
+    def send(client: tc.InferenceServerClient, value: float, **flags) -> float:
+        tensor = tc.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+        result = client.infer("acc", [tensor], sequence_id=82, headers=headers, **flags)
+        return float(result.as_numpy("OUTPUT0")[0, 0])
+
+    with replica_pair(repo, ["--grpc-restricted-protocol=inference:infer-key=v"]) as (server, (a, b), clients):
+        assert send(clients[0], 1.0, sequence_start=True) == 1.0
+        eventually(lambda: record(server, 82) == a.grpc_address)
+        assert send(clients[1], 2.0) == 3.0  # b forwards to a, with the header
+        assert send(clients[1], 3.0, sequence_end=True) == 6.0
+        assert forwarded(b) == 2.0

@@ -153,8 +153,10 @@ def test_a_rotated_certificate_serves_new_connections_without_a_restart(repo: Pa
         # REST: within its check interval
         assert wait_until(lambda: https_ok(server.http_port, rotated.ca), timeout_s=10)
         assert not https_ok(server.http_port, first_ca)
-        assert server.wait_for_log("gRPC TLS certificate reloaded") and server.wait_for_log("REST TLS certificate reloaded")
-        assert tls_metrics(server) == {"grpc": (rotated_expiry.timestamp(), 1, 0), "http": (rotated_expiry.timestamp(), 1, 0)}
+        assert server.wait_for_log("gRPC TLS certificate reloaded")
+        assert server.wait_for_log("REST TLS certificate reloaded")
+        rotated_s = rotated_expiry.timestamp()
+        assert tls_metrics(server) == {"grpc": (rotated_s, 1, 0), "http": (rotated_s, 1, 0)}
 
         # A change that cannot serve (the key of another certificate) is logged once; the rotated one stays.
         stray = make_pki(tmp_path / "stray")
@@ -169,7 +171,7 @@ def test_a_rotated_certificate_serves_new_connections_without_a_restart(repo: Pa
         assert server.log.count("gRPC TLS certificate files changed but cannot be used") == 1
         assert server.log.count("REST TLS certificate files changed but cannot be used") == 1
         # the certificate served is still the rotated one: its expiry, not the stray one's
-        assert tls_metrics(server) == {"grpc": (rotated_expiry.timestamp(), 1, 1), "http": (rotated_expiry.timestamp(), 1, 1)}
+        assert tls_metrics(server) == {"grpc": (rotated_s, 1, 1), "http": (rotated_s, 1, 1)}
 
 
 def tls_metrics(server: ServerProcess) -> dict[str, tuple[float, float, float]]:
@@ -224,3 +226,16 @@ def test_triton_style_switch_values_turn_tls_off_as_well_as_on(repo: Path) -> No
         with tc.InferenceServerClient(server.grpc_address) as client:  # plain
             np.testing.assert_array_equal(add_one_grpc(client), EXPECTED)
         assert requests.get(f"{server.http_url}/v2/health/ready", timeout=10).status_code == 200
+
+
+def test_a_peer_channel_whose_files_no_longer_load_is_unavailable_naming_the_replica(tmp_path: Path) -> None:
+    from ops.errors import Code
+    from server.tls import PeerUnreachable, TlsConfig, peer_channel
+
+    pki = make_pki(tmp_path / "pki")
+    open_channel = peer_channel(TlsConfig(pki.cert, pki.key, pki.ca, mutual=True))
+    pki.key.write_bytes(b"not a key")  # rotated to something broken after the start
+    with pytest.raises(PeerUnreachable) as caught:
+        open_channel("10.0.0.7:8001", [])
+    assert caught.value.code is Code.UNAVAILABLE
+    assert "cannot call replica 10.0.0.7:8001 over TLS" in str(caught.value) and str(pki.key) in str(caught.value)
