@@ -22,9 +22,9 @@ Shutdown checklist (``App.stop``), on the first SIGINT/SIGTERM:
   6. flush traces (for at most 2 s), close the metrics endpoint, exit 0. A second signal exits at once with
      status 1.
 
-A server that cannot start (a port in use, certificate files that cannot serve TLS, an unreachable remote repository with no copy, --trace
-without OpenTelemetry) raises ``StartupError``: ``serve`` closes what did open, logs one line
-``cannot start: ...`` and returns 1.
+A server that cannot start (a port in use, certificate files that cannot serve TLS, an unreachable
+remote repository with no copy, --trace without OpenTelemetry) raises ``StartupError``: ``serve``
+closes what did open, logs one line ``cannot start: ...`` and returns 1.
 
 Fleet mode (``settings.fleet``, ``--redis-url``) adds server/fleet.py, imported only then: it
 connects before the models load (so they load the fleet's desired versions) and applies the
