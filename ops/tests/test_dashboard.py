@@ -8,12 +8,15 @@ from pathlib import Path
 
 from ops.gpu import GpuCollector
 from ops.metrics import FAMILIES
+from ops.tls_metrics import TLS_FAMILIES
 from server.testing import scrape_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "grafana" / "fleetserve.json"
 PROMETHEUS_OWN = {"up"}  # written by Prometheus itself for every target
 GPU = {m.name for m in GpuCollector(None, []).describe()}  # type: ignore[arg-type]  # only where a GPU is
 SEQUENCES = {"fleetserve_sequences_live"}  # only where a model runs sequences (server/tests/test_sequence_batching.py)
+# only where a listener serves TLS (server/tests/test_tls.py scrapes them)
+TLS = {f"{name}_total" if kind == "counter" else name for name, kind in TLS_FAMILIES}
 
 
 def panels() -> list[dict]:
@@ -51,10 +54,11 @@ def test_every_query_uses_metrics_the_server_exports(fleetserve, traffic):
     used = {name for _, expr in queries() for name in metric_names(expr)}
     assert {"fleetserve_inference_requests_total", "fleetserve_request_duration_seconds_bucket",
             "fleetserve_kernel_busy_seconds_total"} <= used  # the parser finds names at all
-    unknown = used - exported - PROMETHEUS_OWN - GPU - SEQUENCES
+    unknown = used - exported - PROMETHEUS_OWN - GPU - SEQUENCES - TLS
     assert not unknown, f"dashboard queries use metrics fleetserve does not export: {sorted(unknown)}"
     assert GPU & used, "the GPU panel queries the GPU families"
     assert SEQUENCES <= used and SEQUENCES <= {name for name, _ in FAMILIES}, "the live sequences panel's family"
+    assert TLS & used, "the TLS panel queries the TLS families"
 
 
 def test_the_query_parser_finds_names_in_every_position():
