@@ -47,6 +47,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client.registry import CollectorRegistry
 
+from ops.access_metrics import RefusedRequests
 from ops.cores import describe_cores
 from model_store.registry import ModelRegistry, ModelState
 from model_store.sent_files import remove_stale
@@ -196,10 +197,11 @@ class App:
         except TlsError as exc:
             raise StartupError(f"cannot serve over TLS: {exc}") from None
         self._http_tls = tls.http
+        refused = RefusedRequests(self.metrics_registry) if s.grpc_restrictions or s.http_restrictions else None
         if s.allow_grpc:
             self._servicer = InferenceServicer(self.dataplane, tracer=tracer, regions=self.regions,
                                               trace_settings=self.trace_settings)
-            server = build_server(s, [method_handlers(self._servicer)])
+            server = build_server(s, [method_handlers(self._servicer)], refused)
             health_pb2_grpc.add_HealthServicer_to_server(self.readiness.health, server)
             address = f"{s.address('grpc')}:{s.grpc_port}"
             self.grpc_port = bind(server, address, tls.grpc)
@@ -212,7 +214,7 @@ class App:
             service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
                                   body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
                                   trace_settings=self.trace_settings)
-            rest = rest_app(service, restrictions_by_category(s.http_restrictions, "--http-restricted-api"))
+            rest = rest_app(service, restrictions_by_category(s.http_restrictions, "--http-restricted-api"), refused)
             self._http = HttpListener(rest, s.address("http"), s.http_port,
                                       shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
                                       auto_decompress=False,  # HttpService decodes request bodies itself

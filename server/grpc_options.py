@@ -77,16 +77,16 @@ def server_options(max_message_bytes: int, max_concurrent_streams: int, max_conn
     return options
 
 
-def build_server(s: "Settings", handlers: "list[grpc.GenericRpcHandler]") -> grpc.aio.Server:
+def build_server(s: "Settings", handlers: "list[grpc.GenericRpcHandler]", refused: Any = None) -> grpc.aio.Server:
     """The server with ``handlers``, not yet listening; with a restricted API, its interceptor
-    (server/restrictions.py)."""
+    (server/restrictions.py), counting refusals in ``refused``."""
     from server.restrictions import GrpcRestrictions, restrictions_by_category
 
     restricted = restrictions_by_category(s.grpc_restrictions, "--grpc-restricted-protocol")
     server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
                                                     s.grpc_max_connection_age_s, s.drain_timeout_s,
                                                     s.grpc_keepalive, s.grpc_response_compression),
-                             interceptors=[GrpcRestrictions(restricted)] if restricted else None)
+                             interceptors=[GrpcRestrictions(restricted, refused)] if restricted else None)
     server.add_generic_rpc_handlers(handlers)
     return server
 

@@ -35,6 +35,7 @@ from prometheus_client.registry import CollectorRegistry
 from ops.gpu import write_triton_values_in_full
 from server.http_errors import error_middleware
 from server.http_service import HttpService
+from ops.access_metrics import RefusedRequests
 from server.restrictions import Restriction, http_middleware
 from server.tls import HttpTlsReloader
 
@@ -66,9 +67,11 @@ def _quiet_client_framing_errors() -> None:
         _AIOHTTP_SERVER_LOG.addFilter(ClientFramingFilter())
 
 
-def rest_app(service: HttpService, restricted: "dict[str, Restriction] | None" = None) -> web.Application:
-    """``restricted``: the APIs that need a header, by category (server/restrictions.py; none: no middleware)."""
-    middlewares = [error_middleware, http_middleware(restricted)] if restricted else [error_middleware]
+def rest_app(service: HttpService, restricted: "dict[str, Restriction] | None" = None,
+             refused: "RefusedRequests | None" = None) -> web.Application:
+    """``restricted``: the APIs that need a header, by category (server/restrictions.py; none: no middleware),
+    refusals counted in ``refused``."""
+    middlewares = [error_middleware, http_middleware(restricted, refused)] if restricted else [error_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=service.max_body_bytes)
     app.add_routes(service.routes())
     return app

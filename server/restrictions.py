@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 import grpc
 from aiohttp import web
 
+from ops.access_metrics import RefusedRequests
 from ops.errors import Restricted
 
 CATEGORIES = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
@@ -99,21 +100,26 @@ def _allowed(given: str | bytes | None, value: str) -> bool:
 
 
 class GrpcRestrictions(grpc.aio.ServerInterceptor):
-    """Refuses calls to restricted methods that lack their header (installed only with a restriction)."""
+    """Refuses calls to restricted methods that lack their header (installed only with a restriction), counted
+    in ``refused`` (ops/access_metrics.py)."""
 
-    def __init__(self, by_category: dict[str, Restriction]) -> None:
-        self._by_method = {method: by_category[category] for method, category in GRPC_METHODS.items()
+    def __init__(self, by_category: dict[str, Restriction], refused: "RefusedRequests | None" = None) -> None:
+        self._by_method = {method: (category, by_category[category]) for method, category in GRPC_METHODS.items()
                            if category in by_category}
+        self._refused = refused
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], details: Any) -> Any:
         handler = await continuation(details)
-        restriction = self._by_method.get(details.method)
-        if restriction is None or handler is None:
+        found = self._by_method.get(details.method)
+        if found is None or handler is None:
             return handler
+        category, restriction = found
         header = GRPC_HEADER_PREFIX + restriction.key.lower()
         given = next((v for k, v in (details.invocation_metadata or ()) if k == header), None)
         if _allowed(given, restriction.value):
             return handler
+        if self._refused is not None:
+            self._refused.refuse("grpc", category)
         return _refusal(handler, f"This protocol is restricted, expecting header '{header}'")
 
 
@@ -142,7 +148,8 @@ def http_category(path: str) -> str | None:
     return None
 
 
-def http_middleware(by_category: dict[str, Restriction]) -> Callable[..., Awaitable[web.StreamResponse]]:
+def http_middleware(by_category: dict[str, Restriction],
+                    refused: "RefusedRequests | None" = None) -> Callable[..., Awaitable[web.StreamResponse]]:
     """aiohttp middleware refusing requests to restricted APIs without their header: ``Restricted``, which the
     error middleware (outside this one) answers 403 with Triton's message."""
 
@@ -152,6 +159,8 @@ def http_middleware(by_category: dict[str, Restriction]) -> Callable[..., Awaita
         category = http_category(request.path)
         restriction = by_category.get(category) if category else None
         if restriction is not None and not _allowed(request.headers.get(restriction.key), restriction.value):
+            if refused is not None:
+                refused.refuse("http", category or "")
             raise Restricted(f"This API is restricted, expecting header '{restriction.key}'")  # 403
         return await handler(request)
 

@@ -22,7 +22,7 @@ from server.http_server import rest_app
 from server.http_service import HttpService
 from server.protos import grpc_service_pb2 as pb
 from server.restrictions import GRPC_METHODS, http_category
-from server.testing import ServerProcess
+from server.testing import ServerProcess, scrape_metrics
 
 ADMIN = {"triton-grpc-protocol-admin-key": "s3cret:=x"}  # a value may hold ':' and '='
 ADMIN_HTTP = {"admin-key": "s3cret:=x"}
@@ -157,3 +157,20 @@ def test_restrictions_that_do_not_parse_are_refused_before_anything_starts(args,
     done = subprocess.run([sys.executable, "-m", "server", "serve", "--model-repository", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_refusals_are_counted_by_transport_and_category(server) -> None:
+    def refused() -> dict[tuple[str, str], float]:
+        samples = scrape_metrics(server.metrics_url)
+        return {(dict(labels)["transport"], dict(labels)["category"]): value
+                for (name, labels), value in samples.items() if name == "fleetserve_restricted_requests_refused_total"}
+
+    before = refused()
+    with tc.InferenceServerClient(server.grpc_address) as client:
+        with pytest.raises(InferenceServerException):
+            client.get_log_settings()
+        client.get_log_settings(headers=ADMIN)  # allowed: not counted
+    assert requests.post(f"{server.http_url}/v2/repository/index", timeout=10).status_code == 403
+    after = refused()
+    assert after[("grpc", "logging")] - before.get(("grpc", "logging"), 0) == 1
+    assert after[("http", "model-repository")] - before.get(("http", "model-repository"), 0) == 1
