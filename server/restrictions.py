@@ -131,7 +131,7 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
 
     async def refuse_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        yield  # an async generator, as a streaming handler must be  # pragma: no cover
+        yield  # pragma: no cover (never reached: an async generator, as a streaming handler must be)
 
     kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
              (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
