@@ -27,13 +27,13 @@ CONFIG = "max_batch_size: 8\n" + ACCUMULATOR_SEQUENCE_BATCHING.format(
     idle_us=2_000_000, initial="", strategy="direct { }")
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory):
-    repo = write_model_repository(tmp_path_factory.mktemp("repo"), {"acc": ModelSpec(write_accumulator_model,
-                                                                                     config=CONFIG)})
+@contextlib.contextmanager
+def replica_pair(repo, extra: list[str], **client_options):
+    """Two replicas of ``repo`` with ``extra`` flags, a real Redis, and a tritonclient for each."""
     with RedisServer() as server:
-        a, b = start_replicas([(repo, fleet_args(server.url, "a")), (repo, fleet_args(server.url, "b"))])
-        clients = [tc.InferenceServerClient(s.grpc_address) for s in (a, b)]
+        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), *extra]),
+                               (repo, [*fleet_args(server.url, "b"), *extra])])
+        clients = [tc.InferenceServerClient(s.grpc_address, **client_options) for s in (a, b)]
         try:
             yield server, (a, b), clients
         finally:
@@ -41,6 +41,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
                 client.close()
             a.stop()
             b.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory):
+    repo = write_model_repository(tmp_path_factory.mktemp("repo"), {"acc": ModelSpec(write_accumulator_model,
+                                                                                     config=CONFIG)})
+    with replica_pair(repo, []) as pair:
+        yield pair
 
 
 def step(client: tc.InferenceServerClient, sequence_id, value: float, start: bool = False, end: bool = False) -> float:
@@ -155,22 +163,6 @@ def test_a_sequence_held_by_a_replica_that_is_gone_fails_unavailable_naming_it(f
     assert step(on_b, 91, 1.0, start=True) == 1.0  # started again: b holds it now, and the record says so
     eventually(lambda: record(server, 91) == b.grpc_address)
     assert step(on_a, 91, 1.0, end=True) == 2.0
-
-
-@contextlib.contextmanager
-def replica_pair(repo, extra: list[str], **client_options):
-    """Two replicas of ``repo`` with ``extra`` flags, a real Redis, and a tritonclient for each."""
-    with RedisServer() as server:
-        a, b = start_replicas([(repo, [*fleet_args(server.url, "a"), *extra]),
-                               (repo, [*fleet_args(server.url, "b"), *extra])])
-        clients = [tc.InferenceServerClient(s.grpc_address, **client_options) for s in (a, b)]
-        try:
-            yield server, (a, b), clients
-        finally:
-            for client in clients:
-                client.close()
-            a.stop()
-            b.stop()
 
 
 def test_replicas_serving_mutual_tls_forward_a_sequence_over_it(tmp_path) -> None:
