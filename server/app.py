@@ -61,7 +61,7 @@ from ops.trace_settings import TraceSettings
 from server.dataplane import ControlMode, DataPlane
 from server.grpc_options import bind, build_server
 from server.readiness import Readiness
-from server.restrictions import restrictions_by_category
+from server.restrictions import grpc_peer_metadata
 from server.grpc_service import SERVICE_NAME, InferenceServicer, method_handlers
 from server.http_server import HttpListener, metrics_app, rest_app
 from server.http_service import HttpService
@@ -131,7 +131,8 @@ class App:
         if settings.fleet is not None:
             from server.fleet import Fleet  # redis is imported only in fleet mode
 
-            self.fleet = Fleet(settings.fleet, self.registry, self.metrics_registry, settings.metrics)
+            self.fleet = Fleet(settings.fleet, self.registry, self.metrics_registry, settings.metrics,
+                               peer_tls=settings.grpc_tls, peer_metadata=grpc_peer_metadata(settings.grpc_restricted))
         fleet = self.fleet
         self._defaults = ServingDefaults(max_queue_size=settings.max_queue_size,
                                          sequence_finish_s=settings.drain_timeout_s,
@@ -193,7 +194,8 @@ class App:
         tracer = self._tracer()
         await self.readiness.publish()  # NOT_SERVING until the start-up models have loaded
         try:  # certificate files that cannot serve stop the start, naming the file (server/tls.py)
-            tls = open_tls(s.grpc_tls, s.http_tls, s.tls_reload_interval_s, self.metrics_registry)
+            tls = open_tls(s.grpc_tls if s.allow_grpc else None, s.http_tls if s.allow_http else None,
+                           s.tls_reload_interval_s, self.metrics_registry)  # files of a listener left off: unread
         except TlsError as exc:
             raise StartupError(f"cannot serve over TLS: {exc}") from None
         self._http_tls = tls.http
@@ -214,7 +216,7 @@ class App:
             service = HttpService(self.dataplane, max_body_bytes=s.http_max_body_bytes,
                                   body_idle_timeout_s=s.http_body_idle_timeout_s, tracer=tracer, regions=self.regions,
                                   trace_settings=self.trace_settings)
-            rest = rest_app(service, restrictions_by_category(s.http_restrictions, "--http-restricted-api"), refused)
+            rest = rest_app(service, s.http_restricted, refused)
             self._http = HttpListener(rest, s.address("http"), s.http_port,
                                       shutdown_timeout_s=s.drain_timeout_s + _CUT_GRACE_S,
                                       auto_decompress=False,  # HttpService decodes request bodies itself

@@ -19,9 +19,7 @@ from ops.logs import LOG_FORMATS, configure_logging
 from ops.histograms import DEFAULT_BATCH_SIZE_BUCKETS, DEFAULT_LATENCY_BUCKETS_S, MetricsConfig, bucket_problem
 from server.dataplane import ControlMode
 from server.settings import EXAMPLE_REPOSITORY, TRACE_EXPORTERS, FleetSettings, Settings
-from server.restrictions import (CATEGORIES, Restriction, grpc_peer_metadata, parse_restriction,
-                                 restrictions_by_category)
-from server.tls import TlsConfig
+from server.restrictions import CATEGORIES, parse_restriction
 from server.tls_cli import add_tls_arguments, switch, tls_configs
 from server.grpc_options import COMPRESSION_LEVELS, GrpcKeepalive
 
@@ -167,8 +165,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None,
-           restrictions: tuple[Restriction, ...]) -> FleetSettings | None:
+def _fleet(args: argparse.Namespace) -> FleetSettings | None:
     if not args.redis_url:
         return None
     return FleetSettings(
@@ -179,9 +176,7 @@ def _fleet(args: argparse.Namespace, peer_tls: TlsConfig | None,
         heartbeat_interval_s=args.fleet_heartbeat_secs,
         reconcile_interval_s=args.fleet_reconcile_secs,
         cache_local_bytes=args.response_cache_local_bytes,
-        peer_tls=peer_tls,
         peer_tls_name=args.peer_tls_server_name,
-        peer_metadata=tuple(grpc_peer_metadata(restrictions_by_category(restrictions, "--grpc-restricted-protocol"))),
     )
 
 
@@ -249,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 trace_exporter=args.trace_exporter,
                 metrics=MetricsConfig(latency_buckets_s=args.metrics_latency_buckets,
                                       batch_size_buckets=args.metrics_batch_buckets),
-                fleet=_fleet(args, grpc_tls, grpc_restrictions),
+                fleet=_fleet(args),
                 grpc_restrictions=grpc_restrictions,
                 http_restrictions=http_restrictions,
                 grpc_tls=grpc_tls,

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import socket
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -42,7 +42,7 @@ from server.response_cache import ResponseCache
 from server.sequence_owners import SequenceOwners
 from server.served import ServedVersion
 from server.settings import FleetSettings
-from server.tls import peer_channel
+from server.tls import TlsConfig, peer_channel
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,11 @@ class Fleet:
 
     def __init__(
         self, settings: FleetSettings, registry: ModelRegistry[ServedVersion], metrics_registry: CollectorRegistry,
-        metrics_config: MetricsConfig,
+        metrics_config: MetricsConfig, *, peer_tls: TlsConfig | None = None,
+        peer_metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """``peer_tls``: the gRPC listener's TLS, which calls to other replicas use too; ``peer_metadata``: sent with
+        those calls (a restricted inference API's header, server/restrictions.py)."""
         self.settings = settings
         self._registry = registry
         self.link = RedisLink(settings.redis_url, timeout_s=settings.redis_timeout_s)
@@ -77,8 +80,7 @@ class Fleet:
         self.cache = ResponseCache(self.link, self.keys, self.metrics, local_bytes=settings.cache_local_bytes)
         self.limiter = TenantLimiter(self.link, self.keys, self.metrics)
         self.sequences = SequenceOwners(self.link, self.keys, self.metrics,
-                                        peer_channel(settings.peer_tls, settings.peer_tls_name),
-                                        settings.peer_metadata)
+                                        peer_channel(peer_tls, settings.peer_tls_name), tuple(peer_metadata))
         self.replicas = 0  # live replicas last seen
         self._started_at = time.time()
         self._addresses = ("", "")

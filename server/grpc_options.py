@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 # Triton's --grpc-infer-response-compression-level: gRPC's compression levels, each choosing an algorithm among
 # those the client accepts (every gRPC client accepts gzip and deflate).
 COMPRESSION_LEVELS = {"none": 0, "low": 1, "medium": 2, "high": 3}
-GRPC_PING_INTERVAL_MS = 300_000  # gRPC's (and Triton's) default minimum interval between a client's idle pings
 
 
 @dataclass(frozen=True)
@@ -32,17 +31,18 @@ class GrpcKeepalive:
     timeout_ms: int = 20_000  # ... and closes it when the ping is not answered within this
     permit_without_calls: bool = False  # clients may ping a connection with no call open
     max_pings_without_data: int = 2  # pings the server sends with no data between them (0: no limit)
-    min_recv_ping_interval_without_data_ms: int = GRPC_PING_INTERVAL_MS  # shortest idle-ping interval accepted
+    min_recv_ping_interval_without_data_ms: int = 300_000  # shortest idle-ping interval accepted (gRPC's default)
     max_ping_strikes: int = 2  # pings sooner than that, tolerated before GOAWAY too_many_pings (0: no limit)
 
     def __post_init__(self) -> None:
-        for name, least in (("time_ms", 1), ("timeout_ms", 1), ("max_pings_without_data", 0),
-                            ("min_recv_ping_interval_without_data_ms", 0), ("max_ping_strikes", 0)):
-            value = getattr(self, name)
+        for flag, value, least in (("--grpc-keepalive-time", self.time_ms, 1),
+                                   ("--grpc-keepalive-timeout", self.timeout_ms, 1),
+                                   ("--grpc-http2-max-pings-without-data", self.max_pings_without_data, 0),
+                                   ("--grpc-http2-min-recv-ping-interval-without-data",
+                                    self.min_recv_ping_interval_without_data_ms, 0),
+                                   ("--grpc-http2-max-ping-strikes", self.max_ping_strikes, 0)):
             if not least <= value <= 2**31 - 1:
-                flag = {"time_ms": "keepalive-time", "timeout_ms": "keepalive-timeout"}.get(
-                    name, "http2-" + name.replace("_ms", "").replace("_", "-"))
-                raise ValueError(f"--grpc-{flag} must be an integer in {least}..{2**31 - 1}, got {value}")
+                raise ValueError(f"{flag} must be an integer in {least}..{2**31 - 1}, got {value}")
 
     def options(self) -> list[tuple[str, Any]]:
         return [
@@ -55,37 +55,33 @@ class GrpcKeepalive:
         ]
 
 
-def server_options(max_message_bytes: int, max_concurrent_streams: int, max_connection_age_s: float,
-                   drain_timeout_s: float, keepalive: GrpcKeepalive,
-                   response_compression: str = "none") -> list[tuple[str, Any]]:
-    """``response_compression``: a ``COMPRESSION_LEVELS`` name; responses are compressed at that level (the
-    inference responses are nearly all the bytes a server sends; requests arrive compressed or not, as
-    each client chooses, whatever this says)."""
+def server_options(s: "Settings") -> list[tuple[str, Any]]:
+    """The server's channel arguments. Responses are compressed at ``grpc_response_compression`` (inference
+    responses are nearly all the bytes a server sends; requests arrive compressed or not, as each client
+    chooses, whatever this says)."""
     options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 0),
-        ("grpc.max_concurrent_streams", max_concurrent_streams),
-        *keepalive.options(),
+        ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
+        *s.grpc_keepalive.options(),
     ]
-    if response_compression != "none":
-        options.append(("grpc.default_compression_level", COMPRESSION_LEVELS[response_compression]))
-    if max_connection_age_s > 0:
+    if s.grpc_response_compression != "none":
+        options.append(("grpc.default_compression_level", COMPRESSION_LEVELS[s.grpc_response_compression]))
+    if s.grpc_max_connection_age_s > 0:
         # GOAWAY after the age; calls in flight get the drain timeout to finish.
-        options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
-        options.append(("grpc.max_connection_age_grace_ms", int(drain_timeout_s * 1000)))
+        options.append(("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(s.drain_timeout_s * 1000)))
     return options
 
 
 def build_server(s: "Settings", handlers: "list[grpc.GenericRpcHandler]", refused: Any = None) -> grpc.aio.Server:
     """The server with ``handlers``, not yet listening; with a restricted API, its interceptor
     (server/restrictions.py), counting refusals in ``refused``."""
-    from server.restrictions import GrpcRestrictions, restrictions_by_category
+    from server.restrictions import GrpcRestrictions
 
-    restricted = restrictions_by_category(s.grpc_restrictions, "--grpc-restricted-protocol")
-    server = grpc.aio.server(options=server_options(s.max_message_bytes, s.grpc_max_concurrent_streams,
-                                                    s.grpc_max_connection_age_s, s.drain_timeout_s,
-                                                    s.grpc_keepalive, s.grpc_response_compression),
+    restricted = s.grpc_restricted
+    server = grpc.aio.server(options=server_options(s),
                              interceptors=[GrpcRestrictions(restricted, refused)] if restricted else None)
     server.add_generic_rpc_handlers(handlers)
     return server

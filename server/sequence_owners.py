@@ -37,6 +37,7 @@ from server.codec import from_raw, to_raw
 from server.protos import grpc_service_pb2 as pb
 from server.protos import grpc_service_pb2_grpc as rpc
 from server.types import InferRequest, InferResponse, OutputTensor
+from server.tls import peer_channel
 from server.validation import FORWARDED
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class SequenceOwners:
         sent with each forwarded request (the header a restricted inference API asks for)."""
         self._link = link
         self._metadata = metadata or None
-        self._channel = channel or (lambda address, options: grpc.aio.insecure_channel(address, options=options))
+        self._channel = channel or peer_channel(None)
         self._keys = keys
         self._metrics = metrics
         self.address = ""

@@ -29,9 +29,9 @@ class FleetSettings:
     heartbeat_interval_s: float = 1.0  # actual state published this often, with a TTL of 3 intervals
     reconcile_interval_s: float = 10.0  # full reconcile of the desired state, beside change events
     cache_local_bytes: int = 64 * 1024 * 1024  # the response cache's in-process tier
-    peer_tls: TlsConfig | None = None  # the gRPC listener's TLS: peers (sequence forwarding) are called with it
-    peer_tls_name: str = ""  # the name peers' certificates are checked for ("": the advertised address's host)
-    peer_metadata: tuple[tuple[str, str], ...] = ()  # sent with forwarded requests: a restricted inference's header
+    # With --grpc-use-ssl, peers (sequence forwarding) are called over TLS with the gRPC listener's files,
+    # their certificates checked for this name ("": the advertised address's host).
+    peer_tls_name: str = ""
 
     def __post_init__(self) -> None:
         if "://" not in self.redis_url:
@@ -126,8 +126,7 @@ class Settings:
             raise ValueError(f"trace exporter must be one of {', '.join(TRACE_EXPORTERS)}, got {self.trace_exporter!r}")
         if self.remote_repository is not None and self.model_repository != self.remote_repository.root:
             raise ValueError("with a remote repository, model_repository must be its mirror's root")
-        restrictions_by_category(self.grpc_restrictions, "--grpc-restricted-protocol")  # raises ValueError
-        restrictions_by_category(self.http_restrictions, "--http-restricted-api")
+        _ = self.grpc_restricted, self.http_restricted  # each raises ValueError for a bad group
         if not (self.allow_grpc or self.allow_http):
             raise ValueError("--allow-grpc false and --allow-http false: nothing would serve requests")
         if self.fleet is not None and not self.allow_grpc:
@@ -135,6 +134,15 @@ class Settings:
                              "it; drop --allow-grpc false")
         if self.load_models and self.model_control_mode is not ControlMode.EXPLICIT:
             raise ValueError("--load-model is only meaningful with --model-control-mode explicit")
+
+    @property
+    def grpc_restricted(self) -> dict[str, Restriction]:
+        """The restricted gRPC APIs by category (server/restrictions.py); empty: none."""
+        return restrictions_by_category(self.grpc_restrictions, "--grpc-restricted-protocol")
+
+    @property
+    def http_restricted(self) -> dict[str, Restriction]:
+        return restrictions_by_category(self.http_restrictions, "--http-restricted-api")
 
     def address(self, listener: str) -> str:
         """Where ``listener`` ("grpc", "http", "metrics") binds: its own address, else ``host``."""

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from model_store.examples import REPOSITORY
 from server.grpc_options import GrpcKeepalive, server_options
+from server.settings import Settings
 from server.testing import ServerProcess
 
 IDLE_S = 4.0  # a 1 s keepalive sends three idle pings: gRPC's default tolerates two strikes
@@ -66,12 +67,12 @@ def test_the_http2_flags_let_such_a_client_keep_its_stream(repo: Path) -> None:
 def test_each_flag_sets_its_grpc_channel_argument() -> None:
     keepalive = GrpcKeepalive(time_ms=1, timeout_ms=2, permit_without_calls=True, max_pings_without_data=3,
                               min_recv_ping_interval_without_data_ms=4, max_ping_strikes=5)
-    options = dict(server_options(10, 20, 0.0, 30.0, keepalive))
+    options = dict(server_options(Settings(grpc_keepalive=keepalive)))
     assert {k: v for k, v in options.items() if "keepalive" in k or "ping" in k} == {
         "grpc.keepalive_time_ms": 1, "grpc.keepalive_timeout_ms": 2, "grpc.keepalive_permit_without_calls": 1,
         "grpc.http2.max_pings_without_data": 3, "grpc.http2.min_ping_interval_without_data_ms": 4,
         "grpc.http2.max_ping_strikes": 5}
-    defaults = dict(server_options(10, 20, 0.0, 30.0, GrpcKeepalive()))  # gRPC's own defaults, as Triton's
+    defaults = dict(server_options(Settings()))  # gRPC's own defaults, as Triton's
     assert defaults["grpc.keepalive_time_ms"] == 7_200_000 and defaults["grpc.keepalive_timeout_ms"] == 20_000
     assert defaults["grpc.http2.min_ping_interval_without_data_ms"] == 300_000
 

@@ -82,3 +82,10 @@ def test_an_address_in_use_names_the_listener_and_its_address(repo: Path) -> Non
         done = serve(repo, "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
                      "--http-address", "127.0.0.2", "--http-port", str(port))
     assert done.returncode == 1 and f"cannot listen for HTTP on 127.0.0.2:{port}" in done.stdout, done.stdout
+
+
+def test_the_tls_files_of_a_listener_left_off_are_not_read(repo: Path, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere.pem")
+    with ServerProcess(repo, "--allow-http=false", "--http-use-ssl", "--http-server-cert", missing,
+                       "--http-server-key", missing) as server:
+        assert listening(server.log) == {"gRPC": "127.0.0.1", "metrics": "127.0.0.1"}
